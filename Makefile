@@ -1,0 +1,38 @@
+# The two commands of the README: `make run` and `make test`.
+# Both create .venv on first use and install tfascl into it; the TensorFlow
+# wheel is chosen once per machine: tensorflow[and-cuda] where nvidia-smi
+# answers, the much smaller tensorflow-cpu everywhere else.
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+TF_EXTRA := $(shell nvidia-smi >/dev/null 2>&1 && echo gpu || echo cpu)
+MODEL_DIR ?= runs/default
+
+.PHONY: install run test lint format clean
+
+$(BIN)/activate:
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+
+$(VENV)/.installed: $(BIN)/activate setup.cfg pyproject.toml
+	$(BIN)/pip install --quiet -e ".[$(TF_EXTRA),dev]"
+	touch $@
+
+install: $(VENV)/.installed
+
+run: install
+	$(BIN)/tfascl-train --model_dir=$(MODEL_DIR)
+
+lint: install
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+
+format: install
+	$(BIN)/ruff check --fix .
+	$(BIN)/ruff format .
+
+test: lint
+	$(BIN)/python -m pytest -q tests
+
+clean:
+	rm -rf $(VENV) runs .pytest_cache .ruff_cache
