@@ -1,3 +1,17 @@
 """tfascl: Adaptive Soft Contrastive Learning and its baselines for Keras 3."""
 
 __version__ = "0.1.0"
+
+from tfascl import losses, models
+from tfascl.models import BYOL, METHODS, MomentumContrast, build_backbone, build_model
+
+__all__ = [
+    "BYOL",
+    "METHODS",
+    "MomentumContrast",
+    "__version__",
+    "build_backbone",
+    "build_model",
+    "losses",
+    "models",
+]

@@ -1,0 +1,27 @@
+"""Backbones, heads and the self-supervised models."""
+
+from tfascl.models.backbones import resnet
+from tfascl.models.base import MomentumModel
+from tfascl.models.batchnorm import SplitBatchNorm, norm_factory
+from tfascl.models.byol import BYOL
+from tfascl.models.contrastive import MomentumContrast
+from tfascl.models.ema import cosine_momentum, ema_update
+from tfascl.models.heads import mlp_head
+from tfascl.models.queue import KeyQueue
+from tfascl.models.registry import METHODS, build_backbone, build_model
+
+__all__ = [
+    "BYOL",
+    "METHODS",
+    "KeyQueue",
+    "MomentumContrast",
+    "MomentumModel",
+    "SplitBatchNorm",
+    "build_backbone",
+    "build_model",
+    "cosine_momentum",
+    "ema_update",
+    "mlp_head",
+    "norm_factory",
+    "resnet",
+]

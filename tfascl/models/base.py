@@ -1,0 +1,257 @@
+"""The one base model: an online encoder and its momentum (EMA) copy.
+
+Methods (``contrastive.MomentumContrast``, ``byol.BYOL``) add a loss and a
+``train_step``; everything they share lives here and nowhere else.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import keras
+import tensorflow as tf
+
+from tfascl.models.ema import cosine_momentum, ema_update
+
+MOMENTUM_SCHEDULES = ("constant", "cosine")
+
+
+def l2_normalize(x: tf.Tensor) -> tf.Tensor:
+    """Row-wise L2 normalisation in float32 (the dtype of every loss)."""
+    return tf.math.l2_normalize(tf.cast(x, tf.float32), axis=1)
+
+
+def clone_encoder(model: keras.Model) -> keras.Model:
+    """A structural copy of ``model`` with the same initial weights (the key encoder)."""
+    try:
+        copy = keras.models.clone_model(model)
+    except Exception as error:  # subclassed models without get_config, say
+        raise ValueError(
+            f"cannot clone {model.name!r} for the momentum encoder ({error}); "
+            "pass key_backbone= a second instance of the same architecture"
+        ) from error
+    copy.set_weights(model.get_weights())
+    return copy
+
+
+def replica_count() -> int:
+    """Replicas of the current ``tf.distribute`` strategy (1 outside one)."""
+    return tf.distribute.get_strategy().num_replicas_in_sync
+
+
+class MomentumModel(keras.Model):
+    """Backbone + projector (query/online encoder) and their EMA copy (key/target encoder).
+
+    The momentum encoder starts from the online encoder's weights and follows
+    ``θ_k ← m·θ_k + (1 − m)·θ_q`` over the trainable weights only: BN moving
+    statistics are its own, as in the reference code. ``call`` returns the
+    online backbone's features, so ``model.predict`` gives what kNN and linear
+    probes use.
+
+    Args:
+        backbone: any ``keras.Model`` mapping images [B, H, W, 3] to features [B, F].
+        projector: ``keras.Model`` mapping [B, F] to [B, D].
+        momentum: m₀, the EMA coefficient (0.99 in the ASCL CIFAR recipes).
+        momentum_schedule: ``"constant"``, or ``"cosine"`` from m₀ to 1 over
+            ``total_steps`` (BYOL).
+        total_steps: length of the cosine momentum schedule.
+        views: optional callable (e.g. ``tfascl.data.TwoViews``) turning a batch of
+            raw images into ``(strong, weak)`` inside the train step, for
+            augmentation on the accelerator.
+        key_backbone: the momentum backbone, when ``backbone`` cannot be cloned.
+    """
+
+    def __init__(
+        self,
+        backbone: keras.Model,
+        projector: keras.Model,
+        *,
+        momentum: float = 0.99,
+        momentum_schedule: str = "constant",
+        total_steps: int | None = None,
+        views: Callable[[tf.Tensor], tuple[tf.Tensor, tf.Tensor]] | None = None,
+        key_backbone: keras.Model | None = None,
+        **kwargs,
+    ):
+        super().__init__(**kwargs)
+        if not 0.0 <= momentum <= 1.0:
+            raise ValueError(f"momentum must be in [0, 1], got {momentum}")
+        if momentum_schedule not in MOMENTUM_SCHEDULES:
+            raise ValueError(
+                f"momentum_schedule must be one of {MOMENTUM_SCHEDULES}, got {momentum_schedule!r}"
+            )
+        if momentum_schedule == "cosine" and not total_steps:
+            raise ValueError("momentum_schedule='cosine' needs total_steps")
+        self.backbone = backbone
+        self.projector = projector
+        if key_backbone is None:
+            key_backbone = clone_encoder(backbone)
+        else:
+            key_backbone.set_weights(backbone.get_weights())
+        self.key_backbone = key_backbone
+        self.key_projector = clone_encoder(projector)
+        self.base_momentum = momentum
+        self.momentum_schedule = momentum_schedule
+        self.total_steps = total_steps
+        self.views = views
+        self.loss_tracker = keras.metrics.Mean(name="loss")
+        self.momentum_tracker = keras.metrics.Mean(name="momentum")
+        self.confidence_tracker = keras.metrics.Mean(name="confidence")
+        self.positive_tracker = keras.metrics.Mean(name="positive_weight")
+        self.purity_tracker = keras.metrics.Mean(name="purity")
+
+    @property
+    def metrics(self) -> list[keras.metrics.Metric]:
+        return [
+            self.loss_tracker,
+            self.momentum_tracker,
+            self.confidence_tracker,
+            self.positive_tracker,
+            self.purity_tracker,
+        ]
+
+    def call(self, images: tf.Tensor, training: bool = False) -> tf.Tensor:
+        """Backbone features of the online encoder: [B, H, W, 3] → [B, F]."""
+        return self.backbone(images, training=training)
+
+    @property
+    def online_weights(self) -> list[keras.Variable]:
+        """θ_q: what the optimizer trains (subclasses add their heads)."""
+        return self.backbone.trainable_weights + self.projector.trainable_weights
+
+    @property
+    def momentum_pairs(self) -> tuple[list[keras.Variable], list[keras.Variable]]:
+        """``(θ_k, θ_q)``: the EMA's target and source variables, in matching order."""
+        target = self.key_backbone.trainable_weights + self.key_projector.trainable_weights
+        source = self.backbone.trainable_weights + self.projector.trainable_weights
+        return target, source
+
+    def current_momentum(self) -> tf.Tensor:
+        """m at the optimizer's current step."""
+        if self.momentum_schedule == "cosine":
+            return cosine_momentum(self.optimizer.iterations, self.total_steps, self.base_momentum)
+        return tf.constant(self.base_momentum, tf.float32)
+
+    def update_momentum_encoder(self) -> tf.Tensor:
+        """Applies the EMA step and returns the m used."""
+        momentum = self.current_momentum()
+        ema_update(*self.momentum_pairs, momentum)
+        return momentum
+
+    def encode_query(self, images: tf.Tensor, training: bool = True) -> tf.Tensor:
+        """q = normalize(projector(backbone(x))): [B, H, W, 3] → [B, D] float32."""
+        return l2_normalize(
+            self.projector(self.backbone(images, training=training), training=training)
+        )
+
+    def encode_key(self, images: tf.Tensor) -> tf.Tensor:
+        """k of the momentum encoder, BN in training mode as the reference: [B, D], no gradient."""
+        features = self.key_backbone(images, training=True)
+        return tf.stop_gradient(l2_normalize(self.key_projector(features, training=True)))
+
+    def unpack(self, data) -> tuple[tf.Tensor, tf.Tensor, tf.Tensor | None]:  # noqa: ANN001
+        """``(strong, weak, labels)`` from what ``fit`` feeds.
+
+        Accepted: ``((strong, weak), labels)``, ``(strong, weak)``, ``(strong, weak, labels)``,
+        ``(images, labels)`` or ``images`` (the last two need ``views``).
+        Labels serve monitoring only.
+        """
+        labels = None
+        if isinstance(data, (tuple, list)) and len(data) == 1:
+            data = data[0]
+        if isinstance(data, (tuple, list)):
+            first = data[0]
+            if isinstance(first, (tuple, list)):
+                strong, weak = first
+                labels = data[1] if len(data) > 1 else None
+                return strong, weak, labels
+            if len(data) >= 2 and len(data[1].shape) == len(first.shape):
+                labels = data[2] if len(data) > 2 else None
+                return data[0], data[1], labels
+            images, labels = first, data[1]
+        else:
+            images = data
+        if self.views is None:
+            raise ValueError(
+                "fit got single images: give the model views= (e.g. tfascl.data.TwoViews) "
+                "or feed ((strong, weak), labels) pairs"
+            )
+        strong, weak = self.views(images)
+        return strong, weak, labels
+
+    def checkpoint(self, **extra: tf.Module) -> tf.train.Checkpoint:
+        """A ``tf.train.Checkpoint`` of the whole run state: both encoders, queue and
+        pointer, optimizer slots and step (plus ``extra`` trackables).
+
+        The optimizer's variables are created first, so a restore fills them
+        instead of being deferred.
+        """
+        if self.optimizer is None:
+            raise ValueError("compile() the model before asking for its checkpoint")
+        if not self.optimizer.built:
+            self.optimizer.build(self.online_weights)
+        return tf.train.Checkpoint(model=self, optimizer=self.optimizer, **extra)
+
+    def minimize(self, tape: tf.GradientTape, scaled_loss: tf.Tensor) -> None:
+        """Gradients of ``scaled_loss`` w.r.t. the online weights, applied by the optimizer."""
+        weights = self.online_weights
+        gradients = tape.gradient(scaled_loss, weights)
+        self.optimizer.apply_gradients(zip(gradients, weights))
+
+    def scale_loss(self, loss: tf.Tensor) -> tf.Tensor:
+        """Per-replica share of the loss, then the optimizer's (mixed float16) scaling.
+
+        Gradients are summed over replicas, so each replica minimises loss/R.
+        Call inside the tape.
+        """
+        return self.optimizer.scale_loss(loss / replica_count())
+
+    def update_monitors(
+        self,
+        loss: tf.Tensor,
+        momentum: tf.Tensor,
+        *,
+        confidence: tf.Tensor | None = None,
+        positive_weight: tf.Tensor | None = None,
+        neighbor_targets: tf.Tensor | None = None,
+        neighbor_labels: tf.Tensor | None = None,
+        labels: tf.Tensor | None = None,
+    ) -> dict[str, tf.Tensor]:
+        """Updates the step's monitors and returns the results of those that apply.
+
+        Args:
+            loss: scalar loss (not scaled for replicas).
+            momentum: m used this step.
+            confidence: c [B] of the relabelling, if any.
+            positive_weight: target weight of the positive [B], if any.
+            neighbor_targets: target mass [B, N] on the neighbours (queue entries
+                or other batch items), for purity.
+            neighbor_labels: labels [N] of those neighbours (−1: unknown).
+            labels: labels [B] of the batch; monitoring only.
+
+        Returns:
+            ``{name: value}`` for ``fit``'s logs.
+        """
+        self.loss_tracker.update_state(loss)
+        self.momentum_tracker.update_state(momentum)
+        results = {"loss": self.loss_tracker, "momentum": self.momentum_tracker}
+        if confidence is not None:
+            self.confidence_tracker.update_state(confidence)
+            results["confidence"] = self.confidence_tracker
+        if positive_weight is not None:
+            self.positive_tracker.update_state(positive_weight)
+            results["positive_weight"] = self.positive_tracker
+        if labels is not None and neighbor_targets is not None:
+            same_label = tf.cast(
+                tf.equal(
+                    tf.cast(labels, tf.int32)[:, None], tf.cast(neighbor_labels, tf.int32)[None, :]
+                ),
+                tf.float32,
+            )
+            mass = tf.reduce_sum(neighbor_targets)
+            # Purity: the share of the target mass on neighbours that falls on the
+            # query's class, weighted by that mass (a step that puts none counts nothing).
+            purity = tf.math.divide_no_nan(tf.reduce_sum(neighbor_targets * same_label), mass)
+            self.purity_tracker.update_state(purity, sample_weight=mass)
+            results["purity"] = self.purity_tracker
+        return {name: tracker.result() for name, tracker in results.items()}

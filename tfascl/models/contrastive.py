@@ -1,0 +1,163 @@
+"""The queue family: MoCo v2, ASCL, AHCL, hard relabelling, SCE and ReSSL.
+
+One model, one ``train_step``; the methods differ only in the targets that the
+momentum encoder's key of the weak view sets over ``[positive, queue]``:
+
+=========  ============================================  ============
+method     targets                                       loss
+=========  ============================================  ============
+moco       one-hot on the positive                       InfoNCE
+ascl       1 and ``min(K·c·p, 1)``, normalised           soft CE
+ahcl       1 and ``c`` on the top-K, normalised          soft CE
+hard       1 and 1 on the top-K, normalised              soft CE
+sce        ``λ·onehot + (1−λ)·softmax(k·queue/τ_m)``     soft CE
+ressl      ``softmax(k·queue/τ_t)`` (queue only)         relation CE
+=========  ============================================  ============
+"""
+
+from __future__ import annotations
+
+import keras
+import tensorflow as tf
+
+from tfascl import losses
+from tfascl.models.base import MomentumModel
+from tfascl.models.queue import KeyQueue
+
+OBJECTIVES = ("contrastive", "sce", "ressl")
+
+
+class MomentumContrast(MomentumModel):
+    """Queue-based contrastive learning with soft targets (ASCL and its baselines).
+
+    The query encoder sees the strong view, the momentum encoder the weak one.
+    Each step: EMA update of the key encoder, keys of the weak view, targets
+    from the keys and the queue (before this step's keys enter it), loss of the
+    queries, optimizer step, then the keys are enqueued.
+
+    Args:
+        backbone: images [B, H, W, 3] → features [B, F].
+        projector: features [B, F] → [B, D] (e.g. ``heads.mlp_head(F, 2048, 128)``).
+        objective: ``"contrastive"`` (with ``relabel``), ``"sce"`` or ``"ressl"``.
+        relabel: ``"none"`` (MoCo v2), ``"ascl"``, ``"ahcl"`` or ``"hard"``.
+        queue_size: M.
+        temperature: τ of the query logits (τ_s of ReSSL).
+        target_temperature: temperature of the key-to-queue similarities:
+            τ′ for relabelling, τ_m for SCE, τ_t for ReSSL.
+        num_neighbors: K of ASCL/AHCL/hard.
+        sce_lambda: λ of SCE.
+        symmetric: average the loss with the views swapped (both keys enqueued).
+        shuffle_keys: run the key encoder on a shuffled batch and unshuffle its
+            keys (the single-device shuffle BN of the MoCo CIFAR demo); meant
+            for split BN. Defaults to on.
+        batch_size: global batch, if known, to check ``queue_size`` now.
+        **kwargs: ``MomentumModel`` arguments (momentum, views, ...).
+    """
+
+    def __init__(
+        self,
+        backbone: keras.Model,
+        projector: keras.Model,
+        *,
+        objective: str = "contrastive",
+        relabel: str = "ascl",
+        queue_size: int = 4096,
+        temperature: float = 0.1,
+        target_temperature: float = 0.05,
+        num_neighbors: int = 1,
+        sce_lambda: float = 0.5,
+        symmetric: bool = False,
+        shuffle_keys: bool = True,
+        batch_size: int | None = None,
+        **kwargs,
+    ):
+        super().__init__(backbone, projector, **kwargs)
+        if objective not in OBJECTIVES:
+            raise ValueError(f"objective must be one of {OBJECTIVES}, got {objective!r}")
+        if relabel not in losses.RELABEL_MODES:
+            raise ValueError(f"relabel must be one of {losses.RELABEL_MODES}, got {relabel!r}")
+        for name, value in (
+            ("temperature", temperature),
+            ("target_temperature", target_temperature),
+        ):
+            if value <= 0:
+                raise ValueError(f"{name} must be > 0, got {value}")
+        if relabel in ("ahcl", "hard") and not 1 <= num_neighbors <= queue_size:
+            raise ValueError(f"num_neighbors must be in [1, queue_size], got {num_neighbors}")
+        if not 0.0 <= sce_lambda <= 1.0:
+            raise ValueError(f"sce_lambda must be in [0, 1], got {sce_lambda}")
+        self.objective, self.relabel = objective, relabel
+        self.temperature, self.target_temperature = temperature, target_temperature
+        self.num_neighbors, self.sce_lambda = num_neighbors, sce_lambda
+        self.symmetric, self.shuffle_keys = symmetric, shuffle_keys
+        key_dim = projector.output_shape[-1]
+        keys_per_step = None if batch_size is None else batch_size * (2 if symmetric else 1)
+        self.queue = KeyQueue(queue_size, key_dim, keys_per_step, name="queue")
+
+    def encode_key(self, images: tf.Tensor) -> tf.Tensor:
+        if not self.shuffle_keys:
+            return super().encode_key(images)
+        # Split BN sees a random regrouping of the batch, so keys cannot
+        # find their query through shared BN statistics.
+        order = tf.random.shuffle(tf.range(tf.shape(images)[0]))
+        keys = super().encode_key(tf.gather(images, order))
+        return tf.gather(keys, tf.math.invert_permutation(order))
+
+    def targets(self, key: tf.Tensor, queue: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor | None]:
+        """Targets [B, 1+M] (ReSSL: [B, M] over the queue) and confidence c [B] or None."""
+        if self.objective == "ressl":
+            return losses.ressl_targets(key, queue, self.target_temperature), None
+        if self.objective == "sce":
+            return losses.sce_targets(key, queue, self.target_temperature, self.sce_lambda), None
+        return losses.contrastive_targets(
+            key,
+            queue,
+            self.relabel,
+            self.target_temperature,
+            self.num_neighbors,
+            return_confidence=True,
+        )
+
+    def objective_loss(
+        self, query: tf.Tensor, key: tf.Tensor, queue: tf.Tensor, targets: tf.Tensor
+    ) -> tf.Tensor:
+        """The scalar float32 loss of queries [B, D] against the targets."""
+        if self.objective == "ressl":
+            return losses.relation_loss(query, queue, targets, self.temperature)
+        return losses.soft_contrastive_loss(query, key, queue, targets, self.temperature)
+
+    def train_step(self, data) -> dict[str, tf.Tensor]:  # noqa: ANN001
+        strong, weak, labels = self.unpack(data)
+        momentum = self.update_momentum_encoder()
+        queue = tf.identity(self.queue.keys.value)  # [M, D], before this step's keys
+        pairs = [(strong, self.encode_key(weak))]  # (query view, key)
+        if self.symmetric:
+            pairs.append((weak, self.encode_key(strong)))
+        target_sets = [self.targets(key, queue) for _, key in pairs]
+
+        with tf.GradientTape() as tape:
+            loss = tf.add_n(
+                [
+                    self.objective_loss(self.encode_query(view), key, queue, targets)
+                    for (view, key), (targets, _) in zip(pairs, target_sets)
+                ]
+            ) / len(pairs)
+            scaled_loss = self.scale_loss(loss)
+        self.minimize(tape, scaled_loss)
+
+        targets, confidence = target_sets[0]
+        queue_labels = tf.identity(self.queue.labels.value)  # [M], before this step's labels
+        for _, key in pairs:
+            self.queue.enqueue(key, labels)
+        ressl = self.objective == "ressl"
+        moco = self.objective == "contrastive" and self.relabel == "none"
+        return self.update_monitors(
+            loss,
+            momentum,
+            confidence=confidence,
+            positive_weight=None if ressl else targets[:, 0],
+            # MoCo puts no target mass on the queue: there is no purity to report.
+            neighbor_targets=None if moco else targets if ressl else targets[:, 1:],
+            neighbor_labels=queue_labels,
+            labels=labels,
+        )
