@@ -1,0 +1,215 @@
+"""One fit step at a time: what moves, by how much, and what the queue holds."""
+
+import keras
+import numpy as np
+import pytest
+import tensorflow as tf
+
+import tfascl
+from tfascl.models import KeyQueue, MomentumContrast, SplitBatchNorm
+
+SIZE, WIDTH, BATCH, QUEUE = 16, 4, 8, 32
+
+
+def tiny_backbone():
+    """A user-defined backbone (any images → features model works); small to trace."""
+    inputs = keras.Input((SIZE, SIZE, 3))
+    x = inputs
+    for stride in (1, 2):
+        x = keras.layers.Conv2D(WIDTH, 3, strides=stride, padding="same", use_bias=False)(x)
+        x = keras.layers.ReLU()(SplitBatchNorm(num_splits=2)(x))
+    return keras.Model(inputs, keras.layers.GlobalAveragePooling2D()(x))
+
+
+def tiny_model(method="ascl", backbone=None, **options):
+    keras.utils.set_random_seed(0)
+    backbone = backbone or tiny_backbone()
+    defaults = {"queue_size": QUEUE} if method not in ("byol", "byol_ascl") else {"total_steps": 4}
+    model = tfascl.build_model(
+        method, backbone, projector_dims=(16, 8), num_splits=2, **{**defaults, **options}
+    )
+    model.compile(optimizer=keras.optimizers.SGD(0.1, momentum=0.9))
+    return model
+
+
+def batch(seed=0, n=BATCH):
+    rng = np.random.default_rng(seed)
+    strong = rng.random((n, SIZE, SIZE, 3), dtype=np.float32)
+    weak = rng.random((n, SIZE, SIZE, 3), dtype=np.float32)
+    return strong, weak, np.arange(n) % 3
+
+
+def values(variables):
+    return [v.numpy().copy() for v in variables]
+
+
+def fit_one(model, seed=0):
+    strong, weak, labels = batch(seed)
+    return model.fit((strong, weak), labels, batch_size=BATCH, epochs=1, verbose=0, shuffle=False)
+
+
+@pytest.mark.parametrize("method", ["ascl", "byol_ascl"])
+def test_one_step_moves_only_the_online_encoder_and_the_ema_is_exact(method):
+    model = tiny_model(method)
+    online_before = values(model.online_weights)
+    target_vars, source_vars = model.momentum_pairs
+    target_before, source_before = values(target_vars), values(source_vars)
+    momentum = float(model.current_momentum())
+
+    fit_one(model)
+
+    # The optimizer trained exactly the online weights: every one of them moved.
+    trained = {id(v) for v in model.optimizer._trainable_variables}
+    assert trained == {id(v) for v in model.online_weights}
+    moved = [not np.allclose(a, b.numpy()) for a, b in zip(online_before, model.online_weights)]
+    assert sum(moved) >= len(moved) - 2  # (ReLU-dead units may keep a few still)
+    # θk ← m·θk + (1 − m)·θq with θq before the optimizer step, nothing else.
+    for t_before, s_before, t_after in zip(target_before, source_before, target_vars):
+        np.testing.assert_allclose(
+            t_after.numpy(), momentum * t_before + (1 - momentum) * s_before, rtol=1e-5, atol=1e-7
+        )
+
+
+def test_queue_holds_newest_keys_and_pointer_wraps():
+    model = tiny_model("ascl", shuffle_keys=False)
+    steps = QUEUE // BATCH + 1  # one more than fills the queue
+    for step in range(steps):
+        fit_one(model, seed=step)
+        expected_pointer = ((step + 1) * BATCH) % QUEUE
+        assert int(model.queue.pointer.numpy()) == expected_pointer
+    # The last step's keys went to rows [0, BATCH) after the wrap; recompute them
+    # with the momentum encoder as it was when they were made (it is unchanged since).
+    _, weak, labels = batch(steps - 1)
+    keys = model.encode_key(tf.constant(weak)).numpy()
+    np.testing.assert_allclose(model.queue.keys.numpy()[:BATCH], keys, atol=1e-5)
+    np.testing.assert_array_equal(model.queue.labels.numpy()[:BATCH], labels)
+    # The rows after them still hold the second step's labels, written before the wrap.
+    np.testing.assert_array_equal(model.queue.labels.numpy()[BATCH : 2 * BATCH], batch(1)[2])
+    np.testing.assert_allclose(np.linalg.norm(model.queue.keys.numpy(), axis=1), 1.0, atol=1e-5)
+
+
+def test_symmetric_loss_enqueues_both_views():
+    model = tiny_model("moco", symmetric=True)
+    fit_one(model)
+    assert int(model.queue.pointer.numpy()) == 2 * BATCH
+
+
+@pytest.mark.parametrize("method", sorted(tfascl.METHODS))
+def test_every_method_trains_and_reports_its_monitors(method):
+    backbone = None
+    if method == "ascl":  # the paper's backbone, at a tiny width
+        backbone = tfascl.build_backbone("resnet18", SIZE, WIDTH, num_splits=2)
+    model = tiny_model(method, backbone)
+    logs = fit_one(model).history
+    assert np.isfinite(logs["loss"][0])
+    if method in ("ascl", "ahcl", "hard", "byol_ascl"):
+        assert 0.0 <= logs["confidence"][0] <= 1.0
+        assert 0.0 < logs["positive_weight"][0] <= 1.0
+        assert 0.0 <= logs["purity"][0] <= 1.0
+    if method == "moco":
+        assert logs["positive_weight"][0] == 1.0 and "purity" not in logs
+
+
+def test_views_turn_raw_images_into_pairs_inside_the_step():
+    seen = []
+
+    def views(images):
+        seen.append(images.shape)
+        images = tf.cast(images, tf.float32) / 255.0
+        return images, tf.image.flip_left_right(images)
+
+    model = tiny_model("ascl", views=views)
+    images = np.random.default_rng(0).integers(0, 255, (BATCH, SIZE, SIZE, 3), dtype=np.uint8)
+    logs = model.fit(images, np.zeros(BATCH), batch_size=BATCH, epochs=1, verbose=0).history
+    assert seen and np.isfinite(logs["loss"][0])
+
+
+def test_single_images_without_views_is_a_clear_error():
+    model = tiny_model("ascl")
+    images = np.zeros((BATCH, SIZE, SIZE, 3), np.float32)
+    with pytest.raises(ValueError, match="views="):
+        model.fit(images, np.zeros(BATCH), batch_size=BATCH, epochs=1, verbose=0)
+
+
+def test_queue_size_must_be_a_multiple_of_the_batch():
+    with pytest.raises(ValueError, match="queue_size=30 must be a multiple"):
+        tiny_model("ascl", queue_size=30, batch_size=BATCH)
+    with pytest.raises(ValueError, match="queue_size=40 must be a multiple"):
+        KeyQueue(40, 8, batch_size=16)
+
+
+def test_bad_options_are_clear_errors():
+    with pytest.raises(ValueError, match="method must be one of"):
+        tiny_model("simclr")
+    with pytest.raises(ValueError, match="temperature must be > 0"):
+        tiny_model("ascl", temperature=0.0)
+
+
+def test_split_batchnorm_normalises_each_group_and_averages_moving_stats():
+    layer = SplitBatchNorm(num_splits=2, momentum=0.0, epsilon=0.0, center=False, scale=False)
+    x = np.concatenate([np.full((2, 3), 1.0), np.full((2, 3), 5.0)])
+    x[0] += 1.0
+    x[2] += 2.0
+    y = layer(tf.constant(x, tf.float32), training=True).numpy()
+    want = np.concatenate([(g - g.mean(0)) / np.sqrt(g.var(0)) for g in (x[:2], x[2:])])
+    np.testing.assert_allclose(y, want, atol=1e-5)
+    np.testing.assert_allclose(
+        layer.moving_mean.numpy(), (x[:2].mean(0) + x[2:].mean(0)) / 2, atol=1e-6
+    )
+
+
+def test_checkpoint_restores_the_run_exactly(tmp_path):
+    # Shuffle BN draws a permutation per step; with it off the next step is
+    # deterministic, so continuing and restoring must agree to float precision.
+    def make():
+        return tiny_model("ascl", shuffle_keys=False)
+
+    model = make()
+    for step in range(2):
+        fit_one(model, seed=step)
+    path = model.checkpoint().save(str(tmp_path / "ckpt"))
+    want = fit_one(model, seed=2).history["loss"][0]
+    want_queue = model.queue.keys.numpy()
+
+    restored = make()
+    restored.checkpoint().restore(path).assert_existing_objects_matched()
+    assert int(restored.optimizer.iterations.numpy()) == 2
+    got = fit_one(restored, seed=2).history["loss"][0]
+    np.testing.assert_allclose(got, want, rtol=1e-5)
+    np.testing.assert_allclose(restored.queue.keys.numpy(), want_queue, atol=1e-5)
+
+
+def test_jit_compiled_step_matches_eager():
+    results = []
+    for jit in (False, True):
+        model = tiny_model("ascl", shuffle_keys=False)
+        model.compile(optimizer=keras.optimizers.SGD(0.1, momentum=0.9), jit_compile=jit)
+        results.append([fit_one(model, seed=s).history["loss"][0] for s in range(2)])
+    np.testing.assert_allclose(results[0], results[1], rtol=1e-4)
+
+
+def test_momentum_cosine_schedule_reaches_one():
+    model = tiny_model("byol", total_steps=4)
+    assert float(model.current_momentum()) == pytest.approx(0.99)
+    model.optimizer.iterations.assign(4)
+    assert float(model.current_momentum()) == pytest.approx(1.0)
+    assert isinstance(tiny_model("moco"), MomentumContrast)
+
+
+@pytest.mark.parametrize(
+    ("depth", "stem", "size", "features"),
+    [
+        ("resnet18", "cifar", 32, 8 * WIDTH),
+        ("resnet34", "cifar_pool", 64, 8 * WIDTH),
+        ("resnet50", "imagenet", 64, 32 * WIDTH),
+    ],
+)
+def test_resnet_shapes_and_stems(depth, stem, size, features):
+    model = tfascl.models.resnet(depth, image_size=size, stem=stem, width=WIDTH, norm="batch")
+    out = model(np.zeros((2, size, size, 3), np.float32), training=False)
+    assert out.shape == (2, features)
+    first = model.get_layer("stem_conv")
+    assert first.kernel_size == ((7, 7) if stem == "imagenet" else (3, 3))
+    assert first.strides == ((2, 2) if stem == "imagenet" else (1, 1))
+    has_pool = any(layer.name == "stem_pool" for layer in model.layers)
+    assert has_pool == (stem != "cifar")
