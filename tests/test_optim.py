@@ -3,6 +3,7 @@
 import copy
 import math
 import os
+import re
 import subprocess
 import sys
 import textwrap
@@ -375,8 +376,6 @@ def test_weight_decay_exclusion(name, exclude):
 
 
 def test_bn_and_bias_patterns_spellings():
-    import re
-
     pattern = re.compile("|".join(BN_AND_BIAS_PATTERNS))
     for name in ["bias", "gamma", "dense/bias:0", "m/bn/beta:0", "m/bn/gamma/replica_1:0"]:
         assert pattern.search(name), name
