@@ -1,0 +1,198 @@
+"""Weighted k-nearest-neighbour evaluation of frozen features.
+
+The protocol of InstDisc (Wu et al., 2018), used as a training monitor by the MoCo CIFAR demo
+and the ASCL code: features are L2-normalised, every test sample takes its ``k`` most
+cosine-similar training samples, and each neighbour votes for its label with weight
+``exp(sim / temperature)``.
+
+For a test feature ``q`` and training features ``x_j`` with labels ``y_j``::
+
+    s_j      = <q / ||q||, x_j / ||x_j||>                  cosine similarity
+    N(q)     = indices of the k largest s_j                 k := min(k, N_train)
+    score_c  = sum_{j in N(q), y_j = c} exp(s_j / temperature)
+    pred     = argmax_c score_c
+
+Ties: when several training samples share the k-th largest similarity, ``tf.math.top_k`` keeps
+the ones with the lower index (it documents that equal values come out lower-index first).
+"""
+
+from __future__ import annotations
+
+import keras
+import numpy as np
+import tensorflow as tf
+
+__all__ = ["extract_features", "knn_accuracy", "knn_predict"]
+
+
+def knn_predict(
+    train_features: tf.Tensor,
+    train_labels: tf.Tensor,
+    test_features: tf.Tensor,
+    num_classes: int,
+    k: int = 200,
+    temperature: float = 0.1,
+    chunk_size: int = 1024,
+) -> tf.Tensor:
+    """Weighted kNN class scores (see the module docstring for the formula).
+
+    Both feature sets are L2-normalised here, so raw backbone outputs can be passed; for
+    features that are already unit-norm this is a no-op up to float32 rounding. Test rows are
+    processed ``chunk_size`` at a time, so peak memory is ``O(chunk_size * N_train)`` for the
+    similarity block, plus ``O(chunk_size * (k + num_classes))``. Chunking does not change the
+    result: every test row is scored independently. Pure TensorFlow ops; runs on GPU and
+    inside ``tf.function`` (also with ``jit_compile=True`` when all shapes are static).
+
+    Args:
+        train_features: ``[N_train, D]`` float features of the memory bank.
+        train_labels: ``[N_train]`` integer labels in ``[0, num_classes)``. Out-of-range labels
+            are not checked (a segment sum would silently misplace them).
+        test_features: ``[N_test, D]`` float features to classify.
+        num_classes: ``C``.
+        k: Number of neighbours; clipped to ``N_train``.
+        temperature: Softmax-like temperature of the vote weights ``exp(sim / temperature)``.
+        chunk_size: Test rows per similarity block.
+
+    Returns:
+        ``[N_test, C]`` float32 scores; ``argmax`` over the last axis is the prediction.
+    """
+    if k < 1:
+        raise ValueError(f"`k` must be >= 1, got {k}.")
+    if chunk_size < 1:
+        raise ValueError(f"`chunk_size` must be >= 1, got {chunk_size}.")
+    if temperature <= 0:
+        raise ValueError(f"`temperature` must be > 0, got {temperature}.")
+
+    train = tf.math.l2_normalize(tf.cast(train_features, tf.float32), axis=1)
+    test = tf.math.l2_normalize(tf.cast(test_features, tf.float32), axis=1)
+    labels = tf.cast(tf.reshape(train_labels, [-1]), tf.int32)
+
+    n_train_static = train.shape[0]
+    if n_train_static is not None:
+        k_eff = min(k, n_train_static)  # a Python int keeps top_k XLA-compilable
+    else:
+        k_eff = tf.minimum(k, tf.shape(train)[0])
+
+    def score_chunk(chunk: tf.Tensor) -> tf.Tensor:
+        sim = tf.matmul(chunk, train, transpose_b=True)  # [B, N_train]
+        top_sim, top_idx = tf.math.top_k(sim, k=k_eff)  # [B, k], lower index first on ties
+        weights = tf.exp(top_sim / temperature)
+        top_labels = tf.gather(labels, top_idx)  # [B, k]
+        # Segment id row * C + label scatters the votes into a [B * C] vector without
+        # materialising a [B, k, C] one-hot tensor (800 MB for B=1024, k=200, C=1000).
+        rows = tf.shape(chunk)[0]
+        segment = tf.range(rows)[:, None] * num_classes + top_labels
+        scores = tf.math.unsorted_segment_sum(
+            tf.reshape(weights, [-1]), tf.reshape(segment, [-1]), rows * num_classes
+        )
+        return tf.reshape(scores, [rows, num_classes])
+
+    n_test_static = test.shape[0]
+    if n_test_static is not None and n_test_static <= chunk_size:
+        return score_chunk(test)
+
+    # Pad to whole chunks and map over them sequentially; parallel_iterations=1 keeps only
+    # one [chunk_size, N_train] similarity block alive at a time in graph mode.
+    n_test = tf.shape(test)[0]
+    num_chunks = (n_test + chunk_size - 1) // chunk_size
+    padded = tf.pad(test, [[0, num_chunks * chunk_size - n_test], [0, 0]])
+    dim = test.shape[1] if test.shape[1] is not None else tf.shape(test)[1]
+    chunks = tf.reshape(padded, [num_chunks, chunk_size, dim])
+    scores = tf.map_fn(
+        score_chunk,
+        chunks,
+        fn_output_signature=tf.TensorSpec([chunk_size, num_classes], tf.float32),
+        parallel_iterations=1,
+    )
+    return tf.reshape(scores, [-1, num_classes])[:n_test]
+
+
+def knn_accuracy(
+    train_features: tf.Tensor | np.ndarray,
+    train_labels: tf.Tensor | np.ndarray,
+    test_features: tf.Tensor | np.ndarray,
+    test_labels: tf.Tensor | np.ndarray,
+    num_classes: int,
+    k: int = 200,
+    temperature: float = 0.1,
+    chunk_size: int = 1024,
+) -> dict[str, float]:
+    """Top-1 (and top-5) weighted-kNN accuracy; arguments as in :func:`knn_predict`.
+
+    A test sample counts as top-``n`` correct when its label is among the ``n`` highest
+    scores; equal scores (including classes with no vote, score 0) rank lower class index first.
+
+    Args:
+        train_features: ``[N_train, D]`` features.
+        train_labels: ``[N_train]`` integer labels.
+        test_features: ``[N_test, D]`` features.
+        test_labels: ``[N_test]`` integer labels.
+        num_classes: ``C``.
+        k: Neighbours.
+        temperature: Vote temperature.
+        chunk_size: Test rows per similarity block.
+
+    Returns:
+        ``{"top1": a1}`` or, when ``num_classes >= 5``, ``{"top1": a1, "top5": a5}``; fractions
+        in ``[0, 1]``.
+    """
+    scores = knn_predict(
+        tf.convert_to_tensor(train_features),
+        tf.convert_to_tensor(train_labels),
+        tf.convert_to_tensor(test_features),
+        num_classes,
+        k=k,
+        temperature=temperature,
+        chunk_size=chunk_size,
+    )
+    targets = tf.cast(tf.reshape(tf.convert_to_tensor(test_labels), [-1]), tf.int32)
+    result = {"top1": _top_n_accuracy(scores, targets, 1)}
+    if num_classes >= 5:
+        result["top5"] = _top_n_accuracy(scores, targets, 5)
+    return result
+
+
+def _top_n_accuracy(scores: tf.Tensor, targets: tf.Tensor, n: int) -> float:
+    # top_k rather than in_top_k: in_top_k counts every class tied with the n-th score as a
+    # hit, which inflates accuracy when many classes have score 0.
+    _, top = tf.math.top_k(scores, k=n)
+    hits = tf.reduce_any(tf.equal(top, targets[:, None]), axis=1)
+    return float(tf.reduce_mean(tf.cast(hits, tf.float32)))
+
+
+def extract_features(model: keras.Model, dataset: tf.data.Dataset) -> tuple[np.ndarray, np.ndarray]:
+    """Runs ``model(x, training=False)`` over ``dataset`` and L2-normalises the outputs.
+
+    Works with the default strategy and under a ``tf.distribute`` strategy scope (for example
+    ``MirroredStrategy``): the dataset is split across replicas and the results are gathered
+    back in dataset order.
+
+    Args:
+        model: Maps an image batch to ``[B, D]`` features (larger ranks are flattened).
+        dataset: Yields ``(images, labels)`` batches (further elements, such as sample
+            weights, are ignored).
+
+    Returns:
+        ``(features, labels)``: ``[N, D]`` float32 unit-norm features and ``[N]`` int64 labels,
+        in dataset order.
+    """
+    strategy = tf.distribute.get_strategy()
+
+    def embed(images: tf.Tensor) -> tf.Tensor:
+        features = model(images, training=False)
+        features = tf.reshape(tf.cast(features, tf.float32), [tf.shape(features)[0], -1])
+        return tf.math.l2_normalize(features, axis=1)
+
+    @tf.function(reduce_retracing=True)  # the final, smaller batch must not retrace each call
+    def step(images: tf.Tensor, labels: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
+        features = strategy.run(embed, args=(images,))
+        return strategy.gather(features, axis=0), strategy.gather(labels, axis=0)
+
+    feature_batches, label_batches = [], []
+    for element in strategy.experimental_distribute_dataset(dataset):
+        features, labels = step(element[0], element[1])
+        feature_batches.append(features.numpy())
+        label_batches.append(np.reshape(labels.numpy(), [-1]).astype(np.int64))
+    if not feature_batches:
+        raise ValueError("`dataset` is empty.")
+    return np.concatenate(feature_batches), np.concatenate(label_batches)

@@ -1,0 +1,488 @@
+"""Optimizers and learning-rate schedules for self-supervised pre-training.
+
+Contents:
+
+* :class:`LARS` -- Layer-wise Adaptive Rate Scaling with SGD momentum, in the form used by
+  SimCLR / BYOL (TF) / the TF Model Garden, with *coupled* L2 weight decay.
+* :class:`CoupledSGD` -- SGD with momentum whose update matches ``torch.optim.SGD`` exactly,
+  including its coupled L2 weight decay (the optimizer of the reference ASCL / MoCo code).
+* :class:`WarmupCosine` -- per-step linear warm-up followed by cosine decay.
+* :func:`scaled_learning_rate` -- the linear scaling rule ``lr = base * batch / 256``.
+* :func:`build_optimizer` -- builds one of ``sgd``, ``lars``, ``adamw``, ``lamb``.
+
+Which variables count as "excluded" (BatchNorm / LayerNorm scale and offset, biases) is decided
+by ``keras.optimizers.Optimizer.exclude_from_weight_decay(var_names=...)``. Keras compiles the
+names into one regular expression (``"|".join(var_names)``) and ``re.search``-es it in
+``variable.name`` of whatever variable object reaches the check. With the TensorFlow backend
+that is the underlying ``tf.Variable``, whose name is the *full path* plus a suffix (for example
+``"resnet/conv1_bn/gamma:0"``, or ``".../gamma/replica_1:0"`` for a mirrored copy), while a
+``keras.Variable``'s own ``.name`` is only the last component (``"gamma"``). A bare substring
+such as ``"beta"`` therefore also matches every variable of a layer called ``"beta_proj"``;
+:data:`BN_AND_BIAS_PATTERNS` anchors the names on the last path component to avoid that.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from collections.abc import Sequence
+
+import keras
+import tensorflow as tf
+from keras import ops
+
+__all__ = [
+    "BN_AND_BIAS_PATTERNS",
+    "LARS",
+    "OPTIMIZER_NAMES",
+    "CoupledSGD",
+    "WarmupCosine",
+    "build_optimizer",
+    "scaled_learning_rate",
+]
+
+# Matches a variable whose last path component is exactly bias/gamma/beta, in each spelling a
+# name reaches `_use_weight_decay` with: Keras short name ("bias"), tf.Variable name
+# ("dense/bias:0") and a MirroredStrategy component ("dense/bias/replica_1:0").
+BN_AND_BIAS_PATTERNS: tuple[str, ...] = (r"(?:^|/)(?:bias|gamma|beta)(?:/replica_\d+)?(?::\d+)?$",)
+
+OPTIMIZER_NAMES: tuple[str, ...] = ("sgd", "lars", "adamw", "lamb")
+
+
+def _const(value: float, dtype: str) -> tf.Tensor:
+    # Not ops.cast(value, dtype): that first makes a float32 tensor, so hyper-parameters of
+    # float64 variables would carry float32 rounding.
+    return ops.convert_to_tensor(value, dtype=dtype)
+
+
+def _dense(gradient: tf.Tensor | tf.IndexedSlices) -> tf.Tensor:
+    # Norms and `g + wd * w` need the full gradient; sparse rows (embeddings) are densified.
+    if isinstance(gradient, tf.IndexedSlices):
+        return tf.convert_to_tensor(gradient)
+    return gradient
+
+
+class _CoupledWeightDecayMixin:
+    """Moves weight decay from Keras' decoupled step into the gradient (L2 regularisation).
+
+    Keras 3's base optimizer applies ``w -= lr * wd * w`` in ``_apply_weight_decay`` before
+    ``update_step`` whenever ``self.weight_decay`` is set. Optimizers using this mixin keep
+    ``self.weight_decay`` (so it shows in ``get_config``) but turn that step into a no-op and add
+    ``wd * w`` to the gradient in ``update_step`` instead, which is what PyTorch's SGD and every
+    published LARS do. The mixin also remembers the ``var_names`` given to
+    ``exclude_from_weight_decay`` so that they survive ``get_config`` / ``from_config`` (Keras
+    itself does not serialise them).
+    """
+
+    def _init_exclusions(self, exclude_from_weight_decay: Sequence[str] | None) -> None:
+        self._wd_exclude_names: tuple[str, ...] | None = None
+        if exclude_from_weight_decay:
+            self.exclude_from_weight_decay(var_names=list(exclude_from_weight_decay))
+
+    def exclude_from_weight_decay(
+        self,
+        var_list: Sequence[keras.Variable] | None = None,
+        var_names: Sequence[str] | None = None,
+    ) -> None:
+        """Like the Keras method; also records ``var_names`` for ``get_config``.
+
+        ``var_list`` (variable identities) cannot be serialised and is not recorded.
+        """
+        super().exclude_from_weight_decay(var_list=var_list, var_names=var_names)
+        self._wd_exclude_names = tuple(var_names) if var_names else None
+
+    def _apply_weight_decay(self, variables: Sequence[keras.Variable]) -> None:
+        # Deliberately empty: the decay is coupled, i.e. added to the gradient in update_step.
+        del variables
+
+    def _decayed_gradient(self, gradient: tf.Tensor, variable: tf.Variable) -> tf.Tensor:
+        if self.weight_decay and self._use_weight_decay(variable):
+            return gradient + _const(self.weight_decay, variable.dtype) * variable
+        return gradient
+
+
+@keras.saving.register_keras_serializable(package="tfascl")
+class LARS(_CoupledWeightDecayMixin, keras.optimizers.Optimizer):
+    r"""Layer-wise Adaptive Rate Scaling (You et al., 2017) with heavy-ball momentum.
+
+    This is the SimCLR / BYOL / TF Model Garden form ("classic momentum": the learning rate is
+    inside the momentum buffer). For every variable ``w`` (one "layer") with gradient ``g``, at
+    learning rate ``lr`` of the current step::
+
+        g' = g + wd * w                               # only if w is not excluded from decay
+        trust = eta * ||w|| / (||g'|| + eps)           # if ||w|| > 0 and ||g'|| > 0, else 1;
+                                                       # trust = 1 for vars excluded from adaptation
+        v = momentum * v + lr * trust * g'            # v starts at 0
+        w = w - v                                     # nesterov=False
+        w = w - (momentum * v + lr * trust * g')      # nesterov=True (uses the new v)
+
+    ``||.||`` is the Frobenius norm of the whole variable. ``eta`` is ``trust_coefficient``.
+
+    Differences from solo-learn's (PyTorch) LARS, for whoever compares runs: solo-learn uses
+    ``trust = eta * ||w|| / (||g|| + wd * ||w|| + eps)`` and keeps ``lr`` outside the buffer
+    (``v = momentum * v + trust * g'``; ``w -= lr * v``). Both coincide for a constant learning
+    rate when ``wd = 0`` and ``eps = 0``.
+
+    Exclusion. Call ``exclude_from_weight_decay(var_names=...)`` (or pass
+    ``exclude_from_weight_decay=``) before the first step to exempt variables from the decay;
+    see the module docstring for how Keras matches names. With
+    ``exclude_from_layer_adaptation=None`` (default) the same variables are also exempt from
+    the trust ratio, as in SimCLR / BYOL for BatchNorm and biases; pass a list of regular
+    expressions (``re.search`` in ``variable.name``, same rule as Keras) to choose them
+    separately, or ``[]`` to adapt every variable.
+
+    Keras' own decoupled decay (``w -= lr * wd * w`` before the update) is switched off, so
+    ``weight_decay`` acts only through ``g'``.
+
+    Args:
+        learning_rate: Float, ``LearningRateSchedule`` or callable.
+        momentum: Momentum factor in ``[0, 1)``; 0 disables the buffer.
+        weight_decay: Coupled L2 coefficient ``wd``.
+        trust_coefficient: ``eta`` of the trust ratio.
+        eps: Added to ``||g'||`` in the trust ratio's denominator.
+        nesterov: Nesterov momentum.
+        exclude_from_weight_decay: Optional variable-name patterns, forwarded to
+            ``exclude_from_weight_decay(var_names=...)``; kept in ``get_config``.
+        exclude_from_layer_adaptation: Optional patterns of variables with ``trust = 1``;
+            ``None`` means "the variables excluded from weight decay".
+        **kwargs: Other ``keras.optimizers.Optimizer`` arguments (``clipnorm``, ``name``, ...).
+    """
+
+    def __init__(
+        self,
+        learning_rate: float | keras.optimizers.schedules.LearningRateSchedule = 0.1,
+        momentum: float = 0.9,
+        weight_decay: float = 0.0,
+        trust_coefficient: float = 0.001,
+        eps: float = 0.0,
+        nesterov: bool = False,
+        exclude_from_weight_decay: Sequence[str] | None = None,
+        exclude_from_layer_adaptation: Sequence[str] | None = None,
+        **kwargs,
+    ) -> None:
+        super().__init__(learning_rate=learning_rate, weight_decay=weight_decay, **kwargs)
+        if not 0.0 <= momentum < 1.0:
+            raise ValueError(f"`momentum` must be in [0, 1), got {momentum}.")
+        if weight_decay is not None and weight_decay < 0:
+            raise ValueError(f"`weight_decay` must be >= 0, got {weight_decay}.")
+        if trust_coefficient <= 0:
+            raise ValueError(f"`trust_coefficient` must be > 0, got {trust_coefficient}.")
+        if eps < 0:
+            raise ValueError(f"`eps` must be >= 0, got {eps}.")
+        self.momentum = float(momentum)
+        self.trust_coefficient = float(trust_coefficient)
+        self.eps = float(eps)
+        self.nesterov = bool(nesterov)
+        self.exclude_from_layer_adaptation = (
+            None if exclude_from_layer_adaptation is None else tuple(exclude_from_layer_adaptation)
+        )
+        self._init_exclusions(exclude_from_weight_decay)
+
+    def build(self, var_list: Sequence[keras.Variable]) -> None:
+        """Creates one momentum buffer per variable (none when ``momentum == 0``)."""
+        if self.built:
+            return
+        super().build(var_list)
+        self._momentums = []
+        if self.momentum:
+            self._momentums = [
+                self.add_variable_from_reference(v, name="momentum") for v in var_list
+            ]
+
+    def _use_layer_adaptation(self, variable: tf.Variable) -> bool:
+        if self.exclude_from_layer_adaptation is None:
+            return self._use_weight_decay(variable)
+        return not any(re.search(p, variable.name) for p in self.exclude_from_layer_adaptation)
+
+    def update_step(
+        self, gradient: tf.Tensor, variable: tf.Variable, learning_rate: tf.Tensor
+    ) -> None:
+        """Applies one LARS step to ``variable`` (see the class docstring for the formula)."""
+        dtype = variable.dtype
+        lr = ops.cast(learning_rate, dtype)
+        grad = self._decayed_gradient(ops.cast(_dense(gradient), dtype), variable)
+
+        if self._use_layer_adaptation(variable):
+            w_norm = ops.sqrt(ops.sum(ops.square(variable)))
+            g_norm = ops.sqrt(ops.sum(ops.square(grad)))
+            both_positive = ops.logical_and(ops.greater(w_norm, 0), ops.greater(g_norm, 0))
+            # A safe denominator keeps 0/0 out of the graph even in the branch `where` discards.
+            safe_g_norm = ops.where(ops.greater(g_norm, 0), g_norm, ops.ones_like(g_norm))
+            ratio = (
+                _const(self.trust_coefficient, dtype)
+                * w_norm
+                / (safe_g_norm + _const(self.eps, dtype))
+            )
+            lr = lr * ops.where(both_positive, ratio, ops.ones_like(ratio))
+
+        step = lr * grad
+        if self.momentum:
+            momentum = _const(self.momentum, dtype)
+            v = self._momentums[self._get_variable_index(variable)]
+            self.assign(v, momentum * v + step)
+            if self.nesterov:
+                step = momentum * v + step
+            else:
+                step = v
+        self.assign_sub(variable, step)
+
+    def get_config(self) -> dict:
+        """Returns the constructor arguments (exclusion *names* included, ``var_list`` not)."""
+        config = super().get_config()
+        config.update(
+            {
+                "momentum": self.momentum,
+                "trust_coefficient": self.trust_coefficient,
+                "eps": self.eps,
+                "nesterov": self.nesterov,
+                "exclude_from_weight_decay": _as_list(self._wd_exclude_names),
+                "exclude_from_layer_adaptation": _as_list(self.exclude_from_layer_adaptation),
+            }
+        )
+        return config
+
+
+@keras.saving.register_keras_serializable(package="tfascl")
+class CoupledSGD(_CoupledWeightDecayMixin, keras.optimizers.SGD):
+    """SGD with momentum exactly as ``torch.optim.SGD`` (dampening 0), coupled weight decay.
+
+    For every variable ``w`` with gradient ``g`` at learning rate ``lr``::
+
+        g' = g + wd * w                 # only if w is not excluded from weight decay
+        b  = momentum * b + g'          # b starts at 0, so the first b is g' as in PyTorch
+        d  = g' + momentum * b          # nesterov=True
+        d  = b                          # nesterov=False
+        w  = w - lr * d                 # momentum == 0: w = w - lr * g'
+
+    Two things differ from ``keras.optimizers.SGD``: Keras' ``weight_decay`` is decoupled
+    (``w -= lr * wd * w``, not passed through the momentum buffer), and Keras keeps ``lr``
+    inside the buffer (``m = momentum * m - lr * g``), which diverges from PyTorch as soon as the
+    learning rate changes between steps (any schedule). The reference MoCo / ASCL code trains
+    with ``torch.optim.SGD(momentum=0.9, weight_decay=5e-4)``; this class reproduces it.
+
+    The momentum buffers are built by ``keras.optimizers.SGD.build`` (``self.momentums``) but
+    hold ``b`` above (no ``lr``, positive sign), so they are not interchangeable with a Keras
+    SGD checkpoint.
+
+    Args:
+        learning_rate: Float, ``LearningRateSchedule`` or callable.
+        momentum: Momentum factor in ``[0, 1]``.
+        nesterov: Nesterov momentum (PyTorch's formula above).
+        weight_decay: Coupled L2 coefficient ``wd``.
+        exclude_from_weight_decay: Optional variable-name patterns, forwarded to
+            ``exclude_from_weight_decay(var_names=...)``; kept in ``get_config``.
+        **kwargs: Other ``keras.optimizers.Optimizer`` arguments.
+    """
+
+    def __init__(
+        self,
+        learning_rate: float | keras.optimizers.schedules.LearningRateSchedule = 0.01,
+        momentum: float = 0.0,
+        nesterov: bool = False,
+        weight_decay: float = 0.0,
+        exclude_from_weight_decay: Sequence[str] | None = None,
+        **kwargs,
+    ) -> None:
+        if weight_decay is not None and weight_decay < 0:
+            raise ValueError(f"`weight_decay` must be >= 0, got {weight_decay}.")
+        super().__init__(
+            learning_rate=learning_rate,
+            momentum=float(momentum),
+            nesterov=bool(nesterov),
+            weight_decay=weight_decay,
+            **kwargs,
+        )
+        self._init_exclusions(exclude_from_weight_decay)
+
+    def update_step(
+        self, gradient: tf.Tensor, variable: tf.Variable, learning_rate: tf.Tensor
+    ) -> None:
+        """Applies one PyTorch-style SGD step to ``variable``."""
+        dtype = variable.dtype
+        lr = ops.cast(learning_rate, dtype)
+        grad = self._decayed_gradient(ops.cast(_dense(gradient), dtype), variable)
+        direction = grad
+        if self.momentum:
+            momentum = _const(self.momentum, dtype)
+            b = self.momentums[self._get_variable_index(variable)]
+            self.assign(b, momentum * b + grad)
+            direction = grad + momentum * b if self.nesterov else b
+        self.assign_sub(variable, lr * direction)
+
+    def get_config(self) -> dict:
+        """Returns the constructor arguments (exclusion *names* included, ``var_list`` not)."""
+        config = super().get_config()
+        config["exclude_from_weight_decay"] = _as_list(self._wd_exclude_names)
+        return config
+
+
+def _as_list(names: Sequence[str] | None) -> list[str] | None:
+    return None if names is None else list(names)
+
+
+@keras.saving.register_keras_serializable(package="tfascl")
+class WarmupCosine(keras.optimizers.schedules.LearningRateSchedule):
+    r"""Per-step linear warm-up, then cosine decay, then constant.
+
+    With ``s`` the step (the optimizer's ``iterations``, starting at 0), ``W = warmup_steps``,
+    ``T = total_steps``, ``b = base_lr``, ``f = final_lr``, ``a = warmup_start_lr``::
+
+        lr(s) = a + (b - a) * s / W                                   0 <= s < W
+        lr(s) = f + (b - f) * (1 + cos(pi * (s - W) / (T - W))) / 2   W <= s < T
+        lr(s) = f                                                     s >= T
+
+    So ``lr(0) = a`` (no warm-up: ``lr(0) = b``), ``lr(W) = b`` and the schedule reaches ``f``
+    at ``T``. Computed in float32; ``s`` may be a Python number or an int / float tensor.
+
+    Args:
+        base_lr: Peak learning rate ``b``, reached at the end of the warm-up.
+        total_steps: Step ``T`` at which the cosine reaches ``final_lr``; ``T >= W``.
+        warmup_steps: Warm-up length ``W >= 0``.
+        final_lr: ``f``.
+        warmup_start_lr: ``a``.
+        name: Name scope of the ops.
+    """
+
+    def __init__(
+        self,
+        base_lr: float,
+        total_steps: int,
+        warmup_steps: int = 0,
+        final_lr: float = 0.0,
+        warmup_start_lr: float = 0.0,
+        name: str = "WarmupCosine",
+    ) -> None:
+        super().__init__()
+        if warmup_steps < 0:
+            raise ValueError(f"`warmup_steps` must be >= 0, got {warmup_steps}.")
+        if total_steps < warmup_steps:
+            raise ValueError(
+                f"`total_steps` ({total_steps}) must be >= `warmup_steps` ({warmup_steps})."
+            )
+        self.base_lr = float(base_lr)
+        self.total_steps = int(total_steps)
+        self.warmup_steps = int(warmup_steps)
+        self.final_lr = float(final_lr)
+        self.warmup_start_lr = float(warmup_start_lr)
+        self.name = name
+
+    def __call__(self, step: int | float | tf.Tensor) -> tf.Tensor:
+        """Returns the float32 learning rate at ``step``."""
+        with tf.name_scope(self.name):
+            s = ops.cast(step, "float32")
+            warm = float(self.warmup_steps)
+            end = float(self.total_steps)
+            # max(.., 1) only matters when T == W, where the cosine branch is never selected.
+            progress = ops.clip((s - warm) / max(end - warm, 1.0), 0.0, 1.0)
+            lr = self.final_lr + 0.5 * (self.base_lr - self.final_lr) * (
+                1.0 + ops.cos(math.pi * progress)
+            )
+            if self.warmup_steps > 0:
+                warm_lr = self.warmup_start_lr + (self.base_lr - self.warmup_start_lr) * s / warm
+                lr = ops.where(s < warm, warm_lr, lr)
+            # cos(float32(pi)) is not exactly -1 everywhere; pin the tail to final_lr.
+            return ops.where(s >= end, ops.full_like(lr, self.final_lr), lr)
+
+    def get_config(self) -> dict:
+        """Returns the constructor arguments."""
+        return {
+            "base_lr": self.base_lr,
+            "total_steps": self.total_steps,
+            "warmup_steps": self.warmup_steps,
+            "final_lr": self.final_lr,
+            "warmup_start_lr": self.warmup_start_lr,
+            "name": self.name,
+        }
+
+
+def scaled_learning_rate(
+    base_lr: float, global_batch_size: int, reference_batch: int = 256
+) -> float:
+    """Linear scaling rule (Goyal et al., 2017): ``base_lr * global_batch_size / reference_batch``.
+
+    Args:
+        base_lr: Learning rate tuned for ``reference_batch``.
+        global_batch_size: Batch size summed over all replicas.
+        reference_batch: Batch size ``base_lr`` refers to (256 in SimCLR / BYOL / MoCo).
+
+    Returns:
+        The scaled learning rate.
+    """
+    if global_batch_size <= 0 or reference_batch <= 0:
+        raise ValueError(
+            "Batch sizes must be positive, got "
+            f"global_batch_size={global_batch_size}, reference_batch={reference_batch}."
+        )
+    return base_lr * global_batch_size / reference_batch
+
+
+def build_optimizer(
+    name: str,
+    learning_rate: float | keras.optimizers.schedules.LearningRateSchedule,
+    *,
+    weight_decay: float = 0.0,
+    momentum: float = 0.9,
+    exclude_bn_and_bias: bool = True,
+    nesterov: bool = False,
+) -> keras.optimizers.Optimizer:
+    """Builds an optimizer by name.
+
+    ============  =====================================================================
+    ``name``      optimizer and weight decay
+    ============  =====================================================================
+    ``"sgd"``     :class:`CoupledSGD` (PyTorch SGD), coupled L2: ``g += wd * w``
+    ``"lars"``    :class:`LARS`, coupled L2 inside the trust ratio
+    ``"adamw"``   ``keras.optimizers.AdamW``, decoupled: ``w -= lr * wd * w``
+    ``"lamb"``    ``keras.optimizers.Lamb``, decoupled like AdamW (Keras applies it outside
+                  the trust ratio, unlike the LAMB paper)
+    ============  =====================================================================
+
+    ``momentum`` and ``nesterov`` apply to sgd and lars only; adamw and lamb keep their Keras
+    defaults (``beta_1 = 0.9``).
+
+    Args:
+        name: One of :data:`OPTIMIZER_NAMES` (case-insensitive).
+        learning_rate: Float or schedule.
+        weight_decay: Weight-decay coefficient (0 disables it).
+        momentum: Momentum of sgd / lars.
+        exclude_bn_and_bias: Exempt BatchNorm/LayerNorm ``gamma``/``beta`` and every ``bias``
+            from weight decay (and, for lars, from the trust ratio) via
+            :data:`BN_AND_BIAS_PATTERNS`.
+        nesterov: Nesterov momentum for sgd / lars.
+
+    Returns:
+        An unbuilt Keras optimizer.
+
+    Raises:
+        ValueError: If ``name`` is not one of :data:`OPTIMIZER_NAMES`.
+    """
+    key = name.lower()
+    excluded = list(BN_AND_BIAS_PATTERNS) if exclude_bn_and_bias else None
+    if key == "sgd":
+        return CoupledSGD(
+            learning_rate,
+            momentum=momentum,
+            nesterov=nesterov,
+            weight_decay=weight_decay,
+            exclude_from_weight_decay=excluded,
+        )
+    if key == "lars":
+        return LARS(
+            learning_rate,
+            momentum=momentum,
+            weight_decay=weight_decay,
+            nesterov=nesterov,
+            exclude_from_weight_decay=excluded,
+        )
+    if key == "adamw":
+        opt = keras.optimizers.AdamW(learning_rate=learning_rate, weight_decay=weight_decay)
+    elif key == "lamb":
+        # Lamb's weight_decay=0.0 would still run the (empty) decay ops; None skips them.
+        opt = keras.optimizers.Lamb(learning_rate=learning_rate, weight_decay=weight_decay or None)
+    else:
+        raise ValueError(
+            f"Unknown optimizer {name!r}; expected one of {', '.join(OPTIMIZER_NAMES)}."
+        )
+    if excluded:
+        opt.exclude_from_weight_decay(var_names=excluded)
+    return opt
