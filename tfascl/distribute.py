@@ -1,0 +1,137 @@
+"""Strategies by name, and a training loop for where Keras's ``fit`` breaks.
+
+``fit`` is the loop for one device and ``MirroredStrategy``. Under
+``MultiWorkerMirroredStrategy`` Keras 3's ``fit`` is broken (keras-team/keras
+issue 20585: ``_maybe_symbolic_build`` reduces a PerReplica value, and scalar
+metrics are reduced along axis 0), so ``fit_loop`` drives the model's own
+``train_step`` through ``strategy.run`` with the same callbacks and logs.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Sequence
+
+import keras
+import numpy as np
+import tensorflow as tf
+
+STRATEGIES = ("auto", "one_device", "mirrored", "multi_worker", "tpu")
+
+
+def _local_devices() -> list[str]:
+    """Local GPUs, or the logical CPUs when there is no GPU (tests use two)."""
+    gpus = tf.config.list_logical_devices("GPU")
+    return [d.name for d in gpus] or [d.name for d in tf.config.list_logical_devices("CPU")]
+
+
+def make_strategy(name: str = "auto") -> tf.distribute.Strategy:
+    """A ``tf.distribute`` strategy by name.
+
+    Args:
+        name: ``"auto"`` (all local GPUs if more than one, else the default
+            strategy), ``"one_device"``, ``"mirrored"`` (all local GPUs, or
+            logical CPUs), ``"multi_worker"`` (``MultiWorkerMirroredStrategy``
+            from ``TF_CONFIG``) or ``"tpu"``.
+
+    Returns:
+        The strategy; create the model and compile it inside ``strategy.scope()``.
+    """
+    if name not in STRATEGIES:
+        raise ValueError(f"strategy must be one of {STRATEGIES}, got {name!r}")
+    if name == "multi_worker":
+        if "TF_CONFIG" not in os.environ:
+            raise ValueError("strategy 'multi_worker' needs TF_CONFIG (cluster and task) set")
+        json.loads(os.environ["TF_CONFIG"])  # fail here, clearly, on malformed JSON
+        return tf.distribute.MultiWorkerMirroredStrategy()
+    if name == "tpu":
+        resolver = tf.distribute.cluster_resolver.TPUClusterResolver()
+        tf.config.experimental_connect_to_cluster(resolver)
+        tf.tpu.experimental.initialize_tpu_system(resolver)
+        return tf.distribute.TPUStrategy(resolver)
+    devices = _local_devices()
+    if name == "mirrored" or (name == "auto" and len(tf.config.list_logical_devices("GPU")) > 1):
+        return tf.distribute.MirroredStrategy(devices)
+    if name == "one_device":
+        return tf.distribute.OneDeviceStrategy(devices[0])
+    return tf.distribute.get_strategy()
+
+
+def _first_replica(logs: dict) -> dict[str, float]:
+    # Metric variables are summed across replicas on write, so every replica
+    # holds the global result: take the first.
+    strategy = tf.distribute.get_strategy()
+    return {
+        name: float(np.asarray(strategy.experimental_local_results(value)[0]))
+        for name, value in logs.items()
+    }
+
+
+def fit_loop(
+    model: keras.Model,
+    dataset: tf.data.Dataset,
+    *,
+    epochs: int,
+    steps_per_epoch: int,
+    initial_epoch: int = 0,
+    callbacks: Sequence[keras.callbacks.Callback] = (),
+    verbose: int = 1,
+    strategy: tf.distribute.Strategy | None = None,
+) -> keras.callbacks.History:
+    """``model.fit`` for any strategy: ``train_step`` under ``strategy.run``.
+
+    The model must have been built and compiled inside ``strategy.scope()``.
+    Callbacks see the same hooks and logs as under ``fit`` (progress bar, history,
+    checkpoints, TensorBoard, early stopping through ``model.stop_training``).
+
+    Args:
+        model: a compiled tfascl model.
+        dataset: batches at the *global* batch size, repeating.
+        epochs: index of the last epoch + 1 (as ``fit``).
+        steps_per_epoch: steps in an epoch.
+        initial_epoch: epoch to start at (resume).
+        callbacks: Keras callbacks.
+        verbose: 0 silent, 1 progress bar.
+        strategy: defaults to the current strategy.
+
+    Returns:
+        The ``History`` callback.
+    """
+    strategy = strategy or tf.distribute.get_strategy()
+    with strategy.scope():
+        if not model.optimizer.built:
+            model.optimizer.build(model.online_weights)
+    iterator = iter(strategy.experimental_distribute_dataset(dataset))
+
+    @tf.function
+    def train_step(iterator):  # noqa: ANN001, ANN202
+        return strategy.run(model.train_step, args=(next(iterator),))
+
+    callback_list = keras.callbacks.CallbackList(
+        list(callbacks),
+        add_history=True,
+        add_progbar=verbose != 0,
+        model=model,
+        verbose=verbose,
+        epochs=epochs,
+        steps=steps_per_epoch,
+    )
+    model.stop_training = False
+    callback_list.on_train_begin()
+    logs: dict[str, float] = {}
+    for epoch in range(initial_epoch, epochs):
+        model.reset_metrics()
+        callback_list.on_epoch_begin(epoch)
+        for step in range(steps_per_epoch):
+            callback_list.on_train_batch_begin(step)
+            with strategy.scope():
+                logs = _first_replica(train_step(iterator))
+            callback_list.on_train_batch_end(step, logs)
+            if model.stop_training:
+                break
+        callback_list.on_epoch_end(epoch, dict(logs))
+        if model.stop_training:
+            break
+    callback_list.on_train_end(logs)
+    return model.history
