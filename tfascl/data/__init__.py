@@ -1,8 +1,17 @@
-"""Data for contrastive pretraining: loading images into memory.
+"""Data for contrastive pretraining: loading images into memory and augmenting them.
 
-`load_images` reads "digits", a TFDS dataset or a folder into an in-memory `ImageSet`.
+`load_images` reads "digits", a TFDS dataset or a folder into an in-memory `ImageSet`;
+`augment` holds the batched, per-image random augmentations (also usable on the device via
+the `TwoViews` layer).
 """
 
+from tfascl.data.augment import (
+    TwoViews,
+    eval_transform,
+    strong_augment,
+    two_views,
+    weak_augment,
+)
 from tfascl.data.loading import (
     TFDS_SPLITS,
     DatasetNotFoundError,
@@ -18,8 +27,13 @@ __all__ = [
     "DatasetNotFoundError",
     "ImageSet",
     "Stats",
+    "TwoViews",
     "estimate_stats",
+    "eval_transform",
     "load_images",
     "select_subset",
     "stats_for_name",
+    "strong_augment",
+    "two_views",
+    "weak_augment",
 ]
