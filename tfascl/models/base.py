@@ -111,7 +111,13 @@ class MomentumModel(keras.Model):
         ]
 
     def call(self, images: tf.Tensor, training: bool = False) -> tf.Tensor:
-        """Backbone features of the online encoder: [B, H, W, 3] → [B, F]."""
+        """Backbone features of the online encoder: [B, H, W, 3] → [B, F].
+
+        Given a ``(strong, weak)`` pair, as ``fit`` does when it traces the model
+        under a strategy, it embeds the first view.
+        """
+        if isinstance(images, (tuple, list)):
+            images = images[0]
         return self.backbone(images, training=training)
 
     @property
