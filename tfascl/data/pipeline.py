@@ -49,7 +49,8 @@ def pretrain_dataset(
     Args:
         data: The training images.
         batch_size: Images per batch.
-        image_size: Side of the augmented views in pixels.
+        image_size: Side of the augmented views in pixels (host augmentation only; on the
+            device path the `TwoViews` layer sets the size).
         augment_on: "host": augment in this pipeline and yield
             `((strong, weak), labels)`, both views [B, image_size, image_size, 3] float32
             normalised with `data.mean` / `data.std`, labels [B] int64. "device": yield
