@@ -214,6 +214,7 @@ def test_linear_protocol_trains_only_the_linear_layer(tiny_run, tmp_path):
     result = linear_protocol(encoder, train, test, config)
 
     after = [np.array(w) for w in encoder.backbone.weights]
+    assert not encoder.backbone.trainable_weights  # frozen: BN also runs in inference mode
     for old, new in zip(before, after):
         np.testing.assert_array_equal(old, new)
     kernel = np.asarray(result["classifier"].get_weights()[0])
@@ -334,8 +335,11 @@ def test_saved_model_input_gives_the_checkpoints_features(tiny_run, tmp_path):
     entry = evaluate("knn", saved_model=full, max_train_examples=100, max_test_examples=40)
     assert entry["model"]["kind"] == "saved_model" and entry["dataset"] == "digits"
     assert read_results(full)["knn"]["metrics"] == entry["metrics"]
-    with pytest.raises(EvalInputError, match="holds versions 1"):
-        evaluate("knn", saved_model=tmp_path / "export")
+    assert from_saved_model(tmp_path / "export").notes == [
+        f"evaluated version 1, the highest in {tmp_path / 'export'}"
+    ]
+    with pytest.raises(EvalInputError, match="is not a SavedModel"):
+        evaluate("knn", saved_model=tmp_path)
     with pytest.raises(EvalInputError, match="is a SavedModel"):
         evaluate("knn", model_dir=full)
 

@@ -68,6 +68,7 @@ def _define_flags() -> None:
     flags.DEFINE_string("plots_dir", None, "plots: output folder; default <model_dir>/plots.")
     flags.DEFINE_list("plots", ["curves", "map"], "plots: which pictures (curves, map).")
     flags.DEFINE_integer("map_points", 10_000, "plots: test images in the t-SNE map.")
+    flags.DEFINE_string("plots_note", None, "plots: second title line (e.g. the run length).")
 
 
 def _linear_config(values) -> object:  # noqa: ANN001
@@ -116,6 +117,7 @@ def _plots(values, log) -> None:  # noqa: ANN001
         seed=values.seed,
         curves="curves" in values.plots,
         embedding_map="map" in values.plots,
+        note=values.plots_note,
         log=log,
     )
     for kind, path in written.items():

@@ -28,6 +28,7 @@ from typing import Any
 
 import numpy as np
 from matplotlib.figure import Figure
+from matplotlib.ticker import MaxNLocator
 
 METRICS_FILES = ("metrics.jsonl", "metrics.csv")
 
@@ -132,6 +133,7 @@ def plot_training_curves(
     path: str | Path,
     *,
     title: str | None = None,
+    subtitle: str | None = None,
     figsize: tuple[float, float] = (13.0, 7.0),
     dpi: int = 100,
 ) -> Path:
@@ -144,6 +146,7 @@ def plot_training_curves(
         runs: The runs to overlay.
         path: The PNG to write (parent folders are created).
         title: Figure title, e.g. "ASCL vs MoCo v2 on CIFAR-10".
+        subtitle: A second, smaller title line (e.g. how long the runs were).
         figsize: Inches; the PNG is ``figsize × dpi`` pixels.
         dpi: Pixels per inch.
 
@@ -183,6 +186,7 @@ def plot_training_curves(
             )
         ax.set_title(panel_title, fontsize=11)
         ax.set_xlabel(parsed[0][1])
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))  # epochs and steps are whole
         ax.set_ylabel(y_label)
         ax.grid(alpha=0.3)
         if key == "learning_rate":
@@ -192,9 +196,15 @@ def plot_training_curves(
     handles, labels = _unique_legend(axes)
     if len(handles) > 1 or title is None:
         figure.legend(handles, labels, loc="outside lower center", ncols=len(handles))
-    if title:
-        figure.suptitle(title, fontsize=14)
+    _titles(figure, title, subtitle)
     return _save(figure, path)
+
+
+def _titles(figure: Figure, title: str | None, subtitle: str | None) -> None:
+    if title and subtitle:
+        figure.suptitle(f"{title}\n{subtitle}", fontsize=13)
+    elif title or subtitle:
+        figure.suptitle(title or subtitle, fontsize=14)
 
 
 def _names() -> str:
@@ -307,6 +317,7 @@ def plot_embedding_maps(
     path: str | Path,
     *,
     title: str | None = None,
+    subtitle: str | None = None,
     panel_size: float = 6.0,
     dpi: int = 100,
     method: str = "t-SNE",
@@ -321,6 +332,7 @@ def plot_embedding_maps(
         class_names: Legend names in label order (the legend lists at most 20 classes).
         path: The PNG to write.
         title: Figure title.
+        subtitle: A second, smaller title line.
         panel_size: Inches per panel side.
         dpi: Pixels per inch.
         method: Axis-label prefix ("t-SNE").
@@ -333,8 +345,8 @@ def plot_embedding_maps(
     figsize = (panel_size * len(panels) + 2.0, panel_size + 1.0)
     figure = Figure(figsize=figsize, dpi=dpi, layout="constrained")
     axes = figure.subplots(1, len(panels), squeeze=False)[0]
-    # Few points get bigger markers; 10,000 points at size 2 still show the clusters.
-    size = float(np.clip(4000.0 / max(len(panels[0].coords), 1), 2.0, 30.0))
+    # Few points get bigger markers; 10,000 points at size 3 still show the clusters.
+    size = float(np.clip(4000.0 / max(len(panels[0].coords), 1), 3.0, 30.0))
     for ax, panel in zip(axes, panels):
         for label in range(num_classes):
             chosen = panel.labels == label
@@ -368,8 +380,7 @@ def plot_embedding_maps(
             title="class",
             frameon=False,
         )
-    if title:
-        figure.suptitle(title, fontsize=14)
+    _titles(figure, title, subtitle)
     return _save(figure, path)
 
 

@@ -107,9 +107,9 @@ def evaluate(
     for note in notes:
         say(f"note: {note}")
 
-    say(f"{protocol}: {len(train)} train / {len(test)} test images, model {encoder.checkpoint}")
+    name = "knn" if protocol == "knn" else linear.protocol
+    say(f"{name}: {len(train)} train / {len(test)} test images, model {encoder.checkpoint}")
     if protocol == "knn":
-        name = "knn"
         outcome = protocols.timed(
             protocols.knn_protocol,
             encoder,
@@ -121,7 +121,6 @@ def evaluate(
             chunk_size=knn_chunk_size,
         )
     else:
-        name = linear.protocol
         outcome = protocols.timed(
             protocols.linear_protocol,
             encoder,
@@ -211,6 +210,7 @@ def make_plots(
     seed: int = 0,
     curves: bool = True,
     embedding_map: bool = True,
+    note: str | None = None,
     log: Callable[[str], None] | None = None,
 ) -> dict[str, str]:
     """Training curves and a side-by-side t-SNE map of one or more models → PNGs in ``out_dir``.
@@ -227,6 +227,7 @@ def make_plots(
         seed: Seed of the subset and of t-SNE.
         curves: Draw the training curves.
         embedding_map: Draw the t-SNE map.
+        note: A second title line for both pictures (e.g. how long the runs were).
         log: Progress messages.
 
     Returns:
@@ -260,7 +261,9 @@ def make_plots(
             runs.append(plots.CurveRun(label, plots.read_metrics(metrics)))
         if runs:
             title = " vs ".join(run.label for run in runs) + on
-            path = plots.plot_training_curves(runs, out_dir / CURVES_FILE, title=title)
+            path = plots.plot_training_curves(
+                runs, out_dir / CURVES_FILE, title=title, subtitle=note
+            )
             written["curves"] = str(path)
             say(f"wrote {path}")
 
@@ -275,8 +278,10 @@ def make_plots(
             knn_top1 = _recorded_knn(encoder)
             title = label if knn_top1 is None else f"{label} (kNN top-1 {100 * knn_top1:.1f}%)"
             panels.append(plots.MapPanel(title, plots.tsne_2d(features, seed=seed), test.labels))
-        title = f"t-SNE of {len(test)} {test.name} {test_split} embeddings (backbone features)"
-        path = plots.plot_embedding_maps(panels, test.class_names, out_dir / MAP_FILE, title=title)
+        title = f"t-SNE of {len(test):,} {test.name} {test_split} images' backbone features"
+        path = plots.plot_embedding_maps(
+            panels, test.class_names, out_dir / MAP_FILE, title=title, subtitle=note
+        )
         written["map"] = str(path)
         say(f"wrote {path}")
     return written

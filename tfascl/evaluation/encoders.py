@@ -195,7 +195,8 @@ def from_saved_model(path: str | Path, image_size: int | None = None) -> Encoder
     ``mean``/``std`` are there, they are used (no uint8 rounding of augmented images).
 
     Args:
-        path: The SavedModel directory (for an export, ``export_dir/<version>``).
+        path: The SavedModel directory (for an export, ``export_dir/<version>``; given
+            ``export_dir`` itself, its highest version).
         image_size: ``S``, only needed when neither the metadata nor the ``preprocessed``
             signature tells it; must agree with them otherwise.
 
@@ -209,12 +210,14 @@ def from_saved_model(path: str | Path, image_size: int | None = None) -> Encoder
     path = Path(path)
     if not path.is_dir():
         raise EvalInputError(f"SavedModel directory not found: {path}")
+    notes = []
     if not is_saved_model(path):
-        versions = sorted(p.name for p in path.iterdir() if p.is_dir() and p.name.isdigit())
-        hint = (
-            f" (it holds versions {', '.join(versions)}: pass {path}/<version>)" if versions else ""
-        )
-        raise EvalInputError(f"{path} is not a SavedModel: no {SAVED_MODEL_FILE}{hint}")
+        # An export base directory (TF Serving's model_base_path): take its highest version.
+        versions = [p for p in path.iterdir() if p.name.isdigit() and is_saved_model(p)]
+        if not versions:
+            raise EvalInputError(f"{path} is not a SavedModel: no {SAVED_MODEL_FILE} in it")
+        path = max(versions, key=lambda p: int(p.name))
+        notes.append(f"evaluated version {path.name}, the highest in {path.parent}")
     metadata = read_saved_model_metadata(path)
     loaded = tf.saved_model.load(str(path))
     serving = _signature(loaded, SERVING_SIGNATURE)
@@ -249,7 +252,6 @@ def from_saved_model(path: str | Path, image_size: int | None = None) -> Encoder
     size = next(iter(sizes.values()))
 
     mean, std = metadata.get("mean"), metadata.get("std")
-    notes = []
     if preprocessed is not None and mean and std:
         mean, std = tuple(float(m) for m in mean), tuple(float(s) for s in std)
         function = preprocessed
