@@ -1,28 +1,16 @@
 """MirroredStrategy on two logical CPUs against one device (in a subprocess)."""
 
 import json
-import os
-import subprocess
-import sys
-from pathlib import Path
 
 import pytest
-
-REPO = Path(__file__).resolve().parents[1]
+from helpers import REPO, run_python
 
 
 # byol_ascl is left out: it relabels within each replica's batch by design,
 # so its loss differs from one device's on the global batch.
 @pytest.mark.parametrize("method", ["ascl", "byol"])
 def test_two_replicas_match_one_device_and_share_one_queue(method):
-    env = {**os.environ, "PYTHONPATH": str(REPO)}
-    out = subprocess.run(
-        [sys.executable, str(REPO / "tests" / "mirrored_check.py"), method],
-        capture_output=True,
-        text=True,
-        env=env,
-        timeout=600,
-    )
+    out = run_python(str(REPO / "tests" / "mirrored_check.py"), method)
     assert out.returncode == 0, out.stderr[-3000:]
     result = json.loads(out.stdout.strip().splitlines()[-1])
     assert result["replicas"] == 2
