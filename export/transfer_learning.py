@@ -109,8 +109,11 @@ def load_digits(per_class: int, seed: int) -> tuple[dict, list[str]]:
 
 
 def preprocess(images: np.ndarray, metadata: dict) -> np.ndarray:
-    """What ``serving_default`` does inside the graph, for the ``preprocessed`` endpoint:
-    central square crop, antialiased bilinear resize, ``(x / 255 − mean) / std``."""
+    """For the ``preprocessed`` endpoint, what ``serving_default`` does in its graph:
+    central square crop, antialiased bilinear resize, ``(x / 255 − mean) / std``.
+
+    The crop here starts on a whole pixel; the SavedModel's is continuous, so the
+    two differ by half a pixel when the sides differ by an odd number of pixels."""
     size = metadata["image_size"]
     height, width = images.shape[1:3]
     side = min(height, width)
@@ -196,7 +199,8 @@ def main(argv: list[str] | None = None) -> dict:
         .repeat()
         .batch(args.batch_size)
     )
-    history = model.fit(train, steps_per_epoch=args.steps, epochs=1, verbose=2)
+    # The dataset is shuffled already.
+    history = model.fit(train, steps_per_epoch=args.steps, epochs=1, shuffle=False, verbose=2)
     # Called directly rather than through evaluate(): no second graph to trace.
     logits = np.concatenate(
         [model(x_test[i : i + args.batch_size]) for i in range(0, len(y_test), args.batch_size)]
