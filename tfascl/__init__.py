@@ -12,6 +12,7 @@ __all__ = [
     "__version__",
     "build_backbone",
     "build_model",
+    "export_backbone",
     "losses",
     "models",
 ]
