@@ -3,6 +3,7 @@
 __version__ = "0.1.0"
 
 from tfascl import losses, models
+from tfascl.export import export_backbone
 from tfascl.models import BYOL, METHODS, MomentumContrast, build_backbone, build_model
 
 __all__ = [
