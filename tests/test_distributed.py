@@ -16,10 +16,9 @@ def test_two_replicas_match_one_device_and_share_one_queue(method):
     assert result["replicas"] == 2
     # Same loss and weights as one device on the same global batch.
     assert result["mirrored_loss"] == pytest.approx(result["single_loss"], rel=1e-4)
-    # After one step the weights agree to ~6e-7 (measured); momentum and ReLU
-    # boundaries amplify float rounding over three steps, hence the looser bound.
-    # A missing division of the loss by the replica count doubles every update.
-    assert result["weights_vs_single_max_diff"] < 5e-3
+    # Measured after three steps: ~1e-6 (ASCL) and ~5e-6 (BYOL). A missing
+    # division of the loss by the replica count would double every update.
+    assert result["weights_vs_single_max_diff"] < 1e-4
     if method == "ascl":
         assert result["looped_loss"] == pytest.approx(result["single_loss"], rel=1e-4)
         # Each replica's forward and backward pass compiled by XLA, under the strategy.
@@ -28,6 +27,6 @@ def test_two_replicas_match_one_device_and_share_one_queue(method):
         assert result["queue_copies"] == 2
         assert result["queue_copies_max_diff"] == 0.0
         assert result["pointer"] == [48, 48]
-        assert result["queue_vs_single_max_diff"] < 1e-4
+        assert result["queue_vs_single_max_diff"] < 1e-5
         assert result["queue_labels_equal"]
         assert result["loop_vs_fit_queue_max_diff"] < 1e-5
