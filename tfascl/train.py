@@ -524,8 +524,8 @@ def training_stream(
 ) -> Any:
     """Batches of epochs ``[first_epoch, last_epoch)``, the first ``skip`` left out.
 
-    Epoch e is ``pretrain_dataset(seed=seed + e)``: its order and augmentations
-    depend on nothing else, so a run resumed at step s of epoch e skips the s
+    Epoch e is ``pretrain_dataset(seed=seed + e)`` (with no global TF seed): its order
+    and augmentations depend on nothing else, so a run resumed at step s of epoch e skips the s
     batches it already trained on and sees exactly the rest.
     """
     import tensorflow as tf
@@ -545,11 +545,11 @@ def training_stream(
             jit_compile=config.jit_augment,
         )
 
-    # TF's random_seed.get_seed compares (global seed, op seed) with (0, 0) in Python,
-    # which fails for a tensor op seed when the global seed is 0: build without one.
+    # Built without a global TF seed (the weights are made by now): tf.data combines it
+    # with the op seed, and TF's random_seed.get_seed compares (global, op) with (0, 0) in
+    # Python, which fails for a tensor op seed when the global seed is 0.
     tf.random.set_seed(None)
     stream = tf.data.Dataset.range(first_epoch, last_epoch).flat_map(epoch_batches).skip(skip)
-    tf.random.set_seed(config.seed)
     options = tf.data.Options()
     # The data lives in memory, not in files: shard batches, not files, across workers.
     options.experimental_distribute.auto_shard_policy = tf.data.experimental.AutoShardPolicy.DATA
