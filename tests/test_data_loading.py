@@ -90,7 +90,7 @@ def _plant_hostile_folder(root: Path) -> tuple[list[str], list[str]]:
     palette = Image.new("P", (32, 32), 1)
     palette.putpalette([0, 0, 0, 0, 0, 250] + [0] * 762)
     _save(cats / "palette.png", palette, transparency=0)
-    deep = Image.fromarray(np.full((32, 32), 65535, np.uint16))
+    deep = Image.fromarray(np.full((32, 32), 128 * 257, np.uint16))  # 16-bit mid grey
     _save(cats / "deep.png", deep)
     _save(cats / "cmyk.jpg", Image.new("CMYK", (32, 32), (0, 255, 255, 0)))
     _save(cats / "one_pixel.png", _rgb((1, 2, 3), (1, 1)))
@@ -143,7 +143,7 @@ def test_hostile_folder_loads_readable_files_and_names_the_rest(tmp_path, caplog
     assert all(name in warnings[0] for name in unreadable)
 
     row = {name: i for i, name in enumerate(readable)}
-    np.testing.assert_array_equal(data.images[row["deep.png"]], 255)  # 16 bit rescaled
+    np.testing.assert_array_equal(data.images[row["deep.png"]], 128)  # rescaled, not clipped
     assert np.all(data.images[row["gray.png"]] == 90)
     np.testing.assert_array_equal(data.images[row["rgba.png"]][0, 0], [10, 200, 10])
     np.testing.assert_array_equal(data.images[row["palette.png"]][0, 0], [0, 0, 250])

@@ -58,14 +58,11 @@ def make_strategy(name: str = "auto") -> tf.distribute.Strategy:
     return tf.distribute.get_strategy()
 
 
-def _first_replica(logs: dict) -> dict[str, float]:
-    # Metric variables are summed across replicas on write, so every replica
-    # holds the global result: take the first.
-    strategy = tf.distribute.get_strategy()
-    return {
-        name: float(np.asarray(strategy.experimental_local_results(value)[0]))
-        for name, value in logs.items()
-    }
+def _global_results(model: keras.Model, names: Sequence[str]) -> dict[str, float]:
+    # Read in cross-replica context, where a metric's per-replica totals and
+    # counts are summed: the global mean, not replica 0's share.
+    metrics = {metric.name: metric for metric in model.metrics}
+    return {name: float(np.asarray(metrics[name].result())) for name in names}
 
 
 def fit_loop(
@@ -125,8 +122,9 @@ def fit_loop(
         callback_list.on_epoch_begin(epoch)
         for step in range(steps_per_epoch):
             callback_list.on_train_batch_begin(step)
+            names = sorted(train_step(iterator))
             with strategy.scope():
-                logs = _first_replica(train_step(iterator))
+                logs = _global_results(model, names)
             callback_list.on_train_batch_end(step, logs)
             if model.stop_training:
                 break

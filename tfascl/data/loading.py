@@ -308,7 +308,8 @@ def _tfds_builder(name: str, data_dir: str | None) -> tfds.core.DatasetBuilder:
             f"prepared under data_dir."
         ) from error
     if not builder.is_prepared():
-        root = data_dir or os.path.dirname(os.path.dirname(builder.data_dir.rstrip("/")))
+        # builder.data_dir is <root>/<name>[/<config>]/<version>.
+        root = data_dir or str(builder.data_dir).split(f"{os.sep}{builder.name}{os.sep}")[0]
         raise DatasetNotFoundError(
             f"TFDS dataset {name!r} is not prepared under data_dir={root} (looked for "
             f"{builder.data_dir}) and this loader never downloads. On a machine with internet "

@@ -71,6 +71,7 @@ class KeyQueue(keras.layers.Layer):
             aggregation="only_first_replica",
             name="pointer",
         )
+        self.built = True  # all state exists now; there is nothing to infer from inputs
 
     def enqueue(self, keys: tf.Tensor, labels: tf.Tensor | None = None) -> None:
         """Writes this step's keys [b, D] (and labels [b]) of every replica.
