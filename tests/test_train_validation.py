@@ -63,8 +63,6 @@ def test_replica_checks_need_the_strategy(tmp_path):
         train.check_replicas(config(tmp_path), 3)
     with pytest.raises(train.FlagError, match=r"^--num_splits=3: .*per-replica batch 16"):
         train.check_replicas(config(tmp_path, num_splits=3), 1)
-    with pytest.raises(train.FlagError, match=r"^--jit_compile"):
-        train.check_replicas(config(tmp_path, jit_compile=True, norm="sync"), 2)
     resolved = train.check_replicas(config(tmp_path, num_splits=3), 2)  # sync BN: no splits
     assert (resolved.norm, resolved.jit_compile) == ("sync", False)
     assert train.check_replicas(config(tmp_path), 1).norm == "split"

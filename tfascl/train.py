@@ -152,8 +152,9 @@ flags.DEFINE_enum("precision", "float32", list(PRECISIONS), "Keras dtype policy.
 flags.DEFINE_boolean(
     "jit_compile",
     None,
-    "XLA-compile the train step. Default: on with one GPU replica, off on CPU "
-    "(compile time dominates short runs) and with several replicas.",
+    "XLA-compile the train step (with several replicas: each replica's forward and "
+    "backward pass). Default: on with one GPU, off on CPU (compile time dominates short "
+    "runs) and with several replicas.",
 )
 flags.DEFINE_boolean("force", False, "Resume even if key flags differ from the saved run.")
 flags.DEFINE_boolean("export", True, "Export the backbone at the end (if tfascl.export exists).")
@@ -378,11 +379,6 @@ def check_replicas(config: TrainConfig, replicas: int) -> TrainConfig:
         import tensorflow as tf
 
         jit = replicas == 1 and bool(tf.config.list_logical_devices("GPU"))
-    _require(
-        not (jit and replicas > 1),
-        f"--jit_compile: Keras cannot XLA-compile the whole step with {replicas} replicas; "
-        "use --nojit_compile",
-    )
     return dataclasses.replace(c, norm=norm, jit_compile=jit)
 
 
@@ -615,6 +611,9 @@ def build_model(config: TrainConfig, spec: Any, steps_per_epoch: int, strategy: 
         overrides = {}
         if config.augment_on == "device":
             overrides["views"] = TwoViews(config.image_size, spec.mean, spec.std, seed=config.seed)
+        if config.jit_compile and strategy.num_replicas_in_sync > 1:
+            # Keras cannot jit a step that spans replicas: compile each replica's part.
+            overrides["replica_jit_compile"] = True
         model = spec.build_model(**overrides)
         optimizer = build_optimizer(
             config.optimizer,
@@ -623,7 +622,8 @@ def build_model(config: TrainConfig, spec: Any, steps_per_epoch: int, strategy: 
             exclude_bn_and_bias=config.exclude_bn_bias,
         )
         # Under mixed_float16, compile wraps the optimizer in a LossScaleOptimizer.
-        model.compile(optimizer=optimizer, jit_compile=config.jit_compile)
+        whole_step_jit = config.jit_compile and strategy.num_replicas_in_sync == 1
+        model.compile(optimizer=optimizer, jit_compile=whole_step_jit)
     return model
 
 
@@ -823,7 +823,8 @@ def _train_model(
     saver.last_saved_step = start_step
     monitor = knn_monitor(config, run_data, checkpoint, model_dir if chief else None, write_dir)
     logger = cbs.MetricsLogger(model_dir if chief else None, config.log_every, config.batch_size)
-    callbacks = [guard, stopper, *([monitor] if monitor else []), saver, logger]
+    # The logger writes a step before the saver saves it, so a resumed run keeps its record.
+    callbacks = [guard, stopper, *([monitor] if monitor else []), logger, saver]
 
     stopper.install()
     try:
