@@ -121,3 +121,7 @@ def test_no_flags_is_the_small_digits_default():
     assert (config.dataset, config.method, config.backbone) == ("digits", "ascl", "resnet18")
     assert 8 <= config.backbone_width <= 32
     assert re.fullmatch(r"runs/ascl_digits", str(train.resolve_model_dir(config)))
+
+
+def test_config_defaults_are_the_flag_defaults():
+    assert parse() == train.TrainConfig()

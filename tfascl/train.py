@@ -18,15 +18,22 @@ import shutil
 import sys
 import tempfile
 import time
+import warnings
 from pathlib import Path
 from typing import Any
 
-from absl import app, flags
+import keras
+import tensorflow as tf
+from absl import app, flags, logging
 
+from tfascl import callbacks as cbs
+from tfascl import data
+from tfascl.distribute import fit_loop, make_strategy
 from tfascl.models.backbones import RESNETS, STEMS, default_stem
 from tfascl.models.batchnorm import NORMS
 from tfascl.models.registry import METHODS
-from tfascl.optim import OPTIMIZER_NAMES
+from tfascl.optim import OPTIMIZER_NAMES, WarmupCosine, build_optimizer, scaled_learning_rate
+from tfascl.runs import RunSpec, checkpoint_dir, save_spec
 
 FLAGS = flags.FLAGS
 
@@ -55,169 +62,98 @@ PRECISIONS = ("float32", "mixed_bfloat16", "mixed_float16")
 FLAGS_FILE = "flags.json"
 SUMMARY_FILE = "summary.json"
 
-# --- What to learn ------------------------------------------------------------------------
-flags.DEFINE_enum("method", "ascl", list(METHODS), "Self-supervised method.")
-flags.DEFINE_float("temperature", 0.1, "τ of the query logits (ReSSL's τ_s).")
-flags.DEFINE_float(
-    "relabel_temperature",
-    None,
-    "τ′ of the key-to-queue similarities: relabelling (ascl/ahcl/hard/byol_ascl), "
-    "SCE's τ_m, ReSSL's τ_t. Default: the method's (0.05; ReSSL 0.04).",
-)
-flags.DEFINE_integer("num_neighbors", 1, "K of ASCL/AHCL/hard relabelling.")
-flags.DEFINE_float("sce_lambda", 0.5, "λ of SCE: weight of the one-hot target.")
-flags.DEFINE_boolean(
-    "symmetric",
-    None,
-    "Average the loss with the views swapped. Default: off for the queue methods "
-    "(ASCL code), on for BYOL (BYOL paper).",
-)
-flags.DEFINE_integer(
-    "queue_size", 1024, "Keys in the queue; a multiple of the global batch (twice it if symmetric)."
-)
-flags.DEFINE_float("momentum", 0.99, "m₀ of the momentum (EMA) encoder.")
-flags.DEFINE_enum(
-    "momentum_schedule",
-    None,
-    ["constant", "cosine"],
-    "Momentum schedule; cosine rises from m₀ to 1. Default: the method's (BYOL cosine).",
-)
-# --- Data ---------------------------------------------------------------------------------
-flags.DEFINE_string(
-    "dataset",
-    "digits",
-    "'digits' (embedded), a TFDS name (cifar10, cifar100, stl10, imagenet2012, ...) "
-    "prepared under --data_dir, or a folder root/<split>/<class>/*.jpg.",
-)
-flags.DEFINE_string("data_dir", None, "TFDS data directory (default: TFDS's own).")
-flags.DEFINE_integer("max_train_examples", None, "Use at most this many training images.")
-flags.DEFINE_string("test_split", "test", "Split the kNN monitor evaluates on.")
-flags.DEFINE_integer("image_size", 32, "Side of the augmented views, in pixels.")
-flags.DEFINE_integer(
-    "load_size", None, "Resize images to this side when loading (default: as stored)."
-)
-flags.DEFINE_enum(
-    "augment_on",
-    "host",
-    ["host", "device"],
-    "Augment in the tf.data pipeline (host) or inside the train step (device).",
-)
-flags.DEFINE_boolean(
-    "jit_augment", True, "XLA-compile the host augmentation (faster after a few seconds' compile)."
-)
-flags.DEFINE_integer("seed", 0, "Seed of the data order, the augmentations and the weights.")
-# --- Model --------------------------------------------------------------------------------
-flags.DEFINE_enum("backbone", "resnet18", list(RESNETS), "Backbone.")
-flags.DEFINE_integer("backbone_width", 16, "Channels of the first stage (64 in the papers).")
-flags.DEFINE_enum(
-    "stem", None, list(STEMS), "Backbone stem; default from --image_size (≤32 cifar, ≤96 pooled)."
-)
-flags.DEFINE_list("projector_dims", ["2048", "128"], "Hidden and output sizes of the projector.")
-flags.DEFINE_boolean(
-    "projector_bn", None, "BN in the projector; default off for queue methods, on for BYOL."
-)
-flags.DEFINE_enum(
-    "norm", None, list(NORMS), "Normalisation: default split on one device, sync on several."
-)
-flags.DEFINE_integer("num_splits", 8, "Groups of split BN; must divide the per-replica batch.")
-# --- Optimisation -------------------------------------------------------------------------
-flags.DEFINE_integer("batch_size", 128, "Global batch size (all replicas together).")
-flags.DEFINE_integer("epochs", 10, "Training epochs.")
-flags.DEFINE_enum("optimizer", "sgd", list(OPTIMIZER_NAMES), "Optimizer.")
-flags.DEFINE_float("learning_rate", 0.06, "Peak learning rate (for batch 256 with --scale_lr).")
-flags.DEFINE_boolean("scale_lr", False, "Scale the learning rate by batch_size/256.")
-flags.DEFINE_float("weight_decay", 5e-4, "Weight decay.")
-flags.DEFINE_boolean(
-    "exclude_bn_bias", True, "Exempt BN parameters and biases from weight decay (and LARS)."
-)
-flags.DEFINE_float("warmup_epochs", 1, "Linear warm-up epochs.")
-flags.DEFINE_enum(
-    "schedule", "cosine", ["cosine", "constant"], "Learning rate after warm-up, per step."
-)
-# --- Run, monitoring, devices --------------------------------------------------------------
-flags.DEFINE_string("model_dir", None, "Run folder (default runs/<method>_<dataset>).")
-flags.DEFINE_integer("checkpoint_every", 500, "Save every N steps (0: at epoch ends only).")
-flags.DEFINE_integer("keep_checkpoints", 3, "Recent checkpoints kept (plus the best).")
-flags.DEFINE_integer("log_every", 50, "Write metrics every N steps.")
-flags.DEFINE_integer("knn_every", 1, "kNN monitor every N epochs (0: last epoch only).")
-flags.DEFINE_integer("knn_k", 200, "Neighbours of the kNN monitor.")
-flags.DEFINE_float("knn_t", 0.1, "Temperature of the kNN monitor.")
-flags.DEFINE_enum(
-    "strategy",
-    "auto",
-    ["auto", "one_device", "mirrored", "multi_worker", "tpu"],
-    "tf.distribute strategy; multi_worker reads TF_CONFIG.",
-)
-flags.DEFINE_enum("precision", "float32", list(PRECISIONS), "Keras dtype policy.")
-flags.DEFINE_boolean(
-    "jit_compile",
-    None,
-    "XLA-compile the train step (with several replicas: each replica's forward and "
-    "backward pass). Default: on with one GPU, off on CPU (compile time dominates short "
-    "runs) and with several replicas.",
-)
-flags.DEFINE_boolean("force", False, "Resume even if key flags differ from the saved run.")
-flags.DEFINE_boolean("export", True, "Export the backbone at the end (if tfascl.export exists).")
-flags.DEFINE_string("export_dir", None, "Export folder (default <model_dir>/export).")
-flags.DEFINE_boolean("progress_bar", True, "Show Keras's progress bar.")
-
 
 class FlagError(ValueError):
     """A bad flag value; its message is one line that names the flag."""
 
 
+def _flag(default: Any, help_text: str) -> Any:
+    return dataclasses.field(default=default, metadata={"help": help_text})
+
+
 @dataclasses.dataclass
 class TrainConfig:
-    """Everything a run needs, named as its flags (see ``--helpfull``)."""
+    """Everything a run needs: each field is the flag of the same name, default and help."""
 
-    method: str = "ascl"
-    temperature: float = 0.1
-    relabel_temperature: float | None = None
-    num_neighbors: int = 1
-    sce_lambda: float = 0.5
-    symmetric: bool | None = None
-    queue_size: int = 1024
-    momentum: float = 0.99
-    momentum_schedule: str | None = None
-    dataset: str = "digits"
-    data_dir: str | None = None
-    max_train_examples: int | None = None
-    test_split: str = "test"
-    image_size: int = 32
-    load_size: int | None = None
-    augment_on: str = "host"
-    jit_augment: bool = True
-    seed: int = 0
-    backbone: str = "resnet18"
-    backbone_width: int = 16
-    stem: str | None = None
-    projector_dims: tuple[int, int] = (2048, 128)
-    projector_bn: bool | None = None
-    norm: str | None = None
-    num_splits: int = 8
-    batch_size: int = 128
-    epochs: int = 10
-    optimizer: str = "sgd"
-    learning_rate: float = 0.06
-    scale_lr: bool = False
-    weight_decay: float = 5e-4
-    exclude_bn_bias: bool = True
-    warmup_epochs: float = 1
-    schedule: str = "cosine"
-    model_dir: str | None = None
-    checkpoint_every: int = 500
-    keep_checkpoints: int = 3
-    log_every: int = 50
-    knn_every: int = 1
-    knn_k: int = 200
-    knn_t: float = 0.1
-    strategy: str = "auto"
-    precision: str = "float32"
-    jit_compile: bool | None = None
-    force: bool = False
-    export: bool = True
-    export_dir: str | None = None
-    progress_bar: bool = True
+    method: str = _flag("ascl", "Self-supervised method.")
+    temperature: float = _flag(0.1, "τ of the query logits (ReSSL's τ_s).")
+    relabel_temperature: float | None = _flag(
+        None,
+        "τ′ of the key-to-queue similarities (SCE's τ_m, ReSSL's τ_t). Default: the method's.",
+    )
+    num_neighbors: int = _flag(1, "K of ASCL/AHCL/hard relabelling.")
+    sce_lambda: float = _flag(0.5, "λ of SCE: the weight of the one-hot target.")
+    symmetric: bool | None = _flag(
+        None,
+        "Average the loss with the views swapped. Default: off (ASCL code), BYOL on.",
+    )
+    queue_size: int = _flag(
+        1024, "Keys in the queue: a multiple of the global batch (twice it if symmetric)."
+    )
+    momentum: float = _flag(0.99, "m₀ of the momentum (EMA) encoder.")
+    momentum_schedule: str | None = _flag(
+        None, "constant, or cosine from m₀ to 1. Default: the method's (BYOL cosine)."
+    )
+    dataset: str = _flag(
+        "digits",
+        "'digits', a TFDS name prepared under --data_dir, or a folder root/<split>/<class>/.",
+    )
+    data_dir: str | None = _flag(None, "TFDS data directory (default: TFDS's own).")
+    max_train_examples: int | None = _flag(None, "Use at most this many training images.")
+    test_split: str = _flag("test", "Split the kNN monitor evaluates on.")
+    image_size: int = _flag(32, "Side of the augmented views, in pixels.")
+    load_size: int | None = _flag(
+        None, "Resize images to this side when loading (default: as stored)."
+    )
+    augment_on: str = _flag(
+        "host", "Augment in the tf.data pipeline (host) or inside the train step (device)."
+    )
+    jit_augment: bool = _flag(
+        True, "XLA-compile the host augmentation (faster after a few seconds' compile)."
+    )
+    seed: int = _flag(0, "Seed of the data order, the augmentations and the weights.")
+    backbone: str = _flag("resnet18", "Backbone.")
+    backbone_width: int = _flag(16, "Channels of the first stage (64 in the papers).")
+    stem: str | None = _flag(
+        None, "Backbone stem. Default from --image_size (<=32 cifar, <=96 cifar_pool)."
+    )
+    projector_dims: tuple[int, int] = _flag(
+        (2048, 128), "Hidden and output sizes of the projector."
+    )
+    projector_bn: bool | None = _flag(
+        None, "BN in the projector. Default: off for queue methods, on for BYOL."
+    )
+    norm: str | None = _flag(
+        None, "Normalisation. Default: split on one device, sync with several replicas."
+    )
+    num_splits: int = _flag(8, "Groups of split BN; must divide the per-replica batch.")
+    batch_size: int = _flag(128, "Global batch size (all replicas together).")
+    epochs: int = _flag(5, "Training epochs.")
+    optimizer: str = _flag("sgd", "Optimizer (sgd: PyTorch-exact coupled weight decay).")
+    learning_rate: float = _flag(0.06, "Peak learning rate (for batch 256 with --scale_lr).")
+    scale_lr: bool = _flag(False, "Scale the learning rate by batch_size/256.")
+    weight_decay: float = _flag(5e-4, "Weight decay.")
+    exclude_bn_bias: bool = _flag(
+        True, "Exempt BN parameters and biases from weight decay (and LARS)."
+    )
+    warmup_epochs: float = _flag(1, "Linear warm-up epochs (may be fractional).")
+    schedule: str = _flag("cosine", "Learning rate after the warm-up, per step.")
+    model_dir: str | None = _flag(None, "Run folder (default runs/<method>_<dataset>).")
+    checkpoint_every: int = _flag(500, "Save every N steps (0: at epoch ends only).")
+    keep_checkpoints: int = _flag(3, "Recent checkpoints kept (plus the best).")
+    log_every: int = _flag(50, "Write metrics every N steps.")
+    knn_every: int = _flag(1, "kNN monitor every N epochs and at the last (0: the last only).")
+    knn_k: int = _flag(200, "Neighbours of the kNN monitor.")
+    knn_t: float = _flag(0.1, "Temperature of the kNN monitor.")
+    strategy: str = _flag("auto", "tf.distribute strategy; multi_worker reads TF_CONFIG.")
+    precision: str = _flag("float32", "Keras dtype policy.")
+    jit_compile: bool | None = _flag(
+        None, "XLA-compile the train step. Default: on with one GPU, off on CPU (docs/CLI.md)."
+    )
+    force: bool = _flag(False, "Resume even if key flags differ from the saved run.")
+    export: bool = _flag(True, "Export the backbone at the end (if tfascl.export is installed).")
+    export_dir: str | None = _flag(None, "Export folder (default <model_dir>/export).")
+    progress_bar: bool = _flag(True, "Show Keras's progress bar (off: one line per epoch).")
 
     @property
     def is_queue_method(self) -> bool:
@@ -231,6 +167,44 @@ class TrainConfig:
 
     def to_json(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
+
+
+ENUMS = {
+    "method": list(METHODS),
+    "momentum_schedule": ["constant", "cosine"],
+    "augment_on": ["host", "device"],
+    "backbone": list(RESNETS),
+    "stem": list(STEMS),
+    "norm": list(NORMS),
+    "optimizer": list(OPTIMIZER_NAMES),
+    "schedule": ["cosine", "constant"],
+    "strategy": ["auto", "one_device", "mirrored", "multi_worker", "tpu"],
+    "precision": list(PRECISIONS),
+}
+
+
+DEFINERS = {
+    "bool": flags.DEFINE_boolean,
+    "int": flags.DEFINE_integer,
+    "float": flags.DEFINE_float,
+    "str": flags.DEFINE_string,
+}
+
+
+def define_flags() -> None:
+    """One absl flag per ``TrainConfig`` field, with the field's default and type."""
+    for field in dataclasses.fields(TrainConfig):
+        name, default, kind = field.name, field.default, str(field.type)
+        help_text, base = field.metadata["help"], kind.split(" ")[0].split("[")[0]
+        if name in ENUMS:
+            flags.DEFINE_enum(name, default, ENUMS[name], help_text)
+        elif base == "tuple":
+            flags.DEFINE_list(name, [str(value) for value in default], help_text)
+        else:
+            DEFINERS[base](name, default, help_text)
+
+
+define_flags()
 
 
 def config_from_flags(flag_values: flags.FlagValues = FLAGS) -> TrainConfig:
@@ -376,8 +350,6 @@ def check_replicas(config: TrainConfig, replicas: int) -> TrainConfig:
         )
     jit = c.jit_compile
     if jit is None:
-        import tensorflow as tf
-
         jit = replicas == 1 and bool(tf.config.list_logical_devices("GPU"))
     return dataclasses.replace(c, norm=norm, jit_compile=jit)
 
@@ -408,11 +380,11 @@ def check_previous_run(model_dir: Path, config: TrainConfig) -> dict[str, Any] |
     return saved
 
 
-def _normal(value: Any) -> Any:
+def _normal(value: Any) -> Any:  # JSON turns tuples into lists
     return list(value) if isinstance(value, (tuple, list)) else value
 
 
-def _text(value: Any) -> str:
+def _text(value: Any) -> str:  # a value as a flag spells it
     return ",".join(map(str, value)) if isinstance(value, (tuple, list)) else str(value)
 
 
@@ -480,7 +452,6 @@ class RunData:
 
 def load_data(config: TrainConfig) -> RunData:
     """Loads the training split (and the kNN bank and test split when labelled)."""
-    from tfascl import data
 
     def load(split: str, max_examples: int | None = None) -> Any:
         return data.load_images(
@@ -524,9 +495,6 @@ def training_stream(
     and augmentations depend on nothing else, so a run resumed at step s of epoch e skips the s
     batches it already trained on and sees exactly the rest.
     """
-    import tensorflow as tf
-
-    from tfascl import data
 
     # Not converted by AutoGraph: it would turn the seed checks inside tf.data's
     # shuffle into graph conditionals on the (symbolic) epoch seed.
@@ -557,39 +525,23 @@ def training_stream(
 
 def make_spec(config: TrainConfig, run_data: RunData, total_steps: int) -> Any:
     """The ``RunSpec`` (run.json) of this run: what rebuilds its model."""
-    from tfascl.runs import RunSpec
-
+    shared = ("method", "backbone", "backbone_width", "image_size", "stem", "norm", "num_splits",
+              "projector_bn", "queue_size", "temperature", "num_neighbors", "sce_lambda",
+              "momentum", "momentum_schedule", "batch_size", "dataset")  # fmt: skip
     return RunSpec(
-        method=config.method,
-        backbone=config.backbone,
-        backbone_width=config.backbone_width,
-        image_size=config.image_size,
-        stem=config.stem,
-        norm=config.norm,
-        num_splits=config.num_splits,
+        **{name: getattr(config, name) for name in shared},
         projector_dims=tuple(config.projector_dims),
-        projector_bn=config.projector_bn,
-        queue_size=config.queue_size,
-        temperature=config.temperature,
         target_temperature=config.relabel_temperature,
-        num_neighbors=config.num_neighbors,
-        sce_lambda=config.sce_lambda,
         symmetric=config.uses_symmetric_loss,
-        momentum=config.momentum,
-        momentum_schedule=config.momentum_schedule,
         total_steps=total_steps,
-        batch_size=config.batch_size,
-        dataset=config.dataset,
         mean=tuple(float(m) for m in run_data.train.mean),
-        std=tuple(float(s) for s in run_data.train.std),
+        std=tuple(float(v) for v in run_data.train.std),
         num_classes=run_data.num_classes,
     )
 
 
 def learning_rate_schedule(config: TrainConfig, steps_per_epoch: int) -> Any:
     """Linear warm-up, then cosine to 0 or constant, per step (a function of the step)."""
-    from tfascl.optim import WarmupCosine, scaled_learning_rate
-
     peak = config.learning_rate
     if config.scale_lr:
         peak = scaled_learning_rate(peak, config.batch_size)
@@ -601,16 +553,13 @@ def learning_rate_schedule(config: TrainConfig, steps_per_epoch: int) -> Any:
 
 def build_model(config: TrainConfig, spec: Any, steps_per_epoch: int, strategy: Any) -> Any:
     """The compiled model, created in ``strategy.scope()`` under the dtype policy."""
-    import keras
-
-    from tfascl.data import TwoViews
-    from tfascl.optim import build_optimizer
-
     keras.utils.set_random_seed(config.seed)
     with strategy.scope():
         overrides = {}
         if config.augment_on == "device":
-            overrides["views"] = TwoViews(config.image_size, spec.mean, spec.std, seed=config.seed)
+            overrides["views"] = data.TwoViews(
+                config.image_size, spec.mean, spec.std, seed=config.seed
+            )
         if config.jit_compile and strategy.num_replicas_in_sync > 1:
             # Keras cannot jit a step that spans replicas: compile each replica's part.
             overrides["replica_jit_compile"] = True
@@ -640,10 +589,6 @@ def is_chief(strategy: Any) -> bool:
 
 def restore_latest(checkpoint: Any, model_dir: Path) -> str | None:
     """Restores the latest checkpoint of ``model_dir``, if any; a clear error on mismatch."""
-    import tensorflow as tf
-
-    from tfascl.runs import checkpoint_dir
-
     path = tf.train.latest_checkpoint(str(checkpoint_dir(model_dir)))
     if path is None:
         return None
@@ -687,14 +632,7 @@ def finished_run(model_dir: Path, config: TrainConfig) -> dict[str, Any] | None:
     summary = read_json(model_dir / SUMMARY_FILE)
     if not summary.get("completed") or summary.get("epochs") != config.epochs:
         return None
-    from tfascl.runs import checkpoint_dir
-
-    state = checkpoint_dir(model_dir) / "checkpoint"
-    latest = None
-    if state.is_file():
-        for line in state.read_text().splitlines():
-            if line.startswith("model_checkpoint_path:"):
-                latest = line.split(":", 1)[1].strip().strip('"')
+    latest = tf.train.latest_checkpoint(str(checkpoint_dir(model_dir)))
     step = checkpoint_step(latest)
     return summary if step is not None and step >= summary.get("steps", -1) else None
 
@@ -747,10 +685,6 @@ def train(config: TrainConfig) -> RunResult:
         )
         return RunResult(0, summary)
 
-    import keras
-
-    from tfascl.distribute import make_strategy
-
     try:
         strategy = make_strategy(config.strategy)
     except ValueError as error:
@@ -763,8 +697,6 @@ def train(config: TrainConfig) -> RunResult:
     chief = is_chief(strategy)
     write_dir = model_dir if chief else Path(tempfile.mkdtemp(prefix="tfascl-worker-"))
     if chief:
-        from tfascl.runs import save_spec
-
         save_spec(spec, model_dir)
         write_json(model_dir / FLAGS_FILE, config.to_json())
 
@@ -791,11 +723,6 @@ def _train_model(
     started: float,
     steps_per_epoch: int,
 ) -> RunResult:
-    import tensorflow as tf
-
-    from tfascl import callbacks as cbs
-    from tfascl.runs import checkpoint_dir
-
     model = build_model(config, spec, steps_per_epoch, strategy)
     with strategy.scope():
         checkpoint = model.checkpoint()
@@ -864,8 +791,10 @@ def _train_model(
     if chief and status == "completed" and config.export:
         export_dir = Path(config.export_dir or model_dir / "export")
         summary["export_dir"] = export_backbone(model_dir, export_dir)
-    if chief:
-        write_json(model_dir / SUMMARY_FILE, summary)
+    if not chief:  # the chief reports; this worker's files were scratch
+        code = EXIT_FAILED if status == "non_finite_loss" else 0
+        return RunResult(EXIT_INTERRUPTED if status == "interrupted" else code, summary, model)
+    write_json(model_dir / SUMMARY_FILE, summary)
     return RunResult(report(summary, guard, config), summary, model)
 
 
@@ -879,14 +808,10 @@ def knn_monitor(
     """The kNN monitor over the eval transform of the bank and test images, or None."""
     if run_data.bank is None:
         return None
-    from tfascl import callbacks as cbs
-    from tfascl.data import eval_dataset
-    from tfascl.runs import checkpoint_dir
-
     batch = 256
     return cbs.KnnMonitor(
-        eval_dataset(run_data.bank, batch, config.image_size),
-        eval_dataset(run_data.test, batch, config.image_size),
+        data.eval_dataset(run_data.bank, batch, config.image_size),
+        data.eval_dataset(run_data.test, batch, config.image_size),
         run_data.num_classes,
         every=config.knn_every,
         last_epoch=config.epochs - 1,
@@ -912,8 +837,6 @@ def run_epochs(
     ``fit`` (one device, mirrored) or ``distribute.fit_loop`` (multi-worker) runs each
     part; one call cannot start mid-epoch, so a resumed partial epoch is its own call.
     """
-    from tfascl.distribute import fit_loop
-
     epoch, offset = divmod(start_step, steps_per_epoch)
     parts = []
     if offset:
@@ -924,27 +847,13 @@ def run_epochs(
     verbose = (1 if config.progress_bar else 2) if is_chief(strategy) else 0
     for first, last, skip in parts:
         dataset = training_stream(config, run_data.train, first, last, skip)
+        steps = steps_per_epoch - skip
+        common = {"epochs": last, "initial_epoch": first, "steps_per_epoch": steps}
+        common.update(callbacks=callbacks, verbose=verbose)
         if config.strategy == "multi_worker":
-            fit_loop(
-                model,
-                dataset,
-                epochs=last,
-                initial_epoch=first,
-                steps_per_epoch=steps_per_epoch - skip,
-                callbacks=callbacks,
-                verbose=verbose,
-                strategy=strategy,
-            )
-        else:
-            model.fit(
-                dataset,
-                epochs=last,
-                initial_epoch=first,
-                steps_per_epoch=steps_per_epoch - skip,
-                callbacks=callbacks,
-                verbose=verbose,
-                shuffle=False,  # the stream is shuffled, per epoch, by its seed
-            )
+            fit_loop(model, dataset, strategy=strategy, **common)
+        else:  # shuffle=False: the stream is shuffled, per epoch, by its seed
+            model.fit(dataset, shuffle=False, **common)
         if any(getattr(c, "failed_step", None) is not None for c in callbacks) or any(
             getattr(c, "interrupted", False) for c in callbacks
         ):
@@ -986,18 +895,11 @@ def report(summary: dict[str, Any], guard: Any, config: TrainConfig) -> int:
 
 
 def quiet_libraries() -> None:
-    """TensorFlow's INFO lines and two harmless Keras warnings would bury the progress."""
-    import warnings
-
-    from absl import logging
-
+    """TensorFlow's INFO lines and Keras's warning about a subclassed model without
+    build() (harmless: fit builds it symbolically) would bury the progress."""
     if not FLAGS["verbosity"].present:
         logging.set_verbosity(logging.WARNING)
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-    # Keras's symbolic build of a subclassed model without build(); and fit's default
-    # shuffle=True, which it ignores for datasets.
     warnings.filterwarnings("ignore", message=r"`build\(\)` was called on layer")
-    warnings.filterwarnings("ignore", message=r"`shuffle=True` was passed")
 
 
 def main(argv: list[str]) -> None:
