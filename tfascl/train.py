@@ -394,9 +394,8 @@ def _text(value: Any) -> str:  # a value as a flag spells it
 def expand_flagfiles(argv: list[str], base: str | None = None, seen: tuple = ()) -> list[str]:
     """Inlines ``--flagfile=F`` arguments, reading F relative to the file that names it.
 
-    absl resolves a nested ``--flagfile`` against the working directory; resolving
-    it against the including file lets ``flags/*.flags`` share base files and run
-    from anywhere. Lines starting with ``#`` or ``//`` are comments (absl's rule).
+    (absl reads a nested one relative to the working directory: recipes could then not
+    share base files from anywhere.) ``#`` and ``//`` lines are comments, as in absl.
     """
     expanded: list[str] = []
     args = iter(argv)
@@ -775,15 +774,10 @@ def _train_model(
         "total_steps": total_steps,
         "steps_per_epoch": steps_per_epoch,
         "resumed_from_step": start_step,
-        "final_knn_top1": monitor.last.get("knn_top1") if monitor else None,
-        "final_knn_top5": monitor.last.get("knn_top5") if monitor else None,
-        "best_knn_top1": monitor.best_top1 if monitor else None,
-        "best_checkpoint": monitor.best.get("checkpoint") if monitor else None,
-        "best_epoch": monitor.best.get("epoch") if monitor else None,
+        **knn_summary(monitor),
         "latest_checkpoint": os.path.basename(manager.latest_checkpoint or ""),
         "wall_time_s": round(time.time() - started, 3),
         "train_time_s": round(logger.train_seconds, 3),
-        "knn_time_s": round(monitor.seconds, 3) if monitor else 0.0,
         "pairs_per_second": logger.pairs_per_second,
         "model_dir": str(model_dir),
         "export_dir": None,
@@ -792,10 +786,23 @@ def _train_model(
         export_dir = Path(config.export_dir or model_dir / "export")
         summary["export_dir"] = export_backbone(model_dir, export_dir)
     if not chief:  # the chief reports; this worker's files were scratch
-        code = EXIT_FAILED if status == "non_finite_loss" else 0
-        return RunResult(EXIT_INTERRUPTED if status == "interrupted" else code, summary, model)
+        codes = {"non_finite_loss": EXIT_FAILED, "interrupted": EXIT_INTERRUPTED}
+        return RunResult(codes.get(status, 0), summary, model)
     write_json(model_dir / SUMMARY_FILE, summary)
     return RunResult(report(summary, guard, config), summary, model)
+
+
+def knn_summary(monitor: Any) -> dict[str, Any]:
+    """The kNN fields of summary.json (None without a monitor)."""
+    last, best = (monitor.last, monitor.best) if monitor else ({}, {})
+    return {
+        "final_knn_top1": last.get("knn_top1"),
+        "final_knn_top5": last.get("knn_top5"),
+        "best_knn_top1": best.get("knn_top1"),
+        "best_checkpoint": best.get("checkpoint"),
+        "best_epoch": best.get("epoch"),
+        "knn_time_s": round(monitor.seconds, 3) if monitor else 0.0,
+    }
 
 
 def knn_monitor(
