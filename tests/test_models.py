@@ -234,3 +234,19 @@ def test_mixed_precision_step_keeps_float32_losses_and_queue(policy):
             assert isinstance(model.optimizer, keras.optimizers.LossScaleOptimizer)
     finally:
         keras.mixed_precision.set_global_policy("float32")
+
+
+def test_purity_counts_target_mass_on_known_same_class_neighbours():
+    model = tiny_model("ascl")
+    targets = tf.constant([[0.5, 0.5, 0.0], [0.0, 0.25, 0.75]])  # mass on 3 neighbours
+    neighbor_labels = tf.constant([1, -1, 2])
+    labels = tf.constant([1, -1])  # the second query is unlabelled: -1 matches nothing
+    logs = model.update_monitors(
+        tf.constant(1.0),
+        tf.constant(0.99),
+        neighbor_targets=targets,
+        neighbor_labels=neighbor_labels,
+        labels=labels,
+    )
+    # Same-class mass: 0.5 (query 0 on neighbour 0) out of 2.0 in all.
+    assert float(logs["purity"]) == pytest.approx(0.25)
