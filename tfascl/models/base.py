@@ -268,10 +268,12 @@ class MomentumModel(keras.Model):
             self.positive_tracker.update_state(positive_weight)
             results["positive_weight"] = self.positive_tracker
         if labels is not None and neighbor_targets is not None:
+            labels = tf.cast(labels, tf.int32)[:, None]
+            neighbor_labels = tf.cast(neighbor_labels, tf.int32)[None, :]
+            # −1 marks an unknown label (unwritten queue rows, unlabelled images):
+            # it never counts as the same class.
             same_label = tf.cast(
-                tf.equal(
-                    tf.cast(labels, tf.int32)[:, None], tf.cast(neighbor_labels, tf.int32)[None, :]
-                ),
+                tf.logical_and(tf.equal(labels, neighbor_labels), neighbor_labels >= 0),
                 tf.float32,
             )
             mass = tf.reduce_sum(neighbor_targets)
