@@ -265,63 +265,45 @@ def test_evaluate_writes_and_merges_results_json(tiny_run):
 # SavedModel input
 
 
-def save_embedding_models(tiny_run, root):
-    """SavedModels with tfascl-export's signatures, built here from the run's backbone.
-
-    Returns ``(encoder, full, bare)``: the checkpoint's encoder; ``root/export/1`` with both
-    signatures and ``assets.extra/metadata.json``; ``root/bare`` with only ``serving_default``.
-    """
-    encoder = load_encoder(tiny_run)
+def save_serving_only_model(encoder, path):
+    """A SavedModel with only ``serving_default`` (uint8 in) and no metadata, built here."""
     backbone, mean, std = encoder.backbone, encoder.mean, encoder.std
     module = tf.Module()
     module.backbone = backbone
 
-    def encode(x):
-        features = backbone(x, training=False)
-        unit = tf.math.l2_normalize(features, axis=1)
-        return {"embedding": unit, "projection": unit[:, :4]}
-
     @tf.function(input_signature=[tf.TensorSpec([None, None, None, 3], tf.uint8, name="images")])
     def serve(images):
         x = tf.image.resize(tf.cast(images, tf.float32) / 255.0, [SIZE, SIZE], antialias=True)
-        return encode((x - mean) / np.float32(std))
+        features = backbone((x - mean) / np.float32(std), training=False)
+        unit = tf.math.l2_normalize(features, axis=1)
+        return {"embedding": unit, "projection": unit[:, :4]}
 
-    @tf.function(input_signature=[tf.TensorSpec([None, SIZE, SIZE, 3], tf.float32, name="images")])
-    def pre(images):
-        return encode(images)
-
-    module.serve, module.pre = serve, pre
-    full, bare = Path(root) / "export" / "1", Path(root) / "bare"
-    tf.saved_model.save(
-        module, str(full), signatures={"serving_default": serve, "preprocessed": pre}
-    )
-    tf.saved_model.save(module, str(bare), signatures={"serving_default": serve})
-    (full / "assets.extra").mkdir()
-    info = {
-        "method": "ascl",
-        "dataset": "digits",
-        "image_size": SIZE,
-        "mean": list(mean),
-        "std": list(std),
-        "feature_dim": encoder.feature_dim,
-    }
-    (full / "assets.extra" / "metadata.json").write_text(json.dumps(info))
-    return encoder, full, bare
+    module.serve = serve
+    tf.saved_model.save(module, str(path), signatures={"serving_default": serve})
+    return Path(path)
 
 
 def test_saved_model_input_gives_the_checkpoints_features(tiny_run, tmp_path):
     from tfascl.evaluation import embed_images, from_saved_model, load_labelled
+    from tfascl.export import export_backbone
 
-    encoder, full, bare = save_embedding_models(tiny_run, tmp_path)
+    encoder = load_encoder(tiny_run)
     images = load_labelled("digits", "test", max_examples=30).images  # 32 px: resized to 16
     reference = embed_images(encoder, images)
     reference /= np.linalg.norm(reference, axis=1, keepdims=True)
 
-    exported = from_saved_model(full)
+    # tfascl-export's layout: export_dir/1 with both signatures and assets.extra/metadata.json.
+    version = export_backbone(tiny_run, tmp_path / "export")
+    exported = from_saved_model(version)
     assert (exported.image_size, exported.method, exported.dataset) == (SIZE, "ascl", "digits")
+    assert exported.checkpoint.endswith("ckpt-1") and not exported.notes
     np.testing.assert_allclose(embed_images(exported, images), reference, atol=1e-5)
+    assert from_saved_model(tmp_path / "export").notes == [  # the base dir: highest version
+        f"evaluated version 1, the highest in {tmp_path / 'export'}"
+    ]
 
     # Only serving_default, no metadata: fed uint8, and the size must come from the caller.
+    bare = save_serving_only_model(encoder, tmp_path / "bare")
     with pytest.raises(EvalInputError, match="pass --image_size"):
         from_saved_model(bare)
     served = from_saved_model(bare, image_size=SIZE)
@@ -332,16 +314,14 @@ def test_saved_model_input_gives_the_checkpoints_features(tiny_run, tmp_path):
     expected /= np.linalg.norm(expected, axis=1, keepdims=True)
     np.testing.assert_allclose(embed_images(served, small), expected, atol=1e-5)
 
-    entry = evaluate("knn", saved_model=full, max_train_examples=100, max_test_examples=40)
+    entry = evaluate("knn", saved_model=version, max_train_examples=100, max_test_examples=40)
     assert entry["model"]["kind"] == "saved_model" and entry["dataset"] == "digits"
-    assert read_results(full)["knn"]["metrics"] == entry["metrics"]
-    assert from_saved_model(tmp_path / "export").notes == [
-        f"evaluated version 1, the highest in {tmp_path / 'export'}"
-    ]
+    assert entry["model"]["features"] == "embedding (L2-normalised)"
+    assert read_results(version)["knn"]["metrics"] == entry["metrics"]
     with pytest.raises(EvalInputError, match="is not a SavedModel"):
         evaluate("knn", saved_model=tmp_path)
     with pytest.raises(EvalInputError, match="is a SavedModel"):
-        evaluate("knn", model_dir=full)
+        evaluate("knn", model_dir=version)
 
 
 # --------------------------------------------------------------------------------------
