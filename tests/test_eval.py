@@ -398,15 +398,15 @@ def test_cli_prints_one_line_error_and_exits_non_zero(tmp_path):
 
 
 def run_app(argv):
+    """The app in this process, on its own FlagValues (tfascl.train's global flags may exist)."""
     from absl import flags
 
     from tfascl import evaluate as app
 
-    if "protocol" not in flags.FLAGS:
-        app._define_flags()
-    flags.FLAGS.unparse_flags()
-    flags.FLAGS(["tfascl-eval", *argv])
-    app.main(["tfascl-eval"])
+    values = flags.FlagValues()
+    app._define_flags(values)
+    values(["tfascl-eval", *argv])
+    app.run_with(values)
 
 
 def test_app_knn_table_and_plots_side_by_side(tiny_run, tmp_path, capsys):

@@ -22,10 +22,17 @@ from pathlib import Path
 PROGRAM = "tfascl-eval"
 
 
-def _define_flags() -> None:
-    # Defined when the app starts, not at import, so importing this module next to another
-    # tfascl app (tfascl.train also defines --model_dir) cannot clash.
-    from absl import flags
+def _define_flags(flag_values=None) -> None:  # noqa: ANN001
+    """Defines the app's flags in ``flag_values`` (default: absl's global ``FLAGS``).
+
+    Called when the app starts, not at import, so importing this module next to another
+    tfascl app (tfascl.train defines --model_dir at import) cannot clash; tests pass their
+    own ``flags.FlagValues()``.
+    """
+    from absl import flags as absl_flags
+
+    flag_values = absl_flags.FLAGS if flag_values is None else flag_values
+    flags = _Definer(absl_flags, flag_values)
 
     flags.DEFINE_enum("protocol", "knn", ["knn", "linear", "plots"], "What to run.")
     flags.DEFINE_string("model_dir", None, "A training run's directory (run.json, checkpoints/).")
@@ -69,6 +76,17 @@ def _define_flags() -> None:
     flags.DEFINE_list("plots", ["curves", "map"], "plots: which pictures (curves, map).")
     flags.DEFINE_integer("map_points", 10_000, "plots: test images in the t-SNE map.")
     flags.DEFINE_string("plots_note", None, "plots: second title line (e.g. the run length).")
+
+
+class _Definer:
+    """``flags.DEFINE_*`` bound to one ``FlagValues``."""
+
+    def __init__(self, module, flag_values) -> None:  # noqa: ANN001
+        self._module, self._flag_values = module, flag_values
+
+    def __getattr__(self, name: str):
+        define = getattr(self._module, name)
+        return lambda *args, **kwargs: define(*args, flag_values=self._flag_values, **kwargs)
 
 
 def _linear_config(values) -> object:  # noqa: ANN001
@@ -126,13 +144,19 @@ def _plots(values, log) -> None:  # noqa: ANN001
 
 def main(argv: Sequence[str]) -> None:
     """The app: runs one protocol, prints a table and records the result."""
-    from absl import app, flags, logging
-
-    from tfascl.evaluation import EvalInputError, evaluate, format_table
+    from absl import app, flags
 
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
-    values = flags.FLAGS
+    run_with(flags.FLAGS)
+
+
+def run_with(values) -> None:  # noqa: ANN001
+    """The app's work on parsed flag values (``absl.flags.FlagValues``)."""
+    from absl import logging
+
+    from tfascl.evaluation import EvalInputError, evaluate, format_table
+
     try:
         if values.protocol == "plots":
             _plots(values, logging.info)
