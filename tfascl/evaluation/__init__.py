@@ -1,0 +1,48 @@
+"""Evaluation of pretrained encoders: kNN and linear probes, results.json, pictures.
+
+``evaluate(protocol, model_dir=... | saved_model=..., dataset=...)`` is the Python entry;
+``tfascl-eval`` (``tfascl.evaluate``) is the command line around it.
+"""
+
+from tfascl.evaluation.api import PROTOCOLS, evaluate, resolve_dataset
+from tfascl.evaluation.encoders import (
+    Encoder,
+    EvalInputError,
+    from_model_dir,
+    from_saved_model,
+    is_saved_model,
+    load_encoder,
+)
+from tfascl.evaluation.protocols import (
+    LinearConfig,
+    MultiStepDecay,
+    build_classifier,
+    embed_images,
+    knn_protocol,
+    linear_protocol,
+    load_labelled,
+)
+from tfascl.evaluation.results import RESULTS_FILE, format_table, read_results, update_results
+
+__all__ = [
+    "PROTOCOLS",
+    "RESULTS_FILE",
+    "Encoder",
+    "EvalInputError",
+    "LinearConfig",
+    "MultiStepDecay",
+    "build_classifier",
+    "embed_images",
+    "evaluate",
+    "format_table",
+    "from_model_dir",
+    "from_saved_model",
+    "is_saved_model",
+    "knn_protocol",
+    "linear_protocol",
+    "load_encoder",
+    "load_labelled",
+    "read_results",
+    "resolve_dataset",
+    "update_results",
+]

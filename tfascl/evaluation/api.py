@@ -1,0 +1,287 @@
+"""One call from a model and a dataset to a recorded result: :func:`evaluate`."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import tfascl
+from tfascl.evaluation import protocols, results
+from tfascl.evaluation.encoders import Encoder, EvalInputError, load_encoder
+
+PROTOCOLS = ("knn", "linear")
+
+
+def resolve_dataset(encoder: Encoder, dataset: str | None) -> str:
+    """The evaluation dataset: the one given, else the one the model was pretrained on.
+
+    Raises:
+        EvalInputError: Neither is known.
+    """
+    if dataset:
+        return dataset
+    if encoder.dataset:
+        return encoder.dataset
+    raise EvalInputError(f"{encoder.source} does not record its dataset: pass --dataset")
+
+
+def evaluate(
+    protocol: str,
+    *,
+    model_dir: str | Path | None = None,
+    saved_model: str | Path | None = None,
+    checkpoint: str = "latest",
+    dataset: str | None = None,
+    data_dir: str | None = None,
+    train_split: str = "train",
+    test_split: str = "test",
+    max_train_examples: int | None = None,
+    max_test_examples: int | None = None,
+    image_size: int | None = None,
+    batch_size: int = 256,
+    knn_k: int = 200,
+    knn_temperature: float = 0.1,
+    knn_chunk_size: int = 1024,
+    linear: protocols.LinearConfig | None = None,
+    seed: int = 0,
+    write: bool = True,
+    log: Callable[[str], None] | None = None,
+) -> dict[str, Any]:
+    """Evaluates a training run's checkpoint or an exported SavedModel with one protocol.
+
+    Everything that can be wrong with the input (no checkpoint, no signature, unlabelled
+    folder) is checked before the datasets are decoded or features computed.
+
+    Args:
+        protocol: ``"knn"`` or ``"linear"`` (``linear.fast`` selects "linear_fast").
+        model_dir: A training run's directory; or
+        saved_model: an exported SavedModel directory.
+        checkpoint: ``"latest"``, ``"best"`` or a checkpoint name (``model_dir`` only).
+        dataset: ``"digits"``, a TFDS name or a folder; default the model's pretraining set.
+        data_dir: TFDS data directory.
+        train_split: The labelled split used as kNN bank / linear training set.
+        test_split: The split reported on.
+        max_train_examples: Stratified subset of the training split (quick looks).
+        max_test_examples: Stratified subset of the test split.
+        image_size: Only for SavedModels that do not record their input size.
+        batch_size: Images per forward pass when computing features.
+        knn_k: kNN neighbours.
+        knn_temperature: kNN vote temperature.
+        knn_chunk_size: Test rows per similarity block.
+        linear: Linear probe settings (default: the ASCL protocol).
+        seed: Seed of the subsets.
+        write: Merge the entry into ``results.json`` beside the model.
+        log: Progress messages (e.g. ``absl.logging.info``).
+
+    Returns:
+        The results entry: protocol, dataset, model, metrics (fractions), settings, sizes,
+        notes, wall time, date, tfascl version, and ``results_file`` when written.
+
+    Raises:
+        EvalInputError: Bad input, with a one-line message.
+    """
+    if protocol not in PROTOCOLS:
+        raise EvalInputError(f"protocol must be one of {PROTOCOLS}, got {protocol!r}")
+    linear = linear or protocols.LinearConfig()
+    say = log or (lambda message: None)
+    encoder = load_encoder(model_dir, saved_model, checkpoint=checkpoint, image_size=image_size)
+    source = resolve_dataset(encoder, dataset)
+    for split in (train_split, test_split):
+        protocols.check_labelled_source(source, split)
+    if write:
+        results.read_results(encoder.results_dir)  # a broken results.json fails now, not later
+
+    say(f"loading {source} {train_split}/{test_split}")
+    train = protocols.load_labelled(
+        source, train_split, data_dir=data_dir, max_examples=max_train_examples, seed=seed
+    )
+    test = protocols.load_labelled(
+        source, test_split, data_dir=data_dir, max_examples=max_test_examples, seed=seed
+    )
+    notes = list(encoder.notes)
+    for split in (train, test):
+        note = protocols.resize_note(split, encoder.image_size)
+        if note and note not in notes:
+            notes.append(note)
+    for note in notes:
+        say(f"note: {note}")
+
+    name = "knn" if protocol == "knn" else linear.protocol
+    say(f"{name}: {len(train)} train / {len(test)} test images, model {encoder.checkpoint}")
+    if protocol == "knn":
+        outcome = protocols.timed(
+            protocols.knn_protocol,
+            encoder,
+            train,
+            test,
+            k=knn_k,
+            temperature=knn_temperature,
+            batch_size=batch_size,
+            chunk_size=knn_chunk_size,
+        )
+    else:
+        outcome = protocols.timed(
+            protocols.linear_protocol,
+            encoder,
+            train,
+            test,
+            linear,
+            embed_batch_size=batch_size,
+            log=say,
+        )
+        outcome.pop("classifier")
+
+    entry: dict[str, Any] = {
+        "protocol": name,
+        "dataset": train.name,
+        "dataset_source": source,
+        "train_split": train_split,
+        "test_split": test_split,
+        "num_train": len(train),
+        "num_test": len(test),
+        "num_classes": protocols.num_classes_of(train, test),
+        "subset": {
+            "max_train_examples": max_train_examples,
+            "max_test_examples": max_test_examples,
+            "seed": seed,
+        },
+        "model": encoder.describe(),
+        "normalisation": {"mean": list(encoder.mean), "std": list(encoder.std)},
+        **outcome,
+        "notes": notes,
+        "date": results.now_iso(),
+        "tfascl_version": tfascl.__version__,
+    }
+    if write:
+        key = results.result_key(name, train.name, encoder.dataset)
+        entry["results_key"] = key
+        entry["results_file"] = str(results.update_results(encoder.results_dir, key, entry))
+    return entry
+
+
+METHOD_LABELS = {
+    "ascl": "ASCL",
+    "moco": "MoCo v2",
+    "ahcl": "AHCL",
+    "hard": "hard relabelling",
+    "sce": "SCE",
+    "ressl": "ReSSL",
+    "byol": "BYOL",
+    "byol_ascl": "BYOL + ASCL",
+}
+CURVES_FILE = "training_curves.png"
+MAP_FILE = "tsne_map.png"
+
+
+def open_model(path: str | Path, checkpoint: str = "latest") -> Encoder:
+    """A model_dir or a SavedModel directory, told apart by ``saved_model.pb``."""
+    from tfascl.evaluation.encoders import from_model_dir, from_saved_model, is_saved_model
+
+    return from_saved_model(path) if is_saved_model(path) else from_model_dir(path, checkpoint)
+
+
+def run_label(encoder: Encoder, others: list[Encoder]) -> str:
+    """A legend label: the method's name, plus the folder name when two runs share a method."""
+    label = METHOD_LABELS.get(encoder.method, encoder.method)
+    if sum(other.method == encoder.method for other in others) > 1:
+        label += f" ({Path(encoder.source).name})"
+    return label
+
+
+def _recorded_knn(encoder: Encoder) -> float | None:
+    try:
+        entry = results.read_results(encoder.results_dir).get("knn", {})
+    except ValueError:
+        return None
+    return entry.get("metrics", {}).get("top1")
+
+
+def make_plots(
+    sources: list[str | Path],
+    out_dir: str | Path,
+    *,
+    checkpoint: str = "latest",
+    dataset: str | None = None,
+    data_dir: str | None = None,
+    test_split: str = "test",
+    map_points: int = 10_000,
+    batch_size: int = 256,
+    seed: int = 0,
+    curves: bool = True,
+    embedding_map: bool = True,
+    note: str | None = None,
+    log: Callable[[str], None] | None = None,
+) -> dict[str, str]:
+    """Training curves and a side-by-side t-SNE map of one or more models → PNGs in ``out_dir``.
+
+    Args:
+        sources: model_dirs or SavedModel directories (a SavedModel has no curves).
+        out_dir: Folder of the PNGs (``training_curves.png``, ``tsne_map.png``).
+        checkpoint: Checkpoint of the model_dirs.
+        dataset: Test data for the map; default the first model's pretraining dataset.
+        data_dir: TFDS data directory.
+        test_split: Split embedded for the map.
+        map_points: Stratified subset size of the test split (10,000 = all of CIFAR-10's).
+        batch_size: Images per forward pass.
+        seed: Seed of the subset and of t-SNE.
+        curves: Draw the training curves.
+        embedding_map: Draw the t-SNE map.
+        note: A second title line for both pictures (e.g. how long the runs were).
+        log: Progress messages.
+
+    Returns:
+        ``{"curves": path, "map": path}`` for the pictures drawn.
+
+    Raises:
+        EvalInputError: Bad model or data (before any image is decoded).
+    """
+    from tfascl import plots
+
+    say = log or (lambda message: None)
+    encoders = [open_model(source, checkpoint) for source in sources]
+    labels = [run_label(encoder, encoders) for encoder in encoders]
+    source = resolve_dataset(encoders[0], dataset) if embedding_map else None
+    if source is not None:
+        protocols.check_labelled_source(source, test_split)
+    out_dir = Path(out_dir)
+    written: dict[str, str] = {}
+    names = sorted({Path(str(e.dataset)).name for e in encoders if e.dataset})
+    on = f" on {', '.join(names)}" if names else ""
+
+    if curves:
+        runs = []
+        for encoder, label in zip(encoders, labels):
+            metrics = (
+                plots.find_metrics_file(encoder.source) if encoder.kind == "checkpoint" else None
+            )
+            if metrics is None:
+                say(f"no metrics file in {encoder.source}: no curves for {label}")
+                continue
+            runs.append(plots.CurveRun(label, plots.read_metrics(metrics)))
+        if runs:
+            title = " vs ".join(run.label for run in runs) + on
+            path = plots.plot_training_curves(
+                runs, out_dir / CURVES_FILE, title=title, subtitle=note
+            )
+            written["curves"] = str(path)
+            say(f"wrote {path}")
+
+    if embedding_map:
+        test = protocols.load_labelled(
+            source, test_split, data_dir=data_dir, max_examples=map_points, seed=seed
+        )
+        panels = []
+        for encoder, label in zip(encoders, labels):
+            say(f"t-SNE of {len(test)} {test.name} {test_split} embeddings of {label}")
+            features = protocols.embed_images(encoder, test.images, batch_size)
+            knn_top1 = _recorded_knn(encoder)
+            title = label if knn_top1 is None else f"{label} (kNN top-1 {100 * knn_top1:.1f}%)"
+            panels.append(plots.MapPanel(title, plots.tsne_2d(features, seed=seed), test.labels))
+        title = f"t-SNE of {len(test):,} {test.name} {test_split} images' backbone features"
+        path = plots.plot_embedding_maps(
+            panels, test.class_names, out_dir / MAP_FILE, title=title, subtitle=note
+        )
+        written["map"] = str(path)
+        say(f"wrote {path}")
+    return written

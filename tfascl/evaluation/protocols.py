@@ -1,0 +1,507 @@
+"""The evaluation protocols: weighted kNN and the linear probe of the ASCL code.
+
+Both take an :class:`~tfascl.evaluation.encoders.Encoder` and two labelled
+:class:`~tfascl.data.ImageSet` s (the training split and the test split) and return a
+JSON-ready dict. The encoder stays frozen and in inference mode throughout.
+
+* :func:`knn_protocol`: the training split through the eval transform is the memory bank
+  (L2-normalised backbone features); every test image is classified by its ``k`` most similar
+  bank entries, each voting ``exp(sim / t)`` (``tfascl.knn``: chunked, so the similarity
+  matrix never exceeds ``chunk_size × N_train``).
+* :func:`linear_protocol`: one linear layer on the frozen features, trained with SGD (Nesterov
+  momentum 0.9, no weight decay) on weakly augmented training images (RandomResizedCrop
+  scale (0.2, 1) + flip), lr 10 with ×0.1 steps at epochs 60 and 80 over 100 epochs, batch 256;
+  or a per-step cosine from lr 1. ``fast=True`` ("linear_fast") trains on cached
+  eval-transform features instead, without augmentation: minutes instead of hours on a CPU,
+  and not the paper's number.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import os
+import time
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import keras
+import numpy as np
+import tensorflow as tf
+
+from tfascl import knn
+from tfascl.data import ImageSet, eval_transform, folders, load_images, weak_augment
+from tfascl.evaluation.encoders import Encoder, EvalInputError
+from tfascl.optim import WarmupCosine, build_optimizer
+
+# The encoder normalises; the data side produces [0, 1] pixels.
+_NO_NORM = ((0.0, 0.0, 0.0), (1.0, 1.0, 1.0))
+
+LINEAR_SCHEDULES = ("step", "cosine")
+DEFAULT_LINEAR_LR = {"step": 10.0, "cosine": 1.0}
+
+
+# --------------------------------------------------------------------------------------
+# Data
+
+
+def check_labelled_source(source: str, split: str) -> None:
+    """Fails fast, before any image is decoded, when a folder split has no class folders.
+
+    Only folders can be checked this cheaply (a directory listing); other sources are checked
+    by :func:`load_labelled` after loading.
+
+    Raises:
+        EvalInputError: The split is a flat folder of unlabelled images, or missing.
+    """
+    path = os.path.expanduser(source)
+    if not os.path.isdir(path):
+        return
+    try:
+        listing = folders.scan_split(folders.split_dir(path, split))
+    except ValueError as error:
+        raise EvalInputError(str(error)) from None
+    if listing.labels is None:
+        raise EvalInputError(
+            f"{listing.split_dir} has no class folders, so its images have no labels; kNN and "
+            "linear evaluation need <split>/<class>/*.jpg"
+        )
+
+
+def load_labelled(
+    source: str,
+    split: str,
+    *,
+    data_dir: str | None = None,
+    max_examples: int | None = None,
+    seed: int = 0,
+) -> ImageSet:
+    """``tfascl.data.load_images`` plus the checks a supervised protocol needs.
+
+    Args:
+        source: ``"digits"``, a TFDS name or a folder (see ``tfascl.data.load_images``).
+        split: Split name.
+        data_dir: TFDS data directory.
+        max_examples: A stratified subset of at most this many images.
+        seed: Seed of the subset.
+
+    Returns:
+        The split, with int64 labels in ``[0, C)``.
+
+    Raises:
+        EvalInputError: Unknown source/split, no labels, or unlabelled (-1) examples.
+    """
+    check_labelled_source(source, split)
+    try:
+        data = load_images(source, split, data_dir=data_dir, max_examples=max_examples, seed=seed)
+    except ValueError as error:  # DatasetNotFoundError is a ValueError too
+        raise EvalInputError(str(error).splitlines()[0]) from None
+    if data.labels is None:
+        raise EvalInputError(f"{source} split {split!r} has no labels; this protocol needs them")
+    if np.any(data.labels < 0):
+        raise EvalInputError(
+            f"{source} split {split!r} holds unlabelled images (label -1); pick a labelled split "
+            "(for STL-10: --train_split=train_labelled)"
+        )
+    return data
+
+
+def num_classes_of(train: ImageSet, test: ImageSet) -> int:
+    """``C`` for a train/test pair; their class lists must agree.
+
+    Raises:
+        EvalInputError: The two splits name different classes.
+    """
+    if train.class_names and test.class_names and train.class_names != test.class_names:
+        raise EvalInputError(
+            f"train and test splits have different classes ({len(train.class_names)}: "
+            f"{train.class_names[:5]}... vs {len(test.class_names)}: {test.class_names[:5]}...)"
+        )
+    largest = int(max(train.labels.max(initial=0), test.labels.max(initial=0)))
+    return max(len(train.class_names), len(test.class_names), largest + 1)
+
+
+def resize_note(data: ImageSet, image_size: int) -> str | None:
+    """A note when a split's images are not the model's size (they are resized, not refused)."""
+    height, width = data.images.shape[1:3]
+    if height == image_size and width == image_size:
+        return None
+    return (
+        f"{data.name} images are {height}x{width}: central square crop resized to "
+        f"{image_size}x{image_size} (antialiased bilinear) for the model"
+    )
+
+
+def pixel_batches(images: np.ndarray, image_size: int, batch_size: int) -> tf.data.Dataset:
+    """The eval transform of ``images`` in order: ``[B, S, S, 3]`` float32 pixels in [0, 1].
+
+    Args:
+        images: ``[N, H, W, 3]`` uint8.
+        image_size: ``S``.
+        batch_size: Images per batch (the last may be smaller).
+    """
+    stored = tf.constant(images)
+
+    def transform(indices: tf.Tensor) -> tf.Tensor:
+        return eval_transform(tf.gather(stored, indices), image_size, *_NO_NORM)
+
+    batches = tf.data.Dataset.range(len(images)).batch(batch_size)
+    return batches.map(transform, num_parallel_calls=tf.data.AUTOTUNE).prefetch(tf.data.AUTOTUNE)
+
+
+def embed_images(encoder: Encoder, images: np.ndarray, batch_size: int = 256) -> np.ndarray:
+    """Frozen features of ``images`` through the eval transform.
+
+    Args:
+        encoder: The model.
+        images: ``[N, H, W, 3]`` uint8.
+        batch_size: Images per forward pass.
+
+    Returns:
+        ``[N, F]`` float32 features, as ``encoder.embed`` returns them (raw for checkpoints,
+        unit-norm for SavedModels).
+    """
+    step = encoder.compiled_embed()
+    batches = [
+        step(pixels).numpy() for pixels in pixel_batches(images, encoder.image_size, batch_size)
+    ]
+    if not batches:
+        raise EvalInputError("no images to embed")
+    return np.concatenate(batches).astype(np.float32)
+
+
+def top_n_accuracy(scores: np.ndarray, labels: np.ndarray, n: int) -> float:
+    """Fraction of rows whose label is among the ``n`` highest scores (ties: lower index first)."""
+    n = min(n, scores.shape[1])
+    top = np.argsort(-scores, axis=1, kind="stable")[:, :n]
+    return float(np.mean(np.any(top == np.asarray(labels)[:, None], axis=1)))
+
+
+# --------------------------------------------------------------------------------------
+# kNN
+
+
+def knn_protocol(
+    encoder: Encoder,
+    train: ImageSet,
+    test: ImageSet,
+    *,
+    k: int = 200,
+    temperature: float = 0.1,
+    batch_size: int = 256,
+    chunk_size: int = 1024,
+) -> dict[str, Any]:
+    """Weighted kNN accuracy of the test split against a bank of training-split features.
+
+    Args:
+        encoder: The frozen model.
+        train: Labelled training split (the bank), eval transform, no augmentation.
+        test: Labelled test split.
+        k: Neighbours (clipped to the bank size).
+        temperature: Vote weight ``exp(sim / temperature)``.
+        batch_size: Images per forward pass.
+        chunk_size: Test rows per similarity block (memory ``chunk_size × N_train``).
+
+    Returns:
+        ``{"metrics": {"top1", "top5"}, "settings": {...}}``; accuracies are fractions.
+    """
+    num_classes = num_classes_of(train, test)
+    bank = embed_images(encoder, train.images, batch_size)
+    queries = embed_images(encoder, test.images, batch_size)
+    metrics = knn.knn_accuracy(
+        bank,
+        train.labels,
+        queries,
+        test.labels,
+        num_classes,
+        k=k,
+        temperature=temperature,
+        chunk_size=chunk_size,
+    )
+    settings = {"k": min(k, len(bank)), "temperature": temperature, "weights": "exp(sim / t)"}
+    return {"metrics": metrics, "settings": settings}
+
+
+# --------------------------------------------------------------------------------------
+# Linear probe
+
+
+@keras.saving.register_keras_serializable(package="tfascl")
+class MultiStepDecay(keras.optimizers.schedules.LearningRateSchedule):
+    """PyTorch's ``MultiStepLR`` on a per-step clock: epoch-wise steps of ×``gamma``.
+
+    ``lr(step) = base_lr * gamma ** #{m in milestones : step // steps_per_epoch >= m}``, so with
+    milestones (60, 80) epochs 0–59 train at ``base_lr``, 60–79 at ``base_lr·γ`` and 80– at
+    ``base_lr·γ²`` (epochs counted from 0, as PyTorch's scheduler does).
+
+    Args:
+        base_lr: Learning rate of the first epochs.
+        steps_per_epoch: Optimizer steps per epoch.
+        milestones: Epochs at which the rate is multiplied by ``gamma``.
+        gamma: The factor.
+    """
+
+    def __init__(
+        self,
+        base_lr: float,
+        steps_per_epoch: int,
+        milestones: Sequence[int] = (60, 80),
+        gamma: float = 0.1,
+    ) -> None:
+        super().__init__()
+        if steps_per_epoch < 1:
+            raise ValueError(f"steps_per_epoch must be >= 1, got {steps_per_epoch}")
+        self.base_lr = float(base_lr)
+        self.steps_per_epoch = int(steps_per_epoch)
+        self.milestones = tuple(int(m) for m in milestones)
+        self.gamma = float(gamma)
+
+    def __call__(self, step: int | tf.Tensor) -> tf.Tensor:
+        """The float32 learning rate at optimizer step ``step`` (from 0)."""
+        epoch = tf.math.floordiv(tf.cast(step, tf.int64), self.steps_per_epoch)
+        passed = tf.add_n(
+            [tf.cast(epoch >= m, tf.float32) for m in self.milestones] + [tf.constant(0.0)]
+        )
+        return self.base_lr * tf.pow(tf.constant(self.gamma, tf.float32), passed)
+
+    def get_config(self) -> dict:
+        return {
+            "base_lr": self.base_lr,
+            "steps_per_epoch": self.steps_per_epoch,
+            "milestones": list(self.milestones),
+            "gamma": self.gamma,
+        }
+
+
+@dataclasses.dataclass
+class LinearConfig:
+    """Settings of the linear probe; defaults are the ASCL code's CIFAR protocol.
+
+    Attributes:
+        epochs: Training epochs (100).
+        batch_size: Images per step (256).
+        learning_rate: Base rate; ``None`` takes 10 for ``"step"`` and 1 for ``"cosine"``.
+        schedule: ``"step"`` (×``gamma`` at ``milestones``) or ``"cosine"`` (per step, to 0).
+        milestones: Epochs of the step schedule (60, 80).
+        gamma: Step factor (0.1).
+        momentum: SGD momentum (0.9, Nesterov).
+        weight_decay: Coupled L2 (0).
+        init_std: Std of the N(0, std) weight initialisation (0.01; bias 0).
+        eval_every: Evaluate on the test split every this many epochs (and after the last).
+        fast: Train on cached eval-transform features, without augmentation ("linear_fast").
+        seed: Seed of the initialisation, shuffling and augmentation.
+        jit_compile: Compile the augmentation with XLA (faster on CPU after a few seconds of
+            compilation; turn off for tiny test runs).
+    """
+
+    epochs: int = 100
+    batch_size: int = 256
+    learning_rate: float | None = None
+    schedule: str = "step"
+    milestones: tuple[int, ...] = (60, 80)
+    gamma: float = 0.1
+    momentum: float = 0.9
+    weight_decay: float = 0.0
+    init_std: float = 0.01
+    eval_every: int = 1
+    fast: bool = False
+    seed: int = 0
+    jit_compile: bool = True
+
+    def __post_init__(self) -> None:
+        if self.schedule not in LINEAR_SCHEDULES:
+            raise EvalInputError(
+                f"linear schedule must be one of {LINEAR_SCHEDULES}, got {self.schedule!r}"
+            )
+        for name in ("epochs", "batch_size", "eval_every"):
+            if getattr(self, name) < 1:
+                raise EvalInputError(f"linear {name} must be >= 1, got {getattr(self, name)}")
+
+    @property
+    def protocol(self) -> str:
+        return "linear_fast" if self.fast else "linear"
+
+    @property
+    def base_lr(self) -> float:
+        if self.learning_rate is not None:
+            return float(self.learning_rate)
+        return DEFAULT_LINEAR_LR[self.schedule]
+
+    def lr_schedule(self, steps_per_epoch: int) -> keras.optimizers.schedules.LearningRateSchedule:
+        """The per-step learning-rate schedule for ``steps_per_epoch`` steps an epoch."""
+        if self.schedule == "cosine":
+            return WarmupCosine(self.base_lr, total_steps=self.epochs * steps_per_epoch)
+        return MultiStepDecay(self.base_lr, steps_per_epoch, self.milestones, self.gamma)
+
+    def settings(self) -> dict[str, Any]:
+        """JSON-ready description for ``results.json``."""
+        values = {
+            "epochs": self.epochs,
+            "batch_size": self.batch_size,
+            "learning_rate": self.base_lr,
+            "schedule": self.schedule,
+            "optimizer": f"SGD, Nesterov momentum {self.momentum}, weight decay "
+            f"{self.weight_decay}",
+            "init": f"weights N(0, {self.init_std}), bias 0",
+            "augmentation": "none: cached eval-transform features"
+            if self.fast
+            else "RandomResizedCrop(scale 0.2-1) + horizontal flip",
+            "eval_every": self.eval_every,
+            "seed": self.seed,
+        }
+        if self.schedule == "step":
+            values.update(milestones=list(self.milestones), gamma=self.gamma)
+        return values
+
+
+def build_classifier(feature_dim: int, num_classes: int, init_std: float, seed: int) -> keras.Model:
+    """The linear layer: ``[B, F] → [B, C]`` logits, weights N(0, init_std), bias 0."""
+    inputs = keras.Input((feature_dim,), name="features")
+    logits = keras.layers.Dense(
+        num_classes,
+        kernel_initializer=keras.initializers.RandomNormal(0.0, init_std, seed=seed),
+        bias_initializer="zeros",
+        name="linear",
+    )(inputs)
+    return keras.Model(inputs, logits, name="linear_classifier")
+
+
+def _augmented_batches(
+    data: ImageSet, batch_size: int, image_size: int, seed: int, jit_compile: bool
+) -> tf.data.Dataset:
+    """Shuffled batches of weakly augmented [0, 1] pixels and labels; new draws each epoch."""
+    stored = tf.constant(data.images)
+    labels = tf.constant(data.labels, tf.int64)
+    indices = tf.data.Dataset.range(len(data.images)).shuffle(
+        len(data.images), seed=seed, reshuffle_each_iteration=True
+    )
+    seeds = tf.data.Dataset.random(seed=seed, rerandomize_each_iteration=True).batch(2)
+
+    @tf.function(jit_compile=jit_compile)
+    def augment(images: tf.Tensor, pair: tf.Tensor) -> tf.Tensor:
+        return weak_augment(images, image_size, *_NO_NORM, seed=pair)
+
+    def load(batch: tf.Tensor, pair: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
+        return augment(tf.gather(stored, batch), pair), tf.gather(labels, batch)
+
+    batches = tf.data.Dataset.zip(indices.batch(batch_size), seeds)
+    return batches.map(load, num_parallel_calls=tf.data.AUTOTUNE).prefetch(tf.data.AUTOTUNE)
+
+
+def _feature_batches(
+    features: np.ndarray, labels: np.ndarray, batch_size: int, seed: int
+) -> tf.data.Dataset:
+    dataset = tf.data.Dataset.from_tensor_slices((features, labels.astype(np.int64)))
+    dataset = dataset.shuffle(len(features), seed=seed, reshuffle_each_iteration=True)
+    return dataset.batch(batch_size).prefetch(tf.data.AUTOTUNE)
+
+
+def linear_protocol(
+    encoder: Encoder,
+    train: ImageSet,
+    test: ImageSet,
+    config: LinearConfig | None = None,
+    *,
+    embed_batch_size: int = 256,
+    log: Callable[[str], None] | None = None,
+) -> dict[str, Any]:
+    """Trains a linear classifier on the frozen encoder and reports test top-1 (best, final).
+
+    The backbone runs in inference mode (BN moving statistics, no update) and outside the
+    gradient tape; only the linear layer's kernel and bias are optimised. Test features are
+    computed once: with a frozen backbone in inference mode they never change, so evaluating
+    each epoch costs a matmul.
+
+    Args:
+        encoder: The frozen model.
+        train: Labelled training split.
+        test: Labelled test split.
+        config: :class:`LinearConfig` (defaults: the ASCL protocol).
+        embed_batch_size: Images per forward pass when caching features.
+        log: Called with a one-line progress message after each evaluation.
+
+    Returns:
+        ``{"metrics": {"top1_best", "top1_final", "top5_final", "best_epoch"}, "settings",
+        "history": [{"epoch", "loss", "learning_rate", "top1"?}], "classifier": Model}``;
+        accuracies are fractions. ``classifier`` is not JSON (pop it before writing).
+    """
+    config = config or LinearConfig()
+    num_classes = num_classes_of(train, test)
+    test_features = embed_images(encoder, test.images, embed_batch_size)
+    train_labels = train.labels.astype(np.int64)
+    if config.fast:
+        train_features = embed_images(encoder, train.images, embed_batch_size)
+        dataset = _feature_batches(train_features, train_labels, config.batch_size, config.seed)
+    else:
+        dataset = _augmented_batches(
+            train, config.batch_size, encoder.image_size, config.seed, config.jit_compile
+        )
+    steps_per_epoch = math.ceil(len(train_labels) / config.batch_size)
+    classifier = build_classifier(encoder.feature_dim, num_classes, config.init_std, config.seed)
+    optimizer = build_optimizer(
+        "sgd",
+        config.lr_schedule(steps_per_epoch),
+        weight_decay=config.weight_decay,
+        momentum=config.momentum,
+        nesterov=True,
+        exclude_bn_and_bias=False,  # PyTorch's SGD decays the bias too (moot at wd 0)
+    )
+    weights = classifier.trainable_variables
+    optimizer.build(weights)
+    fast = config.fast
+
+    @tf.function(reduce_retracing=True)
+    def train_step(inputs: tf.Tensor, labels: tf.Tensor) -> tf.Tensor:
+        features = inputs if fast else encoder.embed(inputs)
+        features = tf.stop_gradient(features)
+        with tf.GradientTape() as tape:
+            logits = classifier(features, training=True)
+            loss = tf.reduce_mean(
+                keras.losses.sparse_categorical_crossentropy(labels, logits, from_logits=True)
+            )
+        optimizer.apply_gradients(zip(tape.gradient(loss, weights), weights))
+        return loss
+
+    def test_scores() -> np.ndarray:
+        return np.asarray(classifier.predict_on_batch(test_features))
+
+    history: list[dict[str, Any]] = []
+    best, best_epoch, final5 = -1.0, 0, None
+    for epoch in range(1, config.epochs + 1):
+        lr = float(optimizer.learning_rate)  # the rate of the epoch's first step
+        losses = [float(train_step(inputs, labels)) for inputs, labels in dataset]
+        record: dict[str, Any] = {
+            "epoch": epoch,
+            "loss": float(np.mean(losses)),
+            "learning_rate": lr,
+        }
+        if epoch % config.eval_every == 0 or epoch == config.epochs:
+            scores = test_scores()
+            top1 = top_n_accuracy(scores, test.labels, 1)
+            final5 = top_n_accuracy(scores, test.labels, 5) if num_classes >= 5 else None
+            record["top1"] = top1
+            if top1 > best:
+                best, best_epoch = top1, epoch
+            if log is not None:
+                log(
+                    f"{config.protocol} epoch {epoch}/{config.epochs}: loss {record['loss']:.4f}, "
+                    f"lr {lr:.4g}, test top-1 {100 * top1:.2f}% (best {100 * best:.2f}%)"
+                )
+        history.append(record)
+    metrics: dict[str, Any] = {
+        "top1_best": best,
+        "top1_final": history[-1]["top1"],
+        "best_epoch": best_epoch,
+    }
+    if final5 is not None:
+        metrics["top5_final"] = final5
+    settings = {**config.settings(), "steps_per_epoch": steps_per_epoch}
+    return {"metrics": metrics, "settings": settings, "history": history, "classifier": classifier}
+
+
+def timed(function: Callable[..., dict[str, Any]], *args: Any, **kwargs: Any) -> dict[str, Any]:
+    """Runs a protocol and adds ``wall_time_s`` to its result."""
+    start = time.perf_counter()
+    result = function(*args, **kwargs)
+    result["wall_time_s"] = round(time.perf_counter() - start, 3)
+    return result
