@@ -126,6 +126,44 @@ def _reset_memory() -> None:
         tf.config.experimental.reset_memory_stats("GPU:0")
 
 
+def forward_flops(model: keras.Model) -> int:
+    """Multiply-adds × 2 of one image through a functional model's Conv2D and Dense layers."""
+    flops = 0
+    for layer in model.layers:
+        if isinstance(layer, keras.Model):
+            flops += forward_flops(layer)
+        elif isinstance(layer, keras.layers.Conv2D):
+            _, height, width, channels = layer.output.shape
+            kernel = int(np.prod(layer.kernel.shape[:-1]))  # kh · kw · C_in
+            flops += 2 * height * width * channels * kernel
+        elif isinstance(layer, keras.layers.Dense):
+            flops += 2 * int(np.prod(layer.kernel.shape))
+    return flops
+
+
+def flops_per_pair(model: keras.Model) -> int:
+    """Train-step FLOPs per image pair: query forward + backward (≈ 2× forward) + key forward.
+
+    The queue logits, the EMA and the optimizer are left out (under 1% at width 64).
+    """
+    encoder = forward_flops(model.backbone) + forward_flops(model.projector)
+    return 4 * encoder
+
+
+def matmul_gflops(size: int = 4096, repeats: int = 5) -> float:
+    """This machine's float32 matmul rate (GFLOP/s, best of ``repeats``): the practical peak."""
+    a = tf.random.normal([size, size])
+    b = tf.random.normal([size, size])
+    matmul = tf.function(lambda: tf.reduce_sum(tf.matmul(a, b)))
+    matmul().numpy()
+    best = float("inf")
+    for _ in range(repeats):
+        started = time.perf_counter()
+        matmul().numpy()
+        best = min(best, time.perf_counter() - started)
+    return 2 * size**3 / best / 1e9
+
+
 def synthetic_batch(config: Config, seed: int = 0) -> tuple:
     """One batch in the form ``fit`` gets it for ``config.augment_on``.
 
@@ -218,13 +256,17 @@ def measure(configs: list[Config], steps: int = 2, windows: int = 3) -> list[dic
     records = []
     for m in measurements:
         seconds = statistics.median(m.window_seconds)
+        pairs_per_sec = steps * m.config.batch_size / seconds
+        flops = flops_per_pair(m.model)
         records.append(
             dataclasses.asdict(m.config)
             | {
                 "device": device,
-                "pairs_per_sec": round(steps * m.config.batch_size / seconds, 2),
+                "pairs_per_sec": round(pairs_per_sec, 2),
                 "step_ms": round(1000 * seconds / steps, 1),
                 "peak_memory_mb": round(m.peak_memory_mb, 1),
+                "gflop_per_pair": round(flops / 1e9, 3),
+                "achieved_gflops": round(flops * pairs_per_sec / 1e9, 1),
                 "warmup_s": round(m.warmup_seconds, 1),
                 "window_s": [round(s, 3) for s in m.window_seconds],
                 "steps_per_window": steps,

@@ -1,0 +1,44 @@
+#!/usr/bin/env bash
+# The speed tables of docs/RESULTS.md, one after the other (never two at once: they would
+# share the cores). Raw results: benchmarks/results/speed_*.json; logs: benchmarks/results/logs/.
+#   benchmarks/speed.sh                    # every table
+#   benchmarks/speed.sh overhead queue     # some of them
+# TORCH_PYTHON: a Python with torch for the comparison (not a tfascl dependency).
+# The CPU settings below are what a 2-core machine can time in minutes; on a GPU use the
+# defaults (width 64, batch 256), e.g. SWEEP="" benchmarks/speed.sh batch.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+PYTHON="${PYTHON:-python}"
+TORCH_PYTHON="${TORCH_PYTHON:-/work/torchvenv/bin/python}"
+# Sweeps at width 16, batch 128 (queue 1024) on CPU: width 64 takes ~6 s a step here.
+SWEEP="${SWEEP---backbone_width=16 --batch_size=128 --queue_size=1024}"
+R=benchmarks/results
+mkdir -p "$R/logs"
+tables=("$@")
+[ ${#tables[@]} -eq 0 ] && tables=(torch overhead queue precision batch data)
+for table in "${tables[@]}"; do
+  echo "$(date -u +%T) $table"
+  case "$table" in
+    torch)
+      PYTHONPATH=. "$PYTHON" -m benchmarks.compare_torch --torch_python="$TORCH_PYTHON" \
+        --output="$R/speed_torch_vs_tf.json" >"$R/logs/compare_torch.log" 2>&1 ;;
+    overhead)
+      # The paper's setting: width 64, batch 256, queue 4096 and 65536.
+      PYTHONPATH=. "$PYTHON" -m tfascl.benchmark --table=overhead \
+        --output="$R/speed_overhead.json" >"$R/logs/speed_overhead.log" 2>&1 ;;
+    batch)
+      # shellcheck disable=SC2086
+      PYTHONPATH=. "$PYTHON" -m tfascl.benchmark --table=batch $SWEEP \
+        --output="$R/speed_batch.json" >"$R/logs/speed_batch.log" 2>&1 ;;
+    queue|precision)
+      # shellcheck disable=SC2086
+      PYTHONPATH=. "$PYTHON" -m tfascl.benchmark --table="$table" $SWEEP \
+        --output="$R/speed_$table.json" >"$R/logs/speed_$table.log" 2>&1 ;;
+    data)
+      PYTHONPATH=. "$PYTHON" -m tfascl.benchmark_data --max_examples=5000 --batches=20 \
+        >"$R/logs/data_pipeline.log" 2>&1
+      grep '^{' "$R/logs/data_pipeline.log" >"$R/data_pipeline.jsonl" ;;
+    *) echo "unknown table $table" >&2; exit 2 ;;
+  esac
+done
+echo "$(date -u +%T) done"
