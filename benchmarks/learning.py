@@ -98,6 +98,7 @@ class KnnMonitor(keras.callbacks.Callback):
 def main(argv: list[str]) -> None:
     del argv
     started = time.time()
+    commit = _git_commit()  # the code this run started with
     keras.utils.set_random_seed(FLAGS.seed)
     train = load_images(
         FLAGS.data, "train", max_examples=FLAGS.max_train_examples, seed=FLAGS.subset_seed
@@ -166,7 +167,7 @@ def main(argv: list[str]) -> None:
         "seconds": round(time.time() - started, 1),
         "device": f"CPU {_cpu_model()} x{os.cpu_count()}",
         "load_average_end": [round(x, 2) for x in os.getloadavg()],
-        "git_commit": _git_commit(),
+        "git_commit": commit,
         "date": time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime()),
     }
     out = Path(FLAGS.results_dir)
