@@ -12,6 +12,9 @@ PYTHON="${PYTHON:-python}"
 TORCH_PYTHON="${TORCH_PYTHON:-/work/torchvenv/bin/python}"
 # Sweeps at width 16, batch 128 (queue 1024) on CPU: width 64 takes ~6 s a step here.
 SWEEP="${SWEEP---backbone_width=16 --batch_size=128 --queue_size=1024}"
+# Timed steps: 1 warm-up window, then 3 windows of 1 step on CPU (a width-64 step takes up to
+# a minute on a busy 2-core machine); on a GPU use e.g. TIMING="--steps=50 --windows=5".
+TIMING="${TIMING---steps=1 --windows=3}"
 R=benchmarks/results
 mkdir -p "$R/logs"
 tables=("$@")
@@ -23,16 +26,17 @@ for table in "${tables[@]}"; do
       PYTHONPATH=. "$PYTHON" -m benchmarks.compare_torch --torch_python="$TORCH_PYTHON" \
         --output="$R/speed_torch_vs_tf.json" >"$R/logs/compare_torch.log" 2>&1 ;;
     overhead)
+      # shellcheck disable=SC2086
       # The paper's setting: width 64, batch 256, queue 4096 and 65536.
-      PYTHONPATH=. "$PYTHON" -m tfascl.benchmark --table=overhead \
+      PYTHONPATH=. "$PYTHON" -m tfascl.benchmark --table=overhead $TIMING \
         --output="$R/speed_overhead.json" >"$R/logs/speed_overhead.log" 2>&1 ;;
     batch)
       # shellcheck disable=SC2086
-      PYTHONPATH=. "$PYTHON" -m tfascl.benchmark --table=batch $SWEEP \
+      PYTHONPATH=. "$PYTHON" -m tfascl.benchmark --table=batch $SWEEP $TIMING \
         --output="$R/speed_batch.json" >"$R/logs/speed_batch.log" 2>&1 ;;
     queue|precision)
       # shellcheck disable=SC2086
-      PYTHONPATH=. "$PYTHON" -m tfascl.benchmark --table="$table" $SWEEP \
+      PYTHONPATH=. "$PYTHON" -m tfascl.benchmark --table="$table" $SWEEP $TIMING \
         --output="$R/speed_$table.json" >"$R/logs/speed_$table.log" 2>&1 ;;
     data)
       PYTHONPATH=. "$PYTHON" -m tfascl.benchmark_data --max_examples=5000 --batches=20 \
