@@ -57,6 +57,8 @@ def main() -> None:
         str(Path(__file__).with_name("torch_reference.py")),
         *common,
         f"--threads={os.cpu_count()}",
+        # TF's warm-up is one window of --steps steps; torch gets the same.
+        f"--warmup={args.steps}",
     ]
     peak_before = matmul_gflops()
     tf_runs, torch_runs = [], []
