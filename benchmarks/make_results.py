@@ -118,7 +118,9 @@ def speed_section(results: Path) -> list[str]:
             "",
             f"* **TF / torch = {s['ratio_tf_over_torch']}** (median pairs/s "
             f"{s['tf_pairs_per_sec']} vs {s['torch_pairs_per_sec']}); target ≥ 1.",
-            f"* float32 matmul (4096², TF) before/after: {s['matmul_gflops'][0]} / "
+            f"* float32 matmul (4096², TF, measured under the same load, so it is the "
+            f"share of the machine this process could get) before/after: "
+            f"{s['matmul_gflops'][0]} / "
             f"{s['matmul_gflops'][1]} GFLOP/s; the step costs {s['gflop_per_pair']} GFLOP per "
             f"pair (query fwd+bwd ≈ 3× forward, key forward 1×), so the ceiling is "
             f"{s['ceiling_pairs_per_sec']} pairs/s. TF reaches "
