@@ -139,6 +139,7 @@ def speed_section(results: Path) -> list[str]:
             f"### {title}",
             "",
             f"`{payload['command']}` — {records[0]['device']}, {payload['date']}, "
+            f"commit {payload.get('git_commit', 'n/a')}, "
             f"load average (1 min) {_loads(records)}. {records[0]['steps_per_window']} steps "
             f"per window, median of {len(records[0]['window_s'])} interleaved windows.",
             "",

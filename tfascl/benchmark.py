@@ -35,6 +35,7 @@ import os
 import platform
 import resource
 import statistics
+import subprocess
 import sys
 import time
 from pathlib import Path
@@ -107,6 +108,15 @@ def device_name() -> str:
     except OSError:
         pass
     return f"CPU: {model} x{os.cpu_count()}"
+
+
+def _git_commit() -> str:
+    try:
+        return subprocess.run(
+            ["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, check=True
+        ).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown"
 
 
 def _on_gpu() -> bool:
@@ -389,6 +399,7 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
             "table": args.table,
             "command": command.strip(),
             "date": time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime()),
+            "git_commit": _git_commit(),
             "records": records,
         }
         Path(args.output).write_text(json.dumps(payload, indent=2) + "\n")
