@@ -1,18 +1,14 @@
 """Tests for tfascl.knn against a brute-force float64 NumPy implementation."""
 
-import os
-import subprocess
-import sys
 import textwrap
 
 import keras
 import numpy as np
 import pytest
 import tensorflow as tf
+from helpers import run_python
 
 from tfascl.knn import extract_features, knn_accuracy, knn_predict
-
-REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def knn_ref(train, labels, test, num_classes, k, temperature):
@@ -224,13 +220,5 @@ _MIRRORED_SCRIPT = textwrap.dedent(
 
 def test_extract_features_under_mirrored_strategy():
     # Logical CPU devices must be configured before TF initialises, hence a fresh process.
-    env = dict(os.environ, PYTHONPATH=REPO_ROOT, TF_CPP_MIN_LOG_LEVEL="2")
-    proc = subprocess.run(
-        [sys.executable, "-c", _MIRRORED_SCRIPT],
-        capture_output=True,
-        text=True,
-        env=env,
-        timeout=300,
-        check=False,
-    )
+    proc = run_python("-c", _MIRRORED_SCRIPT, timeout=300)
     assert proc.returncode == 0 and "MIRRORED_OK" in proc.stdout, proc.stderr[-4000:]

@@ -213,3 +213,40 @@ def test_resnet_shapes_and_stems(depth, stem, size, features):
     assert first.strides == ((2, 2) if stem == "imagenet" else (1, 1))
     has_pool = any(layer.name == "stem_pool" for layer in model.layers)
     assert has_pool == (stem != "cifar")
+
+
+@pytest.mark.parametrize("policy", ["mixed_bfloat16", "mixed_float16"])
+def test_mixed_precision_step_keeps_float32_losses_and_queue(policy):
+    keras.mixed_precision.set_global_policy(policy)
+    try:
+        model = tiny_model("ascl")
+        strong, weak, _ = batch()
+        assert model.backbone(strong).dtype != tf.float32  # really computing in 16 bits
+        loss, _, keys, targets, _ = model.forward_backward(
+            tf.constant(strong), tf.constant(weak), tf.constant(model.queue.keys.numpy())
+        )
+        assert loss.dtype == tf.float32 and targets.dtype == tf.float32
+        assert keys[0].dtype == tf.float32
+        logs = fit_one(model).history
+        assert np.isfinite(logs["loss"][0])
+        assert model.queue.keys.dtype == "float32"
+        if policy == "mixed_float16":  # Keras wraps the optimizer for loss scaling
+            assert isinstance(model.optimizer, keras.optimizers.LossScaleOptimizer)
+    finally:
+        keras.mixed_precision.set_global_policy("float32")
+
+
+def test_purity_counts_target_mass_on_known_same_class_neighbours():
+    model = tiny_model("ascl")
+    targets = tf.constant([[0.5, 0.5, 0.0], [0.0, 0.25, 0.75]])  # mass on 3 neighbours
+    neighbor_labels = tf.constant([1, -1, 2])
+    labels = tf.constant([1, -1])  # the second query is unlabelled: -1 matches nothing
+    logs = model.update_monitors(
+        tf.constant(1.0),
+        tf.constant(0.99),
+        neighbor_targets=targets,
+        neighbor_labels=neighbor_labels,
+        labels=labels,
+    )
+    # Same-class mass: 0.5 (query 0 on neighbour 0) out of 2.0 in all.
+    assert float(logs["purity"]) == pytest.approx(0.25)

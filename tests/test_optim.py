@@ -2,16 +2,14 @@
 
 import copy
 import math
-import os
 import re
-import subprocess
-import sys
 import textwrap
 
 import keras
 import numpy as np
 import pytest
 import tensorflow as tf
+from helpers import run_python
 
 from tfascl.optim import (
     BN_AND_BIAS_PATTERNS,
@@ -21,9 +19,6 @@ from tfascl.optim import (
     build_optimizer,
     scaled_learning_rate,
 )
-
-REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-
 
 # ----------------------------------------------------------------------------- references
 
@@ -474,13 +469,5 @@ _MIRRORED_SCRIPT = textwrap.dedent(
 
 def test_mirrored_strategy_matches_single_device():
     # Logical CPU devices must be configured before TF initialises, hence a fresh process.
-    env = dict(os.environ, PYTHONPATH=REPO_ROOT, TF_CPP_MIN_LOG_LEVEL="2")
-    proc = subprocess.run(
-        [sys.executable, "-c", _MIRRORED_SCRIPT],
-        capture_output=True,
-        text=True,
-        env=env,
-        timeout=300,
-        check=False,
-    )
+    proc = run_python("-c", _MIRRORED_SCRIPT, timeout=300)
     assert proc.returncode == 0 and "MIRRORED_OK" in proc.stdout, proc.stderr[-4000:]

@@ -3,6 +3,7 @@
 __version__ = "0.1.0"
 
 from tfascl import losses, models
+from tfascl.export import export_backbone
 from tfascl.models import BYOL, METHODS, MomentumContrast, build_backbone, build_model
 
 __all__ = [
@@ -12,6 +13,7 @@ __all__ = [
     "__version__",
     "build_backbone",
     "build_model",
+    "export_backbone",
     "losses",
     "models",
 ]

@@ -59,6 +59,12 @@ class MomentumModel(keras.Model):
             raw images into ``(strong, weak)`` inside the train step, for
             augmentation on the accelerator.
         key_backbone: the momentum backbone, when ``backbone`` cannot be cloned.
+        replica_jit_compile: compile each replica's forward and backward pass
+            with XLA. Keras cannot jit the whole step under a multi-replica
+            strategy (the step spans devices); this compiles the part that lives
+            on one device and leaves the cross-replica gradient sum, the EMA and
+            the queue update outside. On one device prefer
+            ``compile(jit_compile=True)``, which also compiles those.
     """
 
     def __init__(
@@ -71,6 +77,7 @@ class MomentumModel(keras.Model):
         total_steps: int | None = None,
         views: Callable[[tf.Tensor], tuple[tf.Tensor, tf.Tensor]] | None = None,
         key_backbone: keras.Model | None = None,
+        replica_jit_compile: bool = False,
         **kwargs,
     ):
         super().__init__(**kwargs)
@@ -94,6 +101,8 @@ class MomentumModel(keras.Model):
         self.momentum_schedule = momentum_schedule
         self.total_steps = total_steps
         self.views = views
+        self.replica_jit_compile = replica_jit_compile
+        self._compiled_forward_backward = None
         self.loss_tracker = keras.metrics.Mean(name="loss")
         self.momentum_tracker = keras.metrics.Mean(name="momentum")
         self.confidence_tracker = keras.metrics.Mean(name="confidence")
@@ -198,11 +207,22 @@ class MomentumModel(keras.Model):
             self.optimizer.build(self.online_weights)
         return tf.train.Checkpoint(model=self, optimizer=self.optimizer, **extra)
 
-    def minimize(self, tape: tf.GradientTape, scaled_loss: tf.Tensor) -> None:
-        """Gradients of ``scaled_loss`` w.r.t. the online weights, applied by the optimizer."""
-        weights = self.online_weights
-        gradients = tape.gradient(scaled_loss, weights)
-        self.optimizer.apply_gradients(zip(gradients, weights))
+    @property
+    def step_function(self) -> Callable:
+        """``forward_backward``, XLA-compiled when ``replica_jit_compile`` is set."""
+        if not self.replica_jit_compile:
+            return self.forward_backward
+        if self._compiled_forward_backward is None:
+            self._compiled_forward_backward = tf.function(self.forward_backward, jit_compile=True)
+        return self._compiled_forward_backward
+
+    def forward_backward(self, *args: tf.Tensor) -> tuple:
+        """Loss and gradients of one step on one replica; defined by each method."""
+        raise NotImplementedError
+
+    def apply_gradients(self, gradients: list[tf.Tensor]) -> None:
+        """The optimizer step on the online weights (sums gradients across replicas)."""
+        self.optimizer.apply_gradients(zip(gradients, self.online_weights))
 
     def scale_loss(self, loss: tf.Tensor) -> tf.Tensor:
         """Per-replica share of the loss, then the optimizer's (mixed float16) scaling.
@@ -248,10 +268,12 @@ class MomentumModel(keras.Model):
             self.positive_tracker.update_state(positive_weight)
             results["positive_weight"] = self.positive_tracker
         if labels is not None and neighbor_targets is not None:
+            labels = tf.cast(labels, tf.int32)[:, None]
+            neighbor_labels = tf.cast(neighbor_labels, tf.int32)[None, :]
+            # −1 marks an unknown label (unwritten queue rows, unlabelled images):
+            # it never counts as the same class.
             same_label = tf.cast(
-                tf.equal(
-                    tf.cast(labels, tf.int32)[:, None], tf.cast(neighbor_labels, tf.int32)[None, :]
-                ),
+                tf.logical_and(tf.equal(labels, neighbor_labels), neighbor_labels >= 0),
                 tf.float32,
             )
             mass = tf.reduce_sum(neighbor_targets)

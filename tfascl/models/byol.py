@@ -68,10 +68,19 @@ class BYOL(MomentumModel):
         projection = self.projector(self.backbone(images, training=True), training=True)
         return l2_normalize(self.predictor(projection, training=True))
 
-    def train_step(self, data) -> dict[str, tf.Tensor]:  # noqa: ANN001
-        strong, weak, labels = self.unpack(data)
-        momentum = self.update_momentum_encoder()
-        pairs = [(strong, self.encode_key(weak))]  # (online view, key)
+    def forward_backward(
+        self, strong: tf.Tensor, weak: tf.Tensor
+    ) -> tuple[tf.Tensor, list[tf.Tensor], tf.Tensor]:
+        """Loss and gradients of one step on one replica, and the key of the weak view.
+
+        Args:
+            strong: [B, H, W, 3] strongly augmented view.
+            weak: [B, H, W, 3] weakly augmented view.
+
+        Returns:
+            ``(loss, gradients, key)`` with key [B, D] of the target network.
+        """
+        pairs = [(strong, self.encode_key(weak))]  # (online view, key [B, D])
         if self.symmetric:
             pairs.append((weak, self.encode_key(strong)))
 
@@ -85,9 +94,14 @@ class BYOL(MomentumModel):
                 ]
             ) / len(pairs)
             scaled_loss = self.scale_loss(loss)
-        self.minimize(tape, scaled_loss)
+        return loss, tape.gradient(scaled_loss, self.online_weights), pairs[0][1]
 
-        key = pairs[0][1]
+    def train_step(self, data) -> dict[str, tf.Tensor]:  # noqa: ANN001
+        strong, weak, labels = self.unpack(data)
+        momentum = self.update_momentum_encoder()
+        loss, gradients, key = self.step_function(strong, weak)
+        self.apply_gradients(gradients)
+
         if not self.relabel:
             return self.update_monitors(loss, momentum)
         targets, confidence = losses.batch_relabel_targets(

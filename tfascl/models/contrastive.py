@@ -126,11 +126,22 @@ class MomentumContrast(MomentumModel):
             return losses.relation_loss(query, queue, targets, self.temperature)
         return losses.soft_contrastive_loss(query, key, queue, targets, self.temperature)
 
-    def train_step(self, data) -> dict[str, tf.Tensor]:  # noqa: ANN001
-        strong, weak, labels = self.unpack(data)
-        momentum = self.update_momentum_encoder()
-        queue = tf.identity(self.queue.keys.value)  # [M, D], before this step's keys
-        pairs = [(strong, self.encode_key(weak))]  # (query view, key)
+    def forward_backward(
+        self, strong: tf.Tensor, weak: tf.Tensor, queue: tf.Tensor
+    ) -> tuple[tf.Tensor, list[tf.Tensor], list[tf.Tensor], tf.Tensor, tf.Tensor | None]:
+        """Keys, targets, loss and gradients of one step on one replica.
+
+        Args:
+            strong: [B, H, W, 3] strongly augmented view (query encoder).
+            weak: [B, H, W, 3] weakly augmented view (momentum encoder).
+            queue: [M, D] the queue before this step's keys.
+
+        Returns:
+            ``(loss, gradients, keys, targets, confidence)``: the scalar loss,
+            gradients of the online weights, the keys to enqueue ([B, D] each),
+            targets [B, 1+M] ([B, M] for ReSSL) and c [B] (None without relabelling).
+        """
+        pairs = [(strong, self.encode_key(weak))]  # (query view, key [B, D])
         if self.symmetric:
             pairs.append((weak, self.encode_key(strong)))
         target_sets = [self.targets(key, queue) for _, key in pairs]
@@ -143,11 +154,19 @@ class MomentumContrast(MomentumModel):
                 ]
             ) / len(pairs)
             scaled_loss = self.scale_loss(loss)
-        self.minimize(tape, scaled_loss)
-
+        gradients = tape.gradient(scaled_loss, self.online_weights)
         targets, confidence = target_sets[0]
+        return loss, gradients, [key for _, key in pairs], targets, confidence
+
+    def train_step(self, data) -> dict[str, tf.Tensor]:  # noqa: ANN001
+        strong, weak, labels = self.unpack(data)
+        momentum = self.update_momentum_encoder()
+        queue = tf.identity(self.queue.keys.value)  # [M, D], before this step's keys
+        loss, gradients, keys, targets, confidence = self.step_function(strong, weak, queue)
+        self.apply_gradients(gradients)
+
         queue_labels = tf.identity(self.queue.labels.value)  # [M], before this step's labels
-        for _, key in pairs:
+        for key in keys:
             self.queue.enqueue(key, labels)
         ressl = self.objective == "ressl"
         moco = self.objective == "contrastive" and self.relabel == "none"

@@ -1,0 +1,38 @@
+"""Run as a script: one worker of a multi-worker tfascl-train run (TF_CONFIG set by the caller).
+
+    python tests/multiworker_train.py OUT.npz --strategy=multi_worker --flag=value ...
+
+Trains through ``tfascl.train.train`` like the CLI, then writes this worker's view of the
+final state (every model weight, the queue included) and its step count to OUT.npz, so
+the test can check that the workers agree.
+"""
+
+import os
+import sys
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+
+import numpy as np
+
+from tfascl import train
+
+
+def main() -> None:
+    out, args = sys.argv[1], sys.argv[2:]
+    train.FLAGS(train.expand_flagfiles(["tfascl-train", *args]))
+    result = train.train(train.config_from_flags())
+    model = result.model
+    weights = {
+        f"{i:03d}_{w.path.replace('/', '.')}": np.asarray(w) for i, w in enumerate(model.weights)
+    }
+    np.savez(
+        out,
+        exit_code=result.exit_code,
+        steps=int(model.optimizer.iterations.numpy()),
+        replicas=model.distribute_strategy.num_replicas_in_sync,
+        **weights,
+    )
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,92 @@
+"""Two workers on loopback (MultiWorkerMirroredStrategy through tfascl-train's code) end
+with the same weights and queue; only the chief writes the run's files."""
+
+import json
+import os
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+
+REPO = Path(__file__).resolve().parents[1]
+ARGS = (
+    "--strategy=multi_worker",
+    "--method=ascl",
+    "--dataset=digits",
+    "--max_train_examples=64",
+    "--image_size=16",
+    "--backbone_width=4",
+    "--projector_dims=32,16",
+    "--batch_size=16",
+    "--queue_size=32",
+    "--epochs=1",
+    "--warmup_epochs=0",
+    "--knn_k=20",
+    "--checkpoint_every=2",
+    "--nojit_compile",
+    "--nojit_augment",
+    "--noprogress_bar",
+)
+
+
+def free_ports(count):
+    sockets = [socket.socket() for _ in range(count)]
+    for s in sockets:
+        s.bind(("127.0.0.1", 0))
+    ports = [s.getsockname()[1] for s in sockets]
+    for s in sockets:
+        s.close()
+    return ports
+
+
+def test_two_workers_end_with_the_same_weights_and_queue(tmp_path):
+    workers = [f"127.0.0.1:{port}" for port in free_ports(2)]
+    model_dir = tmp_path / "run"
+    processes = []
+    for index in range(2):
+        tf_config = {"cluster": {"worker": workers}, "task": {"type": "worker", "index": index}}
+        env = {
+            **os.environ,
+            "PYTHONPATH": str(REPO),
+            "TF_CPP_MIN_LOG_LEVEL": "3",
+            "TF_CONFIG": json.dumps(tf_config),
+        }
+        command = [
+            sys.executable,
+            str(REPO / "tests" / "multiworker_train.py"),
+            str(tmp_path / f"worker{index}.npz"),
+            *ARGS,
+            f"--model_dir={model_dir}",
+        ]
+        log = open(tmp_path / f"worker{index}.log", "w")
+        processes.append((subprocess.Popen(command, env=env, stdout=log, stderr=log), log))
+    try:
+        for process, _ in processes:
+            process.wait(timeout=400)
+    finally:
+        for process, log in processes:
+            if process.poll() is None:
+                process.kill()
+            log.close()
+    for index, (process, _) in enumerate(processes):
+        log = (tmp_path / f"worker{index}.log").read_text()
+        assert process.returncode == 0, log[-3000:]
+
+    chief, other = (np.load(tmp_path / f"worker{i}.npz") for i in range(2))
+    assert int(chief["replicas"]) == 2 and int(chief["exit_code"]) == 0
+    assert int(chief["steps"]) == int(other["steps"]) == 4  # 64 images / global batch 16
+    names = [name for name in chief.files if name[:3].isdigit()]
+    assert names == [name for name in other.files if name[:3].isdigit()]
+    assert any("queue" in name for name in names)
+    for name in names:
+        np.testing.assert_allclose(chief[name], other[name], rtol=1e-6, atol=1e-6, err_msg=name)
+    # The queue was written: the pointer went round (4 steps x 16 keys = 2 x 32).
+    keys = next(chief[name] for name in names if name.endswith("queue.labels"))
+    assert (keys >= 0).all()
+
+    # The chief wrote the run; the other worker's checkpoints went to a scratch folder.
+    summary = json.loads((model_dir / "summary.json").read_text())
+    assert summary["steps"] == 4 and summary["completed"]
+    assert (model_dir / "checkpoints" / "ckpt-4.index").is_file()

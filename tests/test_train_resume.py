@@ -1,0 +1,155 @@
+"""A run survives: SIGKILL mid-epoch and resume, Ctrl-C saves, a finished run is left
+alone, and a changed key flag is refused unless --force."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from tfascl import train
+
+REPO = Path(__file__).resolve().parents[1]
+STEPS_PER_EPOCH, EPOCHS = 4, 6  # 64 digits in batches of 16
+TOTAL = STEPS_PER_EPOCH * EPOCHS
+ARGS = (
+    "--dataset=digits",
+    "--max_train_examples=64",
+    "--image_size=16",
+    "--backbone_width=4",
+    "--projector_dims=32,16",
+    "--batch_size=16",
+    "--queue_size=32",
+    f"--epochs={EPOCHS}",
+    "--warmup_epochs=1",
+    "--knn_k=20",
+    "--knn_every=3",
+    "--log_every=1",
+    "--checkpoint_every=3",
+    "--nojit_compile",
+    "--nojit_augment",
+    "--noprogress_bar",
+)
+
+
+def command(model_dir, *extra):
+    return [sys.executable, "-m", "tfascl.train", *ARGS, f"--model_dir={model_dir}", *extra]
+
+
+def environment():
+    return {**os.environ, "PYTHONPATH": str(REPO), "TF_CPP_MIN_LOG_LEVEL": "3"}
+
+
+def run(model_dir, *extra):
+    return subprocess.run(
+        command(model_dir, *extra), env=environment(), capture_output=True, text=True, timeout=300
+    )
+
+
+def latest_step(model_dir):
+    state = Path(model_dir) / "checkpoints" / "checkpoint"
+    if not state.is_file():
+        return None
+    for line in state.read_text().splitlines():
+        if line.startswith("model_checkpoint_path:"):
+            return train.checkpoint_step(line.split(":", 1)[1].strip().strip('"'))
+    return None
+
+
+def logged_steps(model_dir):
+    path = Path(model_dir) / "metrics.jsonl"
+    if not path.is_file():
+        return []
+    records = []
+    for line in path.read_text().splitlines():
+        try:
+            records.append(json.loads(line))
+        except json.JSONDecodeError:
+            continue
+    return [r["step"] for r in records if r["kind"] == "step"]
+
+
+def start_until(model_dir, ready, sig, timeout=240):
+    """Starts a run, sends ``sig`` once ``ready()``, and returns (process, stdout)."""
+    process = subprocess.Popen(
+        command(model_dir), env=environment(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT
+    )
+    deadline = time.time() + timeout
+    try:
+        while not ready():
+            assert process.poll() is None, process.stdout.read().decode()
+            assert time.time() < deadline, "the run never got there"
+            time.sleep(0.02)
+        process.send_signal(sig)
+        output, _ = process.communicate(timeout=120)
+    finally:
+        if process.poll() is None:
+            process.kill()
+    return process, output.decode()
+
+
+def test_sigkill_mid_epoch_then_resume_finish_and_rerun(tmp_path):
+    model_dir = tmp_path / "run"
+
+    # 1. Killed (no chance to save) once a checkpoint in the middle of epoch 3 exists.
+    def mid_epoch_checkpoint():
+        step = latest_step(model_dir)
+        return step is not None and step >= 9 and step % STEPS_PER_EPOCH
+
+    process, _ = start_until(model_dir, mid_epoch_checkpoint, signal.SIGKILL)
+    assert process.returncode == -signal.SIGKILL
+    killed_at = latest_step(model_dir)
+    assert 9 <= killed_at < TOTAL
+
+    # 2. The same command resumes from that step, not from zero, and finishes.
+    result = run(model_dir)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert f"at step {killed_at} (" in result.stdout
+    summary = json.loads((model_dir / "summary.json").read_text())
+    assert summary["resumed_from_step"] == killed_at
+    assert summary["steps"] == summary["total_steps"] == TOTAL
+    assert latest_step(model_dir) == TOTAL
+    # Each step logged once: records after the resumed checkpoint were replaced.
+    assert logged_steps(model_dir) == list(range(1, TOTAL + 1))
+
+    # 3. Re-running a finished run trains nothing and changes nothing.
+    before = {p.name: p.stat().st_mtime_ns for p in (model_dir / "checkpoints").iterdir()}
+    result = run(model_dir)
+    assert result.returncode == 0 and "complete" in result.stdout, result.stderr
+    assert before == {p.name: p.stat().st_mtime_ns for p in (model_dir / "checkpoints").iterdir()}
+
+    # 4. A changed key flag is one clear line and exit 2.
+    result = run(model_dir, "--method=moco")
+    assert result.returncode == 2
+    errors = [line for line in result.stderr.splitlines() if "error:" in line]
+    assert len(errors) == 1 and "--method=moco" in errors[0] and "--force" in errors[0]
+
+
+def test_force_accepts_changed_key_flags(tmp_path):
+    model_dir = tmp_path / "run"
+    model_dir.mkdir()
+    saved = train.TrainConfig(method="ascl", batch_size=16)
+    (model_dir / "flags.json").write_text(json.dumps(saved.to_json()))
+    changed = train.TrainConfig(method="ahcl", batch_size=32)
+    with pytest.raises(train.FlagError, match=r"^--method=ahcl: .*changed: method, batch_size"):
+        train.check_previous_run(model_dir, changed)
+    changed.force = True
+    assert train.check_previous_run(model_dir, changed)["method"] == "ascl"
+
+
+def test_ctrl_c_saves_a_checkpoint_and_exits_130(tmp_path):
+    model_dir = tmp_path / "run"
+    # Interrupted between periodic checkpoints (every 3 steps): only the interrupt saves it.
+    process, output = start_until(
+        model_dir, lambda: any(s % 3 for s in logged_steps(model_dir)), signal.SIGINT
+    )
+    assert process.returncode == train.EXIT_INTERRUPTED, output
+    assert "Interrupted at step" in output
+    saved = latest_step(model_dir)
+    assert saved == max(logged_steps(model_dir)) and saved < TOTAL
+    summary = json.loads((model_dir / "summary.json").read_text())
+    assert summary["status"] == "interrupted" and summary["steps"] == saved

@@ -1,0 +1,145 @@
+"""Short in-process runs: one recipe per method family, the files a run leaves, mixed
+precision, XLA with on-device augmentation, and a non-finite loss."""
+
+import json
+import math
+from pathlib import Path
+
+import numpy as np
+import tensorflow as tf
+
+from tfascl import runs, train
+
+FLAGS_DIR = Path(__file__).resolve().parents[1] / "flags"
+# Tiny and quick: 2 steps of 16 digits at 16 px, a 4-channel ResNet-18.
+TINY = (
+    "--dataset=digits",
+    "--max_train_examples=32",
+    "--image_size=16",
+    "--backbone_width=4",
+    "--projector_dims=32,16",
+    "--batch_size=16",
+    "--queue_size=32",
+    "--epochs=1",
+    "--warmup_epochs=0",
+    "--knn_k=20",
+    "--log_every=1",
+    "--nojit_compile",
+    "--nojit_augment",
+    "--noprogress_bar",
+)
+
+
+def run(tmp_path, *args, name="run"):
+    train.FLAGS.unparse_flags()
+    try:
+        train.FLAGS(
+            train.expand_flagfiles(["tfascl-train", *args, f"--model_dir={tmp_path / name}"])
+        )
+        config = train.config_from_flags()
+    finally:
+        train.FLAGS.unparse_flags()
+    return train.train(config), tmp_path / name
+
+
+def recipe(name):
+    return f"--flagfile={FLAGS_DIR / name}.flags"
+
+
+def test_ascl_recipe_run_leaves_its_files(tmp_path):
+    result, model_dir = run(tmp_path, recipe("cifar10_ascl"), *TINY, "--checkpoint_every=1")
+    assert result.exit_code == 0
+    summary = json.loads((model_dir / "summary.json").read_text())
+    assert summary == json.loads(json.dumps(result.summary, sort_keys=True))
+    assert summary["completed"] and summary["steps"] == summary["total_steps"] == 2
+    for key in ("final_knn_top1", "best_knn_top1", "best_checkpoint", "epochs", "wall_time_s"):
+        assert summary[key] is not None, key
+    assert 0.0 <= summary["final_knn_top1"] <= 1.0 and summary["pairs_per_second"] > 0
+    saved = json.loads((model_dir / "flags.json").read_text())
+    assert (saved["method"], saved["batch_size"], saved["weight_decay"]) == ("ascl", 16, 5e-4)
+    spec = runs.load_spec(model_dir)
+    assert (spec.method, spec.backbone_width, spec.total_steps, spec.num_classes) == (
+        "ascl",
+        4,
+        2,
+        10,
+    )
+    # The layout eval and export read: latest and best checkpoints resolve and restore.
+    assert runs.find_checkpoint(model_dir, "latest").endswith("ckpt-2")
+    model, _, _ = runs.restore_model(model_dir, "best")
+    assert model(np.zeros((2, 16, 16, 3), np.float32)).shape == (2, 32)
+
+    records = [json.loads(line) for line in (model_dir / "metrics.jsonl").read_text().splitlines()]
+    steps = [r for r in records if r["kind"] == "step"]
+    epochs = [r for r in records if r["kind"] == "epoch"]
+    assert [r["step"] for r in steps] == [1, 2]
+    for key in ("loss", "learning_rate", "momentum", "confidence", "positive_weight", "purity"):
+        assert math.isfinite(steps[-1][key]), key
+    assert {"knn_top1", "knn_top5", "pairs_per_second"} <= set(epochs[-1])
+
+    events = list((model_dir / "tensorboard").glob("events.out.tfevents.*"))
+    tags = set()
+    for event in tf.compat.v1.train.summary_iterator(str(events[0])):
+        tags |= {value.tag for value in event.summary.value}
+    assert {"loss", "learning_rate", "momentum", "confidence", "purity", "epoch/knn_top1"} <= tags
+
+
+def test_ressl_recipe_in_mixed_bfloat16_with_on_device_augmentation(tmp_path):
+    result, model_dir = run(
+        tmp_path, recipe("stl10_ressl"), *TINY, "--precision=mixed_bfloat16", "--augment_on=device"
+    )
+    assert result.model.views is not None
+    assert result.exit_code == 0 and result.summary["steps"] == 2
+    model = result.model
+    assert model.backbone.get_layer("stem_conv").compute_dtype == "bfloat16"
+    assert all(w.dtype == "float32" for w in model.backbone.trainable_weights)
+    losses = [json.loads(line)["loss"] for line in (model_dir / "metrics.jsonl").open()]
+    assert losses and all(math.isfinite(loss) for loss in losses)
+
+
+def test_byol_ascl_recipe_xla_step(tmp_path):
+    # The one XLA test (its compile costs tens of seconds on CPU): the BYOL+ASCL step.
+    result, _ = run(
+        tmp_path, recipe("tinyimagenet_byol_ascl"), *TINY, "--test_split=test", "--jit_compile"
+    )
+    assert result.exit_code == 0 and result.summary["steps"] == 2
+    assert result.model.jit_compile and result.summary["final_knn_top1"] is not None
+
+
+def test_sce_recipe_non_finite_loss_stops_with_the_last_good_checkpoint(tmp_path, capsys):
+    result, model_dir = run(
+        tmp_path,
+        recipe("cifar100_sce"),
+        *TINY,
+        "--learning_rate=1e30",
+        "--epochs=3",
+        "--checkpoint_every=1",
+    )
+    assert result.exit_code == train.EXIT_FAILED
+    assert "non-finite loss" in capsys.readouterr().err
+    assert result.summary["status"] == "non_finite_loss" and not result.summary["completed"]
+    latest = runs.find_checkpoint(model_dir, "latest")
+    assert train.checkpoint_step(latest) < result.summary["steps"] < 6
+    for prefix in {p.with_suffix("") for p in (model_dir / "checkpoints").glob("*.index")}:
+        reader = tf.train.load_checkpoint(str(prefix))
+        for name, dtype in reader.get_variable_to_dtype_map().items():
+            if dtype.is_floating:
+                assert np.all(np.isfinite(reader.get_tensor(name))), (prefix.name, name)
+
+
+def test_training_stream_epochs_are_the_seeded_pipeline(tmp_path):
+    # What makes mid-epoch resume exact: epoch e of the stream is pretrain_dataset(seed+e),
+    # whatever epoch the stream starts at, and skip() drops the batches already trained on.
+    from tfascl import data
+
+    config = train.TrainConfig(batch_size=8, image_size=16, seed=3, jit_augment=False)
+    images = data.load_images("digits", max_examples=24)
+    stream = [labels.numpy() for _, labels in train.training_stream(config, images, 1, 3, skip=1)]
+    want = []
+    tf.random.set_seed(None)  # as training_stream builds it
+    for epoch in (1, 2):
+        epoch_data = data.pretrain_dataset(images, 8, 16, seed=3 + epoch, jit_compile=False)
+        want += [labels.numpy() for _, labels in epoch_data]
+    assert len(stream) == 5
+    for got, expected in zip(stream, want[1:]):
+        np.testing.assert_array_equal(got, expected)

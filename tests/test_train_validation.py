@@ -1,0 +1,124 @@
+"""Every bad flag stops tfascl-train before anything is built, with one line naming it."""
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from tfascl import train
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def config(tmp_path, **changes):
+    base = train.TrainConfig(
+        model_dir=str(tmp_path / "run"), batch_size=16, queue_size=64, backbone_width=4
+    )
+    for name, value in changes.items():
+        setattr(base, name, value)
+    return base
+
+
+@pytest.mark.parametrize(
+    "changes, flag",
+    [
+        ({"method": "simclr"}, "--method"),
+        ({"temperature": 0.0}, "--temperature"),
+        ({"relabel_temperature": -0.05}, "--relabel_temperature"),
+        ({"knn_t": 0.0}, "--knn_t"),
+        ({"queue_size": 100}, "--queue_size"),
+        ({"queue_size": 32, "symmetric": True, "batch_size": 32}, "--queue_size"),
+        ({"momentum": 1.5}, "--momentum"),
+        ({"sce_lambda": 2.0}, "--sce_lambda"),
+        ({"epochs": 0}, "--epochs"),
+        ({"warmup_epochs": 20, "epochs": 10}, "--warmup_epochs"),
+        ({"max_train_examples": 8}, "--max_train_examples"),
+        ({"image_size": 20}, "--image_size"),
+        ({"image_size": 4}, "--image_size"),
+        ({"image_size": 48, "stem": "imagenet"}, "--image_size"),
+        ({"load_size": 16}, "--load_size"),
+        ({"dataset": "/no/such/folder"}, "--dataset"),
+        ({"dataset": "no_such_dataset_xyz"}, "--dataset"),
+        ({"dataset": "cifar10", "data_dir": "/nonexistent"}, "--dataset"),
+    ],
+)
+def test_bad_flag_is_one_line_naming_it(tmp_path, changes, flag):
+    with pytest.raises(train.FlagError) as error:
+        train.validate(config(tmp_path, **changes))
+    message = str(error.value)
+    assert message.startswith(f"{flag}=") and "\n" not in message
+    assert not (tmp_path / "run").exists()  # checked before anything is made
+
+
+def test_model_dir_must_be_writable(tmp_path):
+    (tmp_path / "file").write_text("")
+    with pytest.raises(train.FlagError, match=r"^--model_dir=.*not writable"):
+        train.validate(config(tmp_path, model_dir=str(tmp_path / "file" / "run")))
+
+
+def test_replica_checks_need_the_strategy(tmp_path):
+    with pytest.raises(train.FlagError, match=r"^--batch_size=16: .*3 replicas"):
+        train.check_replicas(config(tmp_path), 3)
+    with pytest.raises(train.FlagError, match=r"^--num_splits=3: .*per-replica batch 16"):
+        train.check_replicas(config(tmp_path, num_splits=3), 1)
+    resolved = train.check_replicas(config(tmp_path, num_splits=3), 2)  # sync BN: no splits
+    assert (resolved.norm, resolved.jit_compile) == ("sync", False)
+    assert train.check_replicas(config(tmp_path), 1).norm == "split"
+
+
+def test_the_default_config_is_valid(tmp_path):
+    train.validate(train.TrainConfig(model_dir=str(tmp_path)))
+
+
+def run_cli(*args, cwd):
+    env = {**os.environ, "PYTHONPATH": str(REPO), "TF_CPP_MIN_LOG_LEVEL": "3"}
+    return subprocess.run(
+        [sys.executable, "-m", "tfascl.train", *args],
+        cwd=cwd,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+
+
+@pytest.mark.parametrize(
+    "args, flag",
+    [
+        (["--method=simclr"], "--method"),
+        (["--projector_dims=2048"], "--projector_dims"),
+        (["--batch_size=abc"], "--batch_size"),
+    ],
+)
+def test_flag_parse_errors_are_one_line_and_exit_2(args, flag, capsys):
+    try:
+        with pytest.raises(SystemExit) as exit_info:
+            train.parse_flags(["tfascl-train", *args])
+            train.config_from_flags()  # projector_dims is checked here
+    except train.FlagError as error:  # what main() prints as one line
+        assert str(error).startswith(flag) and "\n" not in str(error)
+        return
+    finally:
+        train.FLAGS.unparse_flags()
+    assert exit_info.value.code == 2
+    lines = [line for line in capsys.readouterr().err.splitlines() if line.strip()]
+    assert len(lines) == 1 and flag in lines[0] and lines[0].startswith("tfascl-train: error:")
+
+
+def test_cli_exits_2_with_one_line_before_building_anything(tmp_path):
+    env = {**os.environ, "PYTHONPATH": str(REPO), "TF_CPP_MIN_LOG_LEVEL": "3"}
+    result = subprocess.run(
+        [sys.executable, "-m", "tfascl.train", "--queue_size=100", f"--model_dir={tmp_path / 'r'}"],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert result.returncode == 2, result.stderr
+    lines = [line for line in result.stderr.splitlines() if line.strip()]
+    errors = [line for line in lines if line.startswith("tfascl-train: error:")]
+    assert len(errors) == 1 and "--queue_size=100" in errors[0], result.stderr
+    assert not (tmp_path / "r").exists()

@@ -1,0 +1,410 @@
+"""Keras callbacks that watch and protect a pre-training run.
+
+All of them take plain arguments (no flags) and key their records on the global
+step, ``model.optimizer.iterations``, so that a resumed run continues the same
+curves instead of restarting them at zero:
+
+* ``NonFiniteLoss``: stops the run at the first non-finite loss.
+* ``StopOnSignal``: turns Ctrl-C (SIGINT) into a clean stop after the current step.
+* ``CheckpointSaver``: a checkpoint every N steps and at each epoch end, never of a
+  non-finite state.
+* ``KnnMonitor``: weighted kNN top-1/top-5 of the backbone features every N
+  epochs, and a copy of the best checkpoint.
+* ``MetricsLogger``: the logs (loss, learning rate, momentum, confidence, positive
+  weight, purity, kNN) as JSON lines and TensorBoard scalars.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import signal
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import keras
+import numpy as np
+import tensorflow as tf
+
+from tfascl import knn, runs
+
+METRICS_FILE = "metrics.jsonl"
+BEST_INFO_FILE = "best_knn.json"
+BEST_PREFIX = "best"
+
+
+def global_step(model: keras.Model) -> int:
+    """The optimizer's step counter: the number of train steps ever applied."""
+    return int(model.optimizer.iterations.numpy())
+
+
+def current_learning_rate(model: keras.Model) -> float:
+    """The learning rate the next step uses (schedules are functions of the step)."""
+    return float(np.asarray(model.optimizer.learning_rate))
+
+
+def scalar_logs(logs: dict | None) -> dict[str, float]:
+    """``logs`` as Python floats (``fit`` hands tensors to the batch hooks)."""
+    return {name: float(np.asarray(value)) for name, value in (logs or {}).items()}
+
+
+def state_is_finite(model: keras.Model) -> bool:
+    """True when every weight of the model (both encoders, queue, heads) is finite."""
+    return all(
+        bool(np.all(np.isfinite(np.asarray(weight))))
+        for weight in model.weights
+        if np.issubdtype(np.dtype(weight.dtype), np.floating)
+    )
+
+
+class NonFiniteLoss(keras.callbacks.Callback):
+    """Stops training at the first step whose loss is NaN or infinite.
+
+    Unlike ``keras.callbacks.TerminateOnNaN`` it remembers the failing step, so
+    the caller can exit non-zero, and ``CheckpointSaver`` refuses to save the
+    broken state (its own finiteness check).
+    """
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.failed_step: int | None = None
+        self.failed_loss: float | None = None
+
+    def on_train_batch_end(self, batch: int, logs: dict | None = None) -> None:
+        loss = float(np.asarray((logs or {}).get("loss", 0.0)))
+        if not math.isfinite(loss):
+            self.failed_step, self.failed_loss = global_step(self.model), loss
+            self.model.stop_training = True
+
+
+class StopOnSignal(keras.callbacks.Callback):
+    """The first SIGINT (Ctrl-C) stops training after the current step.
+
+    The step finishes, ``CheckpointSaver`` writes the state at the epoch-end hook
+    that ``fit`` still calls, and ``interrupted`` tells the caller to exit. A second
+    Ctrl-C raises ``KeyboardInterrupt`` at once (the default handler is back).
+    Install the handler with ``install()`` and remove it with ``uninstall()``.
+    """
+
+    def __init__(self, announce: Callable[[str], None] = print) -> None:
+        super().__init__()
+        self.interrupted = False
+        self._announce = announce
+        self._previous: Any = None
+
+    def install(self) -> None:
+        self._previous = signal.signal(signal.SIGINT, self._handle)
+
+    def uninstall(self) -> None:
+        if self._previous is not None:
+            signal.signal(signal.SIGINT, self._previous)
+            self._previous = None
+
+    def _handle(self, signum: int, frame: Any) -> None:
+        self.interrupted = True
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+        self._announce(
+            "\nInterrupted: saving a checkpoint after this step (Ctrl-C again to abort)."
+        )
+
+    def on_train_batch_end(self, batch: int, logs: dict | None = None) -> None:
+        if self.interrupted:
+            self.model.stop_training = True
+
+
+class CheckpointSaver(keras.callbacks.Callback):
+    """Saves ``manager``'s checkpoint every ``every_steps`` steps and at each epoch end.
+
+    Checkpoints are numbered by the global step (``ckpt-<step>``), so the name says
+    where a resumed run continues. A state whose loss or weights are not finite is
+    never saved: the last good checkpoint stays the latest.
+
+    Args:
+        manager: a ``tf.train.CheckpointManager`` of ``model.checkpoint()``.
+        every_steps: save every this many global steps; 0 saves at epoch ends only.
+    """
+
+    def __init__(self, manager: tf.train.CheckpointManager, every_steps: int = 0) -> None:
+        super().__init__()
+        self.manager = manager
+        self.every_steps = every_steps
+        self.last_saved_step: int | None = None
+        self.refused_step: int | None = None
+
+    def save(self, logs: dict | None = None) -> str | None:
+        """Saves now unless this step is already saved or the state is not finite."""
+        step = global_step(self.model)
+        if step == self.last_saved_step:
+            return None
+        loss = scalar_logs(logs).get("loss", 0.0)
+        if not math.isfinite(loss) or not state_is_finite(self.model):
+            self.refused_step = step
+            return None
+        path = self.manager.save(checkpoint_number=step)
+        self.last_saved_step = step
+        return path
+
+    def on_train_batch_end(self, batch: int, logs: dict | None = None) -> None:
+        if self.every_steps and global_step(self.model) % self.every_steps == 0:
+            self.save(logs)
+
+    def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None:
+        self.save(logs)
+
+
+def feature_extractor(model: keras.Model) -> Callable[[tf.data.Dataset], tuple]:
+    """A function mapping ``(images, labels)`` batches to L2-normalised backbone features.
+
+    Features are computed on the default device: callbacks run outside
+    ``strategy.scope()``, and ``model(x, training=False)`` reads the (mirrored)
+    variables without any cross-replica op, so this works under every strategy.
+    One ``tf.function`` serves every evaluation of the run (``knn.extract_features``
+    would trace anew at each call).
+    """
+
+    @tf.function(reduce_retracing=True)
+    def embed(images: tf.Tensor) -> tf.Tensor:
+        features = tf.cast(model(images, training=False), tf.float32)
+        return tf.math.l2_normalize(tf.reshape(features, [tf.shape(features)[0], -1]), axis=1)
+
+    def extract(dataset: tf.data.Dataset) -> tuple[np.ndarray, np.ndarray]:
+        features, labels = [], []
+        for images, batch_labels in dataset:
+            features.append(embed(images).numpy())
+            labels.append(np.reshape(batch_labels.numpy(), [-1]).astype(np.int64))
+        return np.concatenate(features), np.concatenate(labels)
+
+    return extract
+
+
+class KnnMonitor(keras.callbacks.Callback):
+    """Weighted kNN accuracy of the online backbone's features, every ``every`` epochs.
+
+    The bank is the training set through the evaluation transform, the queries
+    the test split (``tfascl.knn``: cosine similarity, k neighbours, votes
+    ``exp(s/t)``). Adds ``knn_top1`` (and ``knn_top5`` with five or more classes)
+    to the epoch logs. When top-1 improves, writes the whole state as
+    ``checkpoints/best-<step>`` and names it in ``best_checkpoint.txt`` (the
+    previous best is removed).
+
+    Args:
+        bank: ``(images, labels)`` batches of the training set, eval transform.
+        test: ``(images, labels)`` batches of the test split.
+        num_classes: number of classes.
+        every: epochs between evaluations; the last epoch is always evaluated.
+        last_epoch: index of the last epoch (``epochs - 1``).
+        k: neighbours.
+        temperature: vote temperature.
+        checkpoint: the run's ``tf.train.Checkpoint``, for the best copy (None: no copy).
+        model_dir: where ``best_checkpoint.txt`` goes (None: nowhere).
+        write_dir: where the best copy's files go; defaults to ``model_dir``'s
+            checkpoint folder (non-chief workers pass a scratch folder).
+    """
+
+    def __init__(
+        self,
+        bank: tf.data.Dataset,
+        test: tf.data.Dataset,
+        num_classes: int,
+        *,
+        every: int = 1,
+        last_epoch: int = 0,
+        k: int = 200,
+        temperature: float = 0.1,
+        checkpoint: tf.train.Checkpoint | None = None,
+        model_dir: str | Path | None = None,
+        write_dir: str | Path | None = None,
+    ) -> None:
+        super().__init__()
+        self.bank, self.test, self.num_classes = bank, test, num_classes
+        self.every, self.last_epoch = every, last_epoch
+        self.k, self.temperature = k, temperature
+        self.checkpoint = checkpoint
+        self.model_dir = None if model_dir is None else Path(model_dir)
+        if write_dir is None and self.model_dir is not None:
+            write_dir = runs.checkpoint_dir(self.model_dir)
+        self.write_dir = None if write_dir is None else Path(write_dir)
+        self.best = read_best(self.model_dir) if self.model_dir else {}
+        self.last: dict[str, float] = {}
+        self.seconds = 0.0
+        self._extract: Callable | None = None
+
+    @property
+    def best_top1(self) -> float | None:
+        return self.best.get("knn_top1")
+
+    def due(self, epoch: int) -> bool:
+        last = epoch == self.last_epoch
+        return last or (self.every > 0 and (epoch + 1) % self.every == 0)
+
+    def evaluate(self) -> dict[str, float]:
+        """kNN top-1 (and top-5) now."""
+        start = time.perf_counter()
+        if self._extract is None:
+            self._extract = feature_extractor(self.model)
+        bank_features, bank_labels = self._extract(self.bank)
+        test_features, test_labels = self._extract(self.test)
+        result = knn.knn_accuracy(
+            bank_features,
+            bank_labels,
+            test_features,
+            test_labels,
+            self.num_classes,
+            k=min(self.k, len(bank_labels)),
+            temperature=self.temperature,
+        )
+        self.seconds += time.perf_counter() - start
+        return {f"knn_{name}": value for name, value in result.items()}
+
+    def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None:
+        # A run that is stopping (Ctrl-C, non-finite loss) ends mid-epoch: no kNN.
+        if self.model.stop_training or not self.due(epoch):
+            return
+        self.last = self.evaluate()
+        if logs is not None:
+            logs.update(self.last)
+        top1 = self.last["knn_top1"]
+        better = self.best_top1 is None or top1 > self.best_top1
+        if math.isfinite(top1) and better and state_is_finite(self.model):
+            self._keep_best(epoch, top1)
+
+    def _keep_best(self, epoch: int, top1: float) -> None:
+        step = global_step(self.model)
+        name = f"{BEST_PREFIX}-{step}"
+        previous = self.best.get("checkpoint")
+        self.best = {"checkpoint": name, "knn_top1": top1, "epoch": epoch + 1, "step": step}
+        if self.checkpoint is None or self.write_dir is None:
+            return
+        # The whole state, not a manager checkpoint: the manager would delete it
+        # once it is older than the last few.
+        self.checkpoint.write(str(self.write_dir / name))
+        if self.model_dir is not None:
+            write_best(self.model_dir, self.best)
+        if previous and previous != name:
+            for path in self.write_dir.glob(f"{previous}.*"):
+                path.unlink(missing_ok=True)
+
+
+def read_best(model_dir: str | Path) -> dict[str, Any]:
+    """The best kNN record of a run (empty before any), for resuming the comparison."""
+    path = Path(model_dir) / BEST_INFO_FILE
+    return json.loads(path.read_text()) if path.is_file() else {}
+
+
+def write_best(model_dir: str | Path, best: dict[str, Any]) -> None:
+    """``best_checkpoint.txt`` (the name eval/export read) and its kNN record."""
+    model_dir = Path(model_dir)
+    (model_dir / BEST_INFO_FILE).write_text(json.dumps(best, indent=2) + "\n")
+    (model_dir / runs.BEST_FILE).write_text(best["checkpoint"] + "\n")
+
+
+def truncate_metrics(model_dir: str | Path, step: int) -> None:
+    """Drops records past ``step`` (written after the checkpoint a run resumes from)."""
+    path = Path(model_dir) / METRICS_FILE
+    if not path.is_file():
+        return
+    kept = []
+    for line in path.read_text().splitlines():
+        try:
+            if json.loads(line).get("step", 0) <= step:
+                kept.append(line)
+        except json.JSONDecodeError:  # a line cut short by a kill
+            continue
+    path.write_text("".join(f"{line}\n" for line in kept))
+
+
+class MetricsLogger(keras.callbacks.Callback):
+    """Writes the logs every ``every_steps`` steps and at each epoch end.
+
+    Records go to ``model_dir/metrics.jsonl`` (one JSON object a line, ``"kind"``
+    ``"step"`` or ``"epoch"``) and to TensorBoard scalars under
+    ``model_dir/tensorboard``, all at the global step. Each record has the logs of
+    ``train_step`` (loss, momentum, confidence, positive_weight, purity: running
+    means over the epoch so far), ``learning_rate`` and, at epoch ends, the kNN
+    accuracy and the throughput in image pairs per second.
+
+    Args:
+        model_dir: the run's folder; None writes nothing (non-chief workers).
+        every_steps: steps between step records.
+        batch_size: global batch (for pairs per second).
+    """
+
+    def __init__(self, model_dir: str | Path | None, every_steps: int, batch_size: int) -> None:
+        super().__init__()
+        self.model_dir = None if model_dir is None else Path(model_dir)
+        self.every_steps = max(1, every_steps)
+        self.batch_size = batch_size
+        self.writer = None
+        if self.model_dir is not None:
+            self.writer = tf.summary.create_file_writer(str(self.model_dir / "tensorboard"))
+        self.train_seconds = 0.0
+        self.steps_run = 0
+        self._batch_start = 0.0
+        self._epoch_seconds = 0.0
+        self._epoch_steps = 0
+        # Throughput leaves out the first step of each fit call: it traces (and
+        # maybe XLA-compiles) the train step.
+        self._rate_seconds = 0.0
+        self._rate_steps = 0
+        self._first_step = True
+
+    @property
+    def pairs_per_second(self) -> float | None:
+        """Image pairs per second of training, tracing steps left out."""
+        if not self._rate_seconds:
+            return None
+        return self._rate_steps * self.batch_size / self._rate_seconds
+
+    def on_train_begin(self, logs: dict | None = None) -> None:
+        self._first_step = True
+
+    def on_epoch_begin(self, epoch: int, logs: dict | None = None) -> None:
+        self._epoch_seconds, self._epoch_steps = 0.0, 0
+
+    def on_train_batch_begin(self, batch: int, logs: dict | None = None) -> None:
+        self._batch_start = time.perf_counter()
+
+    def on_train_batch_end(self, batch: int, logs: dict | None = None) -> None:
+        values = scalar_logs(logs)  # reading the values waits for the step to finish
+        elapsed = time.perf_counter() - self._batch_start
+        self.train_seconds += elapsed
+        self.steps_run += 1
+        if not self._first_step:
+            self._epoch_seconds += elapsed
+            self._epoch_steps += 1
+            self._rate_seconds += elapsed
+            self._rate_steps += 1
+        self._first_step = False
+        step = global_step(self.model)
+        if step % self.every_steps == 0:
+            values["learning_rate"] = current_learning_rate(self.model)
+            self._write({"kind": "step", "step": step, **values}, step)
+
+    def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None:
+        values = scalar_logs(logs)
+        values["learning_rate"] = current_learning_rate(self.model)
+        if self._epoch_seconds:
+            values["pairs_per_second"] = self._epoch_steps * self.batch_size / self._epoch_seconds
+        step = global_step(self.model)
+        self._write({"kind": "epoch", "epoch": epoch + 1, "step": step, **values}, step)
+        if self.writer is not None:
+            self.writer.flush()
+
+    def on_train_end(self, logs: dict | None = None) -> None:
+        if self.writer is not None:
+            self.writer.flush()
+
+    def _write(self, record: dict[str, Any], step: int) -> None:
+        if self.model_dir is None:
+            return
+        record["time"] = time.time()
+        with open(self.model_dir / METRICS_FILE, "a") as stream:
+            stream.write(json.dumps(record) + "\n")
+        prefix = "epoch/" if record["kind"] == "epoch" else ""
+        with self.writer.as_default(step=step):
+            for name, value in record.items():
+                if name in ("kind", "epoch", "step", "time"):
+                    continue
+                tf.summary.scalar(prefix + name, value)

@@ -1,0 +1,463 @@
+"""Export a run's online encoder as a SavedModel, for TF Serving and for transfer.
+
+``export_backbone(model_dir, export_dir)`` writes the TF Serving layout::
+
+    export_dir/
+      1/                          <- one version; TF Serving serves the highest
+        saved_model.pb
+        variables/
+        assets.extra/
+          backbone.keras          <- the backbone alone, for Keras fine-tuning
+          metadata.json           <- method, data statistics, dimensions, steps, ...
+
+Only the query (online) encoder is exported: backbone and projector. The momentum
+encoder, the queue, a BYOL predictor and the optimizer stay in the checkpoint.
+
+The SavedModel is a plain ``tf.Module`` of two ``tf.function`` signatures, so
+``tf.saved_model.load`` (or TF Serving, or ``keras.layers.TFSMLayer``) needs no
+tfascl code:
+
+* ``serving_default``: ``images`` uint8 [N, H, W, 3], any N, H and W. Inside the
+  graph: the central square crop, resized to the training resolution with
+  antialiased bilinear filtering, scaled to [0, 1] and normalised with the
+  training mean/std. This is the evaluation transform of the training data
+  pipeline (and Pillow's ``resize(BILINEAR, box=...)``), so a served embedding
+  is the one kNN and linear evaluation saw.
+* ``preprocessed``: ``images`` float32 [N, S, S, 3], already normalised.
+
+Both return ``embedding`` (L2-normalised backbone features [N, F], what kNN and
+linear probes use) and ``projection`` (L2-normalised projector output [N, D], the
+space the contrastive loss was computed in), float32.
+
+Split BN is plain BN at inference, so it is exported as
+``keras.layers.BatchNormalization`` with the same weights: the ``.keras`` file
+then loads with plain Keras, without tfascl's custom layer.
+"""
+
+from __future__ import annotations
+
+import datetime
+import json
+import os
+import shutil
+import sys
+import types
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import keras
+import tensorflow as tf
+
+from tfascl import runs
+
+EXTRA_DIR = "assets.extra"
+KERAS_FILE = "backbone.keras"
+METADATA_FILE = "metadata.json"
+DEFAULT_SIGNATURE = "serving_default"
+PREPROCESSED_SIGNATURE = "preprocessed"
+# Where Keras 3 optimizers keep their step counter in a tf.train.Checkpoint of
+# ``model.checkpoint()`` (the optimizer is the checkpoint's "optimizer" child).
+ITERATIONS_KEY = "optimizer/_iterations/.ATTRIBUTES/VARIABLE_VALUE"
+
+
+def plain_batchnorm(model: keras.Model) -> keras.Model:
+    """A copy of a functional model with every split or synchronised BN made plain BN.
+
+    They all compute the same function at inference (they differ only in the batch
+    statistics of training), and a model without tfascl's custom layer
+    deserialises with plain Keras; unsynchronised BN also fine-tunes on one device
+    without a distribution strategy.
+
+    Args:
+        model: a functional ``keras.Model`` (a tfascl backbone or head).
+
+    Returns:
+        A new model with the same architecture, layer names and weights.
+    """
+
+    def clone_layer(layer: keras.layers.Layer) -> keras.layers.Layer:
+        if isinstance(layer, keras.layers.BatchNormalization):
+            config = layer.get_config()
+            config.pop("num_splits", None)  # SplitBatchNorm's only addition
+            config["synchronized"] = False
+            return keras.layers.BatchNormalization.from_config(config)
+        return layer.__class__.from_config(layer.get_config())
+
+    copy = keras.models.clone_model(model, clone_function=clone_layer)
+    copy.set_weights(model.get_weights())
+    return copy
+
+
+def preprocess(
+    images: tf.Tensor, image_size: int, mean: Sequence[float], std: Sequence[float]
+) -> tf.Tensor:
+    """Raw pixels → the backbone's input, as the serving signature does it.
+
+    Central square crop, resized to ``image_size`` with antialiased bilinear
+    filtering (``ScaleAndTranslate`` with the triangle kernel, the op behind
+    ``tf.image.resize(..., antialias=True)``), then ``(x / 255 − mean) / std``.
+    The crop box is continuous, as in the data pipeline's evaluation transform,
+    so odd size differences give a half-pixel offset rather than a rounded one.
+    Images already ``image_size`` square are left untouched by the resampling.
+
+    Args:
+        images: [N, H, W, 3] pixels in [0, 255] (uint8 or float).
+        image_size: S, the training resolution.
+        mean: per-channel mean in [0, 1] units.
+        std: per-channel standard deviation in [0, 1] units.
+
+    Returns:
+        [N, S, S, 3] float32.
+    """
+    x = tf.cast(images, tf.float32)
+    shape = tf.shape(x)
+    height, width = tf.cast(shape[1], tf.float32), tf.cast(shape[2], tf.float32)
+    side = tf.minimum(height, width)
+    scale = image_size / side
+    translation = tf.stack([(side - height) / 2 * scale, (side - width) / 2 * scale])
+    x = tf.raw_ops.ScaleAndTranslate(
+        images=x,
+        size=tf.constant([image_size, image_size], tf.int32),
+        scale=tf.stack([scale, scale]),
+        translation=translation,
+        kernel_type="triangle",
+        antialias=True,
+    )
+    x = tf.ensure_shape(x, [None, image_size, image_size, 3])
+    mean = tf.constant(mean, tf.float32, shape=[3])
+    std = tf.constant(std, tf.float32, shape=[3])
+    return (x / 255.0 - mean) / std
+
+
+def check_images(images: tf.Tensor, expected: str, image_size: int | None = None) -> tf.Tensor:
+    """``images`` once its shape is checked at run time, with a message that says what to send.
+
+    A signature checks the dtype of its input but not its shape, and the backbone
+    (convolutions, global pooling) would turn many wrong shapes into a wrong answer
+    instead of an error. The checks use the run-time shape, never the static one
+    the signature declares, so graph optimisation cannot fold them away.
+
+    Args:
+        images: the signature's input.
+        expected: what to send, for the message (e.g. ``"uint8 [N, H, W, 3]"``).
+        image_size: the height and width required, or ``None`` for any positive size.
+
+    Returns:
+        ``images``, after the checks.
+    """
+    shape = tf.shape(images)
+    # Padded, so that the slices below stay valid whatever the rank; a wrong rank
+    # fails the first test anyway.
+    dims = tf.concat([shape, tf.ones([4], tf.int32)], axis=0)
+    if image_size is None:
+        # An empty side would make the crop divide by zero and return NaNs.
+        size_ok = tf.reduce_all(dims[1:3] > 0)
+    else:
+        size_ok = tf.reduce_all(tf.equal(dims[1:3], [image_size, image_size]))
+    valid = tf.logical_and(
+        tf.logical_and(tf.equal(tf.size(shape), 4), tf.equal(dims[3], 3)), size_ok
+    )
+    check = tf.debugging.Assert(
+        valid, [f"images must be {expected}; got shape", shape], summarize=8
+    )
+    with tf.control_dependencies([check]):
+        return tf.identity(images)
+
+
+class EmbeddingModule(tf.Module):
+    """The exported object: the online encoder's variables and the two signatures.
+
+    The functions run the Keras models through ``stateless_call`` on ``tf.Variable``
+    copies named ``backbone/<layer>/<weight>`` and ``projector/<layer>/<weight>``,
+    so the SavedModel holds exactly these variables, under readable names, and
+    nothing else the Keras objects might reference.
+
+    Args:
+        backbone: images [N, S, S, 3] → features [N, F] (plain BN).
+        projector: [N, F] → [N, D] (plain BN).
+        image_size: S.
+        mean: per-channel mean in [0, 1] units.
+        std: per-channel standard deviation in [0, 1] units.
+    """
+
+    def __init__(
+        self,
+        backbone: keras.Model,
+        projector: keras.Model,
+        image_size: int,
+        mean: Sequence[float],
+        std: Sequence[float],
+    ):
+        super().__init__(name="tfascl_embedding")
+        self.image_size = image_size
+        self.mean = tuple(float(m) for m in mean)
+        self.std = tuple(float(s) for s in std)
+        # Held in a plain namespace, which tf.Module does not track: as attributes the
+        # Keras models would put a second copy of every weight into the SavedModel.
+        self._keras = types.SimpleNamespace(backbone=backbone, projector=projector)
+        self.backbone_trainable = _copy_variables(backbone.trainable_variables, "backbone")
+        self.backbone_non_trainable = _copy_variables(backbone.non_trainable_variables, "backbone")
+        self.projector_trainable = _copy_variables(projector.trainable_variables, "projector")
+        self.projector_non_trainable = _copy_variables(
+            projector.non_trainable_variables, "projector"
+        )
+        # autograph off: no Python control flow on tensors here.
+        self.serving_default = tf.function(
+            self._serve,
+            autograph=False,
+            input_signature=[tf.TensorSpec([None, None, None, 3], tf.uint8, name="images")],
+        )
+        self.preprocessed = tf.function(
+            self._embed,
+            autograph=False,
+            input_signature=[
+                tf.TensorSpec([None, image_size, image_size, 3], tf.float32, name="images")
+            ],
+        )
+
+    def _serve(self, images: tf.Tensor) -> dict[str, tf.Tensor]:
+        images = check_images(images, "uint8 [N, H, W, 3]")
+        return self._encode(preprocess(images, self.image_size, self.mean, self.std))
+
+    def _embed(self, images: tf.Tensor) -> dict[str, tf.Tensor]:
+        size = self.image_size
+        return self._encode(check_images(images, f"float32 [N, {size}, {size}, 3]", size))
+
+    def _encode(self, images: tf.Tensor) -> dict[str, tf.Tensor]:
+        features, _ = self._keras.backbone.stateless_call(
+            self.backbone_trainable, self.backbone_non_trainable, images, training=False
+        )
+        projection, _ = self._keras.projector.stateless_call(
+            self.projector_trainable, self.projector_non_trainable, features, training=False
+        )
+        return {
+            "embedding": tf.math.l2_normalize(tf.cast(features, tf.float32), axis=1),
+            "projection": tf.math.l2_normalize(tf.cast(projection, tf.float32), axis=1),
+        }
+
+
+def _copy_variables(variables: Sequence[keras.Variable], prefix: str) -> list[tf.Variable]:
+    return [
+        tf.Variable(v.numpy(), trainable=v.trainable, name=f"{prefix}/{v.path}") for v in variables
+    ]
+
+
+def restore_online_encoder(model: keras.Model, checkpoint_path: str) -> None:
+    """Loads the backbone and projector of ``model`` from a ``model.checkpoint()``.
+
+    Unlike ``runs.restore_model`` this checks that every weight of the two was
+    found: an export of freshly initialised weights must not pass silently.
+    The rest of the checkpoint (momentum encoder, queue, optimizer) is not read.
+
+    Raises:
+        ValueError: the checkpoint does not hold this run's encoder.
+    """
+    # The same object path as model.checkpoint(): root -> "model" -> "backbone"/"projector".
+    online = tf.train.Checkpoint(backbone=model.backbone, projector=model.projector)
+    status = tf.train.Checkpoint(model=online).restore(checkpoint_path)
+    status.expect_partial()
+    try:
+        status.assert_existing_objects_matched()
+    except AssertionError as error:
+        summary = str(error).split(",")[0]
+        raise ValueError(
+            f"{checkpoint_path} does not hold this run's backbone and projector ({summary})"
+        ) from None
+
+
+def next_version(export_dir: str | Path) -> int:
+    """1, or one more than the highest integer-named directory in ``export_dir``."""
+    directory = Path(export_dir)
+    versions = (
+        [int(p.name) for p in directory.iterdir() if p.is_dir() and p.name.isdigit()]
+        if directory.is_dir()
+        else []
+    )
+    return max(versions, default=0) + 1
+
+
+def training_steps(checkpoint_path: str) -> int | None:
+    """The optimizer's step counter stored in a checkpoint; ``None`` if it has none."""
+    names = {name for name, _ in tf.train.list_variables(checkpoint_path)}
+    if ITERATIONS_KEY not in names:
+        return None
+    return int(tf.train.load_variable(checkpoint_path, ITERATIONS_KEY))
+
+
+def export_backbone(
+    model_dir: str | Path,
+    export_dir: str | Path,
+    *,
+    checkpoint: str = "latest",
+    version: int | None = None,
+    overwrite: bool = False,
+) -> Path:
+    """Exports a run's online encoder as ``export_dir/<version>/`` (see the module doc).
+
+    The version is written to a hidden directory beside it and renamed into place
+    when complete, so a TF Serving instance watching ``export_dir`` never loads a
+    half-written version.
+
+    Args:
+        model_dir: the run's directory (``run.json`` and ``checkpoints/``).
+        export_dir: the model's base path for TF Serving.
+        checkpoint: ``"latest"``, ``"best"`` or a checkpoint name/path.
+        version: the version number; default one more than the highest present (1 at first).
+        overwrite: replace an existing version instead of failing.
+
+    Returns:
+        The version directory.
+
+    Raises:
+        FileNotFoundError: no ``run.json`` or no such checkpoint.
+        FileExistsError: the version exists and ``overwrite`` is off.
+        ValueError: a negative or non-integer version.
+    """
+    # Everything that can fail cheaply is checked before the model is built.
+    spec = runs.load_spec(model_dir)
+    checkpoint_path = runs.find_checkpoint(model_dir, checkpoint)
+    export_dir = Path(export_dir)
+    if version is None:
+        version = next_version(export_dir)
+    if isinstance(version, bool) or not isinstance(version, int) or version < 0:
+        raise ValueError(f"version must be a non-negative integer, got {version!r}")
+    target = export_dir / str(version)
+    if target.exists() and not overwrite:
+        raise FileExistsError(
+            f"{target} already exists: choose another version or pass overwrite=True (--overwrite)"
+        )
+
+    model = spec.build_model()
+    restore_online_encoder(model, checkpoint_path)
+    backbone = plain_batchnorm(model.backbone)
+    projector = plain_batchnorm(model.projector)
+    module = EmbeddingModule(backbone, projector, spec.image_size, spec.mean, spec.std)
+
+    export_dir.mkdir(parents=True, exist_ok=True)
+    staging = export_dir / f".tmp-{version}-{os.getpid()}"
+    shutil.rmtree(staging, ignore_errors=True)
+    try:
+        tf.saved_model.save(
+            module,
+            str(staging),
+            signatures={
+                DEFAULT_SIGNATURE: module.serving_default,
+                PREPROCESSED_SIGNATURE: module.preprocessed,
+            },
+        )
+        extra = staging / EXTRA_DIR
+        extra.mkdir()
+        backbone.save(extra / KERAS_FILE)
+        metadata = _metadata(spec, checkpoint_path, backbone, projector, version)
+        (extra / METADATA_FILE).write_text(json.dumps(metadata, indent=2) + "\n")
+        _move_into_place(staging, target)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    return target
+
+
+def _move_into_place(staging: Path, target: Path) -> None:
+    # Rename the old version aside first: the new one appears in one rename.
+    old = target.with_name(f".old-{target.name}-{os.getpid()}")
+    if target.exists():
+        target.rename(old)
+    staging.rename(target)
+    shutil.rmtree(old, ignore_errors=True)
+
+
+def _metadata(
+    spec: runs.RunSpec,
+    checkpoint_path: str,
+    backbone: keras.Model,
+    projector: keras.Model,
+    version: int,
+) -> dict[str, Any]:
+    import tfascl  # the package's version; a top-level import would be circular
+
+    size = spec.image_size
+    return {
+        "method": spec.method,
+        "dataset": spec.dataset,
+        "backbone": spec.backbone,
+        "image_size": size,
+        "mean": list(spec.mean),
+        "std": list(spec.std),
+        "feature_dim": int(backbone.output_shape[-1]),
+        "projection_dim": int(projector.output_shape[-1]),
+        "training_steps": training_steps(checkpoint_path),
+        "checkpoint": str(Path(checkpoint_path).resolve()),
+        "version": version,
+        "tfascl_version": tfascl.__version__,
+        "tensorflow_version": tf.__version__,
+        "keras_version": keras.__version__,
+        "exported_at": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        "signatures": {
+            DEFAULT_SIGNATURE: {
+                "inputs": {"images": ["uint8", [None, None, None, 3]]},
+                "preprocessing": (
+                    f"central square crop, antialiased bilinear resize to {size}x{size}, "
+                    "x / 255, (x - mean) / std"
+                ),
+            },
+            PREPROCESSED_SIGNATURE: {"inputs": {"images": ["float32", [None, size, size, 3]]}},
+            "outputs": {
+                "embedding": "L2-normalised backbone features [N, feature_dim]",
+                "projection": "L2-normalised projector output [N, projection_dim]",
+            },
+        },
+        "keras_file": f"{EXTRA_DIR}/{KERAS_FILE}",
+        "keras_file_input": f"float32 [N, {size}, {size}, 3], normalised as 'preprocessed'",
+        "run": json.loads(spec.to_json()),
+    }
+
+
+def _define_flags() -> None:
+    # Defined when the app starts, not at import: importing tfascl.export next to
+    # another tfascl app (tfascl.train defines --model_dir too) must not clash.
+    from absl import flags
+
+    flags.DEFINE_string("model_dir", None, "The run's directory (run.json, checkpoints/).")
+    flags.DEFINE_string(
+        "export_dir",
+        None,
+        "Base path of the export (TF Serving's model_base_path); default <model_dir>/export.",
+    )
+    flags.DEFINE_string("checkpoint", "latest", "latest, best, or a checkpoint name/path.")
+    flags.DEFINE_integer("version", None, "Version number; default the next free one.")
+    flags.DEFINE_bool("overwrite", False, "Replace an existing version.")
+    flags.mark_flag_as_required("model_dir")
+
+
+def main(argv: Sequence[str]) -> None:
+    """The ``tfascl-export`` app: exports and prints the version directory."""
+    from absl import app, flags
+
+    if len(argv) > 1:
+        raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
+    values = flags.FLAGS
+    export_dir = values.export_dir or str(Path(values.model_dir) / "export")
+    try:
+        path = export_backbone(
+            values.model_dir,
+            export_dir,
+            checkpoint=values.checkpoint,
+            version=values.version,
+            overwrite=values.overwrite,
+        )
+    except (FileNotFoundError, FileExistsError, ValueError) as error:
+        # One line, no traceback: these are the user's to fix.
+        sys.exit(f"tfascl-export: error: {error}")
+    print(path)
+
+
+def run() -> None:
+    """Console-script entry point."""
+    from absl import app
+
+    _define_flags()
+    app.run(main)
+
+
+if __name__ == "__main__":
+    run()

@@ -1,0 +1,931 @@
+"""tfascl-train: self-supervised pre-training with ASCL and its baselines.
+
+With no flags it pre-trains a small ResNet-18 with ASCL on the embedded digits
+data for a few minutes on a CPU and prints the kNN accuracy. Paper recipes are
+flagfiles: ``tfascl-train --flagfile=flags/cifar10_ascl.flags --model_dir=runs/c10``.
+Re-running the same command resumes from the last checkpoint (see docs/CLI.md).
+
+This is the only module that reads flags: ``config_from_flags`` turns them into a
+``TrainConfig`` and everything below takes plain arguments.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import shutil
+import sys
+import tempfile
+import time
+import warnings
+from pathlib import Path
+from typing import Any
+
+import keras
+import tensorflow as tf
+from absl import app, flags, logging
+
+from tfascl import callbacks as cbs
+from tfascl import data
+from tfascl.distribute import fit_loop, make_strategy
+from tfascl.models.backbones import RESNETS, STEMS, default_stem
+from tfascl.models.batchnorm import NORMS
+from tfascl.models.registry import METHODS
+from tfascl.optim import OPTIMIZER_NAMES, WarmupCosine, build_optimizer, scaled_learning_rate
+from tfascl.runs import RunSpec, checkpoint_dir, save_spec
+
+FLAGS = flags.FLAGS
+
+EXIT_USAGE = 2  # a bad flag, dataset or model_dir: nothing was built
+EXIT_FAILED = 1  # training failed (non-finite loss)
+EXIT_INTERRUPTED = 130  # Ctrl-C, after saving a checkpoint
+
+QUEUE_METHODS = tuple(name for name, (cls, _, _) in METHODS.items() if cls.__name__ != "BYOL")
+RELABEL_METHODS = ("ascl", "ahcl", "hard", "byol_ascl")
+# Flags that define the model or the data stream: resuming with other values is
+# refused (unless --force), since it would not continue the same run.
+KEY_FLAGS = (
+    "method",
+    "dataset",
+    "backbone",
+    "backbone_width",
+    "projector_dims",
+    "stem",
+    "image_size",
+    "batch_size",
+    "queue_size",
+)
+# Total downsampling of the backbone for each stem: the image side must be a multiple.
+STEM_STRIDES = {"cifar": 8, "cifar_pool": 16, "imagenet": 32}
+PRECISIONS = ("float32", "mixed_bfloat16", "mixed_float16")
+FLAGS_FILE = "flags.json"
+SUMMARY_FILE = "summary.json"
+
+
+class FlagError(ValueError):
+    """A bad flag value; its message is one line that names the flag."""
+
+
+def _flag(default: Any, help_text: str) -> Any:
+    return dataclasses.field(default=default, metadata={"help": help_text})
+
+
+@dataclasses.dataclass
+class TrainConfig:
+    """Everything a run needs: each field is the flag of the same name, default and help."""
+
+    method: str = _flag("ascl", "Self-supervised method.")
+    temperature: float = _flag(0.1, "τ of the query logits (ReSSL's τ_s).")
+    relabel_temperature: float | None = _flag(
+        None,
+        "τ′ of the key-to-queue similarities (SCE's τ_m, ReSSL's τ_t). Default: the method's.",
+    )
+    num_neighbors: int = _flag(1, "K of ASCL/AHCL/hard relabelling.")
+    sce_lambda: float = _flag(0.5, "λ of SCE: the weight of the one-hot target.")
+    symmetric: bool | None = _flag(
+        None,
+        "Average the loss with the views swapped. Default: off (ASCL code), BYOL on.",
+    )
+    queue_size: int = _flag(
+        1024, "Keys in the queue: a multiple of the global batch (twice it if symmetric)."
+    )
+    momentum: float = _flag(0.99, "m₀ of the momentum (EMA) encoder.")
+    momentum_schedule: str | None = _flag(
+        None, "constant, or cosine from m₀ to 1. Default: the method's (BYOL cosine)."
+    )
+    dataset: str = _flag(
+        "digits",
+        "'digits', a TFDS name prepared under --data_dir, or a folder root/<split>/<class>/.",
+    )
+    data_dir: str | None = _flag(None, "TFDS data directory (default: TFDS's own).")
+    max_train_examples: int | None = _flag(None, "Use at most this many training images.")
+    test_split: str = _flag("test", "Split the kNN monitor evaluates on.")
+    image_size: int = _flag(32, "Side of the augmented views, in pixels.")
+    load_size: int | None = _flag(
+        None, "Resize images to this side when loading (default: as stored)."
+    )
+    augment_on: str = _flag(
+        "host", "Augment in the tf.data pipeline (host) or inside the train step (device)."
+    )
+    jit_augment: bool = _flag(
+        True, "XLA-compile the host augmentation (faster after a few seconds' compile)."
+    )
+    seed: int = _flag(0, "Seed of the data order, the augmentations and the weights.")
+    backbone: str = _flag("resnet18", "Backbone.")
+    backbone_width: int = _flag(16, "Channels of the first stage (64 in the papers).")
+    stem: str | None = _flag(
+        None, "Backbone stem. Default from --image_size (<=32 cifar, <=96 cifar_pool)."
+    )
+    projector_dims: tuple[int, int] = _flag(
+        (2048, 128), "Hidden and output sizes of the projector."
+    )
+    projector_bn: bool | None = _flag(
+        None, "BN in the projector. Default: off for queue methods, on for BYOL."
+    )
+    norm: str | None = _flag(
+        None, "Normalisation. Default: split on one device, sync with several replicas."
+    )
+    num_splits: int = _flag(8, "Groups of split BN; must divide the per-replica batch.")
+    batch_size: int = _flag(128, "Global batch size (all replicas together).")
+    epochs: int = _flag(5, "Training epochs.")
+    optimizer: str = _flag("sgd", "Optimizer (sgd: PyTorch-exact coupled weight decay).")
+    learning_rate: float = _flag(0.06, "Peak learning rate (for batch 256 with --scale_lr).")
+    scale_lr: bool = _flag(False, "Scale the learning rate by batch_size/256.")
+    weight_decay: float = _flag(5e-4, "Weight decay.")
+    exclude_bn_bias: bool = _flag(
+        True, "Exempt BN parameters and biases from weight decay (and LARS)."
+    )
+    warmup_epochs: float = _flag(1, "Linear warm-up epochs (may be fractional).")
+    schedule: str = _flag("cosine", "Learning rate after the warm-up, per step.")
+    model_dir: str | None = _flag(None, "Run folder (default runs/<method>_<dataset>).")
+    checkpoint_every: int = _flag(500, "Save every N steps (0: at epoch ends only).")
+    keep_checkpoints: int = _flag(3, "Recent checkpoints kept (plus the best).")
+    log_every: int = _flag(50, "Write metrics every N steps.")
+    knn_every: int = _flag(1, "kNN monitor every N epochs and at the last (0: the last only).")
+    knn_k: int = _flag(200, "Neighbours of the kNN monitor.")
+    knn_t: float = _flag(0.1, "Temperature of the kNN monitor.")
+    strategy: str = _flag("auto", "tf.distribute strategy; multi_worker reads TF_CONFIG.")
+    precision: str = _flag("float32", "Keras dtype policy.")
+    jit_compile: bool | None = _flag(
+        None, "XLA-compile the train step. Default: on with one GPU, off on CPU (docs/CLI.md)."
+    )
+    force: bool = _flag(False, "Resume even if key flags differ from the saved run.")
+    export: bool = _flag(True, "Export the backbone at the end (if tfascl.export is installed).")
+    export_dir: str | None = _flag(None, "Export folder (default <model_dir>/export).")
+    progress_bar: bool = _flag(True, "Show Keras's progress bar (off: one line per epoch).")
+
+    @property
+    def is_queue_method(self) -> bool:
+        return self.method in QUEUE_METHODS
+
+    @property
+    def uses_symmetric_loss(self) -> bool:
+        if self.symmetric is not None:
+            return self.symmetric
+        return not self.is_queue_method  # BYOL's loss is symmetric, the ASCL code's is not
+
+    def to_json(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+ENUMS = {
+    "method": list(METHODS),
+    "momentum_schedule": ["constant", "cosine"],
+    "augment_on": ["host", "device"],
+    "backbone": list(RESNETS),
+    "stem": list(STEMS),
+    "norm": list(NORMS),
+    "optimizer": list(OPTIMIZER_NAMES),
+    "schedule": ["cosine", "constant"],
+    "strategy": ["auto", "one_device", "mirrored", "multi_worker", "tpu"],
+    "precision": list(PRECISIONS),
+}
+
+
+DEFINERS = {
+    "bool": flags.DEFINE_boolean,
+    "int": flags.DEFINE_integer,
+    "float": flags.DEFINE_float,
+    "str": flags.DEFINE_string,
+}
+
+
+def define_flags() -> None:
+    """One absl flag per ``TrainConfig`` field, with the field's default and type."""
+    for field in dataclasses.fields(TrainConfig):
+        name, default, kind = field.name, field.default, str(field.type)
+        help_text, base = field.metadata["help"], kind.split(" ")[0].split("[")[0]
+        if name in ENUMS:
+            flags.DEFINE_enum(name, default, ENUMS[name], help_text)
+        elif base == "tuple":
+            flags.DEFINE_list(name, [str(value) for value in default], help_text)
+        else:
+            DEFINERS[base](name, default, help_text)
+
+
+define_flags()
+
+
+def config_from_flags(flag_values: flags.FlagValues = FLAGS) -> TrainConfig:
+    """The ``TrainConfig`` of the parsed flags (projector_dims checked here)."""
+    values = {f.name: flag_values[f.name].value for f in dataclasses.fields(TrainConfig)}
+    try:
+        dims = tuple(int(d) for d in values["projector_dims"])
+    except ValueError:
+        dims = ()
+    if len(dims) != 2 or min(dims) < 1:
+        raise FlagError(
+            f"--projector_dims={','.join(values['projector_dims'])}: "
+            "give two positive sizes, hidden,output (e.g. 2048,128)"
+        )
+    values["projector_dims"] = dims
+    return TrainConfig(**values)
+
+
+# --- Validation ---------------------------------------------------------------------------
+
+
+def _require(condition: bool, message: str) -> None:
+    if not condition:
+        raise FlagError(message)
+
+
+def validate(config: TrainConfig) -> None:
+    """Checks every flag before anything is built; raises ``FlagError`` (one line)."""
+    c = config
+    _require(c.method in METHODS, f"--method={c.method}: must be one of {', '.join(METHODS)}")
+    for name in ("temperature", "relabel_temperature", "knn_t", "learning_rate"):
+        value = getattr(c, name)
+        _require(value is None or value > 0, f"--{name}={value}: must be > 0")
+    _require(0 <= c.momentum <= 1, f"--momentum={c.momentum}: must be in [0, 1]")
+    _require(0 <= c.sce_lambda <= 1, f"--sce_lambda={c.sce_lambda}: must be in [0, 1]")
+    _require(c.weight_decay >= 0, f"--weight_decay={c.weight_decay}: must be >= 0")
+    at_least_one = (
+        "batch_size", "epochs", "backbone_width", "num_neighbors", "num_splits",
+        "knn_k", "keep_checkpoints", "log_every",
+    )  # fmt: skip
+    for name in at_least_one:
+        _require(getattr(c, name) >= 1, f"--{name}={getattr(c, name)}: must be >= 1")
+    for name in ("knn_every", "checkpoint_every"):
+        _require(getattr(c, name) >= 0, f"--{name}={getattr(c, name)}: must be >= 0")
+    _require(
+        0 <= c.warmup_epochs <= c.epochs,
+        f"--warmup_epochs={c.warmup_epochs}: must be in [0, --epochs={c.epochs}]",
+    )
+    if c.max_train_examples is not None:
+        _require(
+            c.max_train_examples >= c.batch_size,
+            f"--max_train_examples={c.max_train_examples}: must be >= --batch_size="
+            f"{c.batch_size} (incomplete batches are dropped)",
+        )
+    if c.is_queue_method:
+        keys = c.batch_size * (2 if c.uses_symmetric_loss else 1)
+        _require(
+            c.queue_size >= keys and c.queue_size % keys == 0,
+            f"--queue_size={c.queue_size}: must be a multiple of the keys enqueued per step, "
+            f"{keys} (--batch_size{' x2 for --symmetric' if c.uses_symmetric_loss else ''})",
+        )
+        if c.method in ("ahcl", "hard"):
+            _require(
+                c.num_neighbors <= c.queue_size,
+                f"--num_neighbors={c.num_neighbors}: must be <= --queue_size={c.queue_size}",
+            )
+    validate_image_size(c.image_size, c.stem)
+    _require(
+        c.load_size is None or c.load_size >= c.image_size,
+        f"--load_size={c.load_size}: must be >= --image_size={c.image_size}",
+    )
+    check_dataset(c.dataset, c.data_dir)
+    check_writable(resolve_model_dir(c))
+
+
+def validate_image_size(image_size: int, stem: str | None) -> None:
+    """The backbone halves the image ``log2(stride)`` times: the side must be a multiple."""
+    stem = stem or default_stem(image_size)
+    stride = STEM_STRIDES[stem]
+    _require(
+        image_size >= stride and image_size % stride == 0,
+        f"--image_size={image_size}: the {stem} stem downsamples by {stride}; "
+        f"use a multiple of {stride}",
+    )
+
+
+def check_dataset(dataset: str, data_dir: str | None) -> None:
+    """A cheap existence check: digits, an existing folder, or a prepared TFDS dataset."""
+    if dataset == "digits":
+        return
+    path = os.path.expanduser(dataset)
+    if os.path.isdir(path):
+        return
+    if os.sep in dataset or dataset.startswith((".", "~")):
+        raise FlagError(f"--dataset={dataset}: no such folder")
+    import tensorflow_datasets as tfds
+
+    try:
+        builder = tfds.builder(dataset, data_dir=data_dir)
+    except Exception:  # tfds raises its own DatasetNotFoundError and parsing errors
+        raise FlagError(
+            f"--dataset={dataset}: not 'digits', not a folder and not a TFDS name "
+            "(e.g. cifar10, cifar100, stl10, imagenet2012)"
+        ) from None
+    if not builder.is_prepared():
+        raise FlagError(
+            f"--dataset={dataset}: TFDS dataset not prepared under --data_dir="
+            f"{data_dir or '(TFDS default)'}; run `tfds build {dataset}` where there is internet"
+        )
+
+
+def resolve_model_dir(config: TrainConfig) -> Path:
+    """``--model_dir``, or runs/<method>_<dataset name>."""
+    if config.model_dir:
+        return Path(config.model_dir).expanduser()
+    name = os.path.basename(os.path.normpath(os.path.expanduser(config.dataset)))
+    return Path("runs") / f"{config.method}_{name}"
+
+
+def check_writable(model_dir: Path) -> None:
+    try:
+        model_dir.mkdir(parents=True, exist_ok=True)
+        probe = tempfile.NamedTemporaryFile(dir=model_dir, prefix=".write_test")
+        probe.close()
+    except OSError as error:
+        raise FlagError(f"--model_dir={model_dir}: not writable ({error.strerror})") from None
+
+
+def check_replicas(config: TrainConfig, replicas: int) -> TrainConfig:
+    """Device-dependent checks and defaults (norm, jit), once the strategy is known."""
+    c = config
+    _require(
+        c.batch_size % replicas == 0,
+        f"--batch_size={c.batch_size}: must be divisible by the {replicas} replicas",
+    )
+    norm = c.norm or ("split" if replicas == 1 else "sync")
+    per_replica = c.batch_size // replicas
+    if norm == "split" or (not c.is_queue_method and (c.projector_bn is not False)):
+        # Split BN (backbone, or BYOL's predictor head) needs whole groups on each replica.
+        _require(
+            norm != "split" or per_replica % c.num_splits == 0,
+            f"--num_splits={c.num_splits}: must divide the per-replica batch {per_replica}",
+        )
+    jit = c.jit_compile
+    if jit is None:
+        jit = replicas == 1 and bool(tf.config.list_logical_devices("GPU"))
+    return dataclasses.replace(c, norm=norm, jit_compile=jit)
+
+
+def check_previous_run(model_dir: Path, config: TrainConfig) -> dict[str, Any] | None:
+    """The saved flags of a run in ``model_dir``, after checking its key flags match.
+
+    Returns:
+        The saved flags, or None for a new run.
+    """
+    path = model_dir / FLAGS_FILE
+    if not path.is_file():
+        return None
+    saved = json.loads(path.read_text())
+    current = config.to_json()
+    changed = [
+        name
+        for name in KEY_FLAGS
+        if name in saved and _normal(saved[name]) != _normal(current[name])
+    ]
+    if changed and not config.force:
+        first = changed[0]
+        raise FlagError(
+            f"--{first}={_text(current[first])}: {model_dir} holds a run with "
+            f"--{first}={_text(saved[first])} (changed: {', '.join(changed)}); "
+            "use another --model_dir, or --force to resume it anyway"
+        )
+    return saved
+
+
+def _normal(value: Any) -> Any:  # JSON turns tuples into lists
+    return list(value) if isinstance(value, (tuple, list)) else value
+
+
+def _text(value: Any) -> str:  # a value as a flag spells it
+    return ",".join(map(str, value)) if isinstance(value, (tuple, list)) else str(value)
+
+
+# --- Flag parsing and flagfiles -----------------------------------------------------------
+
+
+def expand_flagfiles(argv: list[str], base: str | None = None, seen: tuple = ()) -> list[str]:
+    """Inlines ``--flagfile=F`` arguments, reading F relative to the file that names it.
+
+    (absl reads a nested one relative to the working directory: recipes could then not
+    share base files from anywhere.) ``#`` and ``//`` lines are comments, as in absl.
+    """
+    expanded: list[str] = []
+    args = iter(argv)
+    for arg in args:
+        name, _, value = arg.partition("=")
+        if name not in ("--flagfile", "-flagfile"):
+            expanded.append(arg)
+            continue
+        if not _:
+            value = next(args, "")
+        path = os.path.expanduser(value)
+        if base and not os.path.isabs(path):
+            path = os.path.join(base, path)
+        path = os.path.normpath(path)
+        if path in seen:
+            raise FlagError(f"--flagfile={value}: includes itself")
+        try:
+            lines = Path(path).read_text().splitlines()
+        except OSError as error:
+            raise FlagError(f"--flagfile={value}: cannot read ({error.strerror})") from None
+        lines = [line.strip() for line in lines]
+        lines = [line for line in lines if line and not line.startswith(("#", "//"))]
+        expanded += expand_flagfiles(lines, os.path.dirname(path), (*seen, path))
+    return expanded
+
+
+def parse_flags(argv: list[str]) -> list[str]:
+    """absl's flag parsing with nested flagfiles and one-line errors (exit code 2)."""
+    try:
+        return FLAGS(expand_flagfiles(argv[:1]) + expand_flagfiles(argv[1:]))
+    except (flags.Error, FlagError) as error:
+        fail_usage(str(error).splitlines()[0])
+    return []  # not reached
+
+
+def fail_usage(message: str) -> None:
+    print(f"tfascl-train: error: {message}", file=sys.stderr)
+    sys.exit(EXIT_USAGE)
+
+
+# --- Data ---------------------------------------------------------------------------------
+
+
+@dataclasses.dataclass
+class RunData:
+    """The images of a run: training set, kNN bank and kNN queries (None: no kNN)."""
+
+    train: Any  # tfascl.data.ImageSet
+    bank: Any | None
+    test: Any | None
+    num_classes: int | None
+
+
+def load_data(config: TrainConfig) -> RunData:
+    """Loads the training split (and the kNN bank and test split when labelled)."""
+
+    def load(split: str, max_examples: int | None = None) -> Any:
+        return data.load_images(
+            config.dataset,
+            split,
+            data_dir=config.data_dir,
+            max_examples=max_examples,
+            seed=config.seed,
+            image_size=config.load_size,
+        )
+
+    try:
+        train = load("train", config.max_train_examples)
+    except ValueError as error:  # DatasetNotFoundError is a ValueError too
+        raise FlagError(f"--dataset={config.dataset}: {error}") from None
+    _require(
+        len(train) >= config.batch_size,
+        f"--batch_size={config.batch_size}: larger than the {len(train)} training images",
+    )
+    # STL-10's "train" includes the unlabelled images; its labelled part is the bank.
+    bank = load("train_labelled") if config.dataset == "stl10" else train
+    if bank.labels is not None and (bank.labels < 0).any():
+        keep = bank.labels >= 0
+        bank = dataclasses.replace(bank, images=bank.images[keep], labels=bank.labels[keep])
+    try:
+        test = load(config.test_split)
+    except ValueError as error:
+        print(f"kNN monitor off: no test split {config.test_split!r} ({error})")
+        test = None
+    if bank.labels is None or len(bank.labels) == 0 or test is None or test.labels is None:
+        return RunData(train, None, None, len(train.class_names) or None)
+    return RunData(train, bank, test, max(len(train.class_names), int(bank.labels.max()) + 1))
+
+
+def training_stream(
+    config: TrainConfig, images: Any, first_epoch: int, last_epoch: int, skip: int = 0
+) -> Any:
+    """Batches of epochs ``[first_epoch, last_epoch)``, the first ``skip`` left out.
+
+    Epoch e is ``pretrain_dataset(seed=seed + e)`` (with no global TF seed): its order
+    and augmentations depend on nothing else, so a run resumed at step s of epoch e skips the s
+    batches it already trained on and sees exactly the rest.
+    """
+
+    # Not converted by AutoGraph: it would turn the seed checks inside tf.data's
+    # shuffle into graph conditionals on the (symbolic) epoch seed.
+    @tf.autograph.experimental.do_not_convert
+    def epoch_batches(epoch: Any) -> Any:
+        return data.pretrain_dataset(
+            images,
+            config.batch_size,
+            config.image_size,
+            augment_on=config.augment_on,
+            seed=tf.cast(epoch, tf.int64) + config.seed,
+            jit_compile=config.jit_augment,
+        )
+
+    # Built without a global TF seed (the weights are made by now): tf.data combines it
+    # with the op seed, and TF's random_seed.get_seed compares (global, op) with (0, 0) in
+    # Python, which fails for a tensor op seed when the global seed is 0.
+    tf.random.set_seed(None)
+    stream = tf.data.Dataset.range(first_epoch, last_epoch).flat_map(epoch_batches).skip(skip)
+    options = tf.data.Options()
+    # The data lives in memory, not in files: shard batches, not files, across workers.
+    options.experimental_distribute.auto_shard_policy = tf.data.experimental.AutoShardPolicy.DATA
+    return stream.with_options(options).prefetch(tf.data.AUTOTUNE)
+
+
+# --- Building -----------------------------------------------------------------------------
+
+
+def make_spec(config: TrainConfig, run_data: RunData, total_steps: int) -> Any:
+    """The ``RunSpec`` (run.json) of this run: what rebuilds its model."""
+    shared = ("method", "backbone", "backbone_width", "image_size", "stem", "norm", "num_splits",
+              "projector_bn", "queue_size", "temperature", "num_neighbors", "sce_lambda",
+              "momentum", "momentum_schedule", "batch_size", "dataset")  # fmt: skip
+    return RunSpec(
+        **{name: getattr(config, name) for name in shared},
+        projector_dims=tuple(config.projector_dims),
+        target_temperature=config.relabel_temperature,
+        symmetric=config.uses_symmetric_loss,
+        total_steps=total_steps,
+        mean=tuple(float(m) for m in run_data.train.mean),
+        std=tuple(float(v) for v in run_data.train.std),
+        num_classes=run_data.num_classes,
+    )
+
+
+def learning_rate_schedule(config: TrainConfig, steps_per_epoch: int) -> Any:
+    """Linear warm-up, then cosine to 0 or constant, per step (a function of the step)."""
+    peak = config.learning_rate
+    if config.scale_lr:
+        peak = scaled_learning_rate(peak, config.batch_size)
+    total = config.epochs * steps_per_epoch
+    warmup = round(config.warmup_epochs * steps_per_epoch)
+    final = peak if config.schedule == "constant" else 0.0
+    return WarmupCosine(peak, total, warmup, final_lr=final)
+
+
+def build_model(config: TrainConfig, spec: Any, steps_per_epoch: int, strategy: Any) -> Any:
+    """The compiled model, created in ``strategy.scope()`` under the dtype policy."""
+    keras.utils.set_random_seed(config.seed)
+    with strategy.scope():
+        overrides = {}
+        if config.augment_on == "device":
+            overrides["views"] = data.TwoViews(
+                config.image_size, spec.mean, spec.std, seed=config.seed
+            )
+        if config.jit_compile and strategy.num_replicas_in_sync > 1:
+            # Keras cannot jit a step that spans replicas: compile each replica's part.
+            overrides["replica_jit_compile"] = True
+        model = spec.build_model(**overrides)
+        optimizer = build_optimizer(
+            config.optimizer,
+            learning_rate_schedule(config, steps_per_epoch),
+            weight_decay=config.weight_decay,
+            exclude_bn_and_bias=config.exclude_bn_bias,
+        )
+        # Under mixed_float16, compile wraps the optimizer in a LossScaleOptimizer.
+        whole_step_jit = config.jit_compile and strategy.num_replicas_in_sync == 1
+        model.compile(optimizer=optimizer, jit_compile=whole_step_jit)
+    return model
+
+
+def is_chief(strategy: Any) -> bool:
+    """Whether this process writes the run's files (always, except non-chief workers)."""
+    resolver = getattr(strategy, "cluster_resolver", None)
+    if resolver is None or not resolver.task_type:
+        return True
+    if resolver.task_type == "chief":
+        return True
+    has_chief = "chief" in resolver.cluster_spec().as_dict()
+    return resolver.task_type == "worker" and resolver.task_id == 0 and not has_chief
+
+
+def restore_latest(checkpoint: Any, model_dir: Path) -> str | None:
+    """Restores the latest checkpoint of ``model_dir``, if any; a clear error on mismatch."""
+    path = tf.train.latest_checkpoint(str(checkpoint_dir(model_dir)))
+    if path is None:
+        return None
+    try:
+        checkpoint.restore(path).assert_existing_objects_matched().expect_partial()
+    except (ValueError, AssertionError, tf.errors.OpError) as error:
+        first = str(error).strip().splitlines()[0][:200]
+        raise FlagError(
+            f"--model_dir={model_dir}: {os.path.basename(path)} does not fit this model "
+            f"({first}); use another --model_dir"
+        ) from None
+    return path
+
+
+# --- Files of a run -----------------------------------------------------------------------
+
+
+def read_json(path: Path) -> dict[str, Any]:
+    return json.loads(path.read_text()) if path.is_file() else {}
+
+
+def write_json(path: Path, values: dict[str, Any]) -> None:
+    """Writes through a temporary file, so a kill never leaves half a file."""
+    temporary = path.with_suffix(path.suffix + ".tmp")
+    temporary.write_text(json.dumps(values, indent=2, sort_keys=True) + "\n")
+    os.replace(temporary, path)
+
+
+def checkpoint_step(path: str | None) -> int | None:
+    """The global step in a checkpoint's name (``ckpt-<step>``)."""
+    if not path:
+        return None
+    try:
+        return int(path.rsplit("-", 1)[1])
+    except (IndexError, ValueError):
+        return None
+
+
+def finished_run(model_dir: Path, config: TrainConfig) -> dict[str, Any] | None:
+    """The summary of a completed run of ``config.epochs`` epochs, checked cheaply."""
+    summary = read_json(model_dir / SUMMARY_FILE)
+    if not summary.get("completed") or summary.get("epochs") != config.epochs:
+        return None
+    latest = tf.train.latest_checkpoint(str(checkpoint_dir(model_dir)))
+    step = checkpoint_step(latest)
+    return summary if step is not None and step >= summary.get("steps", -1) else None
+
+
+def export_backbone(model_dir: Path, export_dir: Path) -> str | None:
+    """The export hook: ``tfascl.export.export_backbone`` when that module exists.
+
+    Returns:
+        Where the export went, or None when there is no export module.
+    """
+    import importlib.util
+
+    if importlib.util.find_spec("tfascl.export") is None:
+        print("Export skipped: tfascl.export is not installed.")
+        return None
+    from tfascl import export  # errors inside it are real errors: let them show
+
+    result = export.export_backbone(str(model_dir), str(export_dir))
+    return str(result or export_dir)
+
+
+# --- The run ------------------------------------------------------------------------------
+
+
+@dataclasses.dataclass
+class RunResult:
+    """What ``train`` did: the exit code, summary.json's content and the model (if built)."""
+
+    exit_code: int
+    summary: dict[str, Any]
+    model: Any = None
+
+
+def train(config: TrainConfig) -> RunResult:
+    """Validates, then trains (or resumes) the run of ``config``; see the module doc.
+
+    Raises:
+        FlagError: a bad flag, dataset or model_dir, found before training starts.
+    """
+    started = time.time()
+    validate(config)
+    model_dir = resolve_model_dir(config)
+    check_previous_run(model_dir, config)
+    summary = finished_run(model_dir, config)
+    if summary is not None:
+        print(
+            f"{model_dir}: the run is complete ({summary['epochs']} epochs, "
+            f"{summary['steps']} steps, best kNN top-1 {_percent(summary.get('best_knn_top1'))}); "
+            "nothing to do."
+        )
+        return RunResult(0, summary)
+
+    try:
+        strategy = make_strategy(config.strategy)
+    except ValueError as error:
+        raise FlagError(f"--strategy={config.strategy}: {error}") from None
+    config = check_replicas(config, strategy.num_replicas_in_sync)
+    run_data = load_data(config)
+    steps_per_epoch = len(run_data.train) // config.batch_size
+    total_steps = config.epochs * steps_per_epoch
+    spec = make_spec(config, run_data, total_steps)
+    chief = is_chief(strategy)
+    write_dir = model_dir if chief else Path(tempfile.mkdtemp(prefix="tfascl-worker-"))
+    if chief:
+        save_spec(spec, model_dir)
+        write_json(model_dir / FLAGS_FILE, config.to_json())
+
+    policy = keras.mixed_precision.global_policy()
+    keras.mixed_precision.set_global_policy(config.precision)
+    try:
+        return _train_model(
+            config, spec, run_data, strategy, model_dir, write_dir, chief, started, steps_per_epoch
+        )
+    finally:
+        keras.mixed_precision.set_global_policy(policy)
+        if not chief:
+            shutil.rmtree(write_dir, ignore_errors=True)
+
+
+def _train_model(
+    config: TrainConfig,
+    spec: Any,
+    run_data: RunData,
+    strategy: Any,
+    model_dir: Path,
+    write_dir: Path,
+    chief: bool,
+    started: float,
+    steps_per_epoch: int,
+) -> RunResult:
+    model = build_model(config, spec, steps_per_epoch, strategy)
+    with strategy.scope():
+        checkpoint = model.checkpoint()
+    manager = tf.train.CheckpointManager(
+        checkpoint, str(checkpoint_dir(write_dir)), max_to_keep=config.keep_checkpoints
+    )
+    restored = restore_latest(checkpoint, model_dir)
+    start_step = cbs.global_step(model)
+    total_steps = config.epochs * steps_per_epoch
+    if restored:
+        epoch, offset = divmod(start_step, steps_per_epoch)
+        where = (
+            f"epoch {epoch + 1}, step {offset} of {steps_per_epoch}"
+            if offset
+            else (f"start of epoch {epoch + 1}")
+        )
+        print(f"Resuming from {restored} at step {start_step} ({where}).")
+    else:
+        manager.save(checkpoint_number=0)  # the initial state: a NaN at step 1 keeps it
+    if chief:
+        cbs.truncate_metrics(model_dir, start_step)
+
+    guard, stopper = cbs.NonFiniteLoss(), cbs.StopOnSignal()
+    saver = cbs.CheckpointSaver(manager, config.checkpoint_every)
+    saver.last_saved_step = start_step
+    monitor = knn_monitor(config, run_data, checkpoint, model_dir if chief else None, write_dir)
+    logger = cbs.MetricsLogger(model_dir if chief else None, config.log_every, config.batch_size)
+    # The logger writes a step before the saver saves it, so a resumed run keeps its record.
+    callbacks = [guard, stopper, *([monitor] if monitor else []), logger, saver]
+
+    stopper.install()
+    try:
+        run_epochs(model, config, run_data, strategy, start_step, steps_per_epoch, callbacks)
+    finally:
+        stopper.uninstall()
+    step = cbs.global_step(model)
+    if guard.failed_step is None:
+        saver.save({"loss": 0.0})  # Ctrl-C between steps, or a finished run's last step
+    if monitor is not None and step >= total_steps and not monitor.last:
+        monitor.set_model(model)
+        monitor.last = monitor.evaluate()  # a run resumed after its last step
+    status = "completed" if step >= total_steps else "interrupted"
+    if guard.failed_step is not None:
+        status = "non_finite_loss"
+    summary = {
+        "status": status,
+        "completed": status == "completed",
+        "epochs": config.epochs,
+        "steps": step,
+        "total_steps": total_steps,
+        "steps_per_epoch": steps_per_epoch,
+        "resumed_from_step": start_step,
+        **knn_summary(monitor),
+        "latest_checkpoint": os.path.basename(manager.latest_checkpoint or ""),
+        "wall_time_s": round(time.time() - started, 3),
+        "train_time_s": round(logger.train_seconds, 3),
+        "pairs_per_second": logger.pairs_per_second,
+        "model_dir": str(model_dir),
+        "export_dir": None,
+    }
+    if chief and status == "completed" and config.export:
+        export_dir = Path(config.export_dir or model_dir / "export")
+        summary["export_dir"] = export_backbone(model_dir, export_dir)
+    if not chief:  # the chief reports; this worker's files were scratch
+        codes = {"non_finite_loss": EXIT_FAILED, "interrupted": EXIT_INTERRUPTED}
+        return RunResult(codes.get(status, 0), summary, model)
+    write_json(model_dir / SUMMARY_FILE, summary)
+    return RunResult(report(summary, guard, config), summary, model)
+
+
+def knn_summary(monitor: Any) -> dict[str, Any]:
+    """The kNN fields of summary.json (None without a monitor)."""
+    last, best = (monitor.last, monitor.best) if monitor else ({}, {})
+    return {
+        "final_knn_top1": last.get("knn_top1"),
+        "final_knn_top5": last.get("knn_top5"),
+        "best_knn_top1": best.get("knn_top1"),
+        "best_checkpoint": best.get("checkpoint"),
+        "best_epoch": best.get("epoch"),
+        "knn_time_s": round(monitor.seconds, 3) if monitor else 0.0,
+    }
+
+
+def knn_monitor(
+    config: TrainConfig,
+    run_data: RunData,
+    checkpoint: Any,
+    model_dir: Path | None,
+    write_dir: Path,
+) -> Any:
+    """The kNN monitor over the eval transform of the bank and test images, or None."""
+    if run_data.bank is None:
+        return None
+    batch = 256
+    return cbs.KnnMonitor(
+        data.eval_dataset(run_data.bank, batch, config.image_size),
+        data.eval_dataset(run_data.test, batch, config.image_size),
+        run_data.num_classes,
+        every=config.knn_every,
+        last_epoch=config.epochs - 1,
+        k=config.knn_k,
+        temperature=config.knn_t,
+        checkpoint=checkpoint,
+        model_dir=model_dir,
+        write_dir=checkpoint_dir(write_dir),
+    )
+
+
+def run_epochs(
+    model: Any,
+    config: TrainConfig,
+    run_data: RunData,
+    strategy: Any,
+    start_step: int,
+    steps_per_epoch: int,
+    callbacks: list,
+) -> None:
+    """Trains from ``start_step`` to the end: the rest of a partial epoch, then the others.
+
+    ``fit`` (one device, mirrored) or ``distribute.fit_loop`` (multi-worker) runs each
+    part; one call cannot start mid-epoch, so a resumed partial epoch is its own call.
+    """
+    epoch, offset = divmod(start_step, steps_per_epoch)
+    parts = []
+    if offset:
+        parts.append((epoch, epoch + 1, offset))
+        epoch += 1
+    if epoch < config.epochs:
+        parts.append((epoch, config.epochs, 0))
+    verbose = (1 if config.progress_bar else 2) if is_chief(strategy) else 0
+    for first, last, skip in parts:
+        dataset = training_stream(config, run_data.train, first, last, skip)
+        steps = steps_per_epoch - skip
+        common = {"epochs": last, "initial_epoch": first, "steps_per_epoch": steps}
+        common.update(callbacks=callbacks, verbose=verbose)
+        if config.strategy == "multi_worker":
+            fit_loop(model, dataset, strategy=strategy, **common)
+        else:  # shuffle=False: the stream is shuffled, per epoch, by its seed
+            model.fit(dataset, shuffle=False, **common)
+        if any(getattr(c, "failed_step", None) is not None for c in callbacks) or any(
+            getattr(c, "interrupted", False) for c in callbacks
+        ):
+            return
+
+
+def _percent(value: float | None) -> str:
+    return "n/a" if value is None else f"{100 * value:.2f}%"
+
+
+def report(summary: dict[str, Any], guard: Any, config: TrainConfig) -> int:
+    """Prints the outcome and returns the exit code."""
+    where = f"model: {summary['model_dir']} (latest {summary['latest_checkpoint']}"
+    where += f", best {summary['best_checkpoint']})" if summary["best_checkpoint"] else ")"
+    if summary["status"] == "non_finite_loss":
+        print(
+            f"Stopped: non-finite loss ({guard.failed_loss}) at step {guard.failed_step}; "
+            f"kept the last good checkpoint, {summary['latest_checkpoint']}. "
+            "Lower --learning_rate or use --precision=float32.",
+            file=sys.stderr,
+        )
+        return EXIT_FAILED
+    if summary["status"] == "interrupted":
+        print(f"Interrupted at step {summary['steps']}; saved. Re-run the command to resume.")
+        print(where)
+        return EXIT_INTERRUPTED
+    print(
+        f"Done: {summary['steps']} steps, {summary['epochs']} epochs. kNN top-1 "
+        f"{_percent(summary['final_knn_top1'])} (best {_percent(summary['best_knn_top1'])}), "
+        f"{summary['pairs_per_second'] or 0:.1f} pairs/s."
+    )
+    print(where)
+    if summary["export_dir"]:
+        print(f"export: {summary['export_dir']}")
+    return 0
+
+
+# --- Entry points -------------------------------------------------------------------------
+
+
+def quiet_libraries() -> None:
+    """TensorFlow's INFO lines and Keras's warning about a subclassed model without
+    build() (harmless: fit builds it symbolically) would bury the progress."""
+    if not FLAGS["verbosity"].present:
+        logging.set_verbosity(logging.WARNING)
+    warnings.filterwarnings("ignore", message=r"`build\(\)` was called on layer")
+
+
+def main(argv: list[str]) -> None:
+    """absl main: trains with the parsed flags and exits with the run's status."""
+    if len(argv) > 1:
+        fail_usage(f"unexpected arguments {argv[1:]} (flags are --name=value)")
+    quiet_libraries()
+    try:
+        config = config_from_flags()
+        result = train(config)
+    except FlagError as error:
+        fail_usage(str(error))
+    sys.exit(result.exit_code)
+
+
+def run() -> None:
+    """Console script ``tfascl-train``."""
+    app.run(main, flags_parser=parse_flags)
+
+
+if __name__ == "__main__":
+    run()
