@@ -372,6 +372,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
     """Measures the chosen configuration or table; prints JSON lines and a markdown table."""
     args = parse_args(argv)
+    commit = _git_commit()  # the code this run started with
     base = Config(
         method=args.method,
         backbone=args.backbone,
@@ -399,7 +400,7 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
             "table": args.table,
             "command": command.strip(),
             "date": time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime()),
-            "git_commit": _git_commit(),
+            "git_commit": commit,
             "records": records,
         }
         Path(args.output).write_text(json.dumps(payload, indent=2) + "\n")
