@@ -82,7 +82,8 @@ def speed_section(results: Path) -> list[str]:
             "### CPU: tfascl vs plain PyTorch eager, same step",
             "",
             f"`{s['command']}` — {s['device']}, {s['date']}. "
-            f"Runs alternate TF, torch, TF, torch, … (each its own process, all cores).",
+            f"{len(s['tf_runs'])} round(s) of TF then torch, back to back (each its own "
+            f"process, all cores; load average (1 min) at the end of each in the table).",
             f"TF: `{s['tf_command']}`; torch: `{s['torch_command']}`.",
             "",
         ]
@@ -141,8 +142,9 @@ def speed_section(results: Path) -> list[str]:
             "",
             f"`{payload['command']}` — {records[0]['device']}, {payload['date']}, "
             f"commit {payload.get('git_commit', 'n/a')}, "
-            f"load average (1 min) {_loads(records)}. {records[0]['steps_per_window']} steps "
-            f"per window, median of {len(records[0]['window_s'])} interleaved windows.",
+            f"load average (1 min) at the end {_loads(records)}. "
+            f"Steps per window: {records[0]['steps_per_window']}, median of "
+            f"{len(records[0]['window_s'])} interleaved windows.",
             "",
         ]
         header = [
