@@ -66,7 +66,8 @@ def _table(rows: list[list[Any]], header: list[str]) -> list[str]:
 
 
 def _loads(records: list[dict]) -> str:
-    values = [r["load_average"][0] for r in records if "load_average" in r]
+    values = [v for r in records for v in r.get("window_load_average", [])]
+    values = values or [r["load_average"][0] for r in records if "load_average" in r]
     if not values:
         return "n/a"
     return f"{min(values):.1f}–{max(values):.1f}"
@@ -142,7 +143,7 @@ def speed_section(results: Path) -> list[str]:
             "",
             f"`{payload['command']}` — {records[0]['device']}, {payload['date']}, "
             f"commit {payload.get('git_commit', 'n/a')}, "
-            f"load average (1 min) at the end {_loads(records)}. "
+            f"load average (1 min, after each window or at the end) {_loads(records)}. "
             f"Steps per window: {records[0]['steps_per_window']}, median of "
             f"{len(records[0]['window_s'])} interleaved windows.",
             "",

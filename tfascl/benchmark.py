@@ -77,6 +77,7 @@ class Measurement:
     model: keras.Model
     dataset: tf.data.Dataset
     window_seconds: list[float] = dataclasses.field(default_factory=list)
+    window_loads: list[float] = dataclasses.field(default_factory=list)
     warmup_seconds: float = 0.0
     peak_memory_mb: float = 0.0
 
@@ -261,6 +262,7 @@ def measure(configs: list[Config], steps: int = 2, windows: int = 3) -> list[dic
         for measurement in measurements:
             _reset_memory()
             measurement.window_seconds.append(_run_window(measurement, steps))
+            measurement.window_loads.append(round(os.getloadavg()[0], 2))
             measurement.peak_memory_mb = max(measurement.peak_memory_mb, _memory_mb())
     device = device_name()
     records = []
@@ -281,6 +283,7 @@ def measure(configs: list[Config], steps: int = 2, windows: int = 3) -> list[dic
                 "window_s": [round(s, 3) for s in m.window_seconds],
                 "steps_per_window": steps,
                 "load_average": [round(x, 2) for x in os.getloadavg()],
+                "window_load_average": m.window_loads,  # 1-minute load after each window
             }
         )
     return records
