@@ -75,12 +75,11 @@ def _loads(records: list[dict]) -> str:
 
 def speed_section(results: Path) -> list[str]:
     lines = ["## Speed", ""]
-    torch_file = results / "speed_torch_vs_tf.json"
-    if torch_file.is_file():
+    for torch_file in sorted(results.glob("speed_torch_vs_tf*.json")):
         s = _load(torch_file)
         tf0 = s["tf_runs"][0]
         lines += [
-            "### CPU: tfascl vs plain PyTorch eager, same step",
+            f"### CPU: tfascl vs plain PyTorch eager, same step ({torch_file.name})",
             "",
             f"`{s['command']}` — {s['device']}, {s['date']}. "
             f"{len(s['tf_runs'])} round(s) of TF then torch, back to back (each its own "
