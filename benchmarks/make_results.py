@@ -219,7 +219,7 @@ def speed_section(results: Path) -> list[str]:
         lines += [
             "### Input pipeline (`tfascl.benchmark_data`)",
             "",
-            f"`python -m tfascl.benchmark_data --max_examples=5000 --batches=20` — "
+            f"`python -m tfascl.benchmark_data --max_examples=10000 --batches=20` — "
             f"{first['images']} images, batch {first['batch_size']}, {first['cpus']} CPUs, "
             f"load average {first['load_average'][0]}. See docs/DATA.md for the method.",
             "",

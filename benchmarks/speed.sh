@@ -39,7 +39,8 @@ for table in "${tables[@]}"; do
       PYTHONPATH=. "$PYTHON" -m tfascl.benchmark --table="$table" $SWEEP $TIMING \
         --output="$R/speed_$table.json" >"$R/logs/speed_$table.log" 2>&1 ;;
     data)
-      PYTHONPATH=. "$PYTHON" -m tfascl.benchmark_data --max_examples=5000 --batches=20 \
+      # benchmark_data does not repeat the data: 3 warm-up + 20 batches need 23·256 images.
+      PYTHONPATH=. "$PYTHON" -m tfascl.benchmark_data --max_examples=10000 --batches=20 \
         >"$R/logs/data_pipeline.log" 2>&1
       grep '^{' "$R/logs/data_pipeline.log" >"$R/data_pipeline.jsonl" ;;
     *) echo "unknown table $table" >&2; exit 2 ;;
