@@ -80,7 +80,11 @@ np.savez(
 )
 print(json.dumps({
     "keras_layers": sorted({type(layer).__name__ for layer in backbone.layers}),
-    "tfascl_modules": sorted(m for m, v in sys.modules.items() if "tfascl" in m and v),
+    # The package itself or its submodules; pip's editable-install finder
+    # (__editable___tfascl_*_finder) is not tfascl code and loads nothing of it.
+    "tfascl_modules": sorted(
+        m for m, v in sys.modules.items() if m.split(".")[0] == "tfascl" and v
+    ),
 }))
 """
 

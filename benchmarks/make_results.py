@@ -1,0 +1,377 @@
+"""Writes docs/RESULTS.md from the raw results in benchmarks/results/ (never typed by hand).
+
+    python -m benchmarks.make_results [--results benchmarks/results] [--out docs/RESULTS.md]
+
+Every number in the page comes from a JSON file there, next to the command that produced it,
+the device, the load average and the date; the page also names the git commit it was
+generated at.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import time
+from pathlib import Path
+from typing import Any
+
+SPEED_TABLES = {
+    "overhead": "ASCL vs MoCo v2 overhead (same settings)",
+    "queue": "Queue size",
+    "precision": "Precision and XLA",
+    "batch": "Batch size",
+}
+KEY_DIM = 128  # the projector's output, as in every recipe here
+# Published CIFAR-10 kNN top-1 (%) of ResNet-18 after 200 epochs, for the full protocol.
+LITERATURE = [
+    ("MoCo v2", "82.6", "MoCo CIFAR-10 demo (asymmetric loss, batch 512)"),
+    ("MoCo v2", "up to 87.8", "higher values reported with other recipes"),
+    ("ReSSL", "88.9", "published value"),
+    ("SCE", "88.5", "published value"),
+]
+GPU_REFERENCES = [
+    "MoCo CIFAR-10 demo (PyTorch): ~20 s per epoch on one V100 (≈2,500 pairs/s).",
+    "lightly MoCo benchmark: ~34 s per epoch on one RTX A6000 (≈1,500 pairs/s).",
+]
+
+
+def _load(path: Path) -> Any:
+    return json.loads(path.read_text())
+
+
+def _git(*args: str) -> str:
+    try:
+        return subprocess.check_output(["git", *args], text=True).strip()
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown"
+
+
+def _cpu() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return f"{line.split(':', 1)[1].strip()}, {os.cpu_count()} cores"
+    except OSError:
+        pass
+    return f"{os.cpu_count()} cores"
+
+
+def _table(rows: list[list[Any]], header: list[str]) -> list[str]:
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    lines += ["| " + " | ".join(str(c) for c in row) + " |" for row in rows]
+    return lines
+
+
+def _loads(records: list[dict]) -> str:
+    values = [v for r in records for v in r.get("window_load_average", [])]
+    values = values or [r["load_average"][0] for r in records if "load_average" in r]
+    if not values:
+        return "n/a"
+    return f"{min(values):.1f}–{max(values):.1f}"
+
+
+def speed_section(results: Path) -> list[str]:
+    lines = ["## Speed", ""]
+    for torch_file in sorted(results.glob("speed_torch_vs_tf*.json")):
+        s = _load(torch_file)
+        tf0 = s["tf_runs"][0]
+        lines += [
+            f"### CPU: tfascl vs plain PyTorch eager, same step ({torch_file.name})",
+            "",
+            f"`{s['command']}` — {s['device']}, {s['date']}. "
+            f"{len(s['tf_runs'])} round(s) of TF then torch, back to back (each its own "
+            f"process, all cores; load average (1 min) at the end of each in the table).",
+            f"TF: `{s['tf_command']}`; torch: `{s['torch_command']}`.",
+            "",
+        ]
+        rows = [
+            [
+                r.get("framework", "tfascl (TF)"),
+                r["method"],
+                r["backbone_width"],
+                r["batch_size"],
+                r["queue_size"],
+                r["pairs_per_sec"],
+                r["step_ms"],
+                r["peak_memory_mb"],
+                r["load_average"][0],
+            ]
+            for pair in zip(s["tf_runs"], s["torch_runs"])
+            for r in pair
+        ]
+        lines += _table(
+            rows,
+            [
+                "framework",
+                "method",
+                "width",
+                "batch",
+                "queue",
+                "pairs/s",
+                "step ms",
+                "peak RSS MB",
+                "load (1 min)",
+            ],
+        )
+        lines += [
+            "",
+            f"* **TF / torch = {s['ratio_tf_over_torch']}** (median pairs/s "
+            f"{s['tf_pairs_per_sec']} vs {s['torch_pairs_per_sec']}); target ≥ 1.",
+            f"* float32 matmul (4096², TF, measured under the same load, so it is the "
+            f"share of the machine this process could get) before/after: "
+            f"{s['matmul_gflops'][0]} / "
+            f"{s['matmul_gflops'][1]} GFLOP/s; the step costs {s['gflop_per_pair']} GFLOP per "
+            f"pair (query fwd+bwd ≈ 3× forward, key forward 1×), so the ceiling is "
+            f"{s['ceiling_pairs_per_sec']} pairs/s. TF reaches "
+            f"{100 * s['tf_fraction_of_ceiling']:.0f}% of it, torch "
+            f"{100 * s['torch_fraction_of_ceiling']:.0f}%.",
+            f"* TF warm-up (trace + first steps): {tf0['warmup_s']} s.",
+            "",
+        ]
+    for table, title in SPEED_TABLES.items():
+        path = results / f"speed_{table}.json"
+        if not path.is_file():
+            continue
+        payload = _load(path)
+        records = payload["records"]
+        lines += [
+            f"### {title}",
+            "",
+            f"`{payload['command']}` — {records[0]['device']}, {payload['date']}, "
+            f"commit {payload.get('git_commit', 'n/a')}, "
+            f"load average (1 min, after each window or at the end) {_loads(records)}. "
+            f"Steps per window: {records[0]['steps_per_window']}, median of "
+            f"{len(records[0]['window_s'])} interleaved windows.",
+            "",
+        ]
+        header = [
+            "method",
+            "width",
+            "batch",
+            "queue",
+            "precision",
+            "XLA",
+            "augment",
+            "pairs/s",
+            "step ms",
+            "GFLOP/s",
+            "peak MB",
+        ]
+        with_overhead = any("overhead_vs_moco" in r for r in records)
+        if with_overhead:
+            header.append("vs MoCo")
+        rows = []
+        for r in records:
+            row = [
+                r["method"],
+                r["backbone_width"],
+                r["batch_size"],
+                r["queue_size"],
+                r["precision"],
+                r["jit_compile"],
+                r["augment_on"],
+                r["pairs_per_sec"],
+                r["step_ms"],
+                r.get("achieved_gflops", ""),
+                r["peak_memory_mb"],
+            ]
+            if with_overhead:
+                overhead = r.get("overhead_vs_moco")
+                row.append("" if overhead is None else f"{100 * overhead:+.1f}%")
+            rows.append(row)
+        lines += _table(rows, header)
+        if table == "overhead":
+            # ASCL's only extra work over MoCo: the key-to-queue similarities [B, M] (a
+            # 2·D·M-FLOP matmul per pair, D = 128) and a softmax/top-1 over them.
+            extra = [
+                f"{100 * 2 * KEY_DIM * r['queue_size'] / (r['gflop_per_pair'] * 1e9):.2f}% "
+                f"at queue {r['queue_size']}"
+                for r in records
+                if r["method"] == "ascl" and "gflop_per_pair" in r
+            ]
+            lines += [
+                "",
+                "ASCL adds one [B, 128] × [128, M] matmul (key vs queue) and a softmax over "
+                "its rows to MoCo's step: in FLOPs " + ", ".join(extra) + " of the step. "
+                "Windows (s) per config: "
+                + "; ".join(f"{r['method']}/{r['queue_size']}: {r['window_s']}" for r in records)
+                + ".",
+                "",
+                "Targets: ≤ 5% at queue 4096, ≤ 10% at 65536. Windows of one config differ "
+                f"by up to {max(max(r['window_s']) / min(r['window_s']) for r in records):.1f}× "
+                "here: when that is far above the targets, this run can neither confirm nor "
+                "refute them (rerun on an idle machine or a GPU).",
+            ]
+        if records[0]["device"].startswith("CPU"):
+            lines += [
+                "",
+                "CPU peak MB is the process's max RSS so far (it only grows across the "
+                "configurations of a table).",
+            ]
+        lines.append("")
+    data_file = results / "data_pipeline.jsonl"
+    if data_file.is_file():
+        records = [json.loads(line) for line in data_file.read_text().splitlines() if line]
+        first = records[0]
+        lines += [
+            "### Input pipeline (`tfascl.benchmark_data`)",
+            "",
+            f"`python -m tfascl.benchmark_data --max_examples=10000 --batches=20` — "
+            f"{first['images']} images, batch {first['batch_size']}, {first['cpus']} CPUs, "
+            f"load average {first['load_average'][0]}. See docs/DATA.md for the method.",
+            "",
+        ]
+        rows = []
+        for r in records:
+            rate = r.get("pairs_per_s") or r.get("images_per_s")
+            unit = "pairs/s" if "pairs_per_s" in r else "images/s"
+            rows.append([r["config"], f"{rate:,.0f} {unit}", r["seconds"]])
+        lines += _table(rows, ["config", "rate", "seconds"])
+        lines += [
+            "",
+            "The host pipeline must outrun the train step for the step to be the bottleneck; "
+            "compare its pairs/s with the step's above.",
+            "",
+        ]
+    lines += [
+        "### GPU target (not measured here)",
+        "",
+        "No GPU was available for these measurements. On one H100 the target is "
+        "**≥ 20,000 pairs/s** for ResNet-18 width 64, batch 256, queue 4096:",
+        "",
+        "```",
+        "python -m tfascl.benchmark --precision=mixed_bfloat16 --jit_compile --augment_on=device",
+        "python -m tfascl.benchmark --table=overhead --precision=mixed_bfloat16 --jit_compile "
+        "--augment_on=device --steps=50",
+        "```",
+        "",
+        "Published references for the same model on CIFAR-10 (50,000 pairs per epoch):",
+        "",
+        *[f"* {ref}" for ref in GPU_REFERENCES],
+        "",
+    ]
+    return lines
+
+
+def learning_section(results: Path) -> list[str]:
+    runs = [_load(p) for p in sorted(results.glob("learning_*.json"))]
+    if not runs:
+        return []
+    lines = ["## Learning (reduced protocol)", ""]
+    first = next((r for r in runs if r["method"] != "random"), runs[0])
+    settings = first["settings"]
+    lines += [
+        "One command runs it: `benchmarks/learning.sh` (flags: `benchmarks/learning.flags`; "
+        "each run is `python -m benchmarks.learning --flagfile=benchmarks/learning.flags "
+        "--method=M --seed=S`, logs in `benchmarks/results/logs/`).",
+        "",
+        f"ResNet-18 (CIFAR stem) width {settings['backbone_width']}, pretrained on a fixed "
+        f"stratified subset of {first['train_examples']} CIFAR-10 training images "
+        f"(`{settings['data']}`, subset seed {settings['subset_seed']}) for "
+        f"{settings['epochs']} epochs, batch {settings['batch_size']}, queue "
+        f"{settings['queue_size']}, SGD lr {settings['learning_rate']} (warm-up "
+        f"{settings['warmup_epochs']} epoch, cosine), wd {settings['weight_decay']}. "
+        f"Weighted kNN (k=200, t=0.1): the subset as memory bank, all "
+        f"{first['test_examples']} test images as queries. `random` is the untrained "
+        f"backbone of the same seed. Device: {first['device']}.",
+        "",
+    ]
+    by_method: dict[str, list[dict]] = {}
+    for run in runs:
+        by_method.setdefault(run["method"], []).append(run)
+    rows = []
+    for method in sorted(
+        by_method,
+        key=lambda m: ("random", "moco", "ascl").index(m) if m in ("random", "moco", "ascl") else 9,
+    ):
+        group = sorted(by_method[method], key=lambda r: r["seed"])
+        values = [r["knn_top1"] for r in group]
+        mean = statistics.mean(values)
+        spread = (max(values) - min(values)) / 2
+        rows.append(
+            [
+                method,
+                len(values),
+                f"{mean:.2f} ± {spread:.2f}",
+                ", ".join(f"{v:.2f} (seed {r['seed']})" for v, r in zip(values, group)),
+                "; ".join(" → ".join(f"e{e}: {a}" for e, a in r["knn_curve"]) for r in group),
+                ", ".join(f"{r['seconds'] / 60:.0f}" for r in group),
+            ]
+        )
+    lines += _table(
+        rows,
+        ["method", "seeds", "kNN top-1 % (mean ± half-range)", "per seed", "curve", "minutes"],
+    )
+    lines += [
+        "",
+        "Runs (date, load average at the end, commit):",
+        "",
+        *[
+            f"* {r['method']} seed {r['seed']}: {r['date']}, load {r['load_average_end'][0]}, "
+            f"commit {r['git_commit']}, `{r['command']}`"
+            for r in runs
+        ],
+        "",
+    ]
+    return lines
+
+
+def literature_section() -> list[str]:
+    lines = [
+        "## Full protocol (literature)",
+        "",
+        "CIFAR-10, ResNet-18, 200 epochs, weighted kNN top-1 — the numbers a full run "
+        "should be compared with:",
+        "",
+    ]
+    lines += _table([list(row) for row in LITERATURE], ["method", "kNN top-1 %", "source"])
+    lines += [
+        "",
+        "The full protocol with tfascl (flagfiles come with the CLI):",
+        "",
+        "```",
+        "tfascl-train --flagfile=flags/cifar10_ascl.flags --model_dir=runs/cifar10_ascl",
+        "tfascl-train --flagfile=flags/cifar10_moco.flags --model_dir=runs/cifar10_moco",
+        "```",
+        "",
+        "`model_dir/summary.json` holds the final and best kNN top-1.",
+        "",
+    ]
+    return lines
+
+
+def render(results: Path) -> str:
+    """The whole page."""
+    lines = [
+        "# Results",
+        "",
+        "<!-- Generated by `python -m benchmarks.make_results` from benchmarks/results/; "
+        "do not edit by hand. -->",
+        "",
+        f"Generated {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())} at commit "
+        f"`{_git('rev-parse', '--short', 'HEAD')}` (branch `{_git('branch', '--show-current')}`)"
+        f" on {_cpu()}. The machine was shared with other jobs while measuring: the load "
+        "average is given with each table, and only ratios measured side by side in one run "
+        "should be compared.",
+        "",
+    ]
+    lines += speed_section(results)
+    lines += learning_section(results)
+    lines += literature_section()
+    return "\n".join(lines).rstrip() + "\n"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--results", default="benchmarks/results")
+    parser.add_argument("--out", default="docs/RESULTS.md")
+    args = parser.parse_args()
+    Path(args.out).write_text(render(Path(args.results)))
+    print(f"wrote {args.out}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,49 @@
+#!/usr/bin/env bash
+# The speed tables of docs/RESULTS.md, one after the other (never two at once: they would
+# share the cores). Raw results: benchmarks/results/speed_*.json; logs: benchmarks/results/logs/.
+#   benchmarks/speed.sh                    # every table
+#   benchmarks/speed.sh overhead queue     # some of them
+# TORCH_PYTHON: a Python with torch for the comparison (not a tfascl dependency).
+# The CPU settings below are what a 2-core machine can time in minutes; on a GPU use the
+# defaults (width 64, batch 256), e.g. SWEEP="" benchmarks/speed.sh batch.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+PYTHON="${PYTHON:-python}"
+TORCH_PYTHON="${TORCH_PYTHON:-/work/torchvenv/bin/python}"
+# Sweeps at width 16, batch 128 (queue 1024) on CPU: width 64 takes ~6 s a step here.
+SWEEP="${SWEEP---backbone_width=16 --batch_size=128 --queue_size=1024}"
+# Timed steps: 1 warm-up window, then 3 windows of 1 step on CPU (a width-64 step takes up to
+# a minute on a busy 2-core machine); on a GPU use e.g. TIMING="--steps=50 --windows=5".
+TIMING="${TIMING---steps=1 --windows=3}"
+R=benchmarks/results
+mkdir -p "$R/logs"
+tables=("$@")
+[ ${#tables[@]} -eq 0 ] && tables=(torch overhead queue precision batch data)
+for table in "${tables[@]}"; do
+  echo "$(date -u +%T) $table"
+  case "$table" in
+    torch)
+      PYTHONPATH=. "$PYTHON" -m benchmarks.compare_torch --torch_python="$TORCH_PYTHON" \
+        --output="$R/speed_torch_vs_tf.json" >"$R/logs/compare_torch.log" 2>&1 ;;
+    overhead)
+      # shellcheck disable=SC2086
+      # The paper's setting: width 64, batch 256, queue 4096 and 65536.
+      PYTHONPATH=. "$PYTHON" -m tfascl.benchmark --table=overhead $TIMING \
+        --output="$R/speed_overhead.json" >"$R/logs/speed_overhead.log" 2>&1 ;;
+    batch)
+      # shellcheck disable=SC2086
+      PYTHONPATH=. "$PYTHON" -m tfascl.benchmark --table=batch $SWEEP $TIMING \
+        --output="$R/speed_batch.json" >"$R/logs/speed_batch.log" 2>&1 ;;
+    queue|precision)
+      # shellcheck disable=SC2086
+      PYTHONPATH=. "$PYTHON" -m tfascl.benchmark --table="$table" $SWEEP $TIMING \
+        --output="$R/speed_$table.json" >"$R/logs/speed_$table.log" 2>&1 ;;
+    data)
+      # benchmark_data does not repeat the data: 3 warm-up + 20 batches need 23·256 images.
+      PYTHONPATH=. "$PYTHON" -m tfascl.benchmark_data --max_examples=10000 --batches=20 \
+        >"$R/logs/data_pipeline.log" 2>&1
+      grep '^{' "$R/logs/data_pipeline.log" >"$R/data_pipeline.jsonl" ;;
+    *) echo "unknown table $table" >&2; exit 2 ;;
+  esac
+done
+echo "$(date -u +%T) done"

@@ -1,0 +1,414 @@
+"""Training-step throughput: the real ``fit`` path on batches already in memory.
+
+    python -m tfascl.benchmark [--method=ascl] [--backbone_width=64] [--batch_size=256]
+        [--queue_size=4096] [--precision=float32] [--jit_compile] [--augment_on=host]
+    python -m tfascl.benchmark --table=overhead|batch|queue|precision
+
+Each configuration builds its model the way a run does (``RunSpec.build_model``), compiles it
+with SGD and calls ``model.fit`` on ``tf.data.Dataset.from_tensors(batch).repeat()``: one
+synthetic batch that already sits in memory (on the accelerator when there is one), so the
+input pipeline is out of the measurement (``python -m tfascl.benchmark_data`` measures that
+apart, see docs/DATA.md). ``augment_on="device"`` feeds uint8 images and lets the model's
+``TwoViews`` layer augment them inside the step, as a device-augmenting run does.
+
+A configuration is first warmed up (tracing, XLA compilation, optimizer slots: one window),
+then timed over ``--windows`` windows of ``--steps`` steps, each window one ``fit`` epoch timed
+from ``on_epoch_begin`` to ``on_epoch_end`` (Keras turns the epoch's metrics into numbers
+there, so the window's work has finished). The windows of all configurations of a table are
+interleaved (A, B, A, B, ...) so that load from other processes on a shared machine falls on
+all of them alike; ratios within one table are therefore more trustworthy than absolute rates.
+
+Prints one JSON line per configuration, then a markdown table. ``pairs_per_sec`` is image
+pairs (one image → its two views) per second, the median over the windows.
+``peak_memory_mb`` is the accelerator's peak allocation during the configuration's windows
+(``tf.config.experimental.get_memory_info``); on CPU it is the process's maximum resident set
+size so far (``resource.getrusage``), which only grows: read it as an upper bound for the
+configurations measured after the first.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import os
+import platform
+import resource
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import keras
+import numpy as np
+import tensorflow as tf
+
+from tfascl.data import TwoViews
+from tfascl.runs import RunSpec
+
+PRECISIONS = ("float32", "mixed_bfloat16", "mixed_float16")
+TABLES = ("overhead", "batch", "queue", "precision")
+# CIFAR-10 channel statistics: only the arithmetic matters here, not the values.
+MEAN, STD = (0.4914, 0.4822, 0.4465), (0.247, 0.243, 0.261)
+
+
+@dataclasses.dataclass
+class Config:
+    """One measured configuration (the fields of every JSON line)."""
+
+    method: str = "ascl"
+    backbone: str = "resnet18"
+    backbone_width: int = 64
+    batch_size: int = 256
+    queue_size: int = 4096
+    precision: str = "float32"
+    jit_compile: bool = False
+    augment_on: str = "host"
+    image_size: int = 32
+
+
+@dataclasses.dataclass
+class Measurement:
+    """A built, compiled model and the timings of its windows."""
+
+    config: Config
+    model: keras.Model
+    dataset: tf.data.Dataset
+    window_seconds: list[float] = dataclasses.field(default_factory=list)
+    window_loads: list[float] = dataclasses.field(default_factory=list)
+    warmup_seconds: float = 0.0
+    peak_memory_mb: float = 0.0
+
+
+class _WindowTimer(keras.callbacks.Callback):
+    """Seconds of the last epoch, from its beginning to its end (after the metrics sync)."""
+
+    seconds = 0.0
+
+    def on_epoch_begin(self, epoch: int, logs: dict | None = None) -> None:
+        self._start = time.perf_counter()
+
+    def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None:
+        self.seconds = time.perf_counter() - self._start
+
+
+def device_name() -> str:
+    """``"GPU: <name>"`` for the first GPU, else ``"CPU: <model> x<cores>"``."""
+    gpus = tf.config.list_physical_devices("GPU")
+    if gpus:
+        details = tf.config.experimental.get_device_details(gpus[0])
+        return f"GPU: {details.get('device_name', gpus[0].name)}"
+    model = platform.processor() or "unknown"
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                model = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    return f"CPU: {model} x{os.cpu_count()}"
+
+
+def _git_commit() -> str:
+    try:
+        return subprocess.run(
+            ["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, check=True
+        ).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown"
+
+
+def _on_gpu() -> bool:
+    return bool(tf.config.list_physical_devices("GPU"))
+
+
+def _memory_mb() -> float:
+    """Peak accelerator allocation since the last reset, or the process's max RSS on CPU."""
+    if _on_gpu():
+        return tf.config.experimental.get_memory_info("GPU:0")["peak"] / 2**20
+    # ru_maxrss is in kilobytes on Linux.
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def _reset_memory() -> None:
+    if _on_gpu():
+        tf.config.experimental.reset_memory_stats("GPU:0")
+
+
+def forward_flops(model: keras.Model) -> int:
+    """Multiply-adds × 2 of one image through a functional model's Conv2D and Dense layers."""
+    flops = 0
+    for layer in model.layers:
+        if isinstance(layer, keras.Model):
+            flops += forward_flops(layer)
+        elif isinstance(layer, keras.layers.Conv2D):
+            _, height, width, channels = layer.output.shape
+            kernel = int(np.prod(layer.kernel.shape[:-1]))  # kh · kw · C_in
+            flops += 2 * height * width * channels * kernel
+        elif isinstance(layer, keras.layers.Dense):
+            flops += 2 * int(np.prod(layer.kernel.shape))
+    return flops
+
+
+def flops_per_pair(model: keras.Model) -> int:
+    """Train-step FLOPs per image pair: query forward + backward (≈ 2× forward) + key forward.
+
+    The queue logits, the EMA and the optimizer are left out (under 1% at width 64).
+    """
+    encoder = forward_flops(model.backbone) + forward_flops(model.projector)
+    return 4 * encoder
+
+
+def matmul_gflops(size: int = 4096, repeats: int = 5) -> float:
+    """This machine's float32 matmul rate (GFLOP/s, best of ``repeats``): the practical peak."""
+    a = tf.random.normal([size, size])
+    b = tf.random.normal([size, size])
+    matmul = tf.function(lambda: tf.reduce_sum(tf.matmul(a, b)))
+    matmul().numpy()
+    best = float("inf")
+    for _ in range(repeats):
+        started = time.perf_counter()
+        matmul().numpy()
+        best = min(best, time.perf_counter() - started)
+    return 2 * size**3 / best / 1e9
+
+
+def synthetic_batch(config: Config, seed: int = 0) -> tuple:
+    """One batch in the form ``fit`` gets it for ``config.augment_on``.
+
+    Host: ``((strong, weak), labels)`` float32 views; device: ``(uint8 images, labels)``.
+    """
+    rng = np.random.default_rng(seed)
+    shape = (config.batch_size, config.image_size, config.image_size, 3)
+    labels = tf.constant(rng.integers(0, 10, config.batch_size), tf.int64)
+    if config.augment_on == "device":
+        return tf.constant(rng.integers(0, 256, shape, dtype=np.uint8)), labels
+    strong = tf.constant(rng.standard_normal(shape, dtype=np.float32))
+    weak = tf.constant(rng.standard_normal(shape, dtype=np.float32))
+    return (strong, weak), labels
+
+
+def build(config: Config, steps: int) -> Measurement:
+    """Builds and compiles the model of ``config`` and its endless one-batch dataset."""
+    if config.augment_on not in ("host", "device"):
+        raise ValueError(f"augment_on must be 'host' or 'device', got {config.augment_on!r}")
+    if config.precision not in PRECISIONS:
+        raise ValueError(f"precision must be one of {PRECISIONS}, got {config.precision!r}")
+    keras.mixed_precision.set_global_policy(config.precision)
+    try:
+        spec = RunSpec(
+            method=config.method,
+            backbone=config.backbone,
+            backbone_width=config.backbone_width,
+            image_size=config.image_size,
+            queue_size=config.queue_size,
+            batch_size=config.batch_size,
+            total_steps=1_000_000,
+            mean=MEAN,
+            std=STD,
+        )
+        views = (
+            TwoViews(config.image_size, MEAN, STD, seed=0)
+            if config.augment_on == "device"
+            else None
+        )
+        model = spec.build_model(views=views)
+        model.compile(
+            optimizer=keras.optimizers.SGD(0.03, momentum=0.9), jit_compile=config.jit_compile
+        )
+    finally:
+        # The policy is read when layers are created; later configurations start clean.
+        keras.mixed_precision.set_global_policy("float32")
+    dataset = tf.data.Dataset.from_tensors(synthetic_batch(config)).repeat()
+    if _on_gpu():
+        # Keep the batch resident on the device: the step then never waits for a host copy.
+        dataset = dataset.apply(tf.data.experimental.copy_to_device("/gpu:0"))
+    return Measurement(config, model, dataset.prefetch(2))
+
+
+def _run_window(measurement: Measurement, steps: int) -> float:
+    timer = _WindowTimer()
+    measurement.model.fit(
+        measurement.dataset, epochs=1, steps_per_epoch=steps, verbose=0, callbacks=[timer]
+    )
+    return timer.seconds
+
+
+def measure(configs: list[Config], steps: int = 2, windows: int = 3) -> list[dict[str, Any]]:
+    """Warms up every configuration, then times their windows interleaved.
+
+    Args:
+        configs: What to measure.
+        steps: Train steps per window (and in the warm-up).
+        windows: Timed windows per configuration.
+
+    Returns:
+        One record per configuration: the ``Config`` fields plus ``device``,
+        ``pairs_per_sec``, ``step_ms``, ``peak_memory_mb``, ``warmup_s``, ``windows``,
+        ``steps_per_window`` and ``load_average``.
+    """
+    measurements = []
+    for config in configs:
+        measurement = build(config, steps)
+        _reset_memory()
+        started = time.perf_counter()
+        _run_window(measurement, steps)
+        measurement.warmup_seconds = time.perf_counter() - started
+        measurement.peak_memory_mb = _memory_mb()
+        measurements.append(measurement)
+    for _ in range(windows):
+        for measurement in measurements:
+            _reset_memory()
+            measurement.window_seconds.append(_run_window(measurement, steps))
+            measurement.window_loads.append(round(os.getloadavg()[0], 2))
+            measurement.peak_memory_mb = max(measurement.peak_memory_mb, _memory_mb())
+    device = device_name()
+    records = []
+    for m in measurements:
+        seconds = statistics.median(m.window_seconds)
+        pairs_per_sec = steps * m.config.batch_size / seconds
+        flops = flops_per_pair(m.model)
+        records.append(
+            dataclasses.asdict(m.config)
+            | {
+                "device": device,
+                "pairs_per_sec": round(pairs_per_sec, 2),
+                "step_ms": round(1000 * seconds / steps, 1),
+                "peak_memory_mb": round(m.peak_memory_mb, 1),
+                "gflop_per_pair": round(flops / 1e9, 3),
+                "achieved_gflops": round(flops * pairs_per_sec / 1e9, 1),
+                "warmup_s": round(m.warmup_seconds, 1),
+                "window_s": [round(s, 3) for s in m.window_seconds],
+                "steps_per_window": steps,
+                "load_average": [round(x, 2) for x in os.getloadavg()],
+                "window_load_average": m.window_loads,  # 1-minute load after each window
+            }
+        )
+    return records
+
+
+def table_configs(table: str, base: Config) -> list[Config]:
+    """The configurations of a preset table, varying one thing around ``base``."""
+    replace = dataclasses.replace
+    if table == "overhead":
+        return [
+            replace(base, method=method, queue_size=queue)
+            for queue in (4096, 65536)
+            for method in ("moco", "ascl")
+        ]
+    if table == "batch":
+        return [replace(base, batch_size=b) for b in (64, 128, 256, 512, 1024)]
+    if table == "queue":
+        return [replace(base, queue_size=q) for q in (4096, 8192, 16384, 32768, 65536)]
+    if table == "precision":
+        configs = [
+            replace(base, precision=p, jit_compile=j)
+            for p in ("float32", "mixed_bfloat16")
+            for j in (False, True)
+        ]
+        if _on_gpu():
+            configs += [replace(base, precision="mixed_float16", jit_compile=True)]
+        return configs
+    raise ValueError(f"table must be one of {TABLES}, got {table!r}")
+
+
+def add_overheads(records: list[dict[str, Any]]) -> None:
+    """Adds ``overhead_vs_moco`` (step-time increase over MoCo at the same settings)."""
+    keys = ("backbone_width", "batch_size", "queue_size", "precision", "jit_compile", "augment_on")
+    moco = {tuple(r[k] for k in keys): r for r in records if r["method"] == "moco"}
+    for record in records:
+        reference = moco.get(tuple(record[k] for k in keys))
+        if reference and record["method"] != "moco":
+            record["overhead_vs_moco"] = round(record["step_ms"] / reference["step_ms"] - 1, 4)
+
+
+COLUMNS = (
+    "method",
+    "backbone_width",
+    "batch_size",
+    "queue_size",
+    "precision",
+    "jit_compile",
+    "augment_on",
+    "pairs_per_sec",
+    "step_ms",
+    "peak_memory_mb",
+    "overhead_vs_moco",
+)
+
+
+def markdown_table(records: list[dict[str, Any]]) -> str:
+    """The records as a markdown table (``overhead_vs_moco`` as a percentage)."""
+    columns = [c for c in COLUMNS if any(c in r for r in records)]
+    lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
+    for record in records:
+        cells = []
+        for column in columns:
+            value = record.get(column, "")
+            if column == "overhead_vs_moco" and value != "":
+                value = f"{100 * value:+.1f}%"
+            cells.append(str(value))
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--table", choices=TABLES, default=None, help="a preset sweep")
+    parser.add_argument("--method", default="ascl")
+    parser.add_argument("--backbone", default="resnet18")
+    parser.add_argument("--backbone_width", type=int, default=64)
+    parser.add_argument("--batch_size", type=int, default=256)
+    parser.add_argument("--queue_size", type=int, default=4096)
+    parser.add_argument("--precision", choices=PRECISIONS, default="float32")
+    parser.add_argument("--jit_compile", action=argparse.BooleanOptionalAction, default=False)
+    parser.add_argument("--augment_on", choices=("host", "device"), default="host")
+    parser.add_argument("--image_size", type=int, default=32)
+    parser.add_argument("--steps", type=int, default=2, help="train steps per timed window")
+    parser.add_argument("--windows", type=int, default=3, help="timed windows per config")
+    parser.add_argument("--output", default=None, help="also write the records to this JSON")
+    return parser.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
+    """Measures the chosen configuration or table; prints JSON lines and a markdown table."""
+    args = parse_args(argv)
+    commit = _git_commit()  # the code this run started with
+    base = Config(
+        method=args.method,
+        backbone=args.backbone,
+        backbone_width=args.backbone_width,
+        batch_size=args.batch_size,
+        queue_size=args.queue_size,
+        precision=args.precision,
+        jit_compile=args.jit_compile,
+        augment_on=args.augment_on,
+        image_size=args.image_size,
+    )
+    configs = table_configs(args.table, base) if args.table else [base]
+    records = measure(configs, args.steps, args.windows)
+    add_overheads(records)
+    command = "python -m tfascl.benchmark " + " ".join(sys.argv[1:] if argv is None else argv)
+    for record in records:
+        record["command"] = command.strip()
+        print(json.dumps(record), flush=True)
+    print()
+    print(markdown_table(records))
+    if args.output:
+        Path(args.output).parent.mkdir(parents=True, exist_ok=True)
+        payload = {
+            "kind": "speed",
+            "table": args.table,
+            "command": command.strip(),
+            "date": time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime()),
+            "git_commit": commit,
+            "records": records,
+        }
+        Path(args.output).write_text(json.dumps(payload, indent=2) + "\n")
+    return records
+
+
+if __name__ == "__main__":
+    main()
