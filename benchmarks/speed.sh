@@ -3,7 +3,8 @@
 # share the cores). Raw results: benchmarks/results/speed_*.json; logs: benchmarks/results/logs/.
 #   benchmarks/speed.sh                    # every table
 #   benchmarks/speed.sh overhead queue     # some of them
-# TORCH_PYTHON: a Python with torch for the comparison (not a tfascl dependency).
+# TORCH_PYTHON: a Python with torch for the comparison (not a tfascl dependency); ROUNDS: how
+# many TF-then-torch rounds it alternates (default 3).
 # The CPU settings below are what a 2-core machine can time in minutes; on a GPU use the
 # defaults (width 64, batch 256), e.g. SWEEP="" benchmarks/speed.sh batch.
 set -euo pipefail
@@ -23,8 +24,9 @@ for table in "${tables[@]}"; do
   echo "$(date -u +%T) $table"
   case "$table" in
     torch)
+      # shellcheck disable=SC2086
       PYTHONPATH=. "$PYTHON" -m benchmarks.compare_torch --torch_python="$TORCH_PYTHON" \
-        --output="$R/speed_torch_vs_tf.json" >"$R/logs/compare_torch.log" 2>&1 ;;
+        --rounds="${ROUNDS:-3}" $TIMING --output="$R/speed_torch_vs_tf.json" >"$R/logs/compare_torch.log" 2>&1 ;;
     overhead)
       # shellcheck disable=SC2086
       # The paper's setting: width 64, batch 256, queue 4096 and 65536.
