@@ -3,21 +3,10 @@
 import keras
 import numpy as np
 import pytest
+import tensorflow as tf
+from helpers import tiny_spec
 
 from tfascl import runs
-
-
-def tiny_spec(**overrides):
-    values = dict(
-        method="ascl",
-        backbone_width=4,
-        image_size=16,
-        num_splits=2,
-        projector_dims=(16, 8),
-        queue_size=16,
-        batch_size=8,
-    )
-    return runs.RunSpec(**{**values, **overrides})
 
 
 def test_spec_round_trips_and_restores_weights(tmp_path):
@@ -44,6 +33,10 @@ def test_missing_run_and_checkpoint_are_clear_errors(tmp_path):
         runs.load_spec(tmp_path)
     runs.save_spec(tiny_spec(), tmp_path)
     with pytest.raises(FileNotFoundError, match="no 'latest' checkpoint"):
+        runs.restore_model(tmp_path)
+    # A checkpoint without the model's weights is an error, not a silently random model.
+    tf.train.Checkpoint(step=tf.Variable(3)).save(str(runs.checkpoint_dir(tmp_path) / "ckpt"))
+    with pytest.raises(ValueError, match="does not hold this run's model"):
         runs.restore_model(tmp_path)
     with pytest.raises(ValueError, match="unknown RunSpec fields"):
         runs.RunSpec.from_dict({"methd": "ascl"})

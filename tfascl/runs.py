@@ -164,9 +164,19 @@ def restore_model(model_dir: str | Path, which: str = "latest") -> tuple[keras.M
 
     Returns:
         ``(model, spec, checkpoint_path)``.
+
+    Raises:
+        ValueError: one line, when the checkpoint lacks weights of this model (e.g. it
+            was written by another program), rather than going on with random ones.
     """
     spec = load_spec(model_dir)
     path = find_checkpoint(model_dir, which)
     model = spec.build_model()
-    tf.train.Checkpoint(model=model).restore(path).expect_partial()
+    status = tf.train.Checkpoint(model=model).restore(path)
+    status.expect_partial()  # the optimizer's slots are not wanted here
+    try:
+        status.assert_existing_objects_matched()
+    except AssertionError as error:
+        summary = str(error).split(",")[0]
+        raise ValueError(f"{path} does not hold this run's model ({summary})") from None
     return model, spec, path
