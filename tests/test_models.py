@@ -7,6 +7,7 @@ import tensorflow as tf
 
 import tfascl
 from tfascl.models import KeyQueue, MomentumContrast, SplitBatchNorm
+from tfascl.models.batchnorm import split_batch_norm
 
 SIZE, WIDTH, BATCH, QUEUE = 16, 4, 8, 32
 
@@ -156,6 +157,41 @@ def test_split_batchnorm_normalises_each_group_and_averages_moving_stats():
     np.testing.assert_allclose(
         layer.moving_mean.numpy(), (x[:2].mean(0) + x[2:].mean(0)) / 2, atol=1e-6
     )
+
+
+@pytest.mark.parametrize("shape", [(8, 3, 3, 4), (6, 5)])
+def test_split_batch_norm_gradient_matches_float64_autodiff(shape):
+    # The closed-form backward pass against TensorFlow's autodiff of the plain formula in
+    # float64: per group (consecutive samples) y = γ·(x − μ)/√(σ² + ε) + β.
+    splits, epsilon = 2, 1e-3
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal(shape) * 3 + 1
+    gamma, beta = rng.random(shape[-1]) + 0.5, rng.standard_normal(shape[-1])
+    upstream = rng.standard_normal(shape)
+
+    def gradients(x, gamma, beta, function):
+        x, gamma, beta = (tf.constant(v) for v in (x, gamma, beta))
+        with tf.GradientTape() as tape:
+            tape.watch([x, gamma, beta])
+            y = function(x, gamma, beta)
+            loss = tf.reduce_sum(y * upstream)
+        return [y.numpy(), *(g.numpy() for g in tape.gradient(loss, [x, gamma, beta]))]
+
+    def reference(x, gamma, beta):
+        groups = tf.reshape(x, (splits, -1, *shape[1:]))
+        axes = list(range(1, len(shape)))
+        mean = tf.reduce_mean(groups, axes, keepdims=True)
+        variance = tf.reduce_mean((groups - mean) ** 2, axes, keepdims=True)
+        y = (groups - mean) / tf.sqrt(variance + epsilon) * gamma + beta
+        return tf.reshape(y, shape)
+
+    want = gradients(x, gamma, beta, reference)
+    got = gradients(
+        *(v.astype(np.float32) for v in (x, gamma, beta)),
+        lambda x, g, b: split_batch_norm(x, g, b, splits, epsilon)[0],
+    )
+    for name, g, w in zip(("y", "dx", "dgamma", "dbeta"), got, want):
+        np.testing.assert_allclose(g, w, rtol=1e-4, atol=1e-4, err_msg=name)
 
 
 def test_checkpoint_restores_the_run_exactly(tmp_path):

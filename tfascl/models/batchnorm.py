@@ -13,7 +13,7 @@ from __future__ import annotations
 from collections.abc import Callable
 
 import keras
-from keras import ops
+import tensorflow as tf
 
 NORMS = ("split", "batch", "sync")
 
@@ -52,31 +52,78 @@ class SplitBatchNorm(keras.layers.BatchNormalization):
                 f"SplitBatchNorm: batch size {batch} is not divisible by "
                 f"num_splits={self.num_splits}"
             )
-        x = ops.cast(inputs, "float32")
-        rest = tuple(ops.shape(x)[1:])
-        # [S, B/S, ..., C]: statistics over everything but the split and channel axes.
-        grouped = ops.reshape(x, (self.num_splits, -1, *rest))
-        axes = tuple(range(1, len(grouped.shape) - 1))
-        mean = ops.mean(grouped, axis=axes, keepdims=True)
-        variance = ops.var(grouped, axis=axes, keepdims=True)
-        normed = (grouped - mean) * ops.rsqrt(variance + self.epsilon)
-        if self.scale:
-            normed = normed * ops.cast(self.gamma, "float32")
-        if self.center:
-            normed = normed + ops.cast(self.beta, "float32")
-        channels = (-1,)
-        batch_mean = ops.reshape(ops.mean(mean, axis=0), channels)
-        batch_variance = ops.reshape(ops.mean(variance, axis=0), channels)
-        self.moving_mean.assign(
-            self.moving_mean * self.momentum + batch_mean * (1.0 - self.momentum)
+        channels = inputs.shape[-1]
+        gamma = tf.cast(self.gamma, tf.float32) if self.scale else tf.ones([channels])
+        beta = tf.cast(self.beta, tf.float32) if self.center else tf.zeros([channels])
+        normed, mean, variance = split_batch_norm(
+            tf.cast(inputs, tf.float32), gamma, beta, self.num_splits, self.epsilon
         )
+        self.moving_mean.assign(self.moving_mean * self.momentum + mean * (1.0 - self.momentum))
         self.moving_variance.assign(
-            self.moving_variance * self.momentum + batch_variance * (1.0 - self.momentum)
+            self.moving_variance * self.momentum + variance * (1.0 - self.momentum)
         )
-        return ops.cast(ops.reshape(normed, ops.shape(inputs)), self.compute_dtype)
+        return tf.cast(normed, self.compute_dtype)
 
     def get_config(self) -> dict:
         return {**super().get_config(), "num_splits": self.num_splits}
+
+
+def split_batch_norm(
+    x: tf.Tensor, gamma: tf.Tensor, beta: tf.Tensor, num_splits: int, epsilon: float
+) -> tuple[tf.Tensor, tf.Tensor, tf.Tensor]:
+    """Training-mode batch norm over ``num_splits`` groups of the batch, with its gradient.
+
+    The batch [B, ..., C] is viewed as S groups [S, B/S, ..., C] (consecutive samples);
+    each group is normalised with its own mean μ_s and biased variance σ²_s over the
+    B/S · (spatial) values of each channel: ``y = γ · (x − μ_s)/√(σ²_s + ε) + β``.
+
+    The gradient is the closed form of batch norm's backward pass
+    (``dx = γ/(n·√(σ²+ε)) · (n·dy − Σdy − x̂·Σ(dy·x̂))`` per group, n values per channel)
+    rather than autodiff through the mean and variance: on a CPU that takes under half
+    the time (see benchmarks/split_bn.py), and split BN sits after every convolution.
+
+    Args:
+        x: [B, ..., C] float32, B divisible by S.
+        gamma: [C] float32 scale γ.
+        beta: [C] float32 offset β.
+        num_splits: S.
+        epsilon: ε.
+
+    Returns:
+        ``(y, mean, variance)``: y [B, ..., C]; the mean and biased variance [C] averaged
+        over the groups (what the moving statistics are updated with), without gradient.
+    """
+    grouped = tf.reshape(x, tf.concat([[num_splits, -1], tf.shape(x)[1:]], axis=0))
+    axes = list(range(1, x.shape.rank))  # all but the group and channel axes
+    count = tf.cast(tf.reduce_prod(tf.shape(grouped)[1:-1]), tf.float32)  # n
+    mean, variance = tf.nn.moments(tf.stop_gradient(grouped), axes, keepdims=True)
+    inv_std = tf.math.rsqrt(variance + epsilon)  # [S, 1, ..., 1, C]
+
+    @tf.custom_gradient
+    def normalise(grouped: tf.Tensor, gamma: tf.Tensor, beta: tf.Tensor) -> tuple:
+        x_hat = (grouped - mean) * inv_std
+        y = x_hat * gamma + beta
+
+        def gradient(dy: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor, tf.Tensor]:
+            sum_dy = tf.reduce_sum(dy, axes, keepdims=True)
+            sum_dy_x_hat = tf.reduce_sum(dy * x_hat, axes, keepdims=True)
+            dx = (gamma * inv_std / count) * (count * dy - sum_dy - x_hat * sum_dy_x_hat)
+            over_groups = [0, *axes]
+            return (
+                dx,
+                tf.reduce_sum(sum_dy_x_hat, over_groups),
+                tf.reduce_sum(sum_dy, over_groups),
+            )
+
+        return y, gradient
+
+    y = tf.reshape(normalise(grouped, gamma, beta), tf.shape(x))
+    channels = [-1]
+    return (
+        y,
+        tf.reshape(tf.reduce_mean(mean, axis=0), channels),
+        tf.reshape(tf.reduce_mean(variance, axis=0), channels),
+    )
 
 
 def norm_factory(norm: str = "split", num_splits: int = 8) -> Callable[..., keras.layers.Layer]:
