@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from tfascl import train
+from tfascl import train_config
 
 FLAGS_DIR = Path(__file__).resolve().parents[1] / "flags"
 RECIPES = sorted(p for p in FLAGS_DIR.glob("*.flags") if not p.name.startswith("base_"))
@@ -16,15 +16,15 @@ METHODS = ("moco", "ascl", "ahcl", "hard", "sce", "ressl", "byol", "byol_ascl")
 
 def parse(*args):
     """Parses args as tfascl-train would (flagfiles expanded) into a TrainConfig."""
-    train.FLAGS.unparse_flags()
-    train.FLAGS(train.expand_flagfiles(["tfascl-train", *args]))
-    return train.config_from_flags()
+    train_config.FLAGS.unparse_flags()
+    train_config.FLAGS(train_config.expand_flagfiles(["tfascl-train", *args]))
+    return train_config.config_from_flags()
 
 
 @pytest.fixture(autouse=True)
 def reset_flags():
     yield
-    train.FLAGS.unparse_flags()
+    train_config.FLAGS.unparse_flags()
 
 
 def test_there_is_a_recipe_for_every_dataset_and_method():
@@ -50,7 +50,7 @@ def test_every_flag_line_has_a_source_comment_above_it(path):
 def test_recipe_parses_and_validates(path, tmp_path):
     # Datasets other than digits are not on this machine: swap the data, keep the rest.
     config = parse(f"--flagfile={path}", "--dataset=digits", f"--model_dir={tmp_path}")
-    train.validate(config)
+    train_config.validate(config)
     method = path.stem.split("_", 1)[1] if "_" in path.stem else None
     if path.stem != "cpu_smoke":
         assert config.method == method
@@ -111,17 +111,17 @@ def test_nested_flagfiles_resolve_against_the_including_file(tmp_path, monkeypat
     (tmp_path / "sub" / "base.flags").write_text("# base\n--epochs=7\n")
     (tmp_path / "top.flags").write_text("# top\n--flagfile=sub/base.flags\n// also a comment\n")
     monkeypatch.chdir(FLAGS_DIR.parent.parent)  # anywhere but tmp_path
-    assert train.expand_flagfiles([f"--flagfile={tmp_path / 'top.flags'}"]) == ["--epochs=7"]
-    with pytest.raises(train.FlagError, match=r"--flagfile=missing\.flags"):
-        train.expand_flagfiles(["--flagfile=missing.flags"])
+    assert train_config.expand_flagfiles([f"--flagfile={tmp_path / 'top.flags'}"]) == ["--epochs=7"]
+    with pytest.raises(train_config.FlagError, match=r"--flagfile=missing\.flags"):
+        train_config.expand_flagfiles(["--flagfile=missing.flags"])
 
 
 def test_no_flags_is_the_small_digits_default():
     config = parse()
     assert (config.dataset, config.method, config.backbone) == ("digits", "ascl", "resnet18")
     assert 8 <= config.backbone_width <= 32
-    assert re.fullmatch(r"runs/ascl_digits", str(train.resolve_model_dir(config)))
+    assert re.fullmatch(r"runs/ascl_digits", str(train_config.resolve_model_dir(config)))
 
 
 def test_config_defaults_are_the_flag_defaults():
-    assert parse() == train.TrainConfig()
+    assert parse() == train_config.TrainConfig()

@@ -1,19 +1,17 @@
 """Every bad flag stops tfascl-train before anything is built, with one line naming it."""
 
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
+from helpers import run_python
 
-from tfascl import train
+from tfascl import train_config
 
 REPO = Path(__file__).resolve().parents[1]
 
 
 def config(tmp_path, **changes):
-    base = train.TrainConfig(
+    base = train_config.TrainConfig(
         model_dir=str(tmp_path / "run"), batch_size=16, queue_size=64, backbone_width=4
     )
     for name, value in changes.items():
@@ -45,43 +43,46 @@ def config(tmp_path, **changes):
     ],
 )
 def test_bad_flag_is_one_line_naming_it(tmp_path, changes, flag):
-    with pytest.raises(train.FlagError) as error:
-        train.validate(config(tmp_path, **changes))
+    with pytest.raises(train_config.FlagError) as error:
+        train_config.validate(config(tmp_path, **changes))
     message = str(error.value)
     assert message.startswith(f"{flag}=") and "\n" not in message
     assert not (tmp_path / "run").exists()  # checked before anything is made
 
 
+def test_unprepared_tfds_names_where_it_looked(tmp_path):
+    # Without --data_dir the message names TFDS's own default, resolved, not a placeholder.
+    import tensorflow_datasets as tfds
+
+    with pytest.raises(
+        train_config.FlagError, match=r"^--dataset=cifar10: .*not prepared"
+    ) as error:
+        train_config.validate(config(tmp_path, dataset="cifar10", data_dir=str(tmp_path / "tfds")))
+    assert f"looked for {tmp_path / 'tfds' / 'cifar10'}" in str(error.value)
+    default = tfds.builder("cifar10").data_dir
+    with pytest.raises(train_config.FlagError, match="not prepared") as error:
+        train_config.validate(config(tmp_path, dataset="cifar10"))
+    assert f"looked for {default}" in str(error.value)
+
+
 def test_model_dir_must_be_writable(tmp_path):
     (tmp_path / "file").write_text("")
-    with pytest.raises(train.FlagError, match=r"^--model_dir=.*not writable"):
-        train.validate(config(tmp_path, model_dir=str(tmp_path / "file" / "run")))
+    with pytest.raises(train_config.FlagError, match=r"^--model_dir=.*not writable"):
+        train_config.validate(config(tmp_path, model_dir=str(tmp_path / "file" / "run")))
 
 
 def test_replica_checks_need_the_strategy(tmp_path):
-    with pytest.raises(train.FlagError, match=r"^--batch_size=16: .*3 replicas"):
-        train.check_replicas(config(tmp_path), 3)
-    with pytest.raises(train.FlagError, match=r"^--num_splits=3: .*per-replica batch 16"):
-        train.check_replicas(config(tmp_path, num_splits=3), 1)
-    resolved = train.check_replicas(config(tmp_path, num_splits=3), 2)  # sync BN: no splits
+    with pytest.raises(train_config.FlagError, match=r"^--batch_size=16: .*3 replicas"):
+        train_config.check_replicas(config(tmp_path), 3)
+    with pytest.raises(train_config.FlagError, match=r"^--num_splits=3: .*per-replica batch 16"):
+        train_config.check_replicas(config(tmp_path, num_splits=3), 1)
+    resolved = train_config.check_replicas(config(tmp_path, num_splits=3), 2)  # sync BN: no splits
     assert (resolved.norm, resolved.jit_compile) == ("sync", False)
-    assert train.check_replicas(config(tmp_path), 1).norm == "split"
+    assert train_config.check_replicas(config(tmp_path), 1).norm == "split"
 
 
 def test_the_default_config_is_valid(tmp_path):
-    train.validate(train.TrainConfig(model_dir=str(tmp_path)))
-
-
-def run_cli(*args, cwd):
-    env = {**os.environ, "PYTHONPATH": str(REPO), "TF_CPP_MIN_LOG_LEVEL": "3"}
-    return subprocess.run(
-        [sys.executable, "-m", "tfascl.train", *args],
-        cwd=cwd,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
+    train_config.validate(train_config.TrainConfig(model_dir=str(tmp_path)))
 
 
 @pytest.mark.parametrize(
@@ -95,27 +96,21 @@ def run_cli(*args, cwd):
 def test_flag_parse_errors_are_one_line_and_exit_2(args, flag, capsys):
     try:
         with pytest.raises(SystemExit) as exit_info:
-            train.parse_flags(["tfascl-train", *args])
-            train.config_from_flags()  # projector_dims is checked here
-    except train.FlagError as error:  # what main() prints as one line
+            train_config.parse_flags(["tfascl-train", *args])
+            train_config.config_from_flags()  # projector_dims is checked here
+    except train_config.FlagError as error:  # what main() prints as one line
         assert str(error).startswith(flag) and "\n" not in str(error)
         return
     finally:
-        train.FLAGS.unparse_flags()
+        train_config.FLAGS.unparse_flags()
     assert exit_info.value.code == 2
     lines = [line for line in capsys.readouterr().err.splitlines() if line.strip()]
     assert len(lines) == 1 and flag in lines[0] and lines[0].startswith("tfascl-train: error:")
 
 
 def test_cli_exits_2_with_one_line_before_building_anything(tmp_path):
-    env = {**os.environ, "PYTHONPATH": str(REPO), "TF_CPP_MIN_LOG_LEVEL": "3"}
-    result = subprocess.run(
-        [sys.executable, "-m", "tfascl.train", "--queue_size=100", f"--model_dir={tmp_path / 'r'}"],
-        cwd=tmp_path,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=120,
+    result = run_python(
+        "-m", "tfascl.train", "--queue_size=100", f"--model_dir={tmp_path / 'r'}", cwd=tmp_path
     )
     assert result.returncode == 2, result.stderr
     lines = [line for line in result.stderr.splitlines() if line.strip()]

@@ -5,8 +5,8 @@ data for a few minutes on a CPU and prints the kNN accuracy. Paper recipes are
 flagfiles: ``tfascl-train --flagfile=flags/cifar10_ascl.flags --model_dir=runs/c10``.
 Re-running the same command resumes from the last checkpoint (see docs/CLI.md).
 
-This is the only module that reads flags: ``config_from_flags`` turns them into a
-``TrainConfig`` and everything below takes plain arguments.
+The flags, ``TrainConfig`` and validation live in ``tfascl.train_config``; this module
+runs what they describe: data, model, strategy, checkpoints, callbacks and the report.
 """
 
 from __future__ import annotations
@@ -24,416 +24,49 @@ from typing import Any
 
 import keras
 import tensorflow as tf
-from absl import app, flags, logging
+from absl import app, logging
 
 from tfascl import callbacks as cbs
 from tfascl import data
 from tfascl.distribute import fit_loop, make_strategy
-from tfascl.models.backbones import RESNETS, STEMS, default_stem
-from tfascl.models.batchnorm import NORMS
-from tfascl.models.registry import METHODS
-from tfascl.optim import OPTIMIZER_NAMES, WarmupCosine, build_optimizer, scaled_learning_rate
+from tfascl.optim import WarmupCosine, build_optimizer, scaled_learning_rate
 from tfascl.runs import RunSpec, checkpoint_dir, save_spec
-
-FLAGS = flags.FLAGS
-
-EXIT_USAGE = 2  # a bad flag, dataset or model_dir: nothing was built
-EXIT_FAILED = 1  # training failed (non-finite loss)
-EXIT_INTERRUPTED = 130  # Ctrl-C, after saving a checkpoint
-
-QUEUE_METHODS = tuple(name for name, (cls, _, _) in METHODS.items() if cls.__name__ != "BYOL")
-RELABEL_METHODS = ("ascl", "ahcl", "hard", "byol_ascl")
-# Flags that define the model or the data stream: resuming with other values is
-# refused (unless --force), since it would not continue the same run.
-KEY_FLAGS = (
-    "method",
-    "dataset",
-    "backbone",
-    "backbone_width",
-    "projector_dims",
-    "stem",
-    "image_size",
-    "batch_size",
-    "queue_size",
+from tfascl.train_config import (
+    EXIT_FAILED,
+    EXIT_INTERRUPTED,
+    EXIT_USAGE,
+    FLAGS,
+    FLAGS_FILE,
+    SUMMARY_FILE,
+    FlagError,
+    TrainConfig,
+    check_previous_run,
+    check_replicas,
+    config_from_flags,
+    expand_flagfiles,
+    fail_usage,
+    parse_flags,
+    require,
+    resolve_model_dir,
+    validate,
 )
-# Total downsampling of the backbone for each stem: the image side must be a multiple.
-STEM_STRIDES = {"cifar": 8, "cifar_pool": 16, "imagenet": 32}
-PRECISIONS = ("float32", "mixed_bfloat16", "mixed_float16")
-FLAGS_FILE = "flags.json"
-SUMMARY_FILE = "summary.json"
 
-
-class FlagError(ValueError):
-    """A bad flag value; its message is one line that names the flag."""
-
-
-def _flag(default: Any, help_text: str) -> Any:
-    return dataclasses.field(default=default, metadata={"help": help_text})
-
-
-@dataclasses.dataclass
-class TrainConfig:
-    """Everything a run needs: each field is the flag of the same name, default and help."""
-
-    method: str = _flag("ascl", "Self-supervised method.")
-    temperature: float = _flag(0.1, "τ of the query logits (ReSSL's τ_s).")
-    relabel_temperature: float | None = _flag(
-        None,
-        "τ′ of the key-to-queue similarities (SCE's τ_m, ReSSL's τ_t). Default: the method's.",
-    )
-    num_neighbors: int = _flag(1, "K of ASCL/AHCL/hard relabelling.")
-    sce_lambda: float = _flag(0.5, "λ of SCE: the weight of the one-hot target.")
-    symmetric: bool | None = _flag(
-        None,
-        "Average the loss with the views swapped. Default: off (ASCL code), BYOL on.",
-    )
-    queue_size: int = _flag(
-        1024, "Keys in the queue: a multiple of the global batch (twice it if symmetric)."
-    )
-    momentum: float = _flag(0.99, "m₀ of the momentum (EMA) encoder.")
-    momentum_schedule: str | None = _flag(
-        None, "constant, or cosine from m₀ to 1. Default: the method's (BYOL cosine)."
-    )
-    dataset: str = _flag(
-        "digits",
-        "'digits', a TFDS name prepared under --data_dir, or a folder root/<split>/<class>/.",
-    )
-    data_dir: str | None = _flag(None, "TFDS data directory (default: TFDS's own).")
-    max_train_examples: int | None = _flag(None, "Use at most this many training images.")
-    test_split: str = _flag("test", "Split the kNN monitor evaluates on.")
-    image_size: int = _flag(32, "Side of the augmented views, in pixels.")
-    load_size: int | None = _flag(
-        None, "Resize images to this side when loading (default: as stored)."
-    )
-    augment_on: str = _flag(
-        "host", "Augment in the tf.data pipeline (host) or inside the train step (device)."
-    )
-    jit_augment: bool = _flag(
-        True, "XLA-compile the host augmentation (faster after a few seconds' compile)."
-    )
-    seed: int = _flag(0, "Seed of the data order, the augmentations and the weights.")
-    backbone: str = _flag("resnet18", "Backbone.")
-    backbone_width: int = _flag(16, "Channels of the first stage (64 in the papers).")
-    stem: str | None = _flag(
-        None, "Backbone stem. Default from --image_size (<=32 cifar, <=96 cifar_pool)."
-    )
-    projector_dims: tuple[int, int] = _flag(
-        (2048, 128), "Hidden and output sizes of the projector."
-    )
-    projector_bn: bool | None = _flag(
-        None, "BN in the projector. Default: off for queue methods, on for BYOL."
-    )
-    norm: str | None = _flag(
-        None, "Normalisation. Default: split on one device, sync with several replicas."
-    )
-    num_splits: int = _flag(8, "Groups of split BN; must divide the per-replica batch.")
-    batch_size: int = _flag(128, "Global batch size (all replicas together).")
-    epochs: int = _flag(5, "Training epochs.")
-    optimizer: str = _flag("sgd", "Optimizer (sgd: PyTorch-exact coupled weight decay).")
-    learning_rate: float = _flag(0.06, "Peak learning rate (for batch 256 with --scale_lr).")
-    scale_lr: bool = _flag(False, "Scale the learning rate by batch_size/256.")
-    weight_decay: float = _flag(5e-4, "Weight decay.")
-    exclude_bn_bias: bool = _flag(
-        True, "Exempt BN parameters and biases from weight decay (and LARS)."
-    )
-    warmup_epochs: float = _flag(1, "Linear warm-up epochs (may be fractional).")
-    schedule: str = _flag("cosine", "Learning rate after the warm-up, per step.")
-    model_dir: str | None = _flag(None, "Run folder (default runs/<method>_<dataset>).")
-    checkpoint_every: int = _flag(500, "Save every N steps (0: at epoch ends only).")
-    keep_checkpoints: int = _flag(3, "Recent checkpoints kept (plus the best).")
-    log_every: int = _flag(50, "Write metrics every N steps.")
-    knn_every: int = _flag(1, "kNN monitor every N epochs and at the last (0: the last only).")
-    knn_k: int = _flag(200, "Neighbours of the kNN monitor.")
-    knn_t: float = _flag(0.1, "Temperature of the kNN monitor.")
-    strategy: str = _flag("auto", "tf.distribute strategy; multi_worker reads TF_CONFIG.")
-    precision: str = _flag("float32", "Keras dtype policy.")
-    jit_compile: bool | None = _flag(
-        None, "XLA-compile the train step. Default: on with one GPU, off on CPU (docs/CLI.md)."
-    )
-    force: bool = _flag(False, "Resume even if key flags differ from the saved run.")
-    export: bool = _flag(True, "Export the backbone at the end (if tfascl.export is installed).")
-    export_dir: str | None = _flag(None, "Export folder (default <model_dir>/export).")
-    progress_bar: bool = _flag(True, "Show Keras's progress bar (off: one line per epoch).")
-
-    @property
-    def is_queue_method(self) -> bool:
-        return self.method in QUEUE_METHODS
-
-    @property
-    def uses_symmetric_loss(self) -> bool:
-        if self.symmetric is not None:
-            return self.symmetric
-        return not self.is_queue_method  # BYOL's loss is symmetric, the ASCL code's is not
-
-    def to_json(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
-
-
-ENUMS = {
-    "method": list(METHODS),
-    "momentum_schedule": ["constant", "cosine"],
-    "augment_on": ["host", "device"],
-    "backbone": list(RESNETS),
-    "stem": list(STEMS),
-    "norm": list(NORMS),
-    "optimizer": list(OPTIMIZER_NAMES),
-    "schedule": ["cosine", "constant"],
-    "strategy": ["auto", "one_device", "mirrored", "multi_worker", "tpu"],
-    "precision": list(PRECISIONS),
-}
-
-
-DEFINERS = {
-    "bool": flags.DEFINE_boolean,
-    "int": flags.DEFINE_integer,
-    "float": flags.DEFINE_float,
-    "str": flags.DEFINE_string,
-}
-
-
-def define_flags() -> None:
-    """One absl flag per ``TrainConfig`` field, with the field's default and type."""
-    for field in dataclasses.fields(TrainConfig):
-        name, default, kind = field.name, field.default, str(field.type)
-        help_text, base = field.metadata["help"], kind.split(" ")[0].split("[")[0]
-        if name in ENUMS:
-            flags.DEFINE_enum(name, default, ENUMS[name], help_text)
-        elif base == "tuple":
-            flags.DEFINE_list(name, [str(value) for value in default], help_text)
-        else:
-            DEFINERS[base](name, default, help_text)
-
-
-define_flags()
-
-
-def config_from_flags(flag_values: flags.FlagValues = FLAGS) -> TrainConfig:
-    """The ``TrainConfig`` of the parsed flags (projector_dims checked here)."""
-    values = {f.name: flag_values[f.name].value for f in dataclasses.fields(TrainConfig)}
-    try:
-        dims = tuple(int(d) for d in values["projector_dims"])
-    except ValueError:
-        dims = ()
-    if len(dims) != 2 or min(dims) < 1:
-        raise FlagError(
-            f"--projector_dims={','.join(values['projector_dims'])}: "
-            "give two positive sizes, hidden,output (e.g. 2048,128)"
-        )
-    values["projector_dims"] = dims
-    return TrainConfig(**values)
-
-
-# --- Validation ---------------------------------------------------------------------------
-
-
-def _require(condition: bool, message: str) -> None:
-    if not condition:
-        raise FlagError(message)
-
-
-def validate(config: TrainConfig) -> None:
-    """Checks every flag before anything is built; raises ``FlagError`` (one line)."""
-    c = config
-    _require(c.method in METHODS, f"--method={c.method}: must be one of {', '.join(METHODS)}")
-    for name in ("temperature", "relabel_temperature", "knn_t", "learning_rate"):
-        value = getattr(c, name)
-        _require(value is None or value > 0, f"--{name}={value}: must be > 0")
-    _require(0 <= c.momentum <= 1, f"--momentum={c.momentum}: must be in [0, 1]")
-    _require(0 <= c.sce_lambda <= 1, f"--sce_lambda={c.sce_lambda}: must be in [0, 1]")
-    _require(c.weight_decay >= 0, f"--weight_decay={c.weight_decay}: must be >= 0")
-    at_least_one = (
-        "batch_size", "epochs", "backbone_width", "num_neighbors", "num_splits",
-        "knn_k", "keep_checkpoints", "log_every",
-    )  # fmt: skip
-    for name in at_least_one:
-        _require(getattr(c, name) >= 1, f"--{name}={getattr(c, name)}: must be >= 1")
-    for name in ("knn_every", "checkpoint_every"):
-        _require(getattr(c, name) >= 0, f"--{name}={getattr(c, name)}: must be >= 0")
-    _require(
-        0 <= c.warmup_epochs <= c.epochs,
-        f"--warmup_epochs={c.warmup_epochs}: must be in [0, --epochs={c.epochs}]",
-    )
-    if c.max_train_examples is not None:
-        _require(
-            c.max_train_examples >= c.batch_size,
-            f"--max_train_examples={c.max_train_examples}: must be >= --batch_size="
-            f"{c.batch_size} (incomplete batches are dropped)",
-        )
-    if c.is_queue_method:
-        keys = c.batch_size * (2 if c.uses_symmetric_loss else 1)
-        _require(
-            c.queue_size >= keys and c.queue_size % keys == 0,
-            f"--queue_size={c.queue_size}: must be a multiple of the keys enqueued per step, "
-            f"{keys} (--batch_size{' x2 for --symmetric' if c.uses_symmetric_loss else ''})",
-        )
-        if c.method in ("ahcl", "hard"):
-            _require(
-                c.num_neighbors <= c.queue_size,
-                f"--num_neighbors={c.num_neighbors}: must be <= --queue_size={c.queue_size}",
-            )
-    validate_image_size(c.image_size, c.stem)
-    _require(
-        c.load_size is None or c.load_size >= c.image_size,
-        f"--load_size={c.load_size}: must be >= --image_size={c.image_size}",
-    )
-    check_dataset(c.dataset, c.data_dir)
-    check_writable(resolve_model_dir(c))
-
-
-def validate_image_size(image_size: int, stem: str | None) -> None:
-    """The backbone halves the image ``log2(stride)`` times: the side must be a multiple."""
-    stem = stem or default_stem(image_size)
-    stride = STEM_STRIDES[stem]
-    _require(
-        image_size >= stride and image_size % stride == 0,
-        f"--image_size={image_size}: the {stem} stem downsamples by {stride}; "
-        f"use a multiple of {stride}",
-    )
-
-
-def check_dataset(dataset: str, data_dir: str | None) -> None:
-    """A cheap existence check: digits, an existing folder, or a prepared TFDS dataset."""
-    if dataset == "digits":
-        return
-    path = os.path.expanduser(dataset)
-    if os.path.isdir(path):
-        return
-    if os.sep in dataset or dataset.startswith((".", "~")):
-        raise FlagError(f"--dataset={dataset}: no such folder")
-    import tensorflow_datasets as tfds
-
-    try:
-        builder = tfds.builder(dataset, data_dir=data_dir)
-    except Exception:  # tfds raises its own DatasetNotFoundError and parsing errors
-        raise FlagError(
-            f"--dataset={dataset}: not 'digits', not a folder and not a TFDS name "
-            "(e.g. cifar10, cifar100, stl10, imagenet2012)"
-        ) from None
-    if not builder.is_prepared():
-        raise FlagError(
-            f"--dataset={dataset}: TFDS dataset not prepared under --data_dir="
-            f"{data_dir or '(TFDS default)'}; run `tfds build {dataset}` where there is internet"
-        )
-
-
-def resolve_model_dir(config: TrainConfig) -> Path:
-    """``--model_dir``, or runs/<method>_<dataset name>."""
-    if config.model_dir:
-        return Path(config.model_dir).expanduser()
-    name = os.path.basename(os.path.normpath(os.path.expanduser(config.dataset)))
-    return Path("runs") / f"{config.method}_{name}"
-
-
-def check_writable(model_dir: Path) -> None:
-    try:
-        model_dir.mkdir(parents=True, exist_ok=True)
-        probe = tempfile.NamedTemporaryFile(dir=model_dir, prefix=".write_test")
-        probe.close()
-    except OSError as error:
-        raise FlagError(f"--model_dir={model_dir}: not writable ({error.strerror})") from None
-
-
-def check_replicas(config: TrainConfig, replicas: int) -> TrainConfig:
-    """Device-dependent checks and defaults (norm, jit), once the strategy is known."""
-    c = config
-    _require(
-        c.batch_size % replicas == 0,
-        f"--batch_size={c.batch_size}: must be divisible by the {replicas} replicas",
-    )
-    norm = c.norm or ("split" if replicas == 1 else "sync")
-    per_replica = c.batch_size // replicas
-    if norm == "split" or (not c.is_queue_method and (c.projector_bn is not False)):
-        # Split BN (backbone, or BYOL's predictor head) needs whole groups on each replica.
-        _require(
-            norm != "split" or per_replica % c.num_splits == 0,
-            f"--num_splits={c.num_splits}: must divide the per-replica batch {per_replica}",
-        )
-    jit = c.jit_compile
-    if jit is None:
-        jit = replicas == 1 and bool(tf.config.list_logical_devices("GPU"))
-    return dataclasses.replace(c, norm=norm, jit_compile=jit)
-
-
-def check_previous_run(model_dir: Path, config: TrainConfig) -> dict[str, Any] | None:
-    """The saved flags of a run in ``model_dir``, after checking its key flags match.
-
-    Returns:
-        The saved flags, or None for a new run.
-    """
-    path = model_dir / FLAGS_FILE
-    if not path.is_file():
-        return None
-    saved = json.loads(path.read_text())
-    current = config.to_json()
-    changed = [
-        name
-        for name in KEY_FLAGS
-        if name in saved and _normal(saved[name]) != _normal(current[name])
-    ]
-    if changed and not config.force:
-        first = changed[0]
-        raise FlagError(
-            f"--{first}={_text(current[first])}: {model_dir} holds a run with "
-            f"--{first}={_text(saved[first])} (changed: {', '.join(changed)}); "
-            "use another --model_dir, or --force to resume it anyway"
-        )
-    return saved
-
-
-def _normal(value: Any) -> Any:  # JSON turns tuples into lists
-    return list(value) if isinstance(value, (tuple, list)) else value
-
-
-def _text(value: Any) -> str:  # a value as a flag spells it
-    return ",".join(map(str, value)) if isinstance(value, (tuple, list)) else str(value)
-
-
-# --- Flag parsing and flagfiles -----------------------------------------------------------
-
-
-def expand_flagfiles(argv: list[str], base: str | None = None, seen: tuple = ()) -> list[str]:
-    """Inlines ``--flagfile=F`` arguments, reading F relative to the file that names it.
-
-    (absl reads a nested one relative to the working directory: recipes could then not
-    share base files from anywhere.) ``#`` and ``//`` lines are comments, as in absl.
-    """
-    expanded: list[str] = []
-    args = iter(argv)
-    for arg in args:
-        name, _, value = arg.partition("=")
-        if name not in ("--flagfile", "-flagfile"):
-            expanded.append(arg)
-            continue
-        if not _:
-            value = next(args, "")
-        path = os.path.expanduser(value)
-        if base and not os.path.isabs(path):
-            path = os.path.join(base, path)
-        path = os.path.normpath(path)
-        if path in seen:
-            raise FlagError(f"--flagfile={value}: includes itself")
-        try:
-            lines = Path(path).read_text().splitlines()
-        except OSError as error:
-            raise FlagError(f"--flagfile={value}: cannot read ({error.strerror})") from None
-        lines = [line.strip() for line in lines]
-        lines = [line for line in lines if line and not line.startswith(("#", "//"))]
-        expanded += expand_flagfiles(lines, os.path.dirname(path), (*seen, path))
-    return expanded
-
-
-def parse_flags(argv: list[str]) -> list[str]:
-    """absl's flag parsing with nested flagfiles and one-line errors (exit code 2)."""
-    try:
-        return FLAGS(expand_flagfiles(argv[:1]) + expand_flagfiles(argv[1:]))
-    except (flags.Error, FlagError) as error:
-        fail_usage(str(error).splitlines()[0])
-    return []  # not reached
-
-
-def fail_usage(message: str) -> None:
-    print(f"tfascl-train: error: {message}", file=sys.stderr)
-    sys.exit(EXIT_USAGE)
+# The command-line surface, importable from here as from tfascl.train_config.
+__all__ = [
+    "EXIT_FAILED",
+    "EXIT_INTERRUPTED",
+    "EXIT_USAGE",
+    "FLAGS",
+    "FlagError",
+    "TrainConfig",
+    "config_from_flags",
+    "expand_flagfiles",
+    "main",
+    "parse_flags",
+    "run",
+    "train",
+    "validate",
+]
 
 
 # --- Data ---------------------------------------------------------------------------------
@@ -466,7 +99,7 @@ def load_data(config: TrainConfig) -> RunData:
         train = load("train", config.max_train_examples)
     except ValueError as error:  # DatasetNotFoundError is a ValueError too
         raise FlagError(f"--dataset={config.dataset}: {error}") from None
-    _require(
+    require(
         len(train) >= config.batch_size,
         f"--batch_size={config.batch_size}: larger than the {len(train)} training images",
     )
