@@ -1,20 +1,63 @@
-"""Shared by tests that need a fresh Python process."""
+"""Shared by the tests: tiny runs and fresh Python processes."""
 
 import os
 import subprocess
 import sys
 from pathlib import Path
 
+from tfascl import runs
+
 REPO = Path(__file__).resolve().parents[1]
 
+# The command-line flags of a tiny run: 16-px digits, a 4-channel ResNet-18, batches of 16,
+# a 32-key queue, no XLA. Tests add what they vary (method, steps, checkpoints, ...).
+TINY_RUN_FLAGS = (
+    "--dataset=digits",
+    "--image_size=16",
+    "--backbone_width=4",
+    "--projector_dims=32,16",
+    "--batch_size=16",
+    "--queue_size=32",
+    "--knn_k=20",
+    "--nojit_compile",
+    "--nojit_augment",
+    "--noprogress_bar",
+)
 
-def run_python(*args: str, timeout: int = 600) -> subprocess.CompletedProcess:
-    """Runs ``python ARGS`` with the repository importable.
+
+def tiny_spec(**overrides: object) -> runs.RunSpec:
+    """The `RunSpec` of a tiny ASCL model (16 px, width 4, queue 16), with ``overrides``."""
+    values = dict(
+        method="ascl",
+        backbone_width=4,
+        image_size=16,
+        num_splits=2,
+        projector_dims=(16, 8),
+        queue_size=16,
+        batch_size=8,
+    )
+    return runs.RunSpec(**{**values, **overrides})
+
+
+def python_env(**extra: str) -> dict[str, str]:
+    """The environment of a child Python: this repository importable, TF quiet."""
+    return {**os.environ, "PYTHONPATH": str(REPO), "TF_CPP_MIN_LOG_LEVEL": "3", **extra}
+
+
+def run_python(
+    *args: str, timeout: int = 600, cwd: str | Path | None = None
+) -> subprocess.CompletedProcess:
+    """Runs ``python ARGS`` with the repository importable and captures its output.
 
     Tests use it where TensorFlow must start afresh, e.g. with two logical CPU
-    devices, which can only be configured before TensorFlow initialises.
+    devices, which can only be configured before TensorFlow initialises, and to
+    run the command-line tools as a user does.
     """
-    env = dict(os.environ, PYTHONPATH=str(REPO), TF_CPP_MIN_LOG_LEVEL="2")
     return subprocess.run(
-        [sys.executable, *args], capture_output=True, text=True, env=env, timeout=timeout
+        [sys.executable, *map(str, args)],
+        capture_output=True,
+        text=True,
+        env=python_env(),
+        cwd=cwd,
+        timeout=timeout,
     )

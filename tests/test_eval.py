@@ -1,15 +1,13 @@
 """Evaluation: kNN and linear protocol wiring, SavedModel input, results.json, bad input."""
 
 import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import keras
 import numpy as np
 import pytest
 import tensorflow as tf
+from helpers import run_python, tiny_spec
 from PIL import Image
 
 from tfascl import runs
@@ -39,17 +37,7 @@ def private_cache(tmp_path, monkeypatch):
 
 def make_run(model_dir, method="ascl", metrics=True):
     """A tiny run: run.json, one checkpoint (untrained weights) and a metrics.jsonl."""
-    spec = runs.RunSpec(
-        method=method,
-        backbone_width=4,
-        image_size=SIZE,
-        num_splits=2,
-        projector_dims=(16, 8),
-        queue_size=16,
-        batch_size=8,
-        dataset="digits",
-        num_classes=10,
-    )
+    spec = tiny_spec(method=method, image_size=SIZE, dataset="digits", num_classes=10)
     runs.save_spec(spec, model_dir)
     model = spec.build_model()
     model.compile(optimizer=keras.optimizers.SGD(0.1))
@@ -378,14 +366,8 @@ def test_image_size_mismatch_and_broken_results_file(tiny_run, tmp_path):
 
 def test_cli_prints_one_line_error_and_exits_non_zero(tmp_path):
     runs.save_spec(runs.RunSpec(backbone_width=4, image_size=SIZE), tmp_path)
-    env = {**os.environ, "PYTHONPATH": str(REPO), "TF_CPP_MIN_LOG_LEVEL": "3"}
-    process = subprocess.run(
-        [sys.executable, "-m", "tfascl.evaluate", "--protocol=knn", f"--model_dir={tmp_path}"],
-        capture_output=True,
-        text=True,
-        env=env,
-        cwd=REPO,
-        timeout=120,
+    process = run_python(
+        "-m", "tfascl.evaluate", "--protocol=knn", f"--model_dir={tmp_path}", cwd=REPO
     )
     assert process.returncode == 1
     errors = [line for line in process.stderr.splitlines() if "tfascl-eval: error" in line]

@@ -20,6 +20,7 @@ import keras
 import numpy as np
 import pytest
 import tensorflow as tf
+from helpers import run_python, tiny_spec
 from PIL import Image
 
 from tfascl import export, runs
@@ -89,20 +90,8 @@ print(json.dumps({
 """
 
 
-def tiny_spec(**overrides):
-    values = dict(
-        method="ascl",
-        backbone_width=4,
-        image_size=SIZE,
-        num_splits=2,
-        projector_dims=(16, 8),
-        queue_size=16,
-        batch_size=8,
-        dataset="cifar10",
-        mean=MEAN,
-        std=STD,
-    )
-    return runs.RunSpec(**{**values, **overrides})
+def cifar_spec(**overrides):
+    return tiny_spec(image_size=SIZE, dataset="cifar10", mean=MEAN, std=STD, **overrides)
 
 
 def fresh_env():
@@ -130,15 +119,7 @@ def run_fresh(code, *args, cwd):
 
 
 def run_cli(*args, cwd):
-    env = {**os.environ, "PYTHONPATH": str(REPO), "TF_CPP_MIN_LOG_LEVEL": "3"}
-    return subprocess.run(
-        [sys.executable, "-m", "tfascl.export", *map(str, args)],
-        cwd=cwd,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
+    return run_python("-m", "tfascl.export", *args, cwd=cwd, timeout=300)
 
 
 def normalise(images):
@@ -162,7 +143,7 @@ def reference(model, normalised):
 def exported(tmp_path_factory):
     root = tmp_path_factory.mktemp("export")
     model_dir = root / "run"
-    spec = tiny_spec()
+    spec = cifar_spec()
     runs.save_spec(spec, model_dir)
     model = spec.build_model()
     # Eager: two steps cost less than tracing the train step.
@@ -469,7 +450,7 @@ def test_next_version_and_bad_versions(exported, tmp_path):
 def test_missing_run_or_checkpoint_is_a_clear_error(tmp_path):
     with pytest.raises(FileNotFoundError, match="not a tfascl model_dir"):
         export.export_backbone(tmp_path, tmp_path / "serving")
-    runs.save_spec(tiny_spec(), tmp_path)
+    runs.save_spec(cifar_spec(), tmp_path)
     with pytest.raises(FileNotFoundError, match=r"^no 'latest' checkpoint in .*checkpoints$"):
         export.export_backbone(tmp_path, tmp_path / "serving")
     with pytest.raises(FileNotFoundError, match="no 'best' checkpoint"):
@@ -478,7 +459,7 @@ def test_missing_run_or_checkpoint_is_a_clear_error(tmp_path):
 
 
 def test_checkpoint_without_the_model_is_a_clear_error(tmp_path):
-    runs.save_spec(tiny_spec(), tmp_path)
+    runs.save_spec(cifar_spec(), tmp_path)
     tf.train.Checkpoint(step=tf.Variable(3)).save(str(runs.checkpoint_dir(tmp_path) / "ckpt"))
     with pytest.raises(ValueError, match="does not hold this run's backbone and projector"):
         export.export_backbone(tmp_path, tmp_path / "serving")

@@ -2,32 +2,21 @@
 with the same weights and queue; only the chief writes the run's files."""
 
 import json
-import os
 import socket
 import subprocess
 import sys
-from pathlib import Path
 
 import numpy as np
+from helpers import REPO, TINY_RUN_FLAGS, python_env
 
-REPO = Path(__file__).resolve().parents[1]
 ARGS = (
+    *TINY_RUN_FLAGS,
     "--strategy=multi_worker",
     "--method=ascl",
-    "--dataset=digits",
     "--max_train_examples=64",
-    "--image_size=16",
-    "--backbone_width=4",
-    "--projector_dims=32,16",
-    "--batch_size=16",
-    "--queue_size=32",
     "--epochs=1",
     "--warmup_epochs=0",
-    "--knn_k=20",
     "--checkpoint_every=2",
-    "--nojit_compile",
-    "--nojit_augment",
-    "--noprogress_bar",
 )
 
 
@@ -47,12 +36,7 @@ def test_two_workers_end_with_the_same_weights_and_queue(tmp_path):
     processes = []
     for index in range(2):
         tf_config = {"cluster": {"worker": workers}, "task": {"type": "worker", "index": index}}
-        env = {
-            **os.environ,
-            "PYTHONPATH": str(REPO),
-            "TF_CPP_MIN_LOG_LEVEL": "3",
-            "TF_CONFIG": json.dumps(tf_config),
-        }
+        env = python_env(TF_CONFIG=json.dumps(tf_config))
         command = [
             sys.executable,
             str(REPO / "tests" / "multiworker_train.py"),

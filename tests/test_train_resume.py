@@ -2,7 +2,6 @@
 alone, and a changed key flag is refused unless --force."""
 
 import json
-import os
 import signal
 import subprocess
 import sys
@@ -10,29 +9,20 @@ import time
 from pathlib import Path
 
 import pytest
+from helpers import TINY_RUN_FLAGS, python_env, run_python
 
 from tfascl import train
 
-REPO = Path(__file__).resolve().parents[1]
 STEPS_PER_EPOCH, EPOCHS = 4, 6  # 64 digits in batches of 16
 TOTAL = STEPS_PER_EPOCH * EPOCHS
 ARGS = (
-    "--dataset=digits",
+    *TINY_RUN_FLAGS,
     "--max_train_examples=64",
-    "--image_size=16",
-    "--backbone_width=4",
-    "--projector_dims=32,16",
-    "--batch_size=16",
-    "--queue_size=32",
     f"--epochs={EPOCHS}",
     "--warmup_epochs=1",
-    "--knn_k=20",
     "--knn_every=3",
     "--log_every=1",
     "--checkpoint_every=3",
-    "--nojit_compile",
-    "--nojit_augment",
-    "--noprogress_bar",
 )
 
 
@@ -40,14 +30,8 @@ def command(model_dir, *extra):
     return [sys.executable, "-m", "tfascl.train", *ARGS, f"--model_dir={model_dir}", *extra]
 
 
-def environment():
-    return {**os.environ, "PYTHONPATH": str(REPO), "TF_CPP_MIN_LOG_LEVEL": "3"}
-
-
 def run(model_dir, *extra):
-    return subprocess.run(
-        command(model_dir, *extra), env=environment(), capture_output=True, text=True, timeout=300
-    )
+    return run_python("-m", "tfascl.train", *ARGS, f"--model_dir={model_dir}", *extra, timeout=300)
 
 
 def latest_step(model_dir):
@@ -76,7 +60,7 @@ def logged_steps(model_dir):
 def start_until(model_dir, ready, sig, timeout=240):
     """Starts a run, sends ``sig`` once ``ready()``, and returns (process, stdout)."""
     process = subprocess.Popen(
-        command(model_dir), env=environment(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT
+        command(model_dir), env=python_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT
     )
     deadline = time.time() + timeout
     try:

@@ -3,30 +3,21 @@ precision, XLA with on-device augmentation, and a non-finite loss."""
 
 import json
 import math
-from pathlib import Path
 
 import numpy as np
 import tensorflow as tf
+from helpers import REPO, TINY_RUN_FLAGS
 
 from tfascl import runs, train
 
-FLAGS_DIR = Path(__file__).resolve().parents[1] / "flags"
-# Tiny and quick: 2 steps of 16 digits at 16 px, a 4-channel ResNet-18.
+FLAGS_DIR = REPO / "flags"
+# Tiny and quick: 2 steps of 16 digits.
 TINY = (
-    "--dataset=digits",
+    *TINY_RUN_FLAGS,
     "--max_train_examples=32",
-    "--image_size=16",
-    "--backbone_width=4",
-    "--projector_dims=32,16",
-    "--batch_size=16",
-    "--queue_size=32",
     "--epochs=1",
     "--warmup_epochs=0",
-    "--knn_k=20",
     "--log_every=1",
-    "--nojit_compile",
-    "--nojit_augment",
-    "--noprogress_bar",
 )
 
 
