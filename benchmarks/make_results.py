@@ -65,12 +65,64 @@ def _table(rows: list[list[Any]], header: list[str]) -> list[str]:
     return lines
 
 
+def _mean_sd(values: list[float]) -> str:
+    """``"mean ± s.d."`` (sample standard deviation; just the mean for one value)."""
+    mean = statistics.mean(values)
+    if len(values) < 2:
+        return f"{mean:.2f}"
+    return f"{mean:.2f} ± {statistics.stdev(values):.2f}"
+
+
 def _loads(records: list[dict]) -> str:
     values = [v for r in records for v in r.get("window_load_average", [])]
     values = values or [r["load_average"][0] for r in records if "load_average" in r]
     if not values:
         return "n/a"
     return f"{min(values):.1f}–{max(values):.1f}"
+
+
+def _loss_head_lines(results: Path, step_records: list[dict]) -> list[str]:
+    """The loss-head table (speed_loss_head.json), as a share of MoCo's measured step."""
+    path = results / "speed_loss_head.json"
+    if not path.is_file():
+        return []
+    payload = _load(path)
+    records = payload["records"]
+    moco_step = {
+        (r["batch_size"], r["queue_size"]): r["step_ms"]
+        for r in step_records
+        if r["method"] == "moco"
+    }
+    rows = []
+    for r in records:
+        step = moco_step.get((r["batch_size"], r["queue_size"]))
+        share = "" if step is None else f"{100 * r['extra_ms_vs_moco'] / step:+.3f}%"
+        rows.append(
+            [
+                r["method"],
+                r["batch_size"],
+                r["queue_size"],
+                r["loss_head_ms"],
+                f"{r['extra_ms_vs_moco']:+.2f}",
+                share,
+            ]
+        )
+    lines = [
+        "",
+        "#### The loss head alone",
+        "",
+        f"`{payload['command']}` — {records[0]['device']}, {payload['date']}, commit "
+        f"{payload.get('git_commit', 'n/a')}, load average {_loads(records)}. Median of "
+        f"{records[0]['calls']} calls per method (3 interleaved rounds). The head is the only "
+        "part of the step where the methods differ: logits against the queue, the targets, "
+        "the cross-entropy and the query's gradient, on random unit vectors (D = 128).",
+        "",
+    ]
+    lines += _table(
+        rows,
+        ["method", "batch", "queue", "head ms", "extra ms vs MoCo", "extra / MoCo step above"],
+    )
+    return lines
 
 
 def speed_section(results: Path) -> list[str]:
@@ -205,12 +257,41 @@ def speed_section(results: Path) -> list[str]:
                 "here: when that is far above the targets, this run can neither confirm nor "
                 "refute them (rerun on an idle machine or a GPU).",
             ]
+        if table == "overhead":
+            lines += _loss_head_lines(results, records)
         if records[0]["device"].startswith("CPU"):
             lines += [
                 "",
                 "CPU peak MB is the process's max RSS so far (it only grows across the "
                 "configurations of a table).",
             ]
+        lines.append("")
+    split_bn_file = results / "split_bn.jsonl"
+    if split_bn_file.is_file():
+        records = [json.loads(line) for line in split_bn_file.read_text().splitlines() if line]
+        lines += [
+            "### Split batch norm: closed-form gradient vs autodiff",
+            "",
+            "`PYTHONPATH=. python -m benchmarks.split_bn` — forward + backward of one "
+            f"training-mode split BN ({records[0]['splits']} groups) at the activation shapes "
+            "of ResNet-18 width 64, batch 256 (median ms). `SplitBatchNorm` uses the closed "
+            "form; autodiff is the same maths differentiated by TensorFlow (what it used "
+            "before).",
+            "",
+        ]
+        rows = [
+            [
+                "×".join(map(str, r["shape"])),
+                r["closed_form_ms"],
+                r["autodiff_ms"],
+                f"{r['speedup']}×",
+                r["max_relative_difference"],
+            ]
+            for r in records
+        ]
+        lines += _table(
+            rows, ["shape", "closed form ms", "autodiff ms", "speed-up", "max rel. diff"]
+        )
         lines.append("")
     data_file = results / "data_pipeline.jsonl"
     if data_file.is_file():
@@ -289,13 +370,11 @@ def learning_section(results: Path) -> list[str]:
     ):
         group = sorted(by_method[method], key=lambda r: r["seed"])
         values = [r["knn_top1"] for r in group]
-        mean = statistics.mean(values)
-        spread = (max(values) - min(values)) / 2
         rows.append(
             [
                 method,
                 len(values),
-                f"{mean:.2f} ± {spread:.2f}",
+                _mean_sd(values),
                 ", ".join(f"{v:.2f} (seed {r['seed']})" for v, r in zip(values, group)),
                 "; ".join(" → ".join(f"e{e}: {a}" for e, a in r["knn_curve"]) for r in group),
                 ", ".join(f"{r['seconds'] / 60:.0f}" for r in group),
@@ -303,8 +382,25 @@ def learning_section(results: Path) -> list[str]:
         )
     lines += _table(
         rows,
-        ["method", "seeds", "kNN top-1 % (mean ± half-range)", "per seed", "curve", "minutes"],
+        ["method", "seeds", "kNN top-1 % (mean ± s.d.)", "per seed", "curve", "minutes"],
     )
+    # Runs of one seed share the subset, the initial weights and the data order, so the
+    # per-seed difference is the paired comparison of the methods.
+    by_seed = {m: {r["seed"]: r["knn_top1"] for r in group} for m, group in by_method.items()}
+    for method in ("moco", "ascl"):
+        if method not in by_seed or (method == "ascl" and "moco" not in by_seed):
+            continue
+        reference = "moco" if method == "ascl" else "random"
+        seeds = sorted(set(by_seed[method]) & set(by_seed.get(reference, {})))
+        if not seeds:
+            continue
+        diffs = [by_seed[method][seed] - by_seed[reference][seed] for seed in seeds]
+        lines += [
+            "",
+            f"{method} − {reference}, paired by seed: "
+            + ", ".join(f"{d:+.2f} (seed {seed})" for d, seed in zip(diffs, seeds))
+            + f"; mean {_mean_sd(diffs)} points.",
+        ]
     lines += [
         "",
         "Runs (date, load average at the end, commit):",

@@ -19,7 +19,7 @@ TIMING="${TIMING---steps=1 --windows=3}"
 R=benchmarks/results
 mkdir -p "$R/logs"
 tables=("$@")
-[ ${#tables[@]} -eq 0 ] && tables=(torch overhead queue precision batch data)
+[ ${#tables[@]} -eq 0 ] && tables=(torch overhead loss_head queue precision batch split_bn data)
 for table in "${tables[@]}"; do
   echo "$(date -u +%T) $table"
   case "$table" in
@@ -40,6 +40,13 @@ for table in "${tables[@]}"; do
       # shellcheck disable=SC2086
       PYTHONPATH=. "$PYTHON" -m tfascl.benchmark --table="$table" $SWEEP $TIMING \
         --output="$R/speed_$table.json" >"$R/logs/speed_$table.log" 2>&1 ;;
+    loss_head)
+      # Seconds: only the loss head (logits, targets, cross-entropy, its gradient) per method.
+      PYTHONPATH=. "$PYTHON" -m tfascl.benchmark --table=loss_head \
+        --output="$R/speed_loss_head.json" >"$R/logs/speed_loss_head.log" 2>&1 ;;
+    split_bn)
+      PYTHONPATH=. "$PYTHON" -m benchmarks.split_bn >"$R/logs/split_bn.log" 2>&1
+      grep '^{' "$R/logs/split_bn.log" >"$R/split_bn.jsonl" ;;
     data)
       # benchmark_data does not repeat the data: 3 warm-up + 20 batches need 23·256 images.
       PYTHONPATH=. "$PYTHON" -m tfascl.benchmark_data --max_examples=10000 --batches=20 \

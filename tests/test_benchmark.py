@@ -64,3 +64,23 @@ def test_overhead_table_pairs_each_ascl_with_moco():
 def test_unknown_table_is_a_clear_error():
     with pytest.raises(ValueError, match="table must be one of"):
         benchmark.table_configs("nope", benchmark.Config())
+
+
+def test_loss_head_times_each_call_and_compares_with_moco(monkeypatch):
+    median, calls = benchmark.loss_head_ms("ascl", batch_size=4, queue_size=16, dim=8, repeats=3)
+    assert len(calls) == 3 and median == sorted(calls)[1] and min(calls) > 0
+
+    # The table: every relabelling at both queue sizes, extra time relative to MoCo's median.
+    fake = {"none": [1.0, 2.0, 3.0], "ascl": [2.5], "ahcl": [4.0], "hard": [2.0]}
+    monkeypatch.setattr(benchmark, "loss_head_ms", lambda relabel, *a, **k: (0.0, fake[relabel][:]))
+    records = benchmark.loss_head_table(batch_size=4)
+    assert [(r["method"], r["queue_size"]) for r in records] == [
+        (m, q) for q in (4096, 65536) for m in ("moco", "ascl", "ahcl", "hard")
+    ]
+    by_method = {r["method"]: r for r in records if r["queue_size"] == 4096}
+    assert by_method["moco"]["loss_head_ms"] == 2.0 and by_method["moco"]["calls"] == 9
+    assert by_method["ascl"]["extra_ms_vs_moco"] == 0.5
+    assert by_method["ahcl"]["extra_ms_vs_moco"] == 2.0
+    header = benchmark.markdown_table(records).splitlines()[0]
+    assert "loss_head_ms" in header and "extra_ms_vs_moco" in header
+    assert "backbone_width" not in header  # only the columns the records have

@@ -3,6 +3,7 @@
     python -m tfascl.benchmark [--method=ascl] [--backbone_width=64] [--batch_size=256]
         [--queue_size=4096] [--precision=float32] [--jit_compile] [--augment_on=host]
     python -m tfascl.benchmark --table=overhead|batch|queue|precision
+    python -m tfascl.benchmark --table=loss_head [--batch_size=256]
 
 Each configuration builds its model the way a run does (``RunSpec.build_model``), compiles it
 with SGD and calls ``model.fit`` on ``tf.data.Dataset.from_tensors(batch).repeat()``: one
@@ -17,6 +18,12 @@ from ``on_epoch_begin`` to ``on_epoch_end`` (Keras turns the epoch's metrics int
 there, so the window's work has finished). The windows of all configurations of a table are
 interleaved (A, B, A, B, ...) so that load from other processes on a shared machine falls on
 all of them alike; ratios within one table are therefore more trustworthy than absolute rates.
+
+``--table=loss_head`` times only the part of the step where the methods differ, the loss
+head (logits against the queue, the targets, the cross-entropy and its gradient for the
+query), on random unit vectors, for MoCo v2, ASCL, AHCL and hard relabelling at queue 4096 and
+65536. It takes seconds and is far less sensitive to a shared machine than whole steps, so it
+bounds ASCL's overhead where the step table's windows are too noisy to resolve a few percent.
 
 Prints one JSON line per configuration, then a markdown table. ``pairs_per_sec`` is image
 pairs (one image → its two views) per second, the median over the windows.
@@ -45,11 +52,13 @@ import keras
 import numpy as np
 import tensorflow as tf
 
+from tfascl import losses
 from tfascl.data import TwoViews
 from tfascl.runs import RunSpec
 
 PRECISIONS = ("float32", "mixed_bfloat16", "mixed_float16")
-TABLES = ("overhead", "batch", "queue", "precision")
+TABLES = ("overhead", "batch", "queue", "precision", "loss_head")
+LOSS_HEAD_METHODS = ("none", "ascl", "ahcl", "hard")  # MoCo v2 and the relabelling variants
 # CIFAR-10 channel statistics: only the arithmetic matters here, not the values.
 MEAN, STD = (0.4914, 0.4822, 0.4465), (0.247, 0.243, 0.261)
 
@@ -289,6 +298,90 @@ def measure(configs: list[Config], steps: int = 2, windows: int = 3) -> list[dic
     return records
 
 
+def loss_head_ms(
+    relabel: str,
+    batch_size: int,
+    queue_size: int,
+    dim: int = 128,
+    repeats: int = 30,
+    jit_compile: bool = False,
+) -> tuple[float, list[float]]:
+    """Milliseconds of one MoCo-family loss head: forward and the query's gradient.
+
+    The head is what ``MomentumContrast`` computes after the encoders: logits
+    ``[q·k, q·queueᵀ]/τ`` [B, 1+M], the targets of ``relabel`` (``"none"`` is MoCo v2's
+    one-hot), the soft cross-entropy and ∂loss/∂q [B, D].
+
+    Args:
+        relabel: ``"none"``, ``"ascl"``, ``"ahcl"`` or ``"hard"``.
+        batch_size: B, the batch size.
+        queue_size: M, the queue size.
+        dim: D, the projection size.
+        repeats: timed calls after two warm-up calls.
+        jit_compile: compile the head with XLA.
+
+    Returns:
+        ``(median ms, every call's ms)``.
+    """
+    rng = np.random.default_rng(0)
+
+    def unit(rows: int) -> tf.Tensor:
+        x = rng.standard_normal((rows, dim)).astype(np.float32)
+        return tf.constant(x / np.linalg.norm(x, axis=1, keepdims=True))
+
+    query, key, queue = unit(batch_size), unit(batch_size), unit(queue_size)
+
+    @tf.function(jit_compile=jit_compile)
+    def head(query: tf.Tensor) -> tf.Tensor:
+        with tf.GradientTape() as tape:
+            tape.watch(query)
+            targets = losses.contrastive_targets(key, queue, relabel=relabel)
+            loss = losses.soft_contrastive_loss(query, key, queue, targets)
+        return tape.gradient(loss, query)
+
+    for _ in range(2):
+        head(query).numpy()
+    calls = []
+    for _ in range(repeats):
+        started = time.perf_counter()
+        head(query).numpy()
+        calls.append(1000 * (time.perf_counter() - started))
+    return statistics.median(calls), calls
+
+
+def loss_head_table(batch_size: int, jit_compile: bool = False) -> list[dict[str, Any]]:
+    """``loss_head_ms`` of every relabelling at queue 4096 and 65536, interleaved by round.
+
+    Each record has ``extra_ms_vs_moco``: its median minus MoCo v2's at the same queue.
+    """
+    configs = [(relabel, queue) for queue in (4096, 65536) for relabel in LOSS_HEAD_METHODS]
+    calls: dict[tuple[str, int], list[float]] = {config: [] for config in configs}
+    for _ in range(3):  # rounds, so that a burst of load falls on every method
+        for relabel, queue in configs:
+            calls[relabel, queue] += loss_head_ms(relabel, batch_size, queue, 128, 10, jit_compile)[
+                1
+            ]
+    device = device_name()
+    records = []
+    for relabel, queue in configs:
+        median = statistics.median(calls[relabel, queue])
+        moco = statistics.median(calls["none", queue])
+        records.append(
+            {
+                "method": "moco" if relabel == "none" else relabel,
+                "batch_size": batch_size,
+                "queue_size": queue,
+                "jit_compile": jit_compile,
+                "device": device,
+                "loss_head_ms": round(median, 3),
+                "extra_ms_vs_moco": round(median - moco, 3),
+                "calls": len(calls[relabel, queue]),
+                "load_average": [round(x, 2) for x in os.getloadavg()],
+            }
+        )
+    return records
+
+
 def table_configs(table: str, base: Config) -> list[Config]:
     """The configurations of a preset table, varying one thing around ``base``."""
     replace = dataclasses.replace
@@ -336,6 +429,8 @@ COLUMNS = (
     "step_ms",
     "peak_memory_mb",
     "overhead_vs_moco",
+    "loss_head_ms",
+    "extra_ms_vs_moco",
 )
 
 
@@ -387,9 +482,12 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
         augment_on=args.augment_on,
         image_size=args.image_size,
     )
-    configs = table_configs(args.table, base) if args.table else [base]
-    records = measure(configs, args.steps, args.windows)
-    add_overheads(records)
+    if args.table == "loss_head":
+        records = loss_head_table(args.batch_size, args.jit_compile)
+    else:
+        configs = table_configs(args.table, base) if args.table else [base]
+        records = measure(configs, args.steps, args.windows)
+        add_overheads(records)
     command = "python -m tfascl.benchmark " + " ".join(sys.argv[1:] if argv is None else argv)
     for record in records:
         record["command"] = command.strip()

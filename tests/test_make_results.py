@@ -1,0 +1,96 @@
+"""docs/RESULTS.md is generated from the results files: the numbers in it are computed."""
+
+import importlib.util
+import json
+
+from helpers import REPO
+
+spec = importlib.util.spec_from_file_location(
+    "make_results", REPO / "benchmarks" / "make_results.py"
+)
+make_results = importlib.util.module_from_spec(spec)
+spec.loader.exec_module(make_results)
+
+
+def write(path, payload):
+    path.write_text(json.dumps(payload))
+
+
+def learning_run(method, seed, top1):
+    return {
+        "kind": "learning",
+        "method": method,
+        "seed": seed,
+        "knn_top1": top1,
+        "knn_curve": [[6, top1]],
+        "settings": {
+            "backbone_width": 16,
+            "data": "cifar10",
+            "subset_seed": 0,
+            "epochs": 6,
+            "batch_size": 128,
+            "queue_size": 1024,
+            "learning_rate": 0.06,
+            "warmup_epochs": 1,
+            "weight_decay": 5e-4,
+        },
+        "train_examples": 4000,
+        "test_examples": 10000,
+        "command": f"python -m benchmarks.learning --method={method} --seed={seed}",
+        "seconds": 600.0,
+        "device": "CPU test",
+        "load_average_end": [1.0, 1.0, 1.0],
+        "git_commit": "abc1234",
+        "date": "2026-01-01 00:00:00 UTC",
+    }
+
+
+def test_learning_table_and_paired_differences(tmp_path):
+    for method, tops in (("random", (20.0, 22.0)), ("moco", (30.0, 31.0)), ("ascl", (31.0, 33.0))):
+        for seed, top1 in enumerate(tops):
+            write(tmp_path / f"learning_{method}_seed{seed}.json", learning_run(method, seed, top1))
+    page = make_results.render(tmp_path)
+    # Means and sample standard deviations: (30, 31) -> 30.50 ± 0.71, (31, 33) -> 32.00 ± 1.41.
+    assert "| moco | 2 | 30.50 ± 0.71 |" in page
+    assert "| ascl | 2 | 32.00 ± 1.41 |" in page
+    # ASCL − MoCo by seed: +1, +2 -> mean 1.50 ± 0.71.
+    assert "ascl − moco, paired by seed: +1.00 (seed 0), +2.00 (seed 1); mean 1.50 ± 0.71" in page
+    assert "moco − random, paired by seed: +10.00 (seed 0), +9.00 (seed 1)" in page
+
+
+def test_loss_head_share_of_the_measured_moco_step(tmp_path):
+    step = {
+        "backbone_width": 64,
+        "precision": "float32",
+        "jit_compile": False,
+        "augment_on": "host",
+        "device": "CPU test",
+        "pairs_per_sec": 10.0,
+        "peak_memory_mb": 1.0,
+        "window_s": [1.0, 1.0],
+        "steps_per_window": 1,
+        "gflop_per_pair": 4.454,
+        "batch_size": 256,
+    }
+    records = [
+        {**step, "method": "moco", "queue_size": 4096, "step_ms": 20000.0},
+        {
+            **step,
+            "method": "ascl",
+            "queue_size": 4096,
+            "step_ms": 20100.0,
+            "overhead_vs_moco": 0.005,
+        },
+    ]
+    write(tmp_path / "speed_overhead.json", {"command": "x", "date": "d", "records": records})
+    head = {"batch_size": 256, "queue_size": 4096, "device": "CPU test", "calls": 30}
+    heads = [
+        {**head, "method": "moco", "loss_head_ms": 10.0, "extra_ms_vs_moco": 0.0},
+        {**head, "method": "ascl", "loss_head_ms": 15.0, "extra_ms_vs_moco": 5.0},
+    ]
+    write(tmp_path / "speed_loss_head.json", {"command": "y", "date": "d", "records": heads})
+    page = make_results.render(tmp_path)
+    assert "| ascl | 64 | 256 | 4096 | float32 | False | host | 10.0 | 20100.0 |" in page
+    assert "+0.5%" in page  # the whole-step overhead
+    # 5 ms of extra head time against MoCo's 20 s step is 0.025%.
+    assert "| ascl | 256 | 4096 | 15.0 | +5.00 | +0.025% |" in page
