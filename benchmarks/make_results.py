@@ -137,6 +137,7 @@ def speed_section(results: Path) -> list[str]:
             f"{len(s['tf_runs'])} round(s) of TF then torch, back to back (each its own "
             f"process, all cores; load average (1 min) at the end of each in the table).",
             f"TF: `{s['tf_command']}`; torch: `{s['torch_command']}`.",
+            *([s["note"]] if "note" in s else []),
             "",
         ]
         rows = [
