@@ -6,9 +6,9 @@ import pytest
 from helpers import REPO, run_python
 
 
-# byol_ascl is left out: it relabels within each replica's batch by design,
-# so its loss differs from one device's on the global batch.
-@pytest.mark.parametrize("method", ["ascl", "byol"])
+# byol_ascl relabels against the keys gathered from both replicas, so it must match
+# one device on the global batch too.
+@pytest.mark.parametrize("method", ["ascl", "byol", "byol_ascl"])
 def test_two_replicas_match_one_device_and_share_one_queue(method):
     out = run_python(str(REPO / "tests" / "mirrored_check.py"), method)
     assert out.returncode == 0, out.stderr[-3000:]

@@ -163,6 +163,27 @@ def test_byol_ascl_loss_matches_numpy(qkq):
     np.testing.assert_allclose(targets.numpy(), want_targets, atol=1e-6)
 
 
+def np_byol_ascl_rows(prediction, key, tau_prime, k):
+    _, targets = np_byol_ascl(prediction, key, tau_prime, k)
+    return 2 - 2 * (targets * (prediction @ key.T)).sum(1), targets
+
+
+@pytest.mark.parametrize("offset", [0, 2, 4])
+def test_byol_ascl_rows_of_a_gathered_batch_match_the_whole_batch(qkq, offset):
+    # A replica holds rows offset..offset+1 of the global batch of 6 and relabels them
+    # against all 6 gathered keys: the same targets and per-row losses as one device.
+    prediction, key, _ = qkq
+    rows, want_targets = np_byol_ascl_rows(prediction, key, 0.1, 2)
+    mine = slice(offset, offset + 2)
+    targets, confidence = losses.batch_relabel_targets(key[mine], 0.1, 2, bank=key, offset=offset)
+    assert targets.shape == (2, B) and confidence.shape == (2,)
+    np.testing.assert_allclose(targets.numpy(), want_targets[mine], atol=1e-6)
+    got = losses.byol_ascl_loss(
+        prediction[mine], key[mine], tau_prime=0.1, num_neighbors=2, bank=key, offset=offset
+    )
+    np.testing.assert_allclose(got.numpy(), rows[mine].mean(), rtol=1e-5)
+
+
 def test_byol_without_relabelling_is_two_minus_two_cos(qkq):
     prediction, key, _ = qkq
     want = (2 - 2 * (prediction * key).sum(1)).mean()

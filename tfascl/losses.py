@@ -238,63 +238,91 @@ def ressl_loss(
     return relation_loss(query, queue, ressl_targets(key, queue, tau_t), tau_s)
 
 
+def _self_columns(key: tf.Tensor, bank: tf.Tensor | None, offset: tf.Tensor | int) -> tuple:
+    """The bank (default: the keys) and the one-hot [b, N] of each key's own row in it."""
+    bank = key if bank is None else tf.stop_gradient(_f32(bank))
+    rows = tf.shape(key)[0]
+    columns = tf.range(rows) + tf.cast(offset, tf.int32)
+    return bank, tf.one_hot(columns, tf.shape(bank)[0], dtype=tf.float32)
+
+
 def batch_relabel_targets(
-    key: tf.Tensor, tau_prime: float = 0.05, num_neighbors: int = 1
+    key: tf.Tensor,
+    tau_prime: float = 0.05,
+    num_neighbors: int = 1,
+    bank: tf.Tensor | None = None,
+    offset: tf.Tensor | int = 0,
 ) -> tuple[tf.Tensor, tf.Tensor]:
     """ASCL's soft targets inside a batch, for BYOL+ASCL (no queue).
 
-    Each key is compared with the B−1 other keys: ``p = softmax(k·kᵀ/τ′)`` over
-    the off-diagonal entries of its row, ``c = 1 − H(p)/log(B−1)``; targets are
-    1 on the diagonal and ``min(K·c·p, 1)`` off it, rows normalised.
+    Each key is compared with the N−1 other keys of the batch: ``p = softmax(k·kᵀ/τ′)``
+    over the entries of its row other than itself, ``c = 1 − H(p)/log(N−1)``; targets
+    are 1 on its own entry and ``min(K·c·p, 1)`` on the others, rows normalised.
+
+    Under a multi-replica strategy ``bank`` is the global batch's keys (gathered from
+    every replica) and ``key`` this replica's rows of it, starting at ``offset``; the
+    rows are then exactly those one device computes for the global batch.
 
     Args:
-        key: [B, D] L2-normalised target-network outputs, B ≥ 2.
+        key: [b, D] L2-normalised target-network outputs.
         tau_prime: τ′.
-        num_neighbors: K; 0 gives the identity (plain BYOL).
+        num_neighbors: K; 0 gives the one-hot targets of plain BYOL.
+        bank: [N, D] the whole batch's keys, with ``key`` at rows ``offset … offset+b−1``;
+            None: ``key`` itself (N = b). N ≥ 2.
+        offset: the row of ``key[0]`` in ``bank``.
 
     Returns:
-        ``(targets, confidence)``: [B, B] float32 rows summing to 1, and c [B].
+        ``(targets, confidence)``: [b, N] float32 rows summing to 1, and c [b].
     """
     key = tf.stop_gradient(_f32(key))
-    batch = tf.shape(key)[0]
-    off_diagonal = 1.0 - tf.eye(batch)
-    logits = tf.matmul(key, key, transpose_b=True) / tau_prime
-    # A large finite negative keeps the diagonal out of the softmax without
+    bank, own = _self_columns(key, bank, offset)
+    others = 1.0 - own
+    logits = tf.matmul(key, bank, transpose_b=True) / tau_prime  # [b, N]
+    # A large finite negative keeps a key's own entry out of the softmax without
     # the 0·(−inf) NaN that −inf would put into the entropy.
-    logits = logits - 1e9 * (1.0 - off_diagonal)
+    logits = logits - 1e9 * own
     log_p = tf.nn.log_softmax(logits, axis=1)
-    p = tf.exp(log_p) * off_diagonal
-    entropy = -tf.reduce_sum(p * log_p * off_diagonal, axis=1)
-    confidence = 1.0 - entropy / tf.math.log(tf.cast(batch - 1, tf.float32))
+    p = tf.exp(log_p) * others
+    entropy = -tf.reduce_sum(p * log_p * others, axis=1)
+    neighbours = tf.cast(tf.shape(bank)[0] - 1, tf.float32)
+    confidence = 1.0 - entropy / tf.math.log(neighbours)
     soft = tf.minimum(num_neighbors * confidence[:, None] * p, 1.0)
-    targets = tf.eye(batch) + soft
+    targets = own + soft
     targets = targets / tf.reduce_sum(targets, axis=1, keepdims=True)
     return tf.stop_gradient(targets), confidence
 
 
 def byol_ascl_loss(
-    prediction: tf.Tensor, key: tf.Tensor, tau_prime: float = 0.05, num_neighbors: int = 1
+    prediction: tf.Tensor,
+    key: tf.Tensor,
+    tau_prime: float = 0.05,
+    num_neighbors: int = 1,
+    bank: tf.Tensor | None = None,
+    offset: tf.Tensor | int = 0,
 ) -> tf.Tensor:
     """BYOL's regression loss with ASCL's in-batch soft targets.
 
-    ``loss = mean_b (2 − 2·Σ_j targets[b, j] · (p_b·k_j))`` with targets from
-    ``batch_relabel_targets``. With ``num_neighbors=0`` the targets are the
-    identity and this is BYOL's ``2 − 2·cos(p, k)``.
+    ``loss = mean_b (2 − 2·Σ_j targets[b, j] · (p_b·bank_j))`` with targets from
+    ``batch_relabel_targets``. With ``num_neighbors=0`` the targets are one-hot on
+    each key's own entry and this is BYOL's ``2 − 2·cos(p, k)``.
 
     Args:
-        prediction: [B, D] L2-normalised predictor outputs of the online network.
-        key: [B, D] L2-normalised target-network outputs.
+        prediction: [b, D] L2-normalised predictor outputs of the online network.
+        key: [b, D] L2-normalised target-network outputs.
         tau_prime: τ′ of the in-batch neighbour distribution.
         num_neighbors: K.
+        bank: [N, D] the global batch's keys under a strategy (see
+            ``batch_relabel_targets``); None: ``key``.
+        offset: the row of ``key[0]`` in ``bank``.
 
     Returns:
-        Scalar float32 loss.
+        Scalar float32 loss (the mean over this replica's b rows).
     """
     prediction = _f32(prediction)
     key = tf.stop_gradient(_f32(key))
     if num_neighbors == 0:
-        targets = tf.eye(tf.shape(key)[0])
-    else:
-        targets, _ = batch_relabel_targets(key, tau_prime, num_neighbors)
-    cosine = tf.matmul(prediction, key, transpose_b=True)  # [B, B]
+        return tf.reduce_mean(2.0 - 2.0 * tf.reduce_sum(prediction * key, axis=1))
+    targets, _ = batch_relabel_targets(key, tau_prime, num_neighbors, bank, offset)
+    bank = key if bank is None else tf.stop_gradient(_f32(bank))
+    cosine = tf.matmul(prediction, bank, transpose_b=True)  # [b, N]
     return tf.reduce_mean(2.0 - 2.0 * tf.reduce_sum(targets * cosine, axis=1))

@@ -102,7 +102,7 @@ class MomentumModel(keras.Model):
         self.total_steps = total_steps
         self.views = views
         self.replica_jit_compile = replica_jit_compile
-        self._compiled_forward_backward = None
+        self._replica_functions: dict[str, Callable] = {}
         self.loss_tracker = keras.metrics.Mean(name="loss")
         self.momentum_tracker = keras.metrics.Mean(name="momentum")
         self.confidence_tracker = keras.metrics.Mean(name="confidence")
@@ -207,14 +207,20 @@ class MomentumModel(keras.Model):
             self.optimizer.build(self.online_weights)
         return tf.train.Checkpoint(model=self, optimizer=self.optimizer, **extra)
 
+    def replica_function(self, function: Callable) -> Callable:
+        """``function`` (a method run on each replica), XLA-compiled once when
+        ``replica_jit_compile`` is set; as it is otherwise."""
+        if not self.replica_jit_compile:
+            return function
+        name = function.__name__
+        if name not in self._replica_functions:
+            self._replica_functions[name] = tf.function(function, jit_compile=True)
+        return self._replica_functions[name]
+
     @property
     def step_function(self) -> Callable:
         """``forward_backward``, XLA-compiled when ``replica_jit_compile`` is set."""
-        if not self.replica_jit_compile:
-            return self.forward_backward
-        if self._compiled_forward_backward is None:
-            self._compiled_forward_backward = tf.function(self.forward_backward, jit_compile=True)
-        return self._compiled_forward_backward
+        return self.replica_function(self.forward_backward)
 
     def forward_backward(self, *args: tf.Tensor) -> tuple:
         """Loss and gradients of one step on one replica; defined by each method."""

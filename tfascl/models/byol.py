@@ -3,6 +3,8 @@
 BYOL+ASCL replaces BYOL's one-to-one target with ASCL's soft targets computed
 inside the batch (there is no queue): each prediction is pulled towards its own
 key and, weighted by the confidence c, towards the keys of its likely neighbours.
+Under a multi-replica strategy the neighbours come from the global batch (the keys
+of every replica), as on one device.
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ import tensorflow as tf
 from tfascl import losses
 from tfascl.models.base import MomentumModel, l2_normalize
 from tfascl.models.heads import mlp_head
+from tfascl.models.queue import gather_across_replicas, replica_offset
 
 
 class BYOL(MomentumModel):
@@ -68,51 +71,77 @@ class BYOL(MomentumModel):
         projection = self.projector(self.backbone(images, training=True), training=True)
         return l2_normalize(self.predictor(projection, training=True))
 
+    def encode_keys(self, strong: tf.Tensor, weak: tf.Tensor) -> list[tf.Tensor]:
+        """Target-network keys [b, D]: of the weak view, then (symmetric) of the strong one."""
+        keys = [self.encode_key(weak)]
+        if self.symmetric:
+            keys.append(self.encode_key(strong))
+        return keys
+
     def forward_backward(
-        self, strong: tf.Tensor, weak: tf.Tensor
-    ) -> tuple[tf.Tensor, list[tf.Tensor], tf.Tensor]:
-        """Loss and gradients of one step on one replica, and the key of the weak view.
+        self,
+        strong: tf.Tensor,
+        weak: tf.Tensor,
+        keys: list[tf.Tensor],
+        banks: list[tf.Tensor | None],
+        offset: tf.Tensor | int,
+    ) -> tuple[tf.Tensor, list[tf.Tensor]]:
+        """Loss and gradients of one step on one replica.
 
         Args:
-            strong: [B, H, W, 3] strongly augmented view.
-            weak: [B, H, W, 3] weakly augmented view.
+            strong: [b, H, W, 3] strongly augmented view.
+            weak: [b, H, W, 3] weakly augmented view.
+            keys: the target network's keys [b, D] of the weak (and strong) view.
+            banks: for each key, the global batch's keys [N, D] to relabel against
+                (None: this replica's keys).
+            offset: the row of this replica's first key in a bank.
 
         Returns:
-            ``(loss, gradients, key)`` with key [B, D] of the target network.
+            ``(loss, gradients)``.
         """
-        pairs = [(strong, self.encode_key(weak))]  # (online view, key [B, D])
-        if self.symmetric:
-            pairs.append((weak, self.encode_key(strong)))
-
+        views = (strong, weak)[: len(keys)]  # the online view paired with each key
         with tf.GradientTape() as tape:
             loss = tf.add_n(
                 [
                     losses.byol_ascl_loss(
-                        self.predict_key(view), key, self.target_temperature, self.num_neighbors
+                        self.predict_key(view),
+                        key,
+                        self.target_temperature,
+                        self.num_neighbors,
+                        bank,
+                        offset,
                     )
-                    for view, key in pairs
+                    for view, key, bank in zip(views, keys, banks)
                 ]
-            ) / len(pairs)
+            ) / len(keys)
             scaled_loss = self.scale_loss(loss)
-        return loss, tape.gradient(scaled_loss, self.online_weights), pairs[0][1]
+        return loss, tape.gradient(scaled_loss, self.online_weights)
 
     def train_step(self, data) -> dict[str, tf.Tensor]:  # noqa: ANN001
         strong, weak, labels = self.unpack(data)
         momentum = self.update_momentum_encoder()
-        loss, gradients, key = self.step_function(strong, weak)
+        keys = self.replica_function(self.encode_keys)(strong, weak)  # [b, D] each
+        if not self.relabel:
+            loss, gradients = self.step_function(strong, weak, keys, [None] * len(keys), 0)
+            self.apply_gradients(gradients)
+            return self.update_monitors(loss, momentum)
+
+        # Neighbours come from the whole global batch: every replica's keys, in order.
+        banks = [gather_across_replicas(key) for key in keys]  # [N, D] each
+        offset = replica_offset(tf.shape(keys[0])[0])
+        loss, gradients = self.step_function(strong, weak, keys, banks, offset)
         self.apply_gradients(gradients)
 
-        if not self.relabel:
-            return self.update_monitors(loss, momentum)
         targets, confidence = losses.batch_relabel_targets(
-            key, self.target_temperature, self.num_neighbors
-        )
+            keys[0], self.target_temperature, self.num_neighbors, banks[0], offset
+        )  # [b, N]
+        own = tf.one_hot(tf.range(tf.shape(targets)[0]) + offset, tf.shape(targets)[1])
         return self.update_monitors(
             loss,
             momentum,
             confidence=confidence,
-            positive_weight=tf.linalg.diag_part(targets),
-            neighbor_targets=targets * (1.0 - tf.eye(tf.shape(targets)[0])),
-            neighbor_labels=labels,
+            positive_weight=tf.reduce_sum(targets * own, axis=1),
+            neighbor_targets=targets * (1.0 - own),
+            neighbor_labels=None if labels is None else gather_across_replicas(labels),
             labels=labels,
         )

@@ -23,6 +23,17 @@ def gather_across_replicas(values: tf.Tensor) -> tf.Tensor:
     return context.all_gather(values, axis=0)
 
 
+def replica_offset(rows: tf.Tensor | int) -> tf.Tensor:
+    """The row of this replica's first example in ``gather_across_replicas``'s result.
+
+    Args:
+        rows: b, the examples on each replica.
+    """
+    context = tf.distribute.get_replica_context()
+    replica = 0 if context is None else context.replica_id_in_sync_group
+    return tf.cast(replica, tf.int32) * tf.cast(rows, tf.int32)
+
+
 class KeyQueue(keras.layers.Layer):
     """A FIFO queue of M L2-normalised keys [M, D], with their labels [M].
 
