@@ -404,6 +404,19 @@ def learning_section(results: Path) -> list[str]:
         rows,
         ["method", "seeds", "kNN top-1 % (mean ± s.d.)", "per seed", "curve", "minutes"],
     )
+    relabelled = [r for r in runs if "purity" in r.get("history", {})]
+    if relabelled:
+        last = {
+            key: [r["history"][key][-1] for r in relabelled] for key in ("confidence", "purity")
+        }
+        methods = ", ".join(sorted({r["method"] for r in relabelled}))
+        confidence, purity = (statistics.mean(last[key]) for key in ("confidence", "purity"))
+        lines += [
+            "",
+            f"Relabelling at the last epoch ({methods}, mean over {len(relabelled)} runs): "
+            f"confidence c {confidence:.2f}, purity {purity:.3f} (the share of the target mass "
+            "moved to neighbours that lands on the query's class; chance is 1/classes).",
+        ]
     # Runs of one seed share the subset, the initial weights and the data order, so the
     # per-seed difference is the paired comparison of the methods.
     by_seed = {m: {r["seed"]: r["knn_top1"] for r in group} for m, group in by_method.items()}

@@ -17,7 +17,9 @@ def write(path, payload):
 
 
 def learning_run(method, seed, top1):
+    history = {"confidence": [0.1, 0.2 + seed / 5], "purity": [0.1, 0.15 + seed / 10]}
     return {
+        "history": history if method == "ascl" else {"loss": [5.0, 4.0]},
         "kind": "learning",
         "method": method,
         "seed": seed,
@@ -56,6 +58,8 @@ def test_learning_table_and_paired_differences(tmp_path):
     # ASCL − MoCo by seed: +1, +2 -> mean 1.50 ± 0.71.
     assert "ascl − moco, paired by seed: +1.00 (seed 0), +2.00 (seed 1); mean 1.50 ± 0.71" in page
     assert "moco − random, paired by seed: +10.00 (seed 0), +9.00 (seed 1)" in page
+    # The last epoch's relabelling monitors of the ASCL runs: c (0.2, 0.4), purity (0.15, 0.25).
+    assert "(ascl, mean over 2 runs): confidence c 0.30, purity 0.200" in page
 
 
 def test_loss_head_share_of_the_measured_moco_step(tmp_path):
