@@ -17,22 +17,22 @@ from __future__ import annotations
 
 import json
 import os
-import platform
-import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import keras
 from absl import app, flags
 
+from tfascl.benchmark import device_name, git_commit
+from tfascl.callbacks import KnnMonitor
 from tfascl.data import eval_dataset, load_images, pretrain_dataset
-from tfascl.knn import extract_features, knn_accuracy
 from tfascl.optim import WarmupCosine, build_optimizer
 from tfascl.runs import RunSpec
 
 FLAGS = flags.FLAGS
-flags.DEFINE_string("data", "/work/shared/datasets/cifar10", "Image folder root/<split>/<class>.")
+flags.DEFINE_string("data", "../shared/datasets/cifar10", "Image folder root/<split>/<class>.")
 flags.DEFINE_string("method", "ascl", "A tfascl method, or 'random' for the untrained backbone.")
 flags.DEFINE_integer("seed", 0, "Seed of the model, the augmentations and the batch order.")
 flags.DEFINE_integer("subset_seed", 0, "Seed of the training subset (fixed across runs).")
@@ -48,57 +48,25 @@ flags.DEFINE_integer("knn_every", 5, "kNN evaluation every this many epochs (and
 flags.DEFINE_string("results_dir", "benchmarks/results", "Where the JSON result goes.")
 
 
-def _git_commit() -> str:
-    try:
-        return subprocess.check_output(["git", "rev-parse", "--short", "HEAD"], text=True).strip()
-    except (OSError, subprocess.CalledProcessError):
-        return "unknown"
+class CurveMonitor(KnnMonitor):
+    """tfascl's kNN monitor that also keeps the curve: ``[(epoch, top-1 %), ...]``."""
 
-
-def _cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
-
-
-def knn_top1(backbone: keras.Model, train_eval, test_eval) -> float:  # noqa: ANN001
-    """Weighted kNN top-1 (k=200, t=0.1) of ``backbone`` features, in percent."""
-    train_f, train_y = extract_features(backbone, train_eval)
-    test_f, test_y = extract_features(backbone, test_eval)
-    return (
-        100.0 * knn_accuracy(train_f, train_y, test_f, test_y, 10, k=200, temperature=0.1)["top1"]
-    )
-
-
-class KnnMonitor(keras.callbacks.Callback):
-    """Scores the backbone every ``every`` epochs and keeps the curve."""
-
-    def __init__(self, backbone: keras.Model, train_eval, test_eval, every: int):  # noqa: ANN001
-        super().__init__()
-        self.backbone, self.train_eval, self.test_eval, self.every = (
-            backbone,
-            train_eval,
-            test_eval,
-            every,
-        )
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
         self.curve: list[tuple[int, float]] = []
 
     def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None:
-        done = epoch + 1
-        if done % self.every == 0 or done == self.params["epochs"]:
-            top1 = knn_top1(self.backbone, self.train_eval, self.test_eval)
-            self.curve.append((done, round(top1, 2)))
-            print(f"epoch {done}: kNN top-1 {top1:.2f}%", flush=True)
+        super().on_epoch_end(epoch, logs)
+        if self.due(epoch) and not self.model.stop_training:
+            top1 = 100.0 * self.last["knn_top1"]
+            self.curve.append((epoch + 1, round(top1, 2)))
+            print(f"epoch {epoch + 1}: kNN top-1 {top1:.2f}%", flush=True)
 
 
 def main(argv: list[str]) -> None:
     del argv
     started = time.time()
-    commit = _git_commit()  # the code this run started with
+    commit = git_commit()  # the code this run started with
     keras.utils.set_random_seed(FLAGS.seed)
     train = load_images(
         FLAGS.data, "train", max_examples=FLAGS.max_train_examples, seed=FLAGS.subset_seed
@@ -119,11 +87,14 @@ def main(argv: list[str]) -> None:
         std=train.std,
     )
     model = spec.build_model()
-    curve: list[tuple[int, float]] = []
+    # The run's weighted kNN (k=200, t=0.1), every --knn_every epochs and at the end.
+    monitor = CurveMonitor(
+        train_eval, test_eval, 10, every=FLAGS.knn_every, last_epoch=FLAGS.epochs - 1
+    )
     history: dict = {}
     if method == "random":
-        top1 = knn_top1(model.backbone, train_eval, test_eval)
-        curve.append((0, round(top1, 2)))
+        monitor.set_model(model)
+        monitor.curve.append((0, round(100.0 * monitor.evaluate()["knn_top1"], 2)))
     else:
         schedule = WarmupCosine(
             FLAGS.learning_rate, total_steps, warmup_steps=FLAGS.warmup_epochs * steps_per_epoch
@@ -134,11 +105,10 @@ def main(argv: list[str]) -> None:
             ),
             jit_compile=False,
         )
-        monitor = KnnMonitor(model.backbone, train_eval, test_eval, FLAGS.knn_every)
         pairs = pretrain_dataset(train, FLAGS.batch_size, 32, seed=FLAGS.seed)
         fit = model.fit(pairs, epochs=FLAGS.epochs, verbose=2, callbacks=[monitor])
         history = {k: [round(float(v), 4) for v in vs] for k, vs in fit.history.items()}
-        curve = monitor.curve
+    curve = monitor.curve
     result = {
         "kind": "learning",
         "method": method,
@@ -165,7 +135,7 @@ def main(argv: list[str]) -> None:
         "test_examples": len(test),
         "command": "python -m benchmarks.learning " + " ".join(sys.argv[1:]),
         "seconds": round(time.time() - started, 1),
-        "device": f"CPU {_cpu_model()} x{os.cpu_count()}",
+        "device": device_name(),
         "load_average_end": [round(x, 2) for x in os.getloadavg()],
         "git_commit": commit,
         "date": time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime()),

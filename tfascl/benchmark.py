@@ -120,7 +120,8 @@ def device_name() -> str:
     return f"CPU: {model} x{os.cpu_count()}"
 
 
-def _git_commit() -> str:
+def git_commit() -> str:
+    """The short hash of the checked-out commit, or "unknown"."""
     try:
         return subprocess.run(
             ["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, check=True
@@ -470,7 +471,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
     """Measures the chosen configuration or table; prints JSON lines and a markdown table."""
     args = parse_args(argv)
-    commit = _git_commit()  # the code this run started with
+    commit = git_commit()  # the code this run started with
     base = Config(
         method=args.method,
         backbone=args.backbone,
