@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any
 
 import keras
+import numpy as np
 import tensorflow as tf
 from absl import app, logging
 
@@ -74,18 +75,64 @@ __all__ = [
 
 @dataclasses.dataclass
 class RunData:
-    """The images of a run: training set, kNN bank and kNN queries (None: no kNN)."""
+    """The images of a run: training set, kNN bank and kNN queries (None: no kNN).
 
-    train: Any  # tfascl.data.ImageSet
+    Each is an in-memory ``ImageSet`` or, streamed, an ``ImageFiles`` (``mode``).
+    """
+
+    train: Any
     bank: Any | None
     test: Any | None
     num_classes: int | None
+    mode: str = "memory"
+
+
+def memory_budget_bytes(config: TrainConfig) -> int:
+    """``--memory_budget_gb``, or half of this machine's RAM."""
+    if config.memory_budget_gb is not None:
+        return int(config.memory_budget_gb * 2**30)
+    return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") // 2
+
+
+def choose_input(config: TrainConfig) -> tuple[str, str]:
+    """(mode, why): memory or stream, decided before anything is decoded.
+
+    Memory mode holds the decoded array twice at its peak (NumPy and the host variable),
+    so ``auto`` streams when twice the estimated decoded size exceeds the budget.
+    """
+    if config.dataset == "digits":
+        return "memory", "'digits' is built in memory"
+    if config.input != "auto":
+        return config.input, f"--input={config.input}"
+    files = data.open_images(
+        config.dataset, config.train_split, data_dir=config.data_dir,
+        max_examples=config.max_train_examples, seed=config.seed,
+    )  # fmt: skip
+    decoded = data.estimated_decoded_bytes(files, config.load_size)
+    budget = memory_budget_bytes(config)
+    verdict = "fits" if 2 * decoded <= budget else "does not fit"
+    why = (
+        f"{len(files):,} images, about {decoded / 2**30:.2f} GB decoded: twice that "
+        f"{verdict} the memory budget of {budget / 2**30:.1f} GB (--memory_budget_gb)"
+    )
+    return ("memory" if 2 * decoded <= budget else "stream"), why
 
 
 def load_data(config: TrainConfig) -> RunData:
-    """Loads the training split (and the kNN bank and test split when labelled)."""
+    """The training split (and the kNN bank and test split when labelled), in the input mode
+    ``choose_input`` picks; one line says which and why."""
+    try:
+        mode, why = choose_input(config)
+    except ValueError as error:  # DatasetNotFoundError is a ValueError too
+        raise FlagError(f"--dataset={config.dataset}: {error}") from None
+    print(f"Input: {mode} ({why}).")
 
     def load(split: str, max_examples: int | None = None) -> Any:
+        if mode == "stream":
+            return data.open_images(
+                config.dataset, split, data_dir=config.data_dir,
+                max_examples=max_examples, seed=config.seed,
+            )  # fmt: skip
         return data.load_images(
             config.dataset,
             split,
@@ -96,60 +143,88 @@ def load_data(config: TrainConfig) -> RunData:
         )
 
     try:
-        train = load("train", config.max_train_examples)
-    except ValueError as error:  # DatasetNotFoundError is a ValueError too
+        train = load(config.train_split, config.max_train_examples)
+    except ValueError as error:
         raise FlagError(f"--dataset={config.dataset}: {error}") from None
     require(
         len(train) >= config.batch_size,
         f"--batch_size={config.batch_size}: larger than the {len(train)} training images",
     )
-    # STL-10's "train" includes the unlabelled images; its labelled part is the bank.
-    bank = load("train_labelled") if config.dataset == "stl10" else train
-    if bank.labels is not None and (bank.labels < 0).any():
-        keep = bank.labels >= 0
-        bank = dataclasses.replace(bank, images=bank.images[keep], labels=bank.labels[keep])
+    bank_split = config.knn_bank_split or (
+        "train_labelled" if config.dataset == "stl10" else config.train_split
+    )
     try:
+        bank = load(bank_split, config.knn_bank_size)
         test = load(config.test_split)
     except ValueError as error:
-        print(f"kNN monitor off: no test split {config.test_split!r} ({error})")
-        test = None
-    if bank.labels is None or len(bank.labels) == 0 or test is None or test.labels is None:
-        return RunData(train, None, None, len(train.class_names) or None)
-    return RunData(train, bank, test, max(len(train.class_names), int(bank.labels.max()) + 1))
+        print(f"kNN monitor off: {error}")
+        return RunData(train, None, None, len(train.class_names) or None, mode)
+    bank = data.labelled_only(bank)
+    if bank is None or len(bank) == 0 or not test.labelled:
+        return RunData(train, None, None, len(train.class_names) or None, mode)
+    classes = max(len(train.class_names), len(bank.class_names))
+    if bank.labels is not None:
+        classes = max(classes, int(bank.labels.max()) + 1)
+    return RunData(train, bank, test, classes, mode)
+
+
+class SkippedFilesReport(keras.callbacks.Callback):
+    """After each epoch, names the files of that epoch that could not be decoded (streamed
+    folders): once per epoch, however often a file was read."""
+
+    def __init__(self, skipped: Any, schedule: Any) -> None:
+        super().__init__()
+        self.skipped, self.schedule = skipped, schedule
+
+    def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None:
+        if not self.model.stop_training:
+            self.skipped.check(epoch, self.schedule(epoch))
 
 
 def training_stream(
-    config: TrainConfig, images: Any, first_epoch: int, last_epoch: int, skip: int = 0
+    config: TrainConfig,
+    images: Any,
+    first_epoch: int,
+    last_epoch: int,
+    skip: int = 0,
+    strategy: Any = None,
+    skipped: Any = None,
 ) -> Any:
-    """Batches of epochs ``[first_epoch, last_epoch)``, the first ``skip`` left out.
+    """Batches of epochs ``[first_epoch, last_epoch)``, the first ``skip`` left out, as a
+    distributed dataset: each input pipeline (one per worker) builds its own share.
 
-    Epoch e is ``pretrain_dataset(seed=seed + e)`` (with no global TF seed): its order
-    and augmentations depend on nothing else, so a run resumed at step s of epoch e skips the s
-    batches it already trained on and sees exactly the rest.
+    Epoch e's order and augmentations depend only on (``--seed``, e), so a run resumed at
+    step s of epoch e skips the s index batches it already trained on, before any image is
+    read, and sees exactly the rest. Each worker reads only its replicas' slices of every
+    global batch (``tfascl.data.stream.replica_shares``).
     """
+    strategy = strategy or tf.distribute.get_strategy()
+    images.host_arrays()  # made once, outside the strategy, before any pipeline
 
-    # Not converted by AutoGraph: it would turn the seed checks inside tf.data's
-    # shuffle into graph conditionals on the (symbolic) epoch seed.
-    @tf.autograph.experimental.do_not_convert
-    def epoch_batches(epoch: Any) -> Any:
-        return data.pretrain_dataset(
+    def dataset_fn(context: tf.distribute.InputContext) -> tf.data.Dataset:
+        dataset = data.pretrain_dataset(
             images,
             config.batch_size,
             config.image_size,
             augment_on=config.augment_on,
-            seed=tf.cast(epoch, tf.int64) + config.seed,
+            seed=config.seed,
             jit_compile=config.jit_augment,
+            key_augment=config.key_augment,
+            epochs=(first_epoch, last_epoch),
+            skip=skip,
+            input_context=context,
+            skipped=skipped,
         )
+        options = tf.data.Options()
+        # Each pipeline already reads only its own shares: no automatic sharding.
+        options.experimental_distribute.auto_shard_policy = tf.data.experimental.AutoShardPolicy.OFF
+        return dataset.with_options(options)
 
-    # Built without a global TF seed (the weights are made by now): tf.data combines it
-    # with the op seed, and TF's random_seed.get_seed compares (global, op) with (0, 0) in
-    # Python, which fails for a tensor op seed when the global seed is 0.
+    # The epoch seed is a tensor inside tf.data's shuffle; TF's random_seed.get_seed compares
+    # (global, op) seeds in Python, which fails for a tensor op seed when the global seed
+    # is 0: the weights are made by now, so the global seed can go.
     tf.random.set_seed(None)
-    stream = tf.data.Dataset.range(first_epoch, last_epoch).flat_map(epoch_batches).skip(skip)
-    options = tf.data.Options()
-    # The data lives in memory, not in files: shard batches, not files, across workers.
-    options.experimental_distribute.auto_shard_policy = tf.data.experimental.AutoShardPolicy.DATA
-    return stream.with_options(options).prefetch(tf.data.AUTOTUNE)
+    return strategy.distribute_datasets_from_function(dataset_fn)
 
 
 # --- Building -----------------------------------------------------------------------------
@@ -450,8 +525,8 @@ def knn_monitor(
         return None
     batch = 256
     return cbs.KnnMonitor(
-        data.eval_dataset(run_data.bank, batch, config.image_size),
-        data.eval_dataset(run_data.test, batch, config.image_size),
+        data.eval_dataset(run_data.bank, batch, config.image_size, crop_fraction=config.eval_crop),
+        data.eval_dataset(run_data.test, batch, config.image_size, crop_fraction=config.eval_crop),
         run_data.num_classes,
         every=config.knn_every,
         last_epoch=config.epochs - 1,
@@ -485,11 +560,15 @@ def run_epochs(
     if epoch < config.epochs:
         parts.append((epoch, config.epochs, 0))
     verbose = (1 if config.progress_bar else 2) if is_chief(strategy) else 0
+    skipped, report = None, []
+    if isinstance(run_data.train, data.ImageFiles) and run_data.train.paths is not None:
+        skipped = data.SkippedFiles(run_data.train)
+        report = [SkippedFilesReport(skipped, epoch_schedule(config, run_data.train, strategy))]
     for first, last, skip in parts:
-        dataset = training_stream(config, run_data.train, first, last, skip)
+        dataset = training_stream(config, run_data.train, first, last, skip, strategy, skipped)
         steps = steps_per_epoch - skip
         common = {"epochs": last, "initial_epoch": first, "steps_per_epoch": steps}
-        common.update(callbacks=callbacks, verbose=verbose)
+        common.update(callbacks=[*report, *callbacks], verbose=verbose)
         if config.strategy == "multi_worker":
             fit_loop(model, dataset, strategy=strategy, **common)
         else:  # shuffle=False: the stream is shuffled, per epoch, by its seed
@@ -498,6 +577,23 @@ def run_epochs(
             getattr(c, "interrupted", False) for c in callbacks
         ):
             return
+
+
+def epoch_schedule(config: TrainConfig, files: Any, strategy: Any) -> Any:
+    """Maps an epoch to the file indices this worker's pipeline reads in it (no file read)."""
+    resolver = getattr(strategy, "cluster_resolver", None)
+    workers = max(1, strategy.extended._num_workers if resolver and resolver.task_type else 1)
+    worker = resolver.task_id if resolver and resolver.task_type and workers > 1 else 0
+    context = tf.distribute.InputContext(workers, worker, strategy.num_replicas_in_sync)
+
+    def schedule(epoch: int) -> Any:
+        seed = data.stream.epoch_seed(config.seed, epoch)
+        shares = data.stream.replica_shares(
+            len(files), config.batch_size, seed, input_context=context
+        )
+        return np.concatenate([indices.numpy() for _, _, indices in shares])
+
+    return schedule
 
 
 def _percent(value: float | None) -> str:

@@ -37,6 +37,7 @@ RELABEL_METHODS = ("ascl", "ahcl", "hard", "byol_ascl")
 KEY_FLAGS = (
     "method",
     "dataset",
+    "train_split",
     "backbone",
     "backbone_width",
     "projector_dims",
@@ -88,6 +89,25 @@ class TrainConfig:
         "'digits', a TFDS name prepared under --data_dir, or a folder root/<split>/<class>/.",
     )
     data_dir: str | None = _flag(None, "TFDS data directory (default: TFDS's own).")
+    input: str = _flag(
+        "auto",
+        "memory: decode the images once into RAM; stream: read and decode files as batches "
+        "are needed; auto: memory when the decoded set fits --memory_budget_gb.",
+    )
+    memory_budget_gb: float | None = _flag(
+        None,
+        "RAM the decoded images may take with --input=auto; memory mode holds about twice "
+        "the decoded size. Default: half of this machine's RAM.",
+    )
+    train_split: str = _flag(
+        "train", "Split to pretrain on; folders also take 'a+b' (STL-10: train+unlabelled)."
+    )
+    knn_bank_split: str | None = _flag(
+        None, "Labelled split of the kNN bank. Default: train (TFDS stl10: train_labelled)."
+    )
+    knn_bank_size: int | None = _flag(
+        None, "kNN monitor on a fixed stratified subset of this many bank images."
+    )
     max_train_examples: int | None = _flag(None, "Use at most this many training images.")
     test_split: str = _flag("test", "Split the kNN monitor evaluates on.")
     image_size: int = _flag(32, "Side of the augmented views, in pixels.")
@@ -96,6 +116,14 @@ class TrainConfig:
     )
     augment_on: str = _flag(
         "host", "Augment in the tf.data pipeline (host) or inside the train step (device)."
+    )
+    key_augment: str = _flag(
+        "weak", "Key view: weak (crop, flip: ASCL, SCE, ReSSL) or strong (MoCo v2 aug+)."
+    )
+    eval_crop: float = _flag(
+        1.0,
+        "Evaluation crop: the central square of this fraction of the shorter side, resized "
+        "(0.875: ImageNet's Resize(256) + CenterCrop(224)).",
     )
     jit_augment: bool = _flag(
         True, "XLA-compile the host augmentation (faster after a few seconds' compile)."
@@ -162,6 +190,8 @@ ENUMS = {
     "method": list(METHODS),
     "momentum_schedule": ["constant", "cosine"],
     "augment_on": ["host", "device"],
+    "input": ["auto", "memory", "stream"],
+    "key_augment": ["weak", "strong"],
     "backbone": list(RESNETS),
     "stem": list(STEMS),
     "norm": list(NORMS),
@@ -237,6 +267,19 @@ def validate(config: TrainConfig) -> None:
     )  # fmt: skip
     for name in at_least_one:
         require(getattr(c, name) >= 1, f"--{name}={getattr(c, name)}: must be >= 1")
+    require(0 < c.eval_crop <= 1, f"--eval_crop={c.eval_crop}: must be in (0, 1]")
+    for name in ("memory_budget_gb", "knn_bank_size"):
+        value = getattr(c, name)
+        require(value is None or value > 0, f"--{name}={value}: must be > 0")
+    require(
+        not (c.input == "stream" and c.augment_on == "device"),
+        "--augment_on=device: needs --input=memory (streamed files of any size are "
+        "augmented on the host)",
+    )
+    require(
+        not (c.input == "stream" and c.dataset == "digits"),
+        "--input=stream: 'digits' is built in memory; stream a folder or a TFDS dataset",
+    )
     for name in ("knn_every", "checkpoint_every"):
         require(getattr(c, name) >= 0, f"--{name}={getattr(c, name)}: must be >= 0")
     require(

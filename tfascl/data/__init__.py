@@ -1,10 +1,12 @@
 """Data for contrastive pretraining: loading images, augmenting them, and tf.data pipelines.
 
 `load_images` reads "digits", a TFDS dataset or a folder into an in-memory `ImageSet`;
+`open_images` lists a folder or TFDS split as `ImageFiles`, streamed and decoded as needed;
 `augment` holds the batched, per-image random augmentations (also usable on the device via
 the `TwoViews` layer); `pretrain_dataset` and `eval_dataset` build the input pipelines.
 """
 
+from tfascl.data import stream
 from tfascl.data.augment import (
     TwoViews,
     eval_transform,
@@ -16,26 +18,36 @@ from tfascl.data.loading import (
     TFDS_SPLITS,
     DatasetNotFoundError,
     ImageSet,
+    labelled_only,
     load_images,
+    open_images,
     select_subset,
 )
-from tfascl.data.pipeline import eval_dataset, pretrain_dataset
+from tfascl.data.pipeline import INPUT_MODES, eval_dataset, pretrain_dataset
 from tfascl.data.stats import DATASET_STATS, Stats, estimate_stats, stats_for_name
+from tfascl.data.stream import ImageFiles, SkippedFiles, estimated_decoded_bytes
 
 __all__ = [
     "DATASET_STATS",
+    "INPUT_MODES",
     "TFDS_SPLITS",
     "DatasetNotFoundError",
+    "ImageFiles",
     "ImageSet",
+    "SkippedFiles",
     "Stats",
     "TwoViews",
     "estimate_stats",
+    "estimated_decoded_bytes",
     "eval_dataset",
     "eval_transform",
+    "labelled_only",
     "load_images",
+    "open_images",
     "pretrain_dataset",
     "select_subset",
     "stats_for_name",
+    "stream",
     "strong_augment",
     "two_views",
     "weak_augment",

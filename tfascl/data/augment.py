@@ -105,7 +105,7 @@ def _to_unit_float(images: tf.Tensor) -> tf.Tensor:
     return tf.cast(images, tf.float32) / 255.0
 
 
-def _normalise(images: tf.Tensor, mean: Sequence[float], std: Sequence[float]) -> tf.Tensor:
+def normalise(images: tf.Tensor, mean: Sequence[float], std: Sequence[float]) -> tf.Tensor:
     """[B, H, W, 3] float32 in [0, 1] -> (x - mean) / std per channel."""
     mean = tf.constant(mean, tf.float32, shape=[3])
     std = tf.constant(std, tf.float32, shape=[3])
@@ -410,7 +410,23 @@ def apply_strong(images: tf.Tensor, params: dict[str, tf.Tensor], size: int) -> 
     Returns:
         [B, size, size, 3] float32 in [0, 1].
     """
-    x = resized_crop(images, params["boxes"], params["flip"], size)
+    return apply_colour(resized_crop(images, params["boxes"], params["flip"], size), params)
+
+
+def apply_colour(x: tf.Tensor, params: dict[str, tf.Tensor]) -> tf.Tensor:
+    """The strong recipe after the crop: colour jitter, grayscale and blur.
+
+    The streaming pipeline crops each image while decoding it and batches the crops, so the
+    colour part is also applied on its own.
+
+    Args:
+        x: [B, S, S, 3] float32 in [0, 1], already cropped (and flipped).
+        params: Parameters from `sample_params` (`boxes` and `flip` are not used).
+
+    Returns:
+        [B, S, S, 3] float32 in [0, 1].
+    """
+    size = x.shape[1]
     jittered = color_jitter(x, params["jitter_factors"], params["jitter_order"])
     x = _where_batch(params["jitter"], jittered, x)
     # Grayscale is a saturation blend with factor 0; factor 1 keeps the colour image.
@@ -478,7 +494,7 @@ def strong_augment(
     Returns:
         [B, size, size, 3] float32, normalised.
     """
-    return _normalise(strong_augment_with_params(images, size, seed)[0], mean, std)
+    return normalise(strong_augment_with_params(images, size, seed)[0], mean, std)
 
 
 def weak_augment(
@@ -500,34 +516,45 @@ def weak_augment(
     Returns:
         [B, size, size, 3] float32, normalised.
     """
-    return _normalise(weak_augment_with_params(images, size, seed)[0], mean, std)
+    return normalise(weak_augment_with_params(images, size, seed)[0], mean, std)
 
 
 def eval_transform(
-    images: tf.Tensor, size: int, mean: Sequence[float], std: Sequence[float]
+    images: tf.Tensor,
+    size: int,
+    mean: Sequence[float],
+    std: Sequence[float],
+    crop_fraction: float = 1.0,
 ) -> tf.Tensor:
-    """Deterministic evaluation view: central square crop, resize to `size`, normalise.
+    """Deterministic evaluation view: central crop, resize to `size`, normalise.
 
-    Square images of the right size (CIFAR at 32 px) are only normalised.
+    The crop is the central square of side `crop_fraction` times the shorter side, i.e.
+    torchvision's `Resize(size / crop_fraction)` + `CenterCrop(size)` (ImageNet's 256/224 is
+    0.875); with 1.0 it is the whole central square. Images already `size` pixels square
+    (CIFAR at 32 px, with fraction 1) are only normalised.
 
     Args:
         images: [B, H, W, 3] uint8 or float pixels in [0, 255].
         size: Output side in pixels.
         mean: Per-channel mean in [0, 1] units.
         std: Per-channel standard deviation in [0, 1] units.
+        crop_fraction: Side of the central crop over the shorter side, in (0, 1].
 
     Returns:
         [B, size, size, 3] float32, normalised.
     """
     x = _to_unit_float(images)
-    if x.shape[1] != size or x.shape[2] != size:
+    if x.shape[1] != size or x.shape[2] != size or crop_fraction != 1.0:
         height, width = _spatial_size(x)
-        side = tf.minimum(height, width)
+        side = tf.minimum(height, width) * crop_fraction
         ones = tf.ones(tf.shape(x)[:1], tf.float32)
         box = tf.stack([(height - side) / 2, (width - side) / 2, side, side])
         boxes = ones[:, None] * box[None, :]
         x = resized_crop(x, boxes, tf.zeros_like(ones, tf.bool), size)
-    return _normalise(x, mean, std)
+    return normalise(x, mean, std)
+
+
+KEY_AUGMENTS = ("weak", "strong")
 
 
 def two_views(
@@ -536,8 +563,9 @@ def two_views(
     mean: Sequence[float],
     std: Sequence[float],
     seed: SeedLike = None,
+    key_augment: str = "weak",
 ) -> tuple[tf.Tensor, tf.Tensor]:
-    """The (strong, weak) pair of views of every image, with independent randomness.
+    """The (query, key) pair of views of every image, with independent randomness.
 
     Args:
         images: [B, H, W, 3] uint8 or float pixels in [0, 255].
@@ -545,14 +573,19 @@ def two_views(
         mean: Per-channel mean in [0, 1] units.
         std: Per-channel standard deviation in [0, 1] units.
         seed: int, [2] integer tensor or None.
+        key_augment: "weak" (crop and flip: the ASCL, SCE and ReSSL key view) or "strong"
+            (MoCo v2's `TwoCropsTransform`: both views strong).
 
     Returns:
-        (strong, weak), each [B, size, size, 3] float32, normalised.
+        (query, key), each [B, size, size, 3] float32, normalised; the query view is strong.
     """
+    if key_augment not in KEY_AUGMENTS:
+        raise ValueError(f"key_augment must be one of {KEY_AUGMENTS}, got {key_augment!r}")
     seeds = tf.random.experimental.stateless_split(_seed_pair(seed), num=2, alg="philox")
+    key_view = strong_augment if key_augment == "strong" else weak_augment
     return (
         strong_augment(images, size, mean, std, seed=seeds[0]),
-        weak_augment(images, size, mean, std, seed=seeds[1]),
+        key_view(images, size, mean, std, seed=seeds[1]),
     )
 
 
@@ -569,6 +602,7 @@ class TwoViews(keras.layers.Layer):
         mean: Per-channel mean in [0, 1] units.
         std: Per-channel standard deviation in [0, 1] units.
         seed: Optional int; None draws a random initial state.
+        key_augment: "weak" or "strong" key view (see `two_views`).
     """
 
     def __init__(
@@ -577,9 +611,13 @@ class TwoViews(keras.layers.Layer):
         mean: Sequence[float],
         std: Sequence[float],
         seed: int | None = None,
+        key_augment: str = "weak",
         **kwargs,
     ) -> None:
         super().__init__(**kwargs)
+        if key_augment not in KEY_AUGMENTS:
+            raise ValueError(f"key_augment must be one of {KEY_AUGMENTS}, got {key_augment!r}")
+        self.key_augment = key_augment
         self.size = int(size)
         self.mean = tuple(float(m) for m in mean)
         self.std = tuple(float(s) for s in std)
@@ -589,7 +627,8 @@ class TwoViews(keras.layers.Layer):
 
     def call(self, images: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
         """[B, H, W, 3] uint8/float in [0, 255] -> (strong, weak) [B, size, size, 3] float32."""
-        return two_views(images, self.size, self.mean, self.std, seed=self.seed_generator.next())
+        seed = self.seed_generator.next()
+        return two_views(images, self.size, self.mean, self.std, seed, self.key_augment)
 
     def compute_output_shape(self, input_shape: tuple) -> tuple[tuple, tuple]:
         shape = (input_shape[0], self.size, self.size, 3)
@@ -597,5 +636,11 @@ class TwoViews(keras.layers.Layer):
 
     def get_config(self) -> dict:
         config = super().get_config()
-        config.update(size=self.size, mean=self.mean, std=self.std, seed=self.seed)
+        config.update(
+            size=self.size,
+            mean=self.mean,
+            std=self.std,
+            seed=self.seed,
+            key_augment=self.key_augment,
+        )
         return config

@@ -13,7 +13,8 @@ Three kinds of source are accepted:
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass, field
+from collections.abc import Callable
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 import tensorflow as tf
@@ -21,11 +22,15 @@ import tensorflow_datasets as tfds
 from absl import logging
 
 from tfascl.data import cache, decode, folders
+from tfascl.data.host import host_variable
 from tfascl.data.stats import Stats, estimate_stats, stats_for_name
+from tfascl.data.stream import ImageFiles
 
 # Images decoded to estimate a dataset's statistics when no published values exist: enough
 # for three decimals, and the same fixed subset whichever split or subset is being loaded.
 STATS_SAMPLE = 10_000
+# Side the images of that sample are decoded at for streamed data (any size would do).
+STATS_SIZE = 64
 
 # The split names this library uses, per TFDS dataset. STL-10's "train" is what the
 # pretraining papers train on (its 5k labelled and 100k unlabelled images; unlabelled ones
@@ -73,9 +78,26 @@ class ImageSet:
     std: tuple[float, float, float]
     name: str
     skipped: list[str] = field(default_factory=list)
+    _variables: tuple | None = field(default=None, repr=False, compare=False)
 
     def __len__(self) -> int:
         return len(self.images)
+
+    @property
+    def labelled(self) -> bool:
+        return self.labels is not None
+
+    def host_arrays(self) -> tuple[tf.Variable, tf.Variable | None]:
+        """(images, labels or None) as host variables, made once and reused.
+
+        Variables, not constants: a dataset function captures a variable's handle, so no
+        graph holds the pixels (a constant above 2 GB cannot be serialised at all).
+        """
+        if self._variables is None:
+            images = host_variable(self.images, "images")
+            labels = None if self.labels is None else host_variable(self.labels, "labels")
+            self._variables = (images, labels)
+        return self._variables
 
 
 def select_subset(
@@ -226,12 +248,14 @@ def _decode_listing(
     return images, labels, skipped, error_texts
 
 
-def _folder_stats(root: str, size: tuple[int, int] | None, fallback: np.ndarray) -> Stats:
+def _folder_stats(
+    root: str, size: tuple[int, int] | None, fallback: Callable[[], np.ndarray]
+) -> Stats:
     """Published stats if the folder's name is known, else an estimate from its train split.
 
     The estimate uses a fixed stratified sample of at most `STATS_SAMPLE` train images, so
     every split and subset of one folder is normalised identically. Without a train split
-    the loaded images (`fallback`) are used.
+    the images `fallback()` returns are used.
     """
     known = stats_for_name(os.path.basename(os.path.normpath(root)))
     if known is not None:
@@ -239,7 +263,7 @@ def _folder_stats(root: str, size: tuple[int, int] | None, fallback: np.ndarray)
     try:
         listing = folders.scan_split(folders.split_dir(root, "train"))
     except ValueError:
-        return estimate_stats(fallback)
+        return estimate_stats(fallback())
     indices = select_subset(
         None if listing.labels is None else np.asarray(listing.labels),
         len(listing.paths),
@@ -255,9 +279,33 @@ def _folder_stats(root: str, size: tuple[int, int] | None, fallback: np.ndarray)
     if hit is not None:
         return Stats(tuple(hit[2]["mean"]), tuple(hit[2]["std"]))
     images = _decode_listing(listing, indices, size, use_cache=False)[0]
-    stats = estimate_stats(images) if len(images) else estimate_stats(fallback)
+    stats = estimate_stats(images) if len(images) else estimate_stats(fallback())
     cache.write(key, {"mean": stats.mean, "std": stats.std}, None, None)
     return stats
+
+
+def _scan_splits(root: str, split: str) -> folders.Listing:
+    """The listing of `split`, or of several joined by "+" (e.g. STL-10's train+unlabelled).
+
+    Class names come from the first labelled part; images of an unlabelled part (a flat
+    folder) get label -1 when another part is labelled, as TFDS's STL-10 does.
+    """
+    listings = [folders.scan_split(folders.split_dir(root, part)) for part in split.split("+")]
+    if len(listings) == 1:
+        return listings[0]
+    labelled = [listing for listing in listings if listing.labels is not None]
+    names = labelled[0].class_names if labelled else []
+    paths: list[str] = []
+    labels: list[int] = []
+    for listing in listings:
+        paths += listing.paths
+        if listing.labels is None:
+            labels += [-1] * len(listing.paths)
+        else:
+            index = {name: names.index(name) if name in names else -1 for name in names}
+            labels += [index.get(listing.class_names[label], -1) for label in listing.labels]
+    where = os.path.commonpath([listing.split_dir for listing in listings])
+    return folders.Listing(where, paths, labels if labelled else None, list(names))
 
 
 def _load_folder(
@@ -268,7 +316,7 @@ def _load_folder(
     fraction: float | None,
     seed: int,
 ) -> ImageSet:
-    listing = folders.scan_split(folders.split_dir(root, split))
+    listing = _scan_splits(root, split)
     labels = None if listing.labels is None else np.asarray(listing.labels)
     indices = select_subset(
         labels, len(listing.paths), max_examples=max_examples, fraction=fraction, seed=seed
@@ -280,7 +328,7 @@ def _load_folder(
             f"to decode (first: {skipped[0]}: {errors[0]})"
         )
     _warn_skipped(listing.split_dir, len(indices), skipped, errors)
-    stats = _folder_stats(root, size, images)
+    stats = _folder_stats(root, size, lambda: images)
     return ImageSet(
         images=images,
         labels=labels,
@@ -440,6 +488,106 @@ def _tfds_estimated_stats(
 
 
 # --------------------------------------------------------------------------------------
+
+
+def labelled_only(data: ImageSet | ImageFiles) -> ImageSet | ImageFiles | None:
+    """The labelled images of `data` (label >= 0), or None when it has no labels at all.
+
+    STL-10's unlabelled images carry label -1 inside a labelled split. TFDS records are
+    read as they come, so a streamed TFDS split is returned as it is when labelled.
+    """
+    if not data.labelled:
+        return None
+    if data.labels is None or (data.labels >= 0).all():
+        return data
+    keep = data.labels >= 0
+    if isinstance(data, ImageFiles):
+        return replace(data, count=int(keep.sum()), labels=data.labels[keep],
+                       paths=data.paths[keep], _variables=None)  # fmt: skip
+    return replace(data, images=data.images[keep], labels=data.labels[keep], _variables=None)
+
+
+def open_images(
+    source: str,
+    split: str = "train",
+    *,
+    data_dir: str | None = None,
+    max_examples: int | None = None,
+    fraction: float | None = None,
+    seed: int = 0,
+) -> ImageFiles:
+    """Opens a split for streaming: lists its files (or TFDS records), decodes nothing.
+
+    Args:
+        source: A folder path or a prepared TFDS dataset name (not "digits", which is
+            always in memory).
+        split: As in `load_images`; folders also accept "a+b".
+        data_dir: TFDS data directory.
+        max_examples: Keep at most this many images (folders: a stratified draw; TFDS: the
+            first ones, `split[:n]`).
+        fraction: Keep this fraction of the images (folders only).
+        seed: Seed of the subset draw.
+
+    Returns:
+        An `ImageFiles` with the split's statistics (published, or estimated once from a
+        fixed sample of its train split and cached).
+
+    Raises:
+        DatasetNotFoundError: A TFDS dataset is not prepared under `data_dir`.
+        ValueError: Unknown source; missing or empty folder or split; bad arguments.
+    """
+    if source == "digits":
+        raise ValueError("'digits' is held in memory; use load_images")
+    path = os.path.expanduser(source)
+    if os.path.isdir(path):
+        listing = _scan_splits(path, split)
+        labels = None if listing.labels is None else np.asarray(listing.labels, np.int64)
+        indices = select_subset(
+            labels, len(listing.paths), max_examples=max_examples, fraction=fraction, seed=seed
+        )
+        # Statistics barely depend on resolution: a 64 px sample keeps this pass cheap.
+        sample = (STATS_SIZE, STATS_SIZE)
+
+        def own_sample() -> np.ndarray:
+            chosen = select_subset(labels, len(listing.paths), max_examples=STATS_SAMPLE)
+            return _decode_listing(listing, chosen, sample, use_cache=False)[0]
+
+        stats = _folder_stats(path, sample, own_sample)
+        return ImageFiles(
+            name=os.path.basename(os.path.normpath(path)),
+            count=len(indices),
+            labels=None if labels is None else labels[indices],
+            class_names=list(listing.class_names),
+            mean=stats.mean,
+            std=stats.std,
+            paths=np.asarray(listing.paths, dtype=object)[indices],
+            where=listing.split_dir,
+        )
+    if os.path.isabs(path) or source.startswith((".", "~")):
+        raise ValueError(f"Image folder not found: {path}")
+    if fraction is not None:
+        raise ValueError("fraction is not supported for streamed TFDS data; use max_examples")
+    builder = _tfds_builder(source, data_dir)
+    expression = _tfds_split(builder, source, split)
+    if max_examples is not None:
+        expression = f"({expression})[:{max_examples}]" if "+" in expression else (
+            f"{expression}[:{max_examples}]")  # fmt: skip
+    image_key, label_key, class_names = _tfds_keys(builder)
+    count = int(builder.info.splits[expression].num_examples)
+    stats = stats_for_name(builder.name)
+    if stats is None:  # a fixed sample of the train split, decoded small and cached
+        sample = _load_tfds(source, "train", data_dir, (STATS_SIZE,) * 2, STATS_SAMPLE, None, 0)
+        stats = Stats(sample.mean, sample.std)
+    return ImageFiles(
+        name=builder.name,
+        count=count,
+        labels=None,
+        class_names=class_names,
+        mean=stats.mean,
+        std=stats.std,
+        tfds=(builder, expression, image_key, label_key),
+        where=f"{source}/{expression}",
+    )
 
 
 def load_images(

@@ -1,0 +1,530 @@
+"""Streaming input: image files (or TFDS records) read and decoded by tf.data as needed.
+
+An `ImageFiles` is a split that stays encoded where it is: the paths of a folder's files or
+a prepared TFDS split. Memory does not grow with the number of images: only the file list
+(a few tens of bytes per image) is held, in host variables rather than graph constants.
+
+Each image is decoded once per step it is used in, fused with its crop where the format
+allows: for JPEG the RandomResizedCrop box is drawn from the header's size
+(`extract_jpeg_shape`) and only that window is decoded (`decode_and_crop_jpeg`); PNG, GIF
+(first frame) and BMP are decoded whole and cropped. Images keep their aspect ratio: the
+torchvision box (scale, log-ratio, ten tries, then the central fallback) is drawn per image
+on its own size. The crops are resized to the view size (bilinear, antialiased), batched,
+and the rest of the strong recipe (flip, colour jitter, grayscale, blur) runs batched, as in
+the in-memory pipeline.
+
+Files that cannot be decoded are dropped from the stream (`ignore_errors`) and reported by
+`SkippedFiles` once per epoch, by name.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import os
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
+import tensorflow as tf
+from absl import logging
+from PIL import Image
+
+from tfascl.data import augment
+from tfascl.data.augment import KEY_AUGMENTS, sample_crop_boxes
+from tfascl.data.host import host_variable
+
+# Views whose crop box a pretraining example draws: query and key.
+_VIEWS = 2
+# Examples buffered for TFDS's example-level shuffle (files are shuffled too).
+TFDS_SHUFFLE_BUFFER = 10_000
+
+
+@dataclasses.dataclass
+class ImageFiles:
+    """A split read from its files (or TFDS records) as it is needed.
+
+    Attributes:
+        name: Dataset name.
+        count: Number of images (files, or TFDS examples).
+        labels: [count] int64 labels (-1 for unlabelled images among labelled ones), or
+            None for unlabelled data. For TFDS the labels come with the records and this
+            is None even when the split is labelled; see `labelled`.
+        class_names: Class names in label order.
+        mean: Per-channel mean in [0, 1] units.
+        std: Per-channel standard deviation in [0, 1] units.
+        paths: [count] file paths (folders), or None (TFDS).
+        tfds: For TFDS: (builder, split expression, image key, label key or None).
+        where: The folder or TFDS split, for messages.
+    """
+
+    name: str
+    count: int
+    labels: np.ndarray | None
+    class_names: list[str]
+    mean: tuple[float, float, float]
+    std: tuple[float, float, float]
+    paths: np.ndarray | None = None
+    tfds: tuple | None = None
+    where: str = ""
+    _variables: tuple | None = dataclasses.field(default=None, repr=False)
+
+    def __len__(self) -> int:
+        return self.count
+
+    @property
+    def labelled(self) -> bool:
+        if self.tfds is not None:
+            return self.tfds[3] is not None
+        return self.labels is not None
+
+    def host_arrays(self) -> tuple[tf.Variable, tf.Variable | None]:
+        """(paths [N] string, labels [N] int64 or None) as host variables, made once.
+
+        Variables, not constants: a dataset function captures a variable's handle, so no
+        graph ever holds the file list (and none reaches TensorFlow's 2 GB proto limit).
+        """
+        if self._variables is None:
+            paths = host_variable(self.paths.astype(object), "paths")
+            labels = None if self.labels is None else host_variable(self.labels, "labels")
+            self._variables = (paths, labels)
+        return self._variables
+
+
+# --- Opening a source without decoding it ---------------------------------------------------
+
+
+def image_header_size(path: str) -> tuple[int, int] | None:
+    """(height, width) read from the file header only, or None when unreadable."""
+    try:
+        with Image.open(path) as image:
+            return image.height, image.width
+    except Exception:  # any unreadable file: it is skipped later, when decoded
+        return None
+
+
+def estimated_decoded_bytes(files: ImageFiles, load_size: int | None, sample: int = 64) -> int:
+    """Bytes the split takes decoded into memory as uint8 RGB, estimated before decoding.
+
+    With `load_size` every image is `load_size` pixels square; otherwise the mean size of
+    up to `sample` files spread over the split (headers only) stands for all of them.
+    """
+    if load_size is not None:
+        return files.count * load_size * load_size * 3
+    sizes: list[tuple[int, int]] = []
+    if files.paths is not None:
+        step = max(1, files.count // sample)
+        for path in files.paths[::step][:sample]:
+            size = image_header_size(str(path))
+            if size is not None:
+                sizes.append(size)
+    else:
+        builder, expression, image_key, _ = files.tfds
+        shape = builder.info.features[image_key].shape
+        if shape[0] is not None and shape[1] is not None:
+            sizes.append((shape[0], shape[1]))
+        else:
+            import tensorflow_datasets as tfds
+
+            records = builder.as_dataset(
+                split=expression, decoders={image_key: tfds.decode.SkipDecoding()}
+            )
+            for example in records.take(16):
+                height, width = tf.image.extract_jpeg_shape(example[image_key])[:2].numpy()
+                sizes.append((int(height), int(width)))
+    if not sizes:
+        return 0
+    pixels = float(np.mean([h * w for h, w in sizes]))
+    return int(files.count * pixels * 3)
+
+
+# --- Per-example decoding -------------------------------------------------------------------
+
+
+def _integer_boxes(boxes: tf.Tensor, height: tf.Tensor, width: tf.Tensor) -> tf.Tensor:
+    """[n, 4] float (top, left, h, w) boxes -> int32 boxes inside the image, at least 1 px."""
+    h = tf.clip_by_value(tf.round(boxes[:, 2]), 1.0, height)
+    w = tf.clip_by_value(tf.round(boxes[:, 3]), 1.0, width)
+    top = tf.clip_by_value(tf.floor(boxes[:, 0]), 0.0, height - h)
+    left = tf.clip_by_value(tf.floor(boxes[:, 1]), 0.0, width - w)
+    return tf.cast(tf.stack([top, left, h, w], axis=1), tf.int32)
+
+
+def decode_crops(
+    contents: tf.Tensor,
+    boxes_for: Callable[[tf.Tensor, tf.Tensor], tf.Tensor],
+    size: int,
+) -> tf.Tensor:
+    """Decodes one encoded image into crops resized to `size`, decoding only the crops of a JPEG.
+
+    Args:
+        contents: Scalar string, an encoded JPEG, PNG, GIF or BMP.
+        boxes_for: Maps the image's (height, width) float32 scalars to [n, 4] float32 boxes
+            (top, left, h, w) in pixels.
+        size: Side of the resized crops.
+
+    Returns:
+        [n, size, size, 3] float32 in [0, 255].
+    """
+
+    def resize(crop: tf.Tensor) -> tf.Tensor:
+        return tf.image.resize(crop, [size, size], method="bilinear", antialias=True)
+
+    def jpeg() -> tf.Tensor:
+        shape = tf.cast(tf.io.extract_jpeg_shape(contents), tf.float32)
+        boxes = _integer_boxes(boxes_for(shape[0], shape[1]), shape[0], shape[1])
+        return tf.map_fn(
+            lambda box: resize(tf.io.decode_and_crop_jpeg(contents, box, channels=3)),
+            boxes,
+            fn_output_signature=tf.float32,
+        )
+
+    def other() -> tf.Tensor:
+        image = tf.io.decode_image(contents, channels=3, expand_animations=False)
+        shape = tf.cast(tf.shape(image), tf.float32)
+        boxes = _integer_boxes(boxes_for(shape[0], shape[1]), shape[0], shape[1])
+        return tf.map_fn(
+            lambda box: resize(tf.slice(image, [box[0], box[1], 0], [box[2], box[3], 3])),
+            boxes,
+            fn_output_signature=tf.float32,
+        )
+
+    crops = tf.cond(tf.io.is_jpeg(contents), jpeg, other)
+    return tf.ensure_shape(crops, [None, size, size, 3])
+
+
+def random_boxes(seed: tf.Tensor, views: int = _VIEWS) -> Callable:
+    """`boxes_for` drawing `views` RandomResizedCrop boxes (torchvision's rule) from `seed`."""
+
+    def boxes_for(height: tf.Tensor, width: tf.Tensor) -> tf.Tensor:
+        uniforms = tf.random.stateless_uniform(
+            [views, 4 * augment.CROP_ATTEMPTS], seed, alg="philox"
+        )
+        return sample_crop_boxes(uniforms, height, width)
+
+    return boxes_for
+
+
+def centre_box(crop_fraction: float) -> Callable:
+    """`boxes_for` giving the central square of side `crop_fraction` x the shorter side."""
+
+    def boxes_for(height: tf.Tensor, width: tf.Tensor) -> tf.Tensor:
+        side = tf.minimum(height, width) * crop_fraction
+        return tf.stack([(height - side) / 2, (width - side) / 2, side, side])[None, :]
+
+    return boxes_for
+
+
+# --- Index batches shared by the in-memory and the streaming pipelines ----------------------
+
+
+def epoch_seed(seed: Any, epoch: Any) -> tf.Tensor:
+    """The [2] int64 stateless seed of one epoch's order and augmentations."""
+    return tf.stack([tf.cast(seed, tf.int64), tf.cast(epoch, tf.int64)])
+
+
+def replica_shares(
+    count: int,
+    global_batch: int,
+    seed: tf.Tensor,
+    *,
+    shuffle: bool = True,
+    skip: int = 0,
+    input_context: tf.distribute.InputContext | None = None,
+) -> tf.data.Dataset:
+    """This input pipeline's shares of one epoch's global batches, as example indices.
+
+    The epoch's order is one seeded permutation of all `count` examples, cut into global
+    batches of `global_batch` (the remainder is dropped). Global batch `s` is split into one
+    slice per replica; pipeline `p` of `P` (one per worker) keeps the slices of its own
+    replicas, in order. So the union over replicas is exactly the one-device batch, the
+    workers' indices are disjoint, and nothing depends on how many workers there are.
+
+    Args:
+        count: Examples in the split.
+        global_batch: Examples per step, all replicas together.
+        seed: [2] int64 seed of the permutation.
+        shuffle: Permute the examples (else dataset order).
+        skip: Global batches to leave out at the start (a resumed epoch): skipped here, as
+            indices, before any image is read.
+        input_context: From `distribute_datasets_from_function`; None means one pipeline
+            feeding one replica.
+
+    Returns:
+        Elements `(step, replica, indices)`: the global step within the epoch (int64), the
+        global replica index (int64) and [global_batch / replicas] int64 indices.
+    """
+    replicas, pipeline, pipelines = 1, 0, 1
+    if input_context is not None:
+        replicas = input_context.num_replicas_in_sync
+        pipeline, pipelines = input_context.input_pipeline_id, input_context.num_input_pipelines
+    if global_batch % replicas:
+        raise ValueError(f"global batch {global_batch} is not divisible by {replicas} replicas")
+    local = replicas // pipelines
+    share = global_batch // replicas
+    steps = count // global_batch
+    order = tf.range(count, dtype=tf.int64)
+    if shuffle:
+        order = tf.random.experimental.stateless_shuffle(order, seed)
+    batches = tf.reshape(order[: steps * global_batch], [steps, replicas, share])
+
+    def local_shares(step: tf.Tensor) -> tf.data.Dataset:
+        first = pipeline * local
+        ids = tf.range(first, first + local, dtype=tf.int64)
+        slices = tf.gather(batches, step)[first : first + local]
+        return tf.data.Dataset.from_tensor_slices((tf.fill([local], step), ids, slices))
+
+    return tf.data.Dataset.range(skip, steps).flat_map(local_shares)
+
+
+def epoch_numbers(seed: int, epochs: tuple[int, int] | None, spare: int = 1) -> tf.data.Dataset:
+    """The epochs a stream runs through: `range(first, last + spare)`, or for `epochs=None`
+    one number per iteration, drawn anew each time (a notebook's `fit(epochs=N)` re-iterates
+    one dataset N times and should see N different epochs)."""
+    if epochs is None:
+        return tf.data.Dataset.random(seed=seed, rerandomize_each_iteration=True).take(1)
+    return tf.data.Dataset.range(epochs[0], epochs[1] + spare)
+
+
+def share_seed(seed: tf.Tensor, step: tf.Tensor, replica: tf.Tensor) -> tf.Tensor:
+    """The [2] stateless seed of one replica's share of one step (its augmentations)."""
+    mixed = tf.random.experimental.stateless_fold_in(seed, step, alg="philox")
+    return tf.random.experimental.stateless_fold_in(mixed, replica, alg="philox")
+
+
+# --- Datasets -------------------------------------------------------------------------------
+
+
+class SkippedFiles:
+    """Names the files that failed to decode, once per epoch.
+
+    Every example that decodes writes its epoch into a host variable (one int64 per file);
+    after an epoch the files scheduled in it whose entry is older were dropped. The
+    schedule is recomputed from the same seed (indices only, nothing is read).
+    """
+
+    def __init__(self, files: ImageFiles) -> None:
+        self.files = files
+        self.decoded_in = host_variable(np.full(files.count, -1, np.int64), "decoded_in")
+        self.reported: dict[int, list[str]] = {}
+
+    def mark(self, index: tf.Tensor, epoch: tf.Tensor) -> tf.Operation:
+        return self.decoded_in.scatter_nd_update(index[None, None], epoch[None])
+
+    def check(self, epoch: int, scheduled: np.ndarray) -> list[str]:
+        """The scheduled files of `epoch` that did not decode; logged once."""
+        if epoch in self.reported:
+            return self.reported[epoch]
+        decoded_in = self.decoded_in.numpy()
+        missing = np.sort(scheduled[decoded_in[scheduled] < epoch])
+        names = [str(self.files.paths[i]) for i in missing]
+        self.reported[epoch] = names
+        if names:
+            shown = ", ".join(os.path.relpath(n, self.files.where) for n in names[:20])
+            more = f" and {len(names) - 20} more" if len(names) > 20 else ""
+            logging.warning(
+                "Epoch %d: skipped %d of %d files of %s that could not be decoded: %s%s",
+                epoch + 1,
+                len(names),
+                len(scheduled),
+                self.files.where,
+                shown,
+                more,
+            )
+        return names
+
+
+def _tfds_records(
+    files: ImageFiles, input_context: tf.distribute.InputContext | None, shuffle_files: bool
+) -> tf.data.Dataset:
+    """(encoded image, label) records of a TFDS split: this pipeline's files, in a fixed order.
+
+    TFDS shuffles the examples when it prepares a dataset, and the files are shuffled once
+    more here with a fixed seed; each epoch then adds its own seeded example-level shuffle.
+    """
+    import tensorflow_datasets as tfds
+
+    builder, expression, image_key, label_key = files.tfds
+    read_config = tfds.ReadConfig(input_context=input_context, shuffle_seed=0, try_autocache=False)
+    records = builder.as_dataset(
+        split=expression,
+        shuffle_files=shuffle_files,
+        read_config=read_config,
+        decoders={image_key: tfds.decode.SkipDecoding()},
+    )
+    if label_key is None:
+        return records.map(lambda ex: (ex[image_key], tf.constant(-1, tf.int64)))
+    return records.map(lambda ex: (ex[image_key], tf.cast(ex[label_key], tf.int64)))
+
+
+def stream_pretrain_dataset(
+    files: ImageFiles,
+    global_batch: int,
+    image_size: int,
+    *,
+    seed: int,
+    epochs: tuple[int, int] | None = None,
+    skip: int = 0,
+    input_context: tf.distribute.InputContext | None = None,
+    key_augment: str = "weak",
+    jit_compile: bool = True,
+    skipped: SkippedFiles | None = None,
+) -> tf.data.Dataset:
+    """Pretraining batches of (query, key) views, decoded from the files as needed.
+
+    Epoch e's order and augmentations depend only on (`seed`, e). The first `skip` global
+    batches of the first epoch are left out before any file is read (TFDS: its records are
+    read but not decoded). Examples that fail to decode are dropped: the stream then runs on
+    into the next epoch's order, and one spare epoch at the end keeps the run from running
+    out.
+
+    Args:
+        files: The split.
+        global_batch: Examples per step, all replicas together.
+        image_size: Side of the views.
+        seed: Run seed.
+        epochs: (first, one past the last) epoch of the stream, plus one spare epoch; None:
+            one epoch per iteration of the dataset, a new one each time (for `fit(epochs=)`).
+        skip: Global batches of the first epoch already trained on.
+        input_context: From `distribute_datasets_from_function`, or None.
+        key_augment: "weak" or "strong" key view.
+        jit_compile: XLA-compile the batched colour augmentation.
+        skipped: Records the files that decode (folders only).
+
+    Returns:
+        Batches `((query, key), labels)` of [per-replica batch, S, S, 3] float32 views and
+        [per-replica batch] int64 labels (-1 unlabelled), or `(query, key)` for an
+        unlabelled split.
+    """
+    if key_augment not in KEY_AUGMENTS:
+        raise ValueError(f"key_augment must be one of {KEY_AUGMENTS}, got {key_augment!r}")
+    replicas, pipeline, pipelines = 1, 0, 1
+    if input_context is not None:
+        replicas = input_context.num_replicas_in_sync
+        pipeline, pipelines = input_context.input_pipeline_id, input_context.num_input_pipelines
+    share = global_batch // replicas
+    local_batch = share * (replicas // pipelines)  # examples this pipeline feeds per step
+    mean, std = files.mean, files.std
+    records = None if files.tfds is None else _tfds_records(files, input_context, True)
+
+    # Elements: (epoch, position, index, contents, label). `position` numbers the examples
+    # of an epoch (seeds their crops); `index` is the file's (-1 for TFDS records).
+    def epoch_examples(epoch: tf.Tensor) -> tf.data.Dataset:
+        seed_e = epoch_seed(seed, epoch)
+        first = epochs[0] if epochs else epoch
+        epoch_skip = tf.where(tf.equal(epoch, first), tf.cast(skip, tf.int64), 0)
+        if records is not None:
+            shuffled = records.shuffle(TFDS_SHUFFLE_BUFFER, seed=seed_e[0] * 100_003 + epoch)
+            counter = tf.data.Dataset.range(tf.int64.max)
+            no_index = tf.constant(-1, tf.int64)  # records are not files: nothing to name
+
+            def example(n: tf.Tensor, record: tuple) -> tuple:
+                return (epoch, n * pipelines + pipeline, no_index, *record)
+
+            shuffled = tf.data.Dataset.zip(counter, shuffled).skip(epoch_skip * local_batch)
+            return shuffled.map(example)
+        paths, labels = files.host_arrays()
+        shares = replica_shares(
+            files.count, global_batch, seed_e, skip=epoch_skip, input_context=input_context
+        )
+
+        def examples(step: tf.Tensor, replica: tf.Tensor, indices: tf.Tensor) -> tf.data.Dataset:
+            position = (step * replicas + replica) * share + tf.range(share, dtype=tf.int64)
+            label = -tf.ones_like(indices) if labels is None else tf.gather(labels, indices)
+            return tf.data.Dataset.from_tensor_slices(
+                (tf.fill([share], epoch), position, indices, label)
+            )
+
+        def read(epoch_: tf.Tensor, position: tf.Tensor, index: tf.Tensor, label: tf.Tensor):  # noqa: ANN202
+            return epoch_, position, index, tf.io.read_file(tf.gather(paths, index)), label
+
+        return shares.flat_map(examples).map(read, num_parallel_calls=tf.data.AUTOTUNE)
+
+    def decode(epoch, position, index, contents, label):  # noqa: ANN001, ANN202
+        example_seed = tf.random.experimental.stateless_fold_in(
+            epoch_seed(seed, epoch), position, alg="philox"
+        )
+        crops = decode_crops(contents, random_boxes(example_seed), image_size)
+        if skipped is not None:  # marked only once the decode has succeeded
+            with tf.control_dependencies([crops]):
+                marked = skipped.mark(index, epoch)
+            with tf.control_dependencies([marked]):
+                crops = tf.identity(crops)
+        return epoch, position, crops, label
+
+    # XLA fuses the colour operations, as in the in-memory pipeline.
+    @tf.function(jit_compile=jit_compile)
+    def colour(crops: tf.Tensor, batch_seed: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
+        x = crops / 255.0  # [b, 2, S, S, 3]: the query's and the key's crops
+        size = tf.constant(image_size, tf.float32)
+        seeds = tf.random.experimental.stateless_split(batch_seed, num=2, alg="philox")
+        views = []
+        for view in range(_VIEWS):
+            params = augment.sample_params(tf.shape(x)[0], size, size, seeds[view])
+            flip = params["flip"][:, None, None, None]
+            crop = tf.where(flip, tf.reverse(x[:, view], axis=[2]), x[:, view])
+            if view == 0 or key_augment == "strong":
+                crop = augment.apply_colour(crop, params)
+            views.append(augment.normalise(crop, mean, std))
+        return views[0], views[1]
+
+    def finish(epoch, position, crops, label):  # noqa: ANN001, ANN202
+        batch_seed = tf.random.experimental.stateless_fold_in(
+            epoch_seed(seed, epoch[0]), position[0] // share, alg="philox"
+        )
+        views = colour(crops, batch_seed)
+        return (views, label) if files.labelled else views
+
+    stream = epoch_numbers(seed, epochs).flat_map(epoch_examples)
+    stream = stream.map(decode, num_parallel_calls=tf.data.AUTOTUNE).ignore_errors()
+    stream = stream.batch(share, drop_remainder=True)
+    return stream.map(finish, num_parallel_calls=tf.data.AUTOTUNE).prefetch(tf.data.AUTOTUNE)
+
+
+def stream_eval_dataset(
+    files: ImageFiles,
+    batch_size: int,
+    image_size: int,
+    crop_fraction: float = 1.0,
+    indices: np.ndarray | None = None,
+) -> tf.data.Dataset:
+    """Evaluation batches in dataset order: the central crop of each image, normalised.
+
+    Args:
+        files: The split.
+        batch_size: Images per batch; the last batch may be smaller.
+        image_size: Side of the evaluated images.
+        crop_fraction: Side of the central crop over the shorter side (see
+            `augment.eval_transform`).
+        indices: Optional subset of the files (folders), in this order.
+
+    Returns:
+        `(images, labels)` batches, images [B, S, S, 3] float32, labels [B] int64 (-1 where
+        unlabelled). Undecodable files are left out.
+    """
+    if files.tfds is not None:
+        records = _tfds_records(files, None, shuffle_files=False)
+        if indices is not None:
+            records = records.take(len(indices))
+    else:
+        paths, labels = files.host_arrays()
+        chosen = np.arange(files.count) if indices is None else np.asarray(indices)
+        order = tf.data.Dataset.from_tensor_slices(chosen.astype(np.int64))
+
+        def read(index: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
+            label = tf.gather(labels, index) if labels is not None else tf.constant(-1, tf.int64)
+            return tf.io.read_file(tf.gather(paths, index)), label
+
+        records = order.map(read, num_parallel_calls=tf.data.AUTOTUNE)
+
+    def decode(contents: tf.Tensor, label: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
+        crop = decode_crops(contents, centre_box(crop_fraction), image_size)[0]
+        return augment.normalise(crop / 255.0, files.mean, files.std), label
+
+    images = records.map(decode, num_parallel_calls=tf.data.AUTOTUNE).ignore_errors()
+    return images.batch(batch_size).prefetch(tf.data.AUTOTUNE)
+
+
+def steps_per_epoch(count: int, global_batch: int) -> int:
+    """Whole global batches in an epoch of `count` examples."""
+    return math.floor(count / global_batch)
