@@ -67,7 +67,7 @@ def _global_results(model: keras.Model, names: Sequence[str]) -> dict[str, float
 
 def fit_loop(
     model: keras.Model,
-    dataset: tf.data.Dataset,
+    dataset: tf.data.Dataset | tf.distribute.DistributedDataset,
     *,
     epochs: int,
     steps_per_epoch: int,
@@ -84,7 +84,8 @@ def fit_loop(
 
     Args:
         model: a compiled tfascl model.
-        dataset: batches at the *global* batch size, repeating.
+        dataset: a distributed dataset (``distribute_datasets_from_function``), or a
+            ``tf.data.Dataset`` of batches at the *global* batch size; repeating.
         epochs: index of the last epoch + 1 (as ``fit``).
         steps_per_epoch: steps in an epoch.
         initial_epoch: epoch to start at (resume).
@@ -99,7 +100,9 @@ def fit_loop(
     with strategy.scope():
         if not model.optimizer.built:
             model.optimizer.build(model.online_weights)
-    iterator = iter(strategy.experimental_distribute_dataset(dataset))
+    if isinstance(dataset, tf.data.Dataset):
+        dataset = strategy.experimental_distribute_dataset(dataset)
+    iterator = iter(dataset)
 
     @tf.function
     def train_step(iterator):  # noqa: ANN001, ANN202

@@ -298,25 +298,28 @@ def share_seed(seed: tf.Tensor, step: tf.Tensor, replica: tf.Tensor) -> tf.Tenso
 class SkippedFiles:
     """Names the files that failed to decode, once per epoch.
 
-    Every example that decodes writes its epoch into a host variable (one int64 per file);
-    after an epoch the files scheduled in it whose entry is older were dropped. The
-    schedule is recomputed from the same seed (indices only, nothing is read).
+    Every example that decodes writes the first epoch it decoded in into a host variable
+    (one int64 per file). Decoding is deterministic, so a file that never decoded by the
+    end of an epoch it was scheduled in was dropped. The schedule is recomputed from the
+    same seed (indices only, nothing is read).
     """
+
+    NEVER = np.iinfo(np.int64).max
 
     def __init__(self, files: ImageFiles) -> None:
         self.files = files
-        self.decoded_in = host_variable(np.full(files.count, -1, np.int64), "decoded_in")
+        self.first_decoded = host_variable(np.full(files.count, self.NEVER), "first_decoded")
         self.reported: dict[int, list[str]] = {}
 
     def mark(self, index: tf.Tensor, epoch: tf.Tensor) -> tf.Operation:
-        return self.decoded_in.scatter_nd_update(index[None, None], epoch[None])
+        return self.first_decoded.scatter_nd_min(index[None, None], epoch[None])
 
     def check(self, epoch: int, scheduled: np.ndarray) -> list[str]:
-        """The scheduled files of `epoch` that did not decode; logged once."""
+        """The files scheduled in `epoch` that did not decode; logged once per epoch."""
         if epoch in self.reported:
             return self.reported[epoch]
-        decoded_in = self.decoded_in.numpy()
-        missing = np.sort(scheduled[decoded_in[scheduled] < epoch])
+        first_decoded = self.first_decoded.numpy()
+        missing = np.sort(scheduled[first_decoded[scheduled] > epoch])
         names = [str(self.files.paths[i]) for i in missing]
         self.reported[epoch] = names
         if names:
