@@ -8,19 +8,35 @@ the test can check that the workers agree.
 """
 
 import os
+from typing import ClassVar
 import sys
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
 import numpy as np
 
-from tfascl import train
+from tfascl import data, train
+
+
+class RecordedSkippedFiles(data.SkippedFiles):
+    """SkippedFiles that keeps itself: its record says which files this worker decoded."""
+
+    made: ClassVar[list] = []
+
+    def __init__(self, files) -> None:
+        super().__init__(files)
+        self.made.append(self)
 
 
 def main() -> None:
     out, args = sys.argv[1], sys.argv[2:]
     train.FLAGS(train.expand_flagfiles(["tfascl-train", *args]))
+    data.SkippedFiles = RecordedSkippedFiles  # train.py looks it up at run time
     result = train.train(train.config_from_flags())
+    decoded = {}
+    if RecordedSkippedFiles.made:  # streamed: the first epoch each file was decoded in
+        decoded["first_decoded"] = RecordedSkippedFiles.made[0].first_decoded.numpy()
+        decoded["paths"] = RecordedSkippedFiles.made[0].files.paths.astype(str)
     model = result.model
     weights = {
         f"{i:03d}_{w.path.replace('/', '.')}": np.asarray(w) for i, w in enumerate(model.weights)
@@ -30,6 +46,7 @@ def main() -> None:
         exit_code=result.exit_code,
         steps=int(model.optimizer.iterations.numpy()),
         replicas=model.distribute_strategy.num_replicas_in_sync,
+        **decoded,
         **weights,
     )
 

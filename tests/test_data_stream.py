@@ -81,9 +81,7 @@ def test_replica_shares_split_each_global_batch_across_workers_and_replicas():
         # Replica r holds slice r of the one-device batch; workers hold their replicas'.
         np.testing.assert_array_equal(np.concatenate([p[1] for p in parts]), whole)
         assert [p[0] for p in parts] == [0, 0, 1, 1]
-    per_worker = [
-        np.concatenate([v[1] for k, v in four.items() if v[0] == w]) for w in range(2)
-    ]
+    per_worker = [np.concatenate([v[1] for k, v in four.items() if v[0] == w]) for w in range(2)]
     assert not set(per_worker[0]) & set(per_worker[1])
     assert len(set(np.concatenate(per_worker))) == 8 * 12
     # Skipping leaves out whole global batches, on every worker alike.
@@ -119,7 +117,10 @@ def test_stream_trains_on_every_format_and_names_bad_files_once_per_epoch(folder
     assert query.shape == key.shape == (8, 24, 24, 3) and labels.shape == (8,)
     assert all(np.isfinite(q.numpy()).all() for (q, _), _ in batches)
     assert set(np.concatenate([lab.numpy() for _, lab in batches])) <= {0, 1, 2}
-    bad = {str(folder / "train" / "c1" / "notes.jpg"), str(folder / "train" / "c2" / "truncated.jpg")}
+    bad = {
+        str(folder / "train" / "c1" / "notes.jpg"),
+        str(folder / "train" / "c2" / "truncated.jpg"),
+    }
     for epoch in range(2):
         scheduled = np.concatenate(
             [i.numpy() for _, _, i in stream.replica_shares(95, 8, stream.epoch_seed(1, epoch))]

@@ -30,9 +30,9 @@ def free_ports(count):
     return ports
 
 
-def test_two_workers_end_with_the_same_weights_and_queue(tmp_path):
+def run_two_workers(tmp_path, *args):
+    """Runs the two workers to the end; returns their .npz records (chief first)."""
     workers = [f"127.0.0.1:{port}" for port in free_ports(2)]
-    model_dir = tmp_path / "run"
     processes = []
     for index in range(2):
         tf_config = {"cluster": {"worker": workers}, "task": {"type": "worker", "index": index}}
@@ -41,8 +41,7 @@ def test_two_workers_end_with_the_same_weights_and_queue(tmp_path):
             sys.executable,
             str(REPO / "tests" / "multiworker_train.py"),
             str(tmp_path / f"worker{index}.npz"),
-            *ARGS,
-            f"--model_dir={model_dir}",
+            *args,
         ]
         log = open(tmp_path / f"worker{index}.log", "w")
         processes.append((subprocess.Popen(command, env=env, stdout=log, stderr=log), log))
@@ -57,8 +56,12 @@ def test_two_workers_end_with_the_same_weights_and_queue(tmp_path):
     for index, (process, _) in enumerate(processes):
         log = (tmp_path / f"worker{index}.log").read_text()
         assert process.returncode == 0, log[-3000:]
+    return [np.load(tmp_path / f"worker{i}.npz") for i in range(2)]
 
-    chief, other = (np.load(tmp_path / f"worker{i}.npz") for i in range(2))
+
+def test_two_workers_end_with_the_same_weights_and_queue(tmp_path):
+    model_dir = tmp_path / "run"
+    chief, other = run_two_workers(tmp_path, *ARGS, f"--model_dir={model_dir}")
     assert int(chief["replicas"]) == 2 and int(chief["exit_code"]) == 0
     assert int(chief["steps"]) == int(other["steps"]) == 4  # 64 images / global batch 16
     names = [name for name in chief.files if name[:3].isdigit()]
@@ -74,3 +77,22 @@ def test_two_workers_end_with_the_same_weights_and_queue(tmp_path):
     summary = json.loads((model_dir / "summary.json").read_text())
     assert summary["steps"] == 4 and summary["completed"]
     assert (model_dir / "checkpoints" / "ckpt-4.index").is_file()
+
+
+def test_two_streaming_workers_read_disjoint_files_that_cover_the_epoch(tmp_path):
+    from benchmarks.image_folder import write_image_folder
+
+    write_image_folder(tmp_path / "data", 70, [(50, 60), (64, 40)], classes=2)
+    args = [a for a in ARGS if not a.startswith("--max_train_examples")]
+    model_dir = tmp_path / "run"
+    records = run_two_workers(
+        tmp_path, *args, f"--dataset={tmp_path / 'data'}", "--input=stream",
+        "--knn_every=0", "--noexport", f"--model_dir={model_dir}",
+    )  # fmt: skip
+    assert all(int(r["steps"]) == 70 // 16 for r in records)
+    # Files decoded in epoch 0 (the spare epoch's prefetched reads are epoch 1).
+    read = [set(np.flatnonzero(r["first_decoded"] == 0)) for r in records]
+    assert not read[0] & read[1]
+    assert len(read[0]) == len(read[1]) == 4 * 8  # 4 steps x 8 images per worker
+    assert len(read[0] | read[1]) == 4 * 16  # one global epoch, remainder dropped
+    np.testing.assert_array_equal(records[0]["paths"], records[1]["paths"])

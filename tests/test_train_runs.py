@@ -119,18 +119,20 @@ def test_sce_recipe_non_finite_loss_stops_with_the_last_good_checkpoint(tmp_path
 
 
 def test_training_stream_epochs_are_the_seeded_pipeline(tmp_path):
-    # What makes mid-epoch resume exact: epoch e of the stream is pretrain_dataset(seed+e),
-    # whatever epoch the stream starts at, and skip() drops the batches already trained on.
+    # What makes mid-epoch resume exact: epoch e of the stream depends only on (seed, e),
+    # whatever epoch the stream starts at, and skip drops the batches already trained on.
     from tfascl import data
 
     config = train.TrainConfig(batch_size=8, image_size=16, seed=3, jit_augment=False)
     images = data.load_images("digits", max_examples=24)
     stream = [labels.numpy() for _, labels in train.training_stream(config, images, 1, 3, skip=1)]
     want = []
-    tf.random.set_seed(None)  # as training_stream builds it
-    for epoch in (1, 2):
-        epoch_data = data.pretrain_dataset(images, 8, 16, seed=3 + epoch, jit_compile=False)
+    for epoch in (1, 2):  # each epoch built on its own, as a run started there would
+        epoch_data = data.pretrain_dataset(
+            images, 8, 16, seed=3, epochs=(epoch, epoch + 1), jit_compile=False
+        )
         want += [labels.numpy() for _, labels in epoch_data]
-    assert len(stream) == 5
-    for got, expected in zip(stream, want[1:]):
+    assert len(stream) == 5 and len(want) == 6
+    for got, expected in zip(stream, want[1:], strict=True):
         np.testing.assert_array_equal(got, expected)
+    assert not np.array_equal(want[0], want[3])  # epochs differ

@@ -1,0 +1,136 @@
+"""tfascl-train on streamed input: a folder above 2 GB decoded trains in bounded memory,
+--input=auto decides before decoding, a killed streaming run resumes exactly, and the
+ImageNet and STL-10 recipes run on small stand-ins."""
+
+import json
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+from helpers import REPO, TINY_RUN_FLAGS, python_env, run_python
+from test_train_resume import latest_step, logged_steps
+
+from benchmarks.image_folder import write_image_folder
+
+# Runs tfascl-train in this process and prints its peak resident memory last.
+PEAK_RSS = """
+import resource, sys
+from tfascl import train
+sys.argv = ["tfascl-train", *sys.argv[1:]]
+try:
+    train.run()
+except SystemExit as stop:
+    print("peak_rss_bytes", resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024)
+    raise
+"""
+
+
+@pytest.fixture(scope="module")
+def big_folder(tmp_path_factory):
+    """1,100 JPEGs of 820 x 820: 2.2 GB decoded, about 40 MB on disk."""
+    root = tmp_path_factory.mktemp("big")
+    write_image_folder(root, 1100, [(820, 820)], classes=4, quality=80)
+    return root
+
+
+def test_folder_above_2gb_streams_in_less_memory_than_its_decoded_size(big_folder, tmp_path):
+    decoded = 1100 * 820 * 820 * 3
+    assert decoded > 2 * 2**30
+    flags = [*TINY_RUN_FLAGS, f"--dataset={big_folder}", "--batch_size=64", "--queue_size=128",
+             "--epochs=1", "--noexport", "--knn_every=0"]  # fmt: skip
+    result = run_python("-c", PEAK_RSS, *flags, "--input=stream", f"--model_dir={tmp_path / 's'}")
+    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
+    assert "Input: stream (--input=stream)" in result.stdout
+    summary = json.loads((tmp_path / "s" / "summary.json").read_text())
+    assert summary["completed"] and summary["steps"] == 1100 // 64
+    peak = int(result.stdout.split("peak_rss_bytes")[-1].split()[0])
+    assert peak < decoded, (peak, decoded)
+    # auto decides from the file headers, before decoding anything: over the budget, stream.
+    result = run_python(
+        "-m", "tfascl.train", *flags, "--memory_budget_gb=2", f"--model_dir={tmp_path / 'a'}"
+    )
+    assert result.returncode == 0, result.stderr[-2000:]
+    line = next(x for x in result.stdout.splitlines() if x.startswith("Input:"))
+    assert line.startswith("Input: stream (1,100 images, about 2.2") and "does not fit" in line
+    assert json.loads((tmp_path / "a" / "summary.json").read_text())["completed"]
+
+
+STREAM_RUN = (*TINY_RUN_FLAGS, "--input=stream", "--epochs=4", "--warmup_epochs=1",
+              "--knn_every=0", "--log_every=1", "--checkpoint_every=3", "--noexport")  # fmt: skip
+
+
+def test_killed_streaming_run_resumes_and_logs_each_step_once(tmp_path):
+    write_image_folder(tmp_path / "data", 80, [(60, 80), (90, 70)], classes=2)
+    (tmp_path / "data" / "train" / "c0" / "broken.jpg").write_bytes(b"\xff\xd8 broken")
+    model_dir = tmp_path / "run"
+    flags = [*STREAM_RUN, f"--dataset={tmp_path / 'data'}", f"--model_dir={model_dir}"]
+    process = subprocess.Popen(
+        [sys.executable, "-m", "tfascl.train", *flags],
+        env=python_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+    )  # fmt: skip
+    deadline = time.time() + 240
+    try:
+        while not ((step := latest_step(model_dir)) and step >= 6 and step % 5):
+            assert process.poll() is None, process.stdout.read().decode()[-3000:]
+            assert time.time() < deadline, "the run never got there"
+            time.sleep(0.02)
+        process.send_signal(signal.SIGKILL)
+        process.wait(timeout=60)
+    finally:
+        if process.poll() is None:
+            process.kill()
+    killed_at = latest_step(model_dir)
+    assert 6 <= killed_at < 20
+    result = run_python("-m", "tfascl.train", *flags)
+    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
+    assert f"at step {killed_at} (" in result.stdout
+    summary = json.loads((model_dir / "summary.json").read_text())
+    assert summary["steps"] == summary["total_steps"] == 4 * (81 // 16)
+    assert logged_steps(model_dir) == list(range(1, 21))
+    # The broken file is named once per epoch trained after the resume, not once per read.
+    named = [x for x in result.stderr.splitlines() if "could not be decoded" in x]
+    assert named and all("c0/broken.jpg" in x for x in named)
+    assert len(named) == len({x.split("Epoch ")[1].split(":")[0] for x in named})
+
+
+def recipe_flags(name, dataset, *extra):
+    return (f"--flagfile={REPO / 'flags' / name}", f"--dataset={dataset}", "--backbone_width=4",
+            "--projector_dims=32,16", "--noprogress_bar", "--nojit_compile", "--nojit_augment",
+            "--epochs=1", "--warmup_epochs=0", "--noexport", *extra)  # fmt: skip
+
+
+def test_imagenet_recipe_streams_a_folder_of_varied_images(tmp_path):
+    sizes = [(375, 500), (500, 333), (240, 320), (400, 400), (333, 500)]
+    write_image_folder(tmp_path / "imagenet", 24, sizes, classes=3)
+    write_image_folder(tmp_path / "imagenet", 12, sizes, classes=3, split="val", seed=1)
+    flags = recipe_flags(
+        "imagenet_ascl.flags", tmp_path / "imagenet", "--image_size=64", "--batch_size=8",
+        "--queue_size=16", "--max_train_examples=16", "--test_split=val", "--knn_k=5",
+        "--num_splits=2", f"--model_dir={tmp_path / 'run'}",
+    )  # fmt: skip
+    result = run_python("-m", "tfascl.train", *flags)
+    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
+    assert "Input: stream (--input=stream)" in result.stdout
+    summary = json.loads((tmp_path / "run" / "summary.json").read_text())
+    assert summary["completed"] and summary["steps"] == 2
+    assert summary["final_knn_top1"] is not None
+    saved = json.loads((tmp_path / "run" / "flags.json").read_text())
+    assert saved["backbone"] == "resnet50" and saved["eval_crop"] == 0.875
+
+
+def test_stl10_recipe_trains_on_train_plus_unlabelled(tmp_path):
+    root = tmp_path / "stl10"
+    write_image_folder(root, 16, [(96, 96)], classes=2, split="train")
+    write_image_folder(root, 32, [(96, 96)], split="unlabelled", labelled=False, seed=1)
+    write_image_folder(root, 8, [(96, 96)], classes=2, split="test", seed=2)
+    flags = recipe_flags(
+        "stl10_ascl.flags", root, "--batch_size=16", "--queue_size=32", "--knn_k=5",
+        "--num_splits=2", "--image_size=32", f"--model_dir={tmp_path / 'run'}",
+    )  # fmt: skip
+    result = run_python("-m", "tfascl.train", *flags)
+    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
+    summary = json.loads((tmp_path / "run" / "summary.json").read_text())
+    assert summary["steps"] == 48 // 16  # labelled and unlabelled images together
+    assert summary["final_knn_top1"] is not None  # the bank: the 16 labelled images
