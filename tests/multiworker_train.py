@@ -8,8 +8,8 @@ the test can check that the workers agree.
 """
 
 import os
-from typing import ClassVar
 import sys
+from typing import ClassVar
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
