@@ -53,7 +53,7 @@ def test_folder_above_2gb_streams_in_less_memory_than_its_decoded_size(big_folde
     )
     assert result.returncode == 0, result.stderr[-2000:]
     line = next(x for x in result.stdout.splitlines() if x.startswith("Input:"))
-    assert line.startswith("Input: stream (1,100 images, about 2.2") and "does not fit" in line
+    assert line.startswith("Input: stream (1,100 images, about 2.22 GB") and "does not fit" in line
     assert json.loads((tmp_path / "a" / "summary.json").read_text())["completed"]
 
 

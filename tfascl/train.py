@@ -90,7 +90,7 @@ class RunData:
 def memory_budget_bytes(config: TrainConfig) -> int:
     """``--memory_budget_gb``, or half of this machine's RAM."""
     if config.memory_budget_gb is not None:
-        return int(config.memory_budget_gb * 2**30)
+        return int(config.memory_budget_gb * 1e9)
     return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") // 2
 
 
@@ -112,8 +112,8 @@ def choose_input(config: TrainConfig) -> tuple[str, str]:
     budget = memory_budget_bytes(config)
     verdict = "fits" if 2 * decoded <= budget else "does not fit"
     why = (
-        f"{len(files):,} images, about {decoded / 2**30:.2f} GB decoded: twice that "
-        f"{verdict} the memory budget of {budget / 2**30:.1f} GB (--memory_budget_gb)"
+        f"{len(files):,} images, about {decoded / 1e9:.2f} GB decoded: twice that "
+        f"{verdict} the memory budget of {budget / 1e9:.1f} GB (--memory_budget_gb)"
     )
     return ("memory" if 2 * decoded <= budget else "stream"), why
 
