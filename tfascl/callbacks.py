@@ -129,10 +129,16 @@ class StopAgreement:
     def check(self) -> bool:
         """Call once after each step on every worker: True when all stop here."""
         if not self.agreed:
+            # The handler's stop path reads a deprecated property of its own (a warning).
+            logger = tf.get_logger()
+            level = logger.level
+            logger.setLevel("ERROR")
             try:
                 self.handler.save_checkpoint_if_preempted()
             except tf.errors.AlreadyExistsError:
                 pass  # a worker that finished its last step closed the agreement
+            finally:
+                logger.setLevel(level)
         return self.agreed
 
     def close(self) -> None:
