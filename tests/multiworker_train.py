@@ -4,7 +4,7 @@
 
 Trains through ``tfascl.train.train`` like the CLI, then writes this worker's view of the
 final state (every model weight, the queue included) and its step count to OUT.npz, so
-the test can check that the workers agree.
+the test can check that the workers agree, and exits with the run's exit status.
 """
 
 import os
@@ -49,6 +49,7 @@ def main() -> None:
         **decoded,
         **weights,
     )
+    sys.exit(result.exit_code)
 
 
 if __name__ == "__main__":

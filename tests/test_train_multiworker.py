@@ -1,13 +1,18 @@
 """Two workers on loopback (MultiWorkerMirroredStrategy through tfascl-train's code) end
-with the same weights and queue; only the chief writes the run's files."""
+with the same weights and queue; only the chief writes the run's files. SIGTERM to one
+worker stops both after the same step, and the restarted workers resume there."""
 
 import json
+import signal
 import socket
 import subprocess
 import sys
+import time
 
 import numpy as np
 from helpers import REPO, TINY_RUN_FLAGS, python_env
+
+from tfascl import train
 
 ARGS = (
     *TINY_RUN_FLAGS,
@@ -30,8 +35,8 @@ def free_ports(count):
     return ports
 
 
-def run_two_workers(tmp_path, *args):
-    """Runs the two workers to the end; returns their .npz records (chief first)."""
+def start_workers(tmp_path, model_dir, args, tag=""):
+    """Starts two workers of one cluster on 127.0.0.1; returns [(process, log file)]."""
     workers = [f"127.0.0.1:{port}" for port in free_ports(2)]
     processes = []
     for index in range(2):
@@ -40,28 +45,37 @@ def run_two_workers(tmp_path, *args):
         command = [
             sys.executable,
             str(REPO / "tests" / "multiworker_train.py"),
-            str(tmp_path / f"worker{index}.npz"),
+            str(tmp_path / f"worker{index}{tag}.npz"),
             *args,
+            f"--model_dir={model_dir}",
         ]
-        log = open(tmp_path / f"worker{index}.log", "w")
+        log = open(tmp_path / f"worker{index}{tag}.log", "w")
         processes.append((subprocess.Popen(command, env=env, stdout=log, stderr=log), log))
+    return processes
+
+
+def wait_for(processes, timeout=400):
+    """Waits for the workers; returns their exit statuses (kills them past ``timeout``)."""
+    deadline = time.time() + timeout
     try:
         for process, _ in processes:
-            process.wait(timeout=400)
+            process.wait(timeout=max(1, deadline - time.time()))
     finally:
         for process, log in processes:
             if process.poll() is None:
                 process.kill()
             log.close()
-    for index, (process, _) in enumerate(processes):
-        log = (tmp_path / f"worker{index}.log").read_text()
-        assert process.returncode == 0, log[-3000:]
-    return [np.load(tmp_path / f"worker{i}.npz") for i in range(2)]
+    return [process.returncode for process, _ in processes]
 
 
 def test_two_workers_end_with_the_same_weights_and_queue(tmp_path):
     model_dir = tmp_path / "run"
-    chief, other = run_two_workers(tmp_path, *ARGS, f"--model_dir={model_dir}")
+    processes = start_workers(tmp_path, model_dir, ARGS)
+    for index, code in enumerate(wait_for(processes)):
+        log = (tmp_path / f"worker{index}.log").read_text()
+        assert code == 0, log[-3000:]
+
+    chief, other = (np.load(tmp_path / f"worker{i}.npz") for i in range(2))
     assert int(chief["replicas"]) == 2 and int(chief["exit_code"]) == 0
     assert int(chief["steps"]) == int(other["steps"]) == 4  # 64 images / global batch 16
     names = [name for name in chief.files if name[:3].isdigit()]
@@ -79,16 +93,70 @@ def test_two_workers_end_with_the_same_weights_and_queue(tmp_path):
     assert (model_dir / "checkpoints" / "ckpt-4.index").is_file()
 
 
+def logged_steps(model_dir):
+    """Steps in the chief's metrics.jsonl so far (the last line may be half-written)."""
+    path, steps = model_dir / "metrics.jsonl", []
+    for line in path.read_text().splitlines() if path.is_file() else ():
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError:
+            continue
+        if record.get("kind") == "step":
+            steps.append(record["step"])
+    return steps
+
+
+def test_sigterm_to_one_worker_stops_both_at_one_step_and_they_resume_there(tmp_path):
+    model_dir = tmp_path / "run"
+    total = 16  # 4 epochs of 64 images in global batches of 16
+    args = (
+        *ARGS,
+        "--epochs=4",
+        "--log_every=1",
+        "--knn_every=0",
+        "--checkpoint_every=1000",  # only epoch ends and the stop save
+        "--noexport",
+    )
+    processes = start_workers(tmp_path, model_dir, args, tag="-a")
+    deadline = time.time() + 300
+    try:
+        while not logged_steps(model_dir):  # both workers are training
+            codes = [process.poll() for process, _ in processes]
+            assert codes == [None, None], (tmp_path / "worker1-a.log").read_text()[-3000:]
+            assert time.time() < deadline, "the workers never started training"
+            time.sleep(0.05)
+        processes[1][0].send_signal(signal.SIGTERM)  # the worker that is not the chief
+    finally:
+        codes = wait_for(processes, timeout=max(1, deadline - time.time()))
+    logs = [(tmp_path / f"worker{i}-a.log").read_text()[-3000:] for i in range(2)]
+    assert codes == [train.EXIT_PREEMPTED] * 2, logs
+    chief, other = (np.load(tmp_path / f"worker{i}-a.npz") for i in range(2))
+    stopped = int(chief["steps"])
+    assert stopped == int(other["steps"]) and 0 < stopped < total, logs
+    summary = json.loads((model_dir / "summary.json").read_text())
+    assert summary["status"] == "preempted" and summary["steps"] == stopped
+    assert (model_dir / "checkpoints" / f"ckpt-{stopped}.index").is_file()
+    assert max(logged_steps(model_dir)) == stopped
+
+    # Restarted, both resume from the chief's checkpoint at that step and finish.
+    codes = wait_for(start_workers(tmp_path, model_dir, args, tag="-b"))
+    logs = [(tmp_path / f"worker{i}-b.log").read_text()[-3000:] for i in range(2)]
+    assert codes == [0, 0], logs
+    assert all(f"at step {stopped} (" in log for log in logs), logs
+    summary = json.loads((model_dir / "summary.json").read_text())
+    assert summary["resumed_from_step"] == stopped and summary["steps"] == total
+    assert logged_steps(model_dir) == list(range(1, total + 1))  # every step once
+
+
 def test_two_streaming_workers_read_disjoint_files_that_cover_the_epoch(tmp_path):
     from benchmarks.image_folder import write_image_folder
 
     write_image_folder(tmp_path / "data", 70, [(50, 60), (64, 40)], classes=2)
     args = [a for a in ARGS if not a.startswith("--max_train_examples")]
-    model_dir = tmp_path / "run"
-    records = run_two_workers(
-        tmp_path, *args, f"--dataset={tmp_path / 'data'}", "--input=stream",
-        "--knn_every=0", "--noexport", f"--model_dir={model_dir}",
-    )  # fmt: skip
+    args += [f"--dataset={tmp_path / 'data'}", "--input=stream", "--knn_every=0", "--noexport"]
+    codes = wait_for(start_workers(tmp_path, tmp_path / "run", args))
+    assert codes == [0, 0], (tmp_path / "worker1.log").read_text()[-3000:]
+    records = [np.load(tmp_path / f"worker{i}.npz") for i in range(2)]
     assert all(int(r["steps"]) == 70 // 16 for r in records)
     # Files decoded in epoch 0 (the spare epoch's prefetched reads are epoch 1).
     read = [set(np.flatnonzero(r["first_decoded"] == 0)) for r in records]

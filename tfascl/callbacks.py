@@ -18,7 +18,11 @@ from __future__ import annotations
 
 import json
 import math
+import os
+import shutil
 import signal
+import sys
+import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -31,7 +35,7 @@ import tensorflow as tf
 from tfascl import knn, runs
 
 METRICS_FILE = "metrics.jsonl"
-BEST_INFO_FILE = "best_knn.json"
+BEST_INFO_FILE = runs.BEST_INFO_FILE
 BEST_PREFIX = "best"
 
 
@@ -79,39 +83,150 @@ class NonFiniteLoss(keras.callbacks.Callback):
             self.model.stop_training = True
 
 
-class StopOnSignal(keras.callbacks.Callback):
-    """The first SIGINT (Ctrl-C) stops training after the current step.
+EXIT_STATUS_BY_SIGNAL = {signal.SIGINT: "interrupted", signal.SIGTERM: "preempted"}
 
-    The step finishes, ``CheckpointSaver`` writes the state at the epoch-end hook
-    that ``fit`` still calls, and ``interrupted`` tells the caller to exit. A second
-    Ctrl-C raises ``KeyboardInterrupt`` at once (the default handler is back).
-    Install the handler with ``install()`` and remove it with ``uninstall()``.
+
+def is_multi_worker(strategy: tf.distribute.Strategy | None) -> bool:
+    """Whether ``strategy`` spans a cluster of workers (``TF_CONFIG``)."""
+    resolver = getattr(strategy, "cluster_resolver", None)
+    return bool(resolver is not None and resolver.cluster_spec().jobs)
+
+
+class StopAgreement:
+    """Makes every worker of a cluster stop after the same step when one is signalled.
+
+    Built on ``tf.distribute.experimental.PreemptionCheckpointHandler``: its thread
+    polls ``requested`` (this process's signal flag) every second; the first worker
+    to see it writes "stop after step n + 1" to the coordination service and waits
+    until every worker has read it; each worker's ``check()`` after a step returns
+    True once it has run that many steps. The handler's own checkpoint is a dummy
+    in a scratch folder (its step counter stays out of the run's checkpoints) and its
+    exit function only raises a flag: ``CheckpointSaver`` saves that step and the
+    run ends through the normal path (summary.json, exit status).
+
+    Args:
+        strategy: a ``MultiWorkerMirroredStrategy``.
+        requested: True once this process has been asked to stop.
     """
 
-    def __init__(self, announce: Callable[[str], None] = print) -> None:
-        super().__init__()
-        self.interrupted = False
-        self._announce = announce
-        self._previous: Any = None
-
-    def install(self) -> None:
-        self._previous = signal.signal(signal.SIGINT, self._handle)
-
-    def uninstall(self) -> None:
-        if self._previous is not None:
-            signal.signal(signal.SIGINT, self._previous)
-            self._previous = None
-
-    def _handle(self, signum: int, frame: Any) -> None:
-        self.interrupted = True
-        signal.signal(signal.SIGINT, signal.default_int_handler)
-        self._announce(
-            "\nInterrupted: saving a checkpoint after this step (Ctrl-C again to abort)."
+    def __init__(self, strategy: tf.distribute.Strategy, requested: Callable[[], bool]) -> None:
+        self.agreed = False
+        self._scratch = tempfile.mkdtemp(prefix="tfascl-stop-agreement-")
+        config = tf.distribute.experimental.TerminationConfig(
+            termination_watcher_fn=requested,
+            exit_fn=self._agree,
+            grace_period=0,
+            save_fn=lambda: None,  # CheckpointSaver saves the agreed step
+        )
+        manager = tf.train.CheckpointManager(tf.train.Checkpoint(), self._scratch, 1)
+        self.handler = tf.distribute.experimental.PreemptionCheckpointHandler(
+            strategy.cluster_resolver, manager, termination_config=config
         )
 
+    def _agree(self) -> None:
+        self.agreed = True
+
+    def check(self) -> bool:
+        """Call once after each step on every worker: True when all stop here."""
+        if not self.agreed:
+            # The handler's stop path reads a deprecated property of its own (a warning).
+            logger = tf.get_logger()
+            level = logger.level
+            logger.setLevel("ERROR")
+            try:
+                self.handler.save_checkpoint_if_preempted()
+            except tf.errors.AlreadyExistsError:
+                pass  # a worker that finished its last step closed the agreement
+            finally:
+                logger.setLevel(level)
+        return self.agreed
+
+    def close(self) -> None:
+        """Stops the handler's watcher threads (a finished worker would leave them waiting)."""
+        # The handler has no public way to stop them short of exiting the process.
+        for stop in ("_stop_poll_termination_signal_thread",
+                     "_stop_cluster_wise_termination_watcher_thread"):  # fmt: skip
+            getattr(self.handler, stop, lambda: None)()
+        shutil.rmtree(self._scratch, ignore_errors=True)
+
+
+class StopOnSignal(keras.callbacks.Callback):
+    """SIGINT (Ctrl-C) or SIGTERM (preemption) stops training after the current step.
+
+    The step finishes, ``CheckpointSaver`` writes the state at the epoch-end hook that
+    ``fit`` still calls, and ``interrupted`` tells the caller to exit; ``reason`` is
+    ``"interrupted"`` (SIGINT) or ``"preempted"`` (SIGTERM, as sent by SLURM,
+    Kubernetes or a preemptible VM at the start of its grace period). A second signal
+    of the same kind ends the process at once (the default handler is back).
+
+    Under a multi-worker strategy a signal on one worker stops every worker after
+    one and the same step (``StopAgreement``), so the chief's checkpoint is the step
+    all of them reached; workers that were not signalled report ``"preempted"``.
+    Install the handlers with ``install()`` and remove them with ``uninstall()``.
+
+    Args:
+        announce: prints the one-line notice.
+        strategy: the run's strategy (a multi-worker one gets the agreement).
+    """
+
+    def __init__(
+        self,
+        announce: Callable[[str], None] = print,
+        strategy: tf.distribute.Strategy | None = None,
+    ) -> None:
+        super().__init__()
+        self.interrupted = False  # stopped by a signal (set when training stops)
+        self.requested = False  # a signal arrived
+        self.reason: str | None = None
+        self._announce = announce
+        self._multi_worker = is_multi_worker(strategy)
+        self._strategy = strategy
+        self._agreement: StopAgreement | None = None
+        self._previous: dict[int, Any] = {}
+
+    def install(self) -> None:
+        for signum in EXIT_STATUS_BY_SIGNAL:
+            self._previous[signum] = signal.signal(signum, self._handle)
+
+    def uninstall(self) -> None:
+        for signum, previous in self._previous.items():
+            if previous is not None:
+                signal.signal(signum, previous)
+        self._previous = {}
+        if self._agreement is not None:
+            self._agreement.close()
+            self._agreement = None
+
+    def _handle(self, signum: int, frame: Any) -> None:
+        if not self.requested:
+            self.reason = EXIT_STATUS_BY_SIGNAL.get(signum, "interrupted")
+        self.requested = True
+        again = "Ctrl-C" if signum == signal.SIGINT else "the signal"
+        default = signal.default_int_handler if signum == signal.SIGINT else signal.SIG_DFL
+        signal.signal(signum, default)
+        name = signal.Signals(signum).name
+        self._announce(f"\n{name}: saving a checkpoint after this step ({again} again to abort).")
+
+    def on_train_begin(self, logs: dict | None = None) -> None:
+        # One agreement for the whole run (its keys in the coordination service are
+        # written once), made when every worker reaches training.
+        if self._multi_worker and self._agreement is None:
+            self._agreement = StopAgreement(self._strategy, lambda: self.requested)
+
     def on_train_batch_end(self, batch: int, logs: dict | None = None) -> None:
-        if self.interrupted:
+        if self._agreement is not None:
+            stop = self._agreement.check()
+            if stop and self.reason is None:
+                self.reason = "preempted"  # another worker was signalled
+        else:
+            stop = self.requested
+        if stop:
+            self.interrupted = True
             self.model.stop_training = True
+
+
+class SaveFailed(RuntimeError):
+    """A checkpoint could not be written (full disk, lost mount): one line for the user."""
 
 
 class CheckpointSaver(keras.callbacks.Callback):
@@ -119,7 +234,9 @@ class CheckpointSaver(keras.callbacks.Callback):
 
     Checkpoints are numbered by the global step (``ckpt-<step>``), so the name says
     where a resumed run continues. A state whose loss or weights are not finite is
-    never saved: the last good checkpoint stays the latest.
+    never saved: the last good checkpoint stays the latest. A save that fails (a
+    full disk) removes what it wrote and raises ``SaveFailed``, one line naming the
+    folder, the error and the newest good checkpoint.
 
     Args:
         manager: a ``tf.train.CheckpointManager`` of ``model.checkpoint()``.
@@ -142,7 +259,7 @@ class CheckpointSaver(keras.callbacks.Callback):
         if not math.isfinite(loss) or not state_is_finite(self.model):
             self.refused_step = step
             return None
-        path = self.manager.save(checkpoint_number=step)
+        path = save_checkpoint(self.manager, step)
         self.last_saved_step = step
         return path
 
@@ -152,6 +269,32 @@ class CheckpointSaver(keras.callbacks.Callback):
 
     def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None:
         self.save(logs)
+
+
+def save_checkpoint(manager: tf.train.CheckpointManager, step: int) -> str:
+    """``manager.save(checkpoint_number=step)``; on failure, cleans up and raises ``SaveFailed``.
+
+    Raises:
+        SaveFailed: the write failed; the partial ``ckpt-<step>`` files and the
+            ``ckpt-<step>_temp`` folder are removed, and the manager's ``checkpoint``
+            file (written last) still names the newest good checkpoint.
+    """
+    try:
+        return manager.save(checkpoint_number=step)
+    except (tf.errors.OpError, OSError) as error:
+        directory = Path(manager.directory)
+        name = f"ckpt-{step}"  # the manager's default checkpoint_name
+        for path in directory.glob(f"{name}_temp*"):
+            shutil.rmtree(path, ignore_errors=True)
+        if f"{directory / name}" not in manager.checkpoints:
+            for path in (*directory.glob(f"{name}.index"), *directory.glob(f"{name}.data-*")):
+                path.unlink(missing_ok=True)
+        good = tf.train.latest_checkpoint(str(directory))
+        newest = os.path.basename(good) if good else "none"
+        raise SaveFailed(
+            f"could not save a checkpoint at step {step} in {directory}: "
+            f"{runs.error_line(error)}; newest good checkpoint: {newest}"
+        ) from None
 
 
 def feature_extractor(model: keras.Model) -> Callable[[tf.data.Dataset], tuple]:
@@ -288,31 +431,58 @@ class KnnMonitor(keras.callbacks.Callback):
 
 
 def read_best(model_dir: str | Path) -> dict[str, Any]:
-    """The best kNN record of a run (empty before any), for resuming the comparison."""
+    """The best kNN record of a run (empty before any), for resuming the comparison.
+
+    A damaged ``best_knn.json`` counts as no record (noted on stderr): the next kNN
+    evaluation writes a new best.
+    """
     path = Path(model_dir) / BEST_INFO_FILE
-    return json.loads(path.read_text()) if path.is_file() else {}
+    if not path.is_file():
+        return {}
+    try:
+        best = runs.read_json_file(path)
+    except runs.RunFileError as error:
+        print(f"{error}; starting a new best-kNN record", file=sys.stderr)
+        return {}
+    return best if isinstance(best, dict) else {}
 
 
 def write_best(model_dir: str | Path, best: dict[str, Any]) -> None:
     """``best_checkpoint.txt`` (the name eval/export read) and its kNN record."""
     model_dir = Path(model_dir)
-    (model_dir / BEST_INFO_FILE).write_text(json.dumps(best, indent=2) + "\n")
-    (model_dir / runs.BEST_FILE).write_text(best["checkpoint"] + "\n")
+    runs.atomic_write_text(model_dir / BEST_INFO_FILE, json.dumps(best, indent=2) + "\n")
+    runs.atomic_write_text(model_dir / runs.BEST_FILE, best["checkpoint"] + "\n")
 
 
-def truncate_metrics(model_dir: str | Path, step: int) -> None:
-    """Drops records past ``step`` (written after the checkpoint a run resumes from)."""
+def truncate_metrics(
+    model_dir: str | Path, step: int, announce: Callable[[str], None] = print
+) -> int:
+    """Drops records past ``step`` (written after the checkpoint a run resumes from).
+
+    Lines that are not JSON (the last one, cut short by a kill mid-write) are dropped
+    too, with a one-line note.
+
+    Returns:
+        The number of damaged lines dropped.
+    """
     path = Path(model_dir) / METRICS_FILE
     if not path.is_file():
-        return
-    kept = []
-    for line in path.read_text().splitlines():
-        try:
-            if json.loads(line).get("step", 0) <= step:
-                kept.append(line)
-        except json.JSONDecodeError:  # a line cut short by a kill
+        return 0
+    kept, damaged = [], 0
+    for line in path.read_bytes().decode("utf-8", errors="replace").splitlines():
+        if not line.strip():
             continue
-    path.write_text("".join(f"{line}\n" for line in kept))
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError:
+            damaged += 1
+            continue
+        if isinstance(record, dict) and record.get("step", 0) <= step:
+            kept.append(line)
+    if damaged:
+        announce(f"{path}: dropped {damaged} damaged line(s) (cut short by a kill mid-write)")
+    runs.atomic_write_text(path, "".join(f"{line}\n" for line in kept))
+    return damaged
 
 
 class MetricsLogger(keras.callbacks.Callback):

@@ -10,6 +10,12 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import os
+import re
+import sys
+import tempfile
+import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -21,6 +27,64 @@ from tfascl.models.registry import METHODS, build_backbone, build_model
 SPEC_FILE = "run.json"
 CHECKPOINT_SUBDIR = "checkpoints"
 BEST_FILE = "best_checkpoint.txt"
+BEST_INFO_FILE = "best_knn.json"
+STATE_FILE = "checkpoint"  # tf.train.CheckpointManager's record of its checkpoints
+DAMAGED = "damaged"  # damaged files are moved into damaged/<time>/ beside them
+_MANAGED = re.compile(r"^ckpt-(\d+)\.index$")
+
+
+class RunFileError(ValueError):
+    """A file of a run that cannot be read (truncated, not JSON, ...): one line naming it."""
+
+
+def error_line(error: BaseException) -> str:
+    """An error's message on one line, without TensorFlow's op decorations.
+
+    ``{{function_node ...}}`` and ``[Op:SaveV2]`` go; an empty message becomes the
+    error's type.
+    """
+    text = re.sub(r"\{\{function_node [^}]*\}\}\s*", "", str(error)).strip()
+    text = re.sub(r"\s*\[Op:\w+\]$", "", text.splitlines()[0] if text else "")
+    return text[:300] or type(error).__name__
+
+
+def _stderr(message: str) -> None:
+    print(message, file=sys.stderr, flush=True)
+
+
+def atomic_write_text(path: str | Path, text: str) -> Path:
+    """Writes ``text`` to ``path`` through a temporary file in the same folder.
+
+    A kill or a full disk leaves either the old file or the new one, never half of
+    one: ``os.replace`` is atomic, and the temporary file is removed on failure.
+    """
+    path = Path(path)
+    handle, temporary = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(handle, "w") as stream:
+            stream.write(text)
+            stream.flush()
+            os.fsync(stream.fileno())
+        os.replace(temporary, path)
+    except BaseException:
+        Path(temporary).unlink(missing_ok=True)
+        raise
+    return path
+
+
+def read_json_file(path: str | Path) -> Any:
+    """The JSON content of ``path``.
+
+    Raises:
+        FileNotFoundError: no such file.
+        RunFileError: one line naming the file, when it is not valid JSON (a kill or a
+            full disk mid-write, an edit gone wrong).
+    """
+    path = Path(path)
+    try:
+        return json.loads(path.read_bytes().decode("utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as error:
+        raise RunFileError(f"{path} is damaged ({error_line(error)})") from None
 
 
 @dataclasses.dataclass
@@ -123,37 +187,222 @@ def save_spec(spec: RunSpec, model_dir: str | Path) -> Path:
     """Writes ``model_dir/run.json`` and returns its path."""
     path = Path(model_dir) / SPEC_FILE
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(spec.to_json() + "\n")
-    return path
+    return atomic_write_text(path, spec.to_json() + "\n")
 
 
 def load_spec(model_dir: str | Path) -> RunSpec:
-    """Reads ``model_dir/run.json``; a clear error if it is not a tfascl run."""
+    """Reads ``model_dir/run.json``; a clear error if it is not a tfascl run.
+
+    Raises:
+        FileNotFoundError: no run.json.
+        RunFileError: one line naming run.json, when it is damaged or not a RunSpec.
+    """
     path = Path(model_dir) / SPEC_FILE
     if not path.is_file():
         raise FileNotFoundError(f"{model_dir} is not a tfascl model_dir: no {SPEC_FILE} in it")
-    return RunSpec.from_dict(json.loads(path.read_text()))
+    values = read_json_file(path)
+    try:
+        if not isinstance(values, dict):
+            raise TypeError(f"a JSON object expected, got {type(values).__name__}")
+        return RunSpec.from_dict(values)
+    except (TypeError, ValueError) as error:
+        raise RunFileError(f"{path} is damaged ({error_line(error)})") from None
 
 
 def checkpoint_dir(model_dir: str | Path) -> Path:
     return Path(model_dir) / CHECKPOINT_SUBDIR
 
 
-def find_checkpoint(model_dir: str | Path, which: str = "latest") -> str:
+def checkpoint_step(prefix: str | Path) -> int | None:
+    """The number in a checkpoint's name (``ckpt-<step>``: the global step), or None."""
+    try:
+        return int(str(prefix).rsplit("-", 1)[1])
+    except (IndexError, ValueError):
+        return None
+
+
+def checkpoint_problem(prefix: str | Path) -> str | None:
+    """Why the checkpoint at ``prefix`` cannot be read, or None when it reads back whole.
+
+    Every tensor is read (the reader checks each one's CRC32C), so a truncated or
+    corrupted data file or index is found before a restore half-applies it; the
+    cost is one read of the checkpoint.
+    """
+    prefix = str(prefix)
+    if not os.path.isfile(f"{prefix}.index"):
+        return "its .index file is missing"
+    try:
+        reader = tf.train.load_checkpoint(prefix)
+        for name in reader.get_variable_to_shape_map():
+            reader.get_tensor(name)
+    except (tf.errors.OpError, IndexError, ValueError, OSError, RuntimeError) as error:
+        return error_line(error)
+    return None
+
+
+def set_aside(path: str | Path) -> str | None:
+    """Moves a damaged checkpoint (or run file) into ``damaged/<time>/`` beside it, kept.
+
+    For a checkpoint prefix its ``.index`` and ``.data-*`` files move; another path
+    moves as it is. Names are unchanged (``tf.train.load_checkpoint`` still opens the
+    copy), and no pattern of the manager or of the best-copy cleanup reaches into the
+    folder, so nothing deletes or restores them.
+
+    Returns:
+        The new prefix (or path), or None when there was nothing to move or the folder
+        is read-only.
+    """
+    path = Path(path)
+    parts = [path] if path.is_file() else sorted(path.parent.glob(f"{path.name}.index"))
+    parts += sorted(path.parent.glob(f"{path.name}.data-?????-of-?????"))
+    if not parts:
+        return None
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    folder, count = path.parent / DAMAGED / stamp, 1
+    while any(folder.glob(f"{path.name}*")):  # the same name set aside twice this second
+        count += 1
+        folder = path.parent / DAMAGED / f"{stamp}-{count}"
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        for part in parts:
+            os.rename(part, folder / part.name)
+    except OSError:
+        return None
+    return str(folder / path.name)
+
+
+def _write_checkpoint_state(directory: Path, kept: list[str], old: Any) -> None:
+    """Rewrites the manager's ``checkpoint`` file to list ``kept`` (oldest first)."""
+    times = dict(zip(old.all_model_checkpoint_paths, old.all_model_checkpoint_timestamps))
+    lines = [f'model_checkpoint_path: "{os.path.basename(kept[-1])}"']
+    lines += [f'all_model_checkpoint_paths: "{os.path.basename(path)}"' for path in kept]
+    if all(path in times for path in kept):
+        lines += [f"all_model_checkpoint_timestamps: {times[path]!r}" for path in kept]
+    if old.last_preserved_timestamp:
+        lines.append(f"last_preserved_timestamp: {old.last_preserved_timestamp!r}")
+    atomic_write_text(directory / STATE_FILE, "\n".join(lines) + "\n")
+
+
+def newest_readable_checkpoint(
+    directory: str | Path,
+    *,
+    move_aside: bool = True,
+    report: Callable[[str], None] = _stderr,
+) -> str | None:
+    """The newest checkpoint of a ``CheckpointManager`` folder that reads back whole.
+
+    Checkpoints are tried newest (highest step) first, among those the manager's
+    ``checkpoint`` file lists (all ``ckpt-<step>`` files when that file is missing or
+    damaged). Each unreadable one is reported in one line and, with ``move_aside``,
+    moved into ``damaged/<time>/`` (kept, not deleted) and dropped from the
+    ``checkpoint`` file, so the manager and ``tf.train.latest_checkpoint`` agree.
+
+    Args:
+        directory: the checkpoint folder.
+        move_aside: rename damaged checkpoints (only the process that writes the run).
+        report: takes each one-line report (default: stderr).
+
+    Returns:
+        The prefix, or None when there is no readable checkpoint.
+    """
+    directory = Path(directory)
+    state = tf.train.get_checkpoint_state(str(directory))  # None when missing or damaged
+    if state is not None and state.all_model_checkpoint_paths:
+        listed = [str(directory / os.path.basename(p)) for p in state.all_model_checkpoint_paths]
+    else:
+        found = (_MANAGED.match(path.name) for path in directory.glob("ckpt-*.index"))
+        listed = [str(directory / f"ckpt-{match[1]}") for match in found if match]
+    listed.sort(key=lambda path: (checkpoint_step(path) is not None, checkpoint_step(path) or 0))
+    chosen, damaged = None, []
+    for prefix in reversed(listed):
+        problem = checkpoint_problem(prefix)
+        if problem is None:
+            chosen = prefix
+            break
+        damaged.append((prefix, problem))
+    for prefix, problem in damaged:
+        moved = set_aside(prefix) if move_aside else None
+        where = os.path.relpath(os.path.dirname(moved), directory) if moved else None
+        what = f"moved aside to {where}/" if moved else "left in place"
+        using = f"using {os.path.basename(chosen)}" if chosen else "no readable checkpoint left"
+        name = os.path.basename(prefix)
+        report(f"{directory}: {name} is unreadable ({problem}); {what}; {using}")
+    if damaged and move_aside and chosen is not None and state is not None:
+        bad = {prefix for prefix, _ in damaged}
+        _write_checkpoint_state(directory, [p for p in listed if p not in bad], state)
+    return chosen
+
+
+def best_checkpoint(
+    model_dir: str | Path,
+    *,
+    move_aside: bool = True,
+    report: Callable[[str], None] = _stderr,
+) -> str | None:
+    """The checkpoint ``best_checkpoint.txt`` names, when it reads back whole.
+
+    An unreadable best checkpoint is reported in one line and, with ``move_aside``,
+    moved into ``damaged/<time>/`` together with ``best_checkpoint.txt`` and
+    ``best_knn.json``: the run has no best any more, and training records a new one
+    at its next kNN evaluation.
+
+    Returns:
+        The prefix, or None when there is no best checkpoint or it is damaged.
+    """
+    pointer = Path(model_dir) / BEST_FILE
+    if not pointer.is_file():
+        return None
+    try:
+        name = pointer.read_text().strip()
+        problem = None if re.fullmatch(r"[\w.-]+", name) else "not a checkpoint name"
+    except (OSError, UnicodeDecodeError) as error:
+        name, problem = "?", error_line(error)
+    prefix = checkpoint_dir(model_dir) / name
+    problem = problem or checkpoint_problem(prefix)
+    if problem is None:
+        return str(prefix)
+    what = "left in place"
+    if move_aside:
+        set_aside(prefix)
+        set_aside(Path(model_dir) / BEST_INFO_FILE)
+        moved = set_aside(pointer)
+        what = f"moved aside with {BEST_FILE} to {DAMAGED}/" if moved else what
+    report(f"{model_dir}: the best checkpoint {name} is unreadable ({problem}); {what}")
+    return None
+
+
+def find_checkpoint(
+    model_dir: str | Path, which: str = "latest", report: Callable[[str], None] = _stderr
+) -> str:
     """The checkpoint prefix of ``which``: ``"latest"``, ``"best"`` or a name/path.
+
+    ``latest`` is the newest checkpoint that reads back whole: damaged newer ones are
+    reported and set aside (``newest_readable_checkpoint``). A damaged ``best`` is set
+    aside too, and the newest readable checkpoint is used instead (reported).
 
     Raises:
         FileNotFoundError: one line naming the directory, when there is none.
+        RunFileError: one line, when a checkpoint named explicitly is unreadable.
     """
     directory = checkpoint_dir(model_dir)
     if which == "latest":
-        path = tf.train.latest_checkpoint(str(directory))
+        path = newest_readable_checkpoint(directory, report=report)
     elif which == "best":
-        best = Path(model_dir) / BEST_FILE
-        path = str(directory / best.read_text().strip()) if best.is_file() else None
+        path = best_checkpoint(model_dir, report=report)
+        # A pointer still there (read-only folder) or set aside: the best was damaged.
+        damaged = (Path(model_dir) / BEST_FILE).is_file() or any(
+            Path(model_dir).glob(f"{DAMAGED}/*/{BEST_FILE}")
+        )
+        if path is None and damaged:
+            path = newest_readable_checkpoint(directory, report=report)
+            if path:
+                report(f"{model_dir}: no readable best checkpoint; using {Path(path).name}")
     else:
         candidate = Path(which) if Path(which).is_absolute() else directory / which
-        path = str(candidate) if tf.io.gfile.exists(f"{candidate}.index") else None
+        path = str(candidate) if os.path.isfile(f"{candidate}.index") else None
+        problem = checkpoint_problem(candidate) if path else None
+        if problem:
+            raise RunFileError(f"{candidate} is unreadable ({problem})")
     if not path:
         raise FileNotFoundError(f"no {which!r} checkpoint in {directory}")
     return path

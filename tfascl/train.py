@@ -28,13 +28,15 @@ import tensorflow as tf
 from absl import app, logging
 
 from tfascl import callbacks as cbs
-from tfascl import data
+from tfascl import data, runs
 from tfascl.distribute import fit_loop, make_strategy
 from tfascl.optim import WarmupCosine, build_optimizer, scaled_learning_rate
 from tfascl.runs import RunSpec, checkpoint_dir, save_spec
 from tfascl.train_config import (
     EXIT_FAILED,
     EXIT_INTERRUPTED,
+    EXIT_PREEMPTED,
+    EXIT_SAVE_FAILED,
     EXIT_USAGE,
     FLAGS,
     FLAGS_FILE,
@@ -56,6 +58,8 @@ from tfascl.train_config import (
 __all__ = [
     "EXIT_FAILED",
     "EXIT_INTERRUPTED",
+    "EXIT_PREEMPTED",
+    "EXIT_SAVE_FAILED",
     "EXIT_USAGE",
     "FLAGS",
     "FlagError",
@@ -294,9 +298,30 @@ def is_chief(strategy: Any) -> bool:
     return resolver.task_type == "worker" and resolver.task_id == 0 and not has_chief
 
 
-def restore_latest(checkpoint: Any, model_dir: Path) -> str | None:
-    """Restores the latest checkpoint of ``model_dir``, if any; a clear error on mismatch."""
-    path = tf.train.latest_checkpoint(str(checkpoint_dir(model_dir)))
+def restore_latest(checkpoint: Any, model_dir: Path, chief: bool = True) -> str | None:
+    """Restores the newest readable checkpoint of ``model_dir``, if any.
+
+    Damaged checkpoints (newest first, and the best copy) are reported in one line
+    each and, by the chief, set aside (``tfascl.runs.newest_readable_checkpoint``).
+
+    Raises:
+        FlagError: one line, when the checkpoint does not fit this model, or when
+            checkpoints exist but none of them is readable.
+    """
+    directory = checkpoint_dir(model_dir)
+    damaged: list[str] = []
+
+    def note(line: str) -> None:
+        damaged.append(line)
+        print(line, file=sys.stderr, flush=True)
+
+    path = runs.newest_readable_checkpoint(directory, move_aside=chief, report=note)
+    runs.best_checkpoint(model_dir, move_aside=chief)  # a damaged best is set aside
+    if path is None and damaged:
+        raise FlagError(
+            f"--model_dir={model_dir}: no readable checkpoint in {directory} (damaged ones are "
+            "kept in its damaged/ folder); use another --model_dir to start over"
+        )
     if path is None:
         return None
     try:
@@ -314,14 +339,20 @@ def restore_latest(checkpoint: Any, model_dir: Path) -> str | None:
 
 
 def read_json(path: Path) -> dict[str, Any]:
-    return json.loads(path.read_text()) if path.is_file() else {}
+    """A JSON file of the run; a missing or damaged one reads as empty (it is rewritten)."""
+    if not path.is_file():
+        return {}
+    try:
+        values = runs.read_json_file(path)
+    except runs.RunFileError as error:
+        print(f"{error}; ignored", file=sys.stderr)
+        return {}
+    return values if isinstance(values, dict) else {}
 
 
 def write_json(path: Path, values: dict[str, Any]) -> None:
     """Writes through a temporary file, so a kill never leaves half a file."""
-    temporary = path.with_suffix(path.suffix + ".tmp")
-    temporary.write_text(json.dumps(values, indent=2, sort_keys=True) + "\n")
-    os.replace(temporary, path)
+    runs.atomic_write_text(path, json.dumps(values, indent=2, sort_keys=True) + "\n")
 
 
 def checkpoint_step(path: str | None) -> int | None:
@@ -433,10 +464,12 @@ def _train_model(
     model = build_model(config, spec, steps_per_epoch, strategy)
     with strategy.scope():
         checkpoint = model.checkpoint()
+    # After the restore, which may set damaged checkpoints aside: the manager reads the
+    # list of checkpoints when it is made.
+    restored = restore_latest(checkpoint, model_dir, chief)
     manager = tf.train.CheckpointManager(
         checkpoint, str(checkpoint_dir(write_dir)), max_to_keep=config.keep_checkpoints
     )
-    restored = restore_latest(checkpoint, model_dir)
     start_step = cbs.global_step(model)
     total_steps = config.epochs * steps_per_epoch
     if restored:
@@ -448,11 +481,14 @@ def _train_model(
         )
         print(f"Resuming from {restored} at step {start_step} ({where}).")
     else:
-        manager.save(checkpoint_number=0)  # the initial state: a NaN at step 1 keeps it
+        try:  # the initial state: a NaN at step 1 keeps it
+            cbs.save_checkpoint(manager, 0)
+        except cbs.SaveFailed as error:
+            return save_failed(error, config, model_dir, chief, model)
     if chief:
         cbs.truncate_metrics(model_dir, start_step)
 
-    guard, stopper = cbs.NonFiniteLoss(), cbs.StopOnSignal()
+    guard, stopper = cbs.NonFiniteLoss(), cbs.StopOnSignal(strategy=strategy)
     saver = cbs.CheckpointSaver(manager, config.checkpoint_every)
     saver.last_saved_step = start_step
     monitor = knn_monitor(config, run_data, checkpoint, model_dir if chief else None, write_dir)
@@ -463,15 +499,17 @@ def _train_model(
     stopper.install()
     try:
         run_epochs(model, config, run_data, strategy, start_step, steps_per_epoch, callbacks)
+        if guard.failed_step is None:
+            saver.save({"loss": 0.0})  # Ctrl-C between steps, or a finished run's last step
+    except cbs.SaveFailed as error:
+        return save_failed(error, config, model_dir, chief, model)
     finally:
         stopper.uninstall()
     step = cbs.global_step(model)
-    if guard.failed_step is None:
-        saver.save({"loss": 0.0})  # Ctrl-C between steps, or a finished run's last step
     if monitor is not None and step >= total_steps and not monitor.last:
         monitor.set_model(model)
         monitor.last = monitor.evaluate()  # a run resumed after its last step
-    status = "completed" if step >= total_steps else "interrupted"
+    status = "completed" if step >= total_steps else (stopper.reason or "interrupted")
     if guard.failed_step is not None:
         status = "non_finite_loss"
     summary = {
@@ -494,10 +532,33 @@ def _train_model(
         export_dir = Path(config.export_dir or model_dir / "export")
         summary["export_dir"] = export_backbone(model_dir, export_dir)
     if not chief:  # the chief reports; this worker's files were scratch
-        codes = {"non_finite_loss": EXIT_FAILED, "interrupted": EXIT_INTERRUPTED}
-        return RunResult(codes.get(status, 0), summary, model)
+        return RunResult(EXIT_CODES.get(status, 0), summary, model)
     write_json(model_dir / SUMMARY_FILE, summary)
     return RunResult(report(summary, guard, config), summary, model)
+
+
+EXIT_CODES = {
+    "non_finite_loss": EXIT_FAILED,
+    "interrupted": EXIT_INTERRUPTED,
+    "preempted": EXIT_PREEMPTED,
+    "save_failed": EXIT_SAVE_FAILED,
+}
+
+
+def save_failed(
+    error: Exception, config: TrainConfig, model_dir: Path, chief: bool, model: Any
+) -> RunResult:
+    """A checkpoint could not be written: one line, summary.json if it fits, exit 1."""
+    print(f"error: {error}. Free space, then re-run the command to resume.", file=sys.stderr)
+    step = cbs.global_step(model)
+    summary = {"status": "save_failed", "completed": False, "epochs": config.epochs}
+    summary.update(steps=step, error=str(error), model_dir=str(model_dir))
+    if chief:
+        try:
+            write_json(model_dir / SUMMARY_FILE, summary)
+        except OSError:
+            pass  # the disk is still full: the line above is the report
+    return RunResult(EXIT_SAVE_FAILED, summary, model)
 
 
 def knn_summary(monitor: Any) -> dict[str, Any]:
@@ -612,10 +673,11 @@ def report(summary: dict[str, Any], guard: Any, config: TrainConfig) -> int:
             file=sys.stderr,
         )
         return EXIT_FAILED
-    if summary["status"] == "interrupted":
-        print(f"Interrupted at step {summary['steps']}; saved. Re-run the command to resume.")
+    if summary["status"] in ("interrupted", "preempted"):
+        what = summary["status"].capitalize()
+        print(f"{what} at step {summary['steps']}; saved. Re-run the command to resume.")
         print(where)
-        return EXIT_INTERRUPTED
+        return EXIT_CODES[summary["status"]]
     print(
         f"Done: {summary['steps']} steps, {summary['epochs']} epochs. kNN top-1 "
         f"{_percent(summary['final_knn_top1'])} (best {_percent(summary['best_knn_top1'])}), "

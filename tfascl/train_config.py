@@ -9,7 +9,6 @@ runs before anything is built and raises ``FlagError`` with one line naming the 
 from __future__ import annotations
 
 import dataclasses
-import json
 import os
 import sys
 import tempfile
@@ -23,12 +22,15 @@ from tfascl.models.backbones import RESNETS, STEMS, default_stem
 from tfascl.models.batchnorm import NORMS
 from tfascl.models.registry import METHODS
 from tfascl.optim import OPTIMIZER_NAMES
+from tfascl.runs import RunFileError, read_json_file
 
 FLAGS = flags.FLAGS
 
 EXIT_USAGE = 2  # a bad flag, dataset or model_dir: nothing was built
 EXIT_FAILED = 1  # training failed (non-finite loss)
 EXIT_INTERRUPTED = 130  # Ctrl-C, after saving a checkpoint
+EXIT_PREEMPTED = 143  # SIGTERM (128 + 15, as a shell reports it), after saving a checkpoint
+EXIT_SAVE_FAILED = 1  # a checkpoint could not be written (full disk); earlier ones kept
 
 QUEUE_METHODS = tuple(name for name, (cls, _, _) in METHODS.items() if cls.__name__ != "BYOL")
 RELABEL_METHODS = ("ascl", "ahcl", "hard", "byol_ascl")
@@ -397,7 +399,12 @@ def check_previous_run(model_dir: Path, config: TrainConfig) -> dict[str, Any] |
     path = model_dir / FLAGS_FILE
     if not path.is_file():
         return None
-    saved = json.loads(path.read_text())
+    try:
+        saved = read_json_file(path)
+    except RunFileError as error:
+        if config.force:
+            return None  # rewritten at the start of the run
+        raise FlagError(f"{error}; fix or delete it, or pass --force to resume anyway") from None
     current = config.to_json()
     changed = [
         name

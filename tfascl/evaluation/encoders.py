@@ -134,10 +134,10 @@ def from_model_dir(model_dir: str | Path, checkpoint: str = "latest") -> Encoder
         raise EvalInputError(f"{model_dir} is a SavedModel: pass it as --saved_model")
     try:
         spec = runs.load_spec(model_dir)
-        # find_checkpoint is cheap; restore_model repeats it after building the model.
-        runs.find_checkpoint(model_dir, checkpoint)
-        model, spec, path = runs.restore_model(model_dir, checkpoint)
-    except FileNotFoundError as error:
+        # Resolved (and checked: damaged ones set aside) before the model is built.
+        path = runs.find_checkpoint(model_dir, checkpoint)
+        model, spec, path = runs.restore_model(model_dir, path)
+    except (FileNotFoundError, runs.RunFileError) as error:
         raise EvalInputError(str(error)) from None
     backbone = model.backbone
     backbone.trainable = False
