@@ -278,10 +278,6 @@ def validate(config: TrainConfig) -> None:
         "--augment_on=device: needs --input=memory (streamed files of any size are "
         "augmented on the host)",
     )
-    require(
-        not (c.input == "stream" and c.dataset == "digits"),
-        "--input=stream: 'digits' is built in memory; stream a folder or a TFDS dataset",
-    )
     for name in ("knn_every", "checkpoint_every"):
         require(getattr(c, name) >= 0, f"--{name}={getattr(c, name)}: must be >= 0")
     require(
