@@ -233,6 +233,30 @@ class MomentumModel(keras.Model):
                 config[name] = _deserialize(config[name])
         return cls(**config)
 
+    def _rng_states(self) -> list[keras.Variable]:
+        # The state of every keras.random.SeedGenerator inside (the TwoViews
+        # augmentation's): variables but not weights, which Keras files leave out.
+        weights = {id(v) for v in self.weights}
+        return [v for v in self.variables if id(v) not in weights]
+
+    def save_own_variables(self, store: Any) -> None:
+        """Keras's own-variable saving, plus the random generators' states, so a
+        model loaded from a ``.keras`` or ``.weights.h5`` file draws the same
+        device augmentations as the one saved (``model.checkpoint()`` has them too)."""
+        super().save_own_variables(store)
+        for index, state in enumerate(self._rng_states()):
+            store[f"rng_state_{index}"] = state
+
+    def load_own_variables(self, store: Any) -> None:
+        keys = list(store.keys())
+        states = self._rng_states()
+        for index, state in enumerate(states):
+            if f"rng_state_{index}" in keys:  # files saved before the states were added lack them
+                state.assign(store[f"rng_state_{index}"])
+        super().load_own_variables(
+            {key: store[key] for key in keys if not key.startswith("rng_state_")}
+        )
+
     # --- Features and export ---------------------------------------------------------
 
     @property
