@@ -374,6 +374,44 @@ class KnnMonitor(keras.callbacks.Callback):
         self.seconds = 0.0
         self._extract: Callable | None = None
 
+    @classmethod
+    def from_images(
+        cls,
+        bank: Any,
+        test: Any,
+        image_size: int,
+        *,
+        batch_size: int = 256,
+        **options: Any,
+    ) -> KnnMonitor:
+        """The monitor of a notebook ``fit``, from the train and test ``ImageSet`` s.
+
+        ``model.fit(pairs, callbacks=[KnnMonitor.from_images(train, test, 32)])``.
+
+        The same evaluation as ``tfascl-train``'s monitor: ``eval_dataset`` of each
+        set, and as many classes as the bank's names or labels say.
+
+        Args:
+            bank: the labelled training ``tfascl.data.ImageSet`` (the kNN memory bank).
+            test: the labelled test ``ImageSet`` (the queries).
+            image_size: the training resolution.
+            batch_size: images per feature batch.
+            **options: the constructor's keyword arguments (``every``, ``k``,
+                ``temperature``, ``last_epoch``, ...).
+        """
+        from tfascl import data  # the CLI modules import callbacks; data is heavier
+
+        for name, images in (("bank", bank), ("test", test)):
+            if images.labels is None or len(images.labels) == 0:
+                raise ValueError(f"KnnMonitor.from_images: the {name} set has no labels")
+        num_classes = max(len(bank.class_names), int(np.max(bank.labels)) + 1)
+        return cls(
+            data.eval_dataset(bank, batch_size, image_size),
+            data.eval_dataset(test, batch_size, image_size),
+            num_classes,
+            **options,
+        )
+
     @property
     def best_top1(self) -> float | None:
         return self.best.get("knn_top1")

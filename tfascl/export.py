@@ -330,27 +330,118 @@ def export_backbone(
 
     model = spec.build_model()
     restore_online_encoder(model, checkpoint_path)
-    backbone = plain_batchnorm(model.backbone)
-    projector = plain_batchnorm(model.projector)
-    module = EmbeddingModule(backbone, projector, spec.image_size, spec.mean, spec.std)
-
+    metadata = {
+        "method": spec.method,
+        "dataset": spec.dataset,
+        "backbone": spec.backbone,
+        "training_steps": training_steps(checkpoint_path),
+        "checkpoint": str(Path(checkpoint_path).resolve()),
+        "version": version,
+        "run": json.loads(spec.to_json()),
+    }
     export_dir.mkdir(parents=True, exist_ok=True)
     staging = export_dir / f".tmp-{version}-{os.getpid()}"
     shutil.rmtree(staging, ignore_errors=True)
     try:
-        tf.saved_model.save(
-            module,
-            str(staging),
-            signatures={
-                DEFAULT_SIGNATURE: module.serving_default,
-                PREPROCESSED_SIGNATURE: module.preprocessed,
-            },
+        write_serving_model(
+            staging, model.backbone, model.projector, spec.image_size, spec.mean, spec.std, metadata
         )
-        extra = staging / EXTRA_DIR
-        extra.mkdir()
-        backbone.save(extra / KERAS_FILE)
-        metadata = _metadata(spec, checkpoint_path, backbone, projector, version)
-        (extra / METADATA_FILE).write_text(json.dumps(metadata, indent=2) + "\n")
+        _move_into_place(staging, target)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    return target
+
+
+def write_serving_model(
+    directory: str | Path,
+    backbone: keras.Model,
+    projector: keras.Model,
+    image_size: int,
+    mean: Sequence[float],
+    std: Sequence[float],
+    metadata: dict[str, Any],
+) -> None:
+    """Writes the serving SavedModel of an online encoder and its ``assets.extra/``.
+
+    The one writer of ``tfascl-export`` and ``model.export`` (see the module doc):
+    split/sync BN made plain, ``EmbeddingModule``'s two signatures, the backbone
+    as ``.keras`` and ``metadata.json`` (``metadata`` adds to, or overrides, the
+    fields every export has).
+
+    Args:
+        directory: where to write; must not exist yet (callers stage and rename).
+        backbone: images [N, S, S, 3] → features [N, F].
+        projector: [N, F] → [N, D].
+        image_size: S, the training resolution.
+        mean: per-channel mean in [0, 1] units.
+        std: per-channel standard deviation in [0, 1] units.
+        metadata: the caller's fields (method, run, checkpoint, ...).
+    """
+    directory = Path(directory)
+    backbone = plain_batchnorm(backbone)
+    projector = plain_batchnorm(projector)
+    module = EmbeddingModule(backbone, projector, image_size, mean, std)
+    tf.saved_model.save(
+        module,
+        str(directory),
+        signatures={
+            DEFAULT_SIGNATURE: module.serving_default,
+            PREPROCESSED_SIGNATURE: module.preprocessed,
+        },
+    )
+    extra = directory / EXTRA_DIR
+    extra.mkdir()
+    backbone.save(extra / KERAS_FILE)
+    metadata = {**_metadata(backbone, projector, image_size, mean, std), **metadata}
+    (extra / METADATA_FILE).write_text(json.dumps(metadata, indent=2) + "\n")
+
+
+def export_model(
+    model: keras.Model,
+    filepath: str | Path,
+    *,
+    image_size: int,
+    mean: Sequence[float],
+    std: Sequence[float],
+) -> Path:
+    """``model.export``: the online encoder of an in-memory model, as ``tfascl-export`` writes it.
+
+    Written beside ``filepath`` and renamed into place; an existing SavedModel (or
+    empty directory) at ``filepath`` is replaced, anything else is refused.
+
+    Args:
+        model: a ``MomentumContrast`` or ``BYOL``.
+        filepath: the SavedModel directory.
+        image_size: S, the training resolution.
+        mean: per-channel mean in [0, 1] units.
+        std: per-channel standard deviation in [0, 1] units.
+
+    Returns:
+        ``filepath`` as a ``Path``.
+
+    Raises:
+        FileExistsError: ``filepath`` is a file, or a non-empty directory without a SavedModel.
+    """
+    from tfascl.models.registry import method_name
+
+    target = Path(filepath)
+    if target.exists() and not (
+        target.is_dir() and (not any(target.iterdir()) or (target / "saved_model.pb").is_file())
+    ):
+        raise FileExistsError(f"{target} exists and is not a SavedModel: choose another path")
+    optimizer = getattr(model, "optimizer", None)
+    metadata = {
+        "method": method_name(model),
+        "backbone": model.backbone.name,
+        "training_steps": None if optimizer is None else int(optimizer.iterations.numpy()),
+    }
+    target.parent.mkdir(parents=True, exist_ok=True)
+    staging = target.with_name(f".tmp-{target.name}-{os.getpid()}")
+    shutil.rmtree(staging, ignore_errors=True)
+    try:
+        write_serving_model(
+            staging, model.backbone, model.projector, image_size, mean, std, metadata
+        )
         _move_into_place(staging, target)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
@@ -367,27 +458,27 @@ def _move_into_place(staging: Path, target: Path) -> None:
 
 
 def _metadata(
-    spec: runs.RunSpec,
-    checkpoint_path: str,
     backbone: keras.Model,
     projector: keras.Model,
-    version: int,
+    image_size: int,
+    mean: Sequence[float],
+    std: Sequence[float],
 ) -> dict[str, Any]:
     import tfascl  # the package's version; a top-level import would be circular
 
-    size = spec.image_size
+    size = image_size
     return {
-        "method": spec.method,
-        "dataset": spec.dataset,
-        "backbone": spec.backbone,
+        "method": None,
+        "dataset": None,
+        "backbone": None,
         "image_size": size,
-        "mean": list(spec.mean),
-        "std": list(spec.std),
+        "mean": [float(m) for m in mean],
+        "std": [float(s) for s in std],
         "feature_dim": int(backbone.output_shape[-1]),
         "projection_dim": int(projector.output_shape[-1]),
-        "training_steps": training_steps(checkpoint_path),
-        "checkpoint": str(Path(checkpoint_path).resolve()),
-        "version": version,
+        "training_steps": None,
+        "checkpoint": None,
+        "version": None,
         "tfascl_version": tfascl.__version__,
         "tensorflow_version": tf.__version__,
         "keras_version": keras.__version__,
@@ -408,7 +499,7 @@ def _metadata(
         },
         "keras_file": f"{EXTRA_DIR}/{KERAS_FILE}",
         "keras_file_input": f"float32 [N, {size}, {size}, 3], normalised as 'preprocessed'",
-        "run": json.loads(spec.to_json()),
+        "run": None,
     }
 
 

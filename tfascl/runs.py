@@ -122,7 +122,12 @@ class RunSpec:
     def model_options(self) -> dict[str, Any]:
         """Keyword arguments of ``build_model`` for this method."""
         model_class = METHODS[self.method][0].__name__
-        options: dict[str, Any] = {"momentum": self.momentum, "total_steps": self.total_steps}
+        options: dict[str, Any] = {
+            "momentum": self.momentum,
+            "total_steps": self.total_steps,
+            # The training statistics: model.embed and model.export normalise with them.
+            "normalization": (tuple(self.mean), tuple(self.std)),
+        }
         if self.momentum_schedule is not None:
             options["momentum_schedule"] = self.momentum_schedule
         if self.target_temperature is not None:

@@ -6,9 +6,12 @@ Methods (``contrastive.MomentumContrast``, ``byol.BYOL``) add a loss and a
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
 
 import keras
+import numpy as np
 import tensorflow as tf
 
 from tfascl.models.ema import cosine_momentum, ema_update
@@ -39,6 +42,33 @@ def replica_count() -> int:
     return tf.distribute.get_strategy().num_replicas_in_sync
 
 
+def check_normalization(
+    normalization: tuple[Sequence[float], Sequence[float]] | None,
+) -> tuple[tuple[float, ...], tuple[float, ...]] | None:
+    """``(mean, std)`` as two 3-tuples of floats (None stays None); a clear error otherwise."""
+    if normalization is None:
+        return None
+    try:
+        mean, std = (tuple(float(v) for v in np.reshape(part, [-1])) for part in normalization)
+    except (TypeError, ValueError):
+        raise ValueError(
+            f"normalization must be (mean, std), two sequences of 3 floats, got {normalization!r}"
+        ) from None
+    if len(mean) != 3 or len(std) != 3 or min(std) <= 0:
+        raise ValueError(
+            f"normalization must be (mean, std) of 3 channels each, std > 0, got {normalization!r}"
+        )
+    return mean, std
+
+
+def _serialize(value: Any) -> Any:
+    return None if value is None else keras.saving.serialize_keras_object(value)
+
+
+def _deserialize(value: Any) -> Any:
+    return None if value is None else keras.saving.deserialize_keras_object(value)
+
+
 class MomentumModel(keras.Model):
     """Backbone + projector (query/online encoder) and their EMA copy (key/target encoder).
 
@@ -59,6 +89,10 @@ class MomentumModel(keras.Model):
             raw images into ``(strong, weak)`` inside the train step, for
             augmentation on the accelerator.
         key_backbone: the momentum backbone, when ``backbone`` cannot be cloned.
+        normalization: ``(mean, std)``, the per-channel statistics in [0, 1] units
+            the training images were normalised with (``ImageSet.mean``/``.std``);
+            ``embed`` and ``export`` apply them to raw pixels. Defaults to those of
+            ``views`` when it has them.
         replica_jit_compile: compile each replica's forward and backward pass
             with XLA. Keras cannot jit the whole step under a multi-replica
             strategy (the step spans devices); this compiles the part that lives
@@ -78,6 +112,7 @@ class MomentumModel(keras.Model):
         views: Callable[[tf.Tensor], tuple[tf.Tensor, tf.Tensor]] | None = None,
         key_backbone: keras.Model | None = None,
         replica_jit_compile: bool = False,
+        normalization: tuple[Sequence[float], Sequence[float]] | None = None,
         **kwargs,
     ):
         super().__init__(**kwargs)
@@ -91,6 +126,8 @@ class MomentumModel(keras.Model):
             raise ValueError("momentum_schedule='cosine' needs total_steps")
         self.backbone = backbone
         self.projector = projector
+        # Serialised only when given: otherwise from_config clones the backbone again.
+        self.key_backbone_given = key_backbone is not None
         if key_backbone is None:
             key_backbone = clone_encoder(backbone)
         else:
@@ -101,6 +138,9 @@ class MomentumModel(keras.Model):
         self.momentum_schedule = momentum_schedule
         self.total_steps = total_steps
         self.views = views
+        if normalization is None and hasattr(views, "mean") and hasattr(views, "std"):
+            normalization = (views.mean, views.std)
+        self.normalization = check_normalization(normalization)
         self.replica_jit_compile = replica_jit_compile
         self._replica_functions: dict[str, Callable] = {}
         self.loss_tracker = keras.metrics.Mean(name="loss")
@@ -108,6 +148,12 @@ class MomentumModel(keras.Model):
         self.confidence_tracker = keras.metrics.Mean(name="confidence")
         self.positive_tracker = keras.metrics.Mean(name="positive_weight")
         self.purity_tracker = keras.metrics.Mean(name="purity")
+        self._embed_function: Callable | None = None
+        # Built as soon as the encoders are (functional backbones always are): the
+        # weights exist, so save_weights, ModelCheckpoint and BackupAndRestore work
+        # before any step. A backbone built on first use builds the model in the
+        # first train step (see ``build``).
+        self.built = backbone.built and projector.built
 
     @property
     def metrics(self) -> list[keras.metrics.Metric]:
@@ -118,6 +164,222 @@ class MomentumModel(keras.Model):
             self.positive_tracker,
             self.purity_tracker,
         ]
+
+    # --- Keras persistence: build, compile, config ------------------------------------
+
+    def build(self, input_shape: Any) -> None:
+        """Creates the encoders' weights for images of ``input_shape`` [B, H, W, 3].
+
+        Only needed for a backbone built on first use (a subclassed model, or a
+        ``Sequential`` without ``Input``): it is run once on zeros, the key
+        backbone too, and the key backbone takes the online weights. ``fit`` does
+        this in its first step; call it yourself to save weights before any step.
+        A ``(strong, weak)`` pair of shapes uses the first.
+        """
+        if isinstance(input_shape, (tuple, list)) and isinstance(input_shape[0], (tuple, list)):
+            input_shape = input_shape[0]
+        batch, *rest = tuple(input_shape)
+        # Eagerly, also when called while a train step or compute_output_spec traces.
+        with tf.init_scope():
+            zeros = tf.zeros([batch or 1, *rest], self.compute_dtype)
+            copy_weights = not self.key_backbone.built
+            for encoder in (self.backbone, self.key_backbone):
+                if not encoder.built:
+                    encoder(zeros, training=False)
+            if copy_weights:
+                self.key_backbone.set_weights(self.backbone.get_weights())
+        self.built = True
+
+    def compile(self, optimizer: Any = "rmsprop", *args: Any, **kwargs: Any) -> None:
+        """``keras.Model.compile``, then the optimizer is built on ``online_weights``.
+
+        Keras would otherwise build it on ``trainable_variables`` (BackupAndRestore,
+        ``load_model``), which include the momentum encoder that no gradient
+        reaches, and then skip restoring its slots from a file built on the
+        online weights alone.
+        """
+        super().compile(optimizer, *args, **kwargs)
+        if self.built and not self.optimizer.built:
+            self.optimizer.build(self.online_weights)
+
+    def compile_from_config(self, config: dict[str, Any]) -> None:
+        """Recompiles from ``get_compile_config()`` (``load_model``): optimizer built on
+        ``online_weights``, so its saved slots and step are restored."""
+        self.compile(**keras.saving.deserialize_keras_object(config))
+
+    def get_config(self) -> dict[str, Any]:
+        """Everything ``from_config`` needs; the encoders and ``views`` as nested Keras objects."""
+        return {
+            "name": self.name,
+            "trainable": self.trainable,
+            "backbone": _serialize(self.backbone),
+            "projector": _serialize(self.projector),
+            "key_backbone": _serialize(self.key_backbone) if self.key_backbone_given else None,
+            "momentum": self.base_momentum,
+            "momentum_schedule": self.momentum_schedule,
+            "total_steps": self.total_steps,
+            "views": _serialize(self.views),
+            "replica_jit_compile": self.replica_jit_compile,
+            "normalization": None
+            if self.normalization is None
+            else [list(self.normalization[0]), list(self.normalization[1])],
+        }
+
+    @classmethod
+    def from_config(cls, config: dict[str, Any]) -> MomentumModel:
+        config = dict(config)
+        for name in ("backbone", "projector", "key_backbone", "views", "predictor"):
+            if name in config:
+                config[name] = _deserialize(config[name])
+        return cls(**config)
+
+    def _rng_states(self) -> list[keras.Variable]:
+        # The state of every keras.random.SeedGenerator inside (the TwoViews
+        # augmentation's): variables but not weights, which Keras files leave out.
+        weights = {id(v) for v in self.weights}
+        return [v for v in self.variables if id(v) not in weights]
+
+    def save_own_variables(self, store: Any) -> None:
+        """Keras's own-variable saving, plus the random generators' states, so a
+        model loaded from a ``.keras`` or ``.weights.h5`` file draws the same
+        device augmentations as the one saved (``model.checkpoint()`` has them too)."""
+        super().save_own_variables(store)
+        for index, state in enumerate(self._rng_states()):
+            store[f"rng_state_{index}"] = state
+
+    def load_own_variables(self, store: Any) -> None:
+        keys = list(store.keys())
+        states = self._rng_states()
+        for index, state in enumerate(states):
+            if f"rng_state_{index}" in keys:  # files saved before the states were added lack them
+                state.assign(store[f"rng_state_{index}"])
+        super().load_own_variables(
+            {key: store[key] for key in keys if not key.startswith("rng_state_")}
+        )
+
+    # --- Features and export ---------------------------------------------------------
+
+    @property
+    def image_size(self) -> int | None:
+        """The backbone's input side S, when its input shape fixes one."""
+        shape = getattr(self.backbone, "input_shape", None)
+        if not shape or len(shape) != 4 or shape[1] is None or shape[1] != shape[2]:
+            return None
+        return int(shape[1])
+
+    def _training_normalization(self, use: str) -> tuple[tuple[float, ...], tuple[float, ...]]:
+        if self.normalization is None:
+            raise ValueError(
+                f"{use} needs the training normalisation: build the model with "
+                "normalization=(train.mean, train.std), or set model.normalization"
+            )
+        return check_normalization(self.normalization)
+
+    def _resolve_image_size(self, image_size: int | None, use: str) -> int:
+        size = image_size or self.image_size
+        if not size:
+            raise ValueError(f"{use}: the backbone takes any size; pass image_size=")
+        return int(size)
+
+    def embed(
+        self,
+        images: np.ndarray | tf.Tensor,
+        batch_size: int = 256,
+        *,
+        image_size: int | None = None,
+        normalize: bool = True,
+    ) -> np.ndarray:
+        """Features of raw images, with the evaluation transform of training.
+
+        The images go through ``tfascl.data.eval_transform`` (central square crop,
+        resize to the training resolution, ``(x/255 − mean)/std`` with
+        ``normalization``), then the online backbone in inference mode, then
+        (``normalize``) an L2 normalisation: the features the kNN monitor and
+        ``tfascl-eval`` use, and what the exported ``serving_default`` returns as
+        ``embedding``.
+
+        Args:
+            images: [N, H, W, 3] pixels in [0, 255], uint8 (as ``ImageSet.images``).
+            batch_size: images per forward pass.
+            image_size: the training resolution; default the backbone's input size.
+            normalize: L2-normalise each row.
+
+        Returns:
+            [N, F] float32 NumPy array.
+        """
+        from tfascl.data.augment import eval_transform  # tfascl.data needs no models
+
+        mean, std = self._training_normalization("embed")
+        size = self._resolve_image_size(image_size, "embed")
+        if batch_size < 1:
+            raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+        images = tf.convert_to_tensor(images)
+        if images.shape.rank != 4 or images.shape[-1] != 3:
+            raise ValueError(f"images must be [N, H, W, 3] pixels, got shape {images.shape}")
+        if self._embed_function is None:
+            # One function for every call (like the kNN monitor's), reading the
+            # variables as they are at call time.
+            @tf.function(reduce_retracing=True)
+            def embed_batch(batch: tf.Tensor, size: int, mean: tuple, std: tuple) -> tf.Tensor:
+                features = tf.cast(self(eval_transform(batch, size, mean, std)), tf.float32)
+                return tf.reshape(features, [tf.shape(features)[0], -1])
+
+            self._embed_function = embed_batch
+        batches = [
+            self._embed_function(images[start : start + batch_size], size, mean, std)
+            for start in range(0, int(images.shape[0]), batch_size)
+        ]
+        if not batches:
+            return np.zeros([0, int(self.backbone.output_shape[-1])], np.float32)
+        features = tf.concat(batches, axis=0)
+        if normalize:
+            features = tf.math.l2_normalize(features, axis=1)
+        return features.numpy()
+
+    def export(
+        self,
+        filepath: str | Path,
+        format: str = "tf_saved_model",  # keras.Model.export's name
+        verbose: bool | None = None,
+        input_signature: Any = None,
+        *,
+        image_size: int | None = None,
+        **kwargs: Any,
+    ) -> Path:
+        """Writes the online encoder as ``tfascl-export`` does, to ``filepath``.
+
+        The SavedModel has the uint8 ``serving_default`` and the float32
+        ``preprocessed`` signatures (``embedding`` and ``projection``), with the
+        training ``normalization`` inside, plus ``assets.extra/`` (the backbone as
+        ``.keras`` and ``metadata.json``); see ``tfascl.export``. For TF Serving
+        export to ``<base>/<version>``.
+
+        Args:
+            filepath: the SavedModel directory; an existing SavedModel there is replaced.
+            format: only ``"tf_saved_model"``.
+            verbose: print the path written.
+            input_signature: not supported (the signatures are fixed).
+            image_size: the training resolution; default the backbone's input size.
+            **kwargs: not supported.
+
+        Returns:
+            The directory written.
+        """
+        from tfascl import export  # tfascl.export imports the models
+
+        if format != "tf_saved_model" or input_signature is not None or kwargs:
+            raise ValueError(
+                f"{type(self).__name__}.export writes the tfascl serving SavedModel only "
+                "(format='tf_saved_model', no input_signature or other options)"
+            )
+        mean, std = self._training_normalization("export")
+        size = self._resolve_image_size(image_size, "export")
+        path = export.export_model(self, filepath, image_size=size, mean=mean, std=std)
+        if verbose:
+            print(f"Saved the serving SavedModel at {path}")
+        return path
+
+    # --- Training ---------------------------------------------------------------------
 
     def call(self, images: tf.Tensor, training: bool = False) -> tf.Tensor:
         """Backbone features of the online encoder: [B, H, W, 3] → [B, F].
@@ -169,8 +431,15 @@ class MomentumModel(keras.Model):
 
         Accepted: ``((strong, weak), labels)``, ``(strong, weak)``, ``(strong, weak, labels)``,
         ``(images, labels)`` or ``images`` (the last two need ``views``).
-        Labels serve monitoring only.
+        Labels serve monitoring only. A model whose backbone was not built is
+        built here, in its first step.
         """
+        strong, weak, labels = self._split_batch(data)
+        if not self.built:
+            self.build(strong.shape)
+        return strong, weak, labels
+
+    def _split_batch(self, data) -> tuple[tf.Tensor, tf.Tensor, tf.Tensor | None]:  # noqa: ANN001
         labels = None
         if isinstance(data, (tuple, list)) and len(data) == 1:
             data = data[0]

@@ -18,6 +18,7 @@ from tfascl.models.heads import mlp_head
 from tfascl.models.queue import gather_across_replicas, replica_offset
 
 
+@keras.saving.register_keras_serializable(package="tfascl")
 class BYOL(MomentumModel):
     """BYOL with optional in-batch ASCL relabelling.
 
@@ -61,6 +62,19 @@ class BYOL(MomentumModel):
         self.target_temperature = target_temperature
         self.num_neighbors = num_neighbors if relabel else 0
         self.symmetric = symmetric
+        self.norm, self.num_splits = norm, num_splits
+
+    def get_config(self) -> dict:
+        return {
+            **super().get_config(),
+            "predictor": keras.saving.serialize_keras_object(self.predictor),
+            "relabel": self.relabel,
+            "target_temperature": self.target_temperature,
+            "num_neighbors": self.num_neighbors,
+            "symmetric": self.symmetric,
+            "norm": self.norm,
+            "num_splits": self.num_splits,
+        }
 
     @property
     def online_weights(self) -> list[keras.Variable]:

@@ -27,6 +27,7 @@ from tfascl.models.queue import KeyQueue
 OBJECTIVES = ("contrastive", "sce", "ressl")
 
 
+@keras.saving.register_keras_serializable(package="tfascl")
 class MomentumContrast(MomentumModel):
     """Queue-based contrastive learning with soft targets (ASCL and its baselines).
 
@@ -93,6 +94,22 @@ class MomentumContrast(MomentumModel):
         key_dim = projector.output_shape[-1]
         keys_per_step = None if batch_size is None else batch_size * (2 if symmetric else 1)
         self.queue = KeyQueue(queue_size, key_dim, keys_per_step, name="queue")
+        self.batch_size = batch_size
+
+    def get_config(self) -> dict:
+        return {
+            **super().get_config(),
+            "objective": self.objective,
+            "relabel": self.relabel,
+            "queue_size": self.queue.size,
+            "temperature": self.temperature,
+            "target_temperature": self.target_temperature,
+            "num_neighbors": self.num_neighbors,
+            "sce_lambda": self.sce_lambda,
+            "symmetric": self.symmetric,
+            "shuffle_keys": self.shuffle_keys,
+            "batch_size": self.batch_size,
+        }
 
     def encode_key(self, images: tf.Tensor) -> tf.Tensor:
         if not self.shuffle_keys:

@@ -105,3 +105,17 @@ def build_backbone(
         norm=norm,
         num_splits=num_splits,
     )
+
+
+def method_name(model: keras.Model) -> str | None:
+    """The ``METHODS`` name of a model: the one whose class and defining options it has.
+
+    Returns:
+        e.g. ``"ascl"``, or None for a model no registered method describes.
+    """
+    for name, (model_class, fixed, _) in METHODS.items():
+        if isinstance(model, model_class) and all(
+            getattr(model, option, None) == value for option, value in fixed.items()
+        ):
+            return name
+    return None
