@@ -2,8 +2,12 @@
 
 import json
 
+import keras
+import numpy as np
 import pytest
-from helpers import REPO, run_python
+from helpers import REPO, run_python, tiny_spec
+
+from tfascl.models import SplitBatchNorm
 
 
 def test_shuffle_bn_across_replicas_matches_one_device_on_the_same_groups():
@@ -28,3 +32,33 @@ def test_shuffle_bn_across_replicas_matches_one_device_on_the_same_groups():
     assert result["queue_copies_max_diff"] == 0.0
     assert result["queue_vs_one_device"] < 1e-5
     assert result["pointer"] == [48, 48]
+
+
+def test_sce_recipe_norms_split_the_momentum_trunk_only():
+    spec = tiny_spec(method="sce", norm="batch", key_norm="split", projector_bn=True)
+    model = spec.build_model()
+
+    def splits(encoder):
+        return {type(layer) is SplitBatchNorm for layer in encoder.layers if "bn" in layer.name}
+
+    # SCE's shuffle_momentum_base.py: split BN in the momentum trunk; whole-batch BN in the
+    # online trunk and in both projectors.
+    assert splits(model.key_backbone) == {True} and splits(model.backbone) == {False}
+    assert splits(model.projector) == splits(model.key_projector) == {False}
+    assert model.shuffle_keys
+    # The EMA pairs the same weights: the key trunk starts as a copy of the online one.
+    for key, online in zip(*model.momentum_pairs):
+        np.testing.assert_array_equal(key.numpy(), online.numpy())
+    model.compile(optimizer=keras.optimizers.SGD(0.1))
+    rng = np.random.default_rng(0)
+    views = tuple(rng.random((8, 16, 16, 3), dtype=np.float32) for _ in range(2))
+    logs = model.fit(views, np.arange(8), batch_size=8, epochs=1, verbose=0).history
+    assert np.isfinite(logs["loss"][0])
+
+
+def test_byol_predictor_normalises_the_whole_batch_under_split_bn():
+    model = tiny_spec(method="byol", norm="split", total_steps=4).build_model()
+    norms = [layer for layer in model.predictor.layers if "bn" in layer.name]
+    # ASCL model.py: BatchNorm1d(512) over the batch, while the backbone splits.
+    assert len(norms) == 1 and type(norms[0]) is not SplitBatchNorm
+    assert any(type(layer) is SplitBatchNorm for layer in model.backbone.layers)
