@@ -59,6 +59,7 @@ def test_sce_recipe_norms_split_the_momentum_trunk_only():
 def test_byol_predictor_normalises_the_whole_batch_under_split_bn():
     model = tiny_spec(method="byol", norm="split", total_steps=4).build_model()
     norms = [layer for layer in model.predictor.layers if "bn" in layer.name]
-    # ASCL model.py: BatchNorm1d(512) over the batch, while the backbone splits.
-    assert len(norms) == 1 and type(norms[0]) is not SplitBatchNorm
+    # ASCL model.py: BatchNorm1d(512) over the batch, while the backbone splits; synced,
+    # so that several replicas normalise the global batch as one device does.
+    assert len(norms) == 1 and type(norms[0]) is not SplitBatchNorm and norms[0].synchronized
     assert any(type(layer) is SplitBatchNorm for layer in model.backbone.layers)
