@@ -76,9 +76,17 @@ def test_replica_checks_need_the_strategy(tmp_path):
         train_config.check_replicas(config(tmp_path), 3)
     with pytest.raises(train_config.FlagError, match=r"^--num_splits=3: .*per-replica batch 16"):
         train_config.check_replicas(config(tmp_path, num_splits=3), 1)
-    resolved = train_config.check_replicas(config(tmp_path, num_splits=3), 2)  # sync BN: no splits
-    assert (resolved.norm, resolved.jit_compile) == ("sync", False)
+    # Several replicas: MoCo's shuffle BN for queue methods, sync BN for BYOL (no splits).
+    resolved = train_config.check_replicas(config(tmp_path, num_splits=3), 2)
+    assert (resolved.norm, resolved.jit_compile) == ("shuffle", False)
+    byol = train_config.check_replicas(config(tmp_path, num_splits=3, method="byol"), 2)
+    assert byol.norm == "sync"
     assert train_config.check_replicas(config(tmp_path), 1).norm == "split"
+    with pytest.raises(train_config.FlagError, match=r"^--norm=shuffle: .*1 replica"):
+        train_config.check_replicas(config(tmp_path, norm="shuffle"), 1)
+    with pytest.raises(train_config.FlagError, match=r"^--num_splits=3: .*per-replica batch 8"):
+        split_keys = config(tmp_path, num_splits=3, norm="batch", key_norm="split")
+        train_config.check_replicas(split_keys, 2)
 
 
 def test_the_default_config_is_valid(tmp_path):

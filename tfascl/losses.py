@@ -57,7 +57,7 @@ def contrastive_targets(
     tau_prime: float = 0.05,
     num_neighbors: int = 1,
     return_confidence: bool = False,
-) -> tf.Tensor | tuple[tf.Tensor, tf.Tensor]:
+) -> tf.Tensor | tuple[tf.Tensor, tf.Tensor | None]:
     """Targets over ``[positive, queue]`` for MoCo v2, ASCL, AHCL and hard relabelling.
 
     With ``l = k·queueᵀ/τ′``, ``p = softmax(l)`` and ``c = 1 − H(p)/log M``, the
@@ -68,7 +68,9 @@ def contrastive_targets(
     * ``"ahcl"``: ``c`` on the top-K entries by ``l``, 0 elsewhere.
     * ``"hard"``: 1 on the top-K entries by ``l``, 0 elsewhere.
 
-    Each row is then divided by its sum.
+    Each row is then divided by its sum. ``"none"`` skips the neighbour distribution
+    altogether (the ASCL code's ``--type normal`` computes none), so MoCo pays nothing
+    for ASCL's softmax over the queue.
 
     Args:
         key: [B, D] L2-normalised keys of the weakly augmented view.
@@ -80,14 +82,18 @@ def contrastive_targets(
 
     Returns:
         targets [B, 1+M] float32, rows summing to 1, without gradient; with
-        ``return_confidence``, the pair ``(targets, confidence)``.
+        ``return_confidence``, the pair ``(targets, confidence)``, where confidence is
+        None for ``"none"``.
     """
     if relabel not in RELABEL_MODES:
         raise ValueError(f"relabel must be one of {RELABEL_MODES}, got {relabel!r}")
-    logits, p, confidence = neighbor_distribution(key, queue, tau_prime)
     if relabel == "none":
-        queue_targets = tf.zeros_like(p)
-    elif relabel == "ascl":
+        # One-hot on the positive; the key only fixes the batch and the queue the width.
+        rows, entries = tf.shape(key)[0], tf.shape(queue)[0]
+        targets = tf.one_hot(tf.zeros([rows], tf.int32), entries + 1, dtype=tf.float32)
+        return (targets, None) if return_confidence else targets
+    logits, p, confidence = neighbor_distribution(key, queue, tau_prime)
+    if relabel == "ascl":
         queue_targets = tf.minimum(num_neighbors * confidence[:, None] * p, 1.0)
     else:
         _, top = tf.math.top_k(logits, k=num_neighbors)  # [B, K]

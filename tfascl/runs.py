@@ -92,7 +92,8 @@ class RunSpec:
     """The model-defining settings of a run (not the optimizer or the schedule).
 
     ``target_temperature``/``momentum_schedule`` of ``None`` take the method's
-    defaults (see ``tfascl.models.METHODS``).
+    defaults (see ``tfascl.models.METHODS``); ``key_norm`` of ``None`` gives the
+    momentum backbone the same normalisation as the online one (``norm``).
     """
 
     method: str = "ascl"
@@ -101,6 +102,7 @@ class RunSpec:
     image_size: int = 32
     stem: str | None = None
     norm: str = "split"
+    key_norm: str | None = None
     num_splits: int = 8
     projector_dims: tuple[int, int] = (2048, 128)
     projector_bn: bool | None = None
@@ -141,20 +143,22 @@ class RunSpec:
                 sce_lambda=self.sce_lambda,
                 batch_size=self.batch_size,
                 symmetric=self.symmetric,
-                # Shuffling keys only helps BN computed over the batch on one device.
-                shuffle_keys=self.norm == "split",
+                # Shuffle BN: across replicas ("shuffle"), or inside the batch for
+                # split BN; it does nothing for BN over the whole (synced) batch.
+                shuffle_keys=self.norm in ("split", "shuffle") or self.key_norm == "split",
             )
         else:
             options["symmetric"] = self.symmetric
         return options
 
-    def build_backbone(self) -> keras.Model:
+    def build_backbone(self, norm: str | None = None) -> keras.Model:
+        """The online backbone, or with ``norm`` another one of the same architecture."""
         return build_backbone(
             self.backbone,
             self.image_size,
             self.backbone_width,
             stem=self.stem,
-            norm=self.norm,
+            norm=norm or self.norm,
             num_splits=self.num_splits,
         )
 
@@ -162,6 +166,9 @@ class RunSpec:
         """The uncompiled model; ``overrides`` go to the model class (e.g. ``views``)."""
         if self.method not in METHODS:
             raise ValueError(f"method must be one of {sorted(METHODS)}, got {self.method!r}")
+        if self.key_norm is not None and self.key_norm != self.norm:
+            # e.g. SCE's CIFAR config: split BN in the momentum trunk only.
+            overrides = {"key_backbone": self.build_backbone(self.key_norm), **overrides}
         return build_model(
             self.method,
             self.build_backbone(),

@@ -19,7 +19,7 @@ import tensorflow as tf
 from absl import flags
 
 from tfascl.models.backbones import RESNETS, STEMS, default_stem
-from tfascl.models.batchnorm import NORMS
+from tfascl.models.batchnorm import KEY_NORMS, NORMS
 from tfascl.models.registry import METHODS
 from tfascl.optim import OPTIMIZER_NAMES
 from tfascl.runs import RunFileError, read_json_file
@@ -143,7 +143,12 @@ class TrainConfig:
         None, "BN in the projector. Default: off for queue methods, on for BYOL."
     )
     norm: str | None = _flag(
-        None, "Normalisation. Default: split on one device, sync with several replicas."
+        None,
+        "Normalisation. Default: split on one device; with several replicas shuffle "
+        "(per-replica BN, keys shuffled across replicas) for queue methods, sync for BYOL.",
+    )
+    key_norm: str | None = _flag(
+        None, "Normalisation of the momentum backbone (e.g. split for SCE). Default: --norm."
     )
     num_splits: int = _flag(8, "Groups of split BN; must divide the per-replica batch.")
     batch_size: int = _flag(128, "Global batch size (all replicas together).")
@@ -197,6 +202,7 @@ ENUMS = {
     "backbone": list(RESNETS),
     "stem": list(STEMS),
     "norm": list(NORMS),
+    "key_norm": list(KEY_NORMS),
     "optimizer": list(OPTIMIZER_NAMES),
     "schedule": ["cosine", "constant"],
     "strategy": ["auto", "one_device", "mirrored", "multi_worker", "tpu"],
@@ -372,12 +378,18 @@ def check_replicas(config: TrainConfig, replicas: int) -> TrainConfig:
         c.batch_size % replicas == 0,
         f"--batch_size={c.batch_size}: must be divisible by the {replicas} replicas",
     )
-    norm = c.norm or ("split" if replicas == 1 else "sync")
+    # MoCo's shuffle BN for the queue methods; BYOL has no negatives to cheat with.
+    norm = c.norm or ("split" if replicas == 1 else "shuffle" if c.is_queue_method else "sync")
+    require(
+        norm != "shuffle" or (c.is_queue_method and replicas > 1),
+        f"--norm=shuffle: shuffles the keys of queue methods across replicas, here "
+        f"{replicas} replica(s) of --method={c.method}; use split on one device",
+    )
     per_replica = c.batch_size // replicas
-    if norm == "split" or (not c.is_queue_method and (c.projector_bn is not False)):
-        # Split BN (backbone, or BYOL's predictor head) needs whole groups on each replica.
+    if "split" in (norm, c.key_norm):
+        # Split BN needs whole groups on each replica.
         require(
-            norm != "split" or per_replica % c.num_splits == 0,
+            per_replica % c.num_splits == 0,
             f"--num_splits={c.num_splits}: must divide the per-replica batch {per_replica}",
         )
     jit = c.jit_compile

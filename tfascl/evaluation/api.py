@@ -69,7 +69,9 @@ def evaluate(
         knn_k: kNN neighbours.
         knn_temperature: kNN vote temperature.
         knn_chunk_size: Test rows per similarity block.
-        linear: Linear probe settings (default: the ASCL protocol).
+        linear: Linear probe settings (default: the ASCL protocol); an unset learning
+            rate and Nesterov flag take the dataset's reference values
+            (``protocols.dataset_protocol``: ImageNet lr 30 without Nesterov).
         seed: Seed of the subsets.
         write: Merge the entry into ``results.json`` beside the model.
         log: Progress messages (e.g. ``absl.logging.info``).
@@ -99,9 +101,15 @@ def evaluate(
     test = protocols.load_labelled(
         source, test_split, data_dir=data_dir, max_examples=max_test_examples, seed=seed
     )
-    notes = list(encoder.notes)
-    for split in (train, test):
-        note = protocols.resize_note(split, encoder.image_size)
+    reference = protocols.dataset_protocol(train.name or source)
+    linear = linear.for_dataset(reference)
+    eval_size, size_note = protocols.eval_image_size(reference, encoder, test)
+    notes = list(encoder.notes) + ([size_note] if size_note else [])
+    # The eval transform takes the test images, and kNN's bank or linear_fast's training
+    # images, to eval_size; the augmented linear probe random-resized-crops its own.
+    transformed = [train, test] if protocol == "knn" or linear.fast else [test]
+    for split in transformed:
+        note = protocols.resize_note(split, eval_size)
         if note and note not in notes:
             notes.append(note)
     for note in notes:
@@ -119,6 +127,7 @@ def evaluate(
             temperature=knn_temperature,
             batch_size=batch_size,
             chunk_size=knn_chunk_size,
+            eval_size=eval_size,
         )
     else:
         outcome = protocols.timed(
@@ -129,8 +138,10 @@ def evaluate(
             linear,
             embed_batch_size=batch_size,
             log=say,
+            eval_size=eval_size,
         )
         outcome.pop("classifier")
+    outcome["settings"]["reference_protocol"] = reference.source
 
     entry: dict[str, Any] = {
         "protocol": name,

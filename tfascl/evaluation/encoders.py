@@ -29,6 +29,7 @@ import keras
 import tensorflow as tf
 
 from tfascl import runs
+from tfascl.models.backbones import default_stem, resnet
 
 SAVED_MODEL_FILE = "saved_model.pb"
 SERVING_SIGNATURE = "serving_default"
@@ -64,6 +65,8 @@ class Encoder:
         normalized_features: ``embed`` returns L2-normalised features (exported models).
         backbone: The Keras backbone for checkpoints (``None`` for SavedModels).
         notes: Human-readable remarks recorded with the results.
+        any_size: ``embed`` takes square images of any side, not only ``image_size``
+            (checkpoints: the backbone is fully convolutional with global pooling).
     """
 
     embed: Callable[[tf.Tensor], tf.Tensor]
@@ -80,16 +83,21 @@ class Encoder:
     normalized_features: bool = False
     backbone: keras.Model | None = None
     notes: list[str] = dataclasses.field(default_factory=list)
-    _compiled: Callable[[tf.Tensor], tf.Tensor] | None = dataclasses.field(
-        default=None, init=False, repr=False
+    any_size: bool = False
+    _compiled: dict[int, Callable[[tf.Tensor], tf.Tensor]] = dataclasses.field(
+        default_factory=dict, init=False, repr=False
     )
 
-    def compiled_embed(self) -> Callable[[tf.Tensor], tf.Tensor]:
-        """``embed`` as one ``tf.function`` for any batch size, traced once per encoder."""
-        if self._compiled is None:
-            spec = tf.TensorSpec([None, self.image_size, self.image_size, 3], tf.float32)
-            self._compiled = tf.function(self.embed, input_signature=[spec])
-        return self._compiled
+    def compiled_embed(self, size: int | None = None) -> Callable[[tf.Tensor], tf.Tensor]:
+        """``embed`` as one ``tf.function`` for any batch size of ``size`` px images
+        (default ``image_size``), traced once per size."""
+        size = size or self.image_size
+        if size != self.image_size and not self.any_size:
+            raise EvalInputError(f"{self.source} takes {self.image_size} px images, not {size}")
+        if size not in self._compiled:
+            spec = tf.TensorSpec([None, size, size, 3], tf.float32)
+            self._compiled[size] = tf.function(self.embed, input_signature=[spec])
+        return self._compiled[size]
 
     def describe(self) -> dict[str, Any]:
         """JSON-ready summary of the model for ``results.json``."""
@@ -139,7 +147,7 @@ def from_model_dir(model_dir: str | Path, checkpoint: str = "latest") -> Encoder
         model, spec, path = runs.restore_model(model_dir, path)
     except (FileNotFoundError, runs.RunFileError) as error:
         raise EvalInputError(str(error)) from None
-    backbone = model.backbone
+    backbone = any_size_backbone(spec, model.backbone)
     backbone.trainable = False
     mean, std = tuple(spec.mean), tuple(spec.std)
 
@@ -160,7 +168,27 @@ def from_model_dir(model_dir: str | Path, checkpoint: str = "latest") -> Encoder
         checkpoint=path,
         results_dir=model_dir,
         backbone=backbone,
+        any_size=True,
     )
+
+
+def any_size_backbone(spec: runs.RunSpec, trained: keras.Model) -> keras.Model:
+    """``trained``'s weights in the same ResNet built for inputs of any side.
+
+    The ResNets are fully convolutional with global pooling, so a backbone trained on
+    64 px crops can embed STL-10's 96 px images as the reference code does. Plain BN
+    stands in for split BN (inference uses the moving statistics either way).
+    """
+    backbone = resnet(
+        spec.backbone,
+        image_size=None,
+        stem=spec.stem or default_stem(spec.image_size),
+        width=spec.backbone_width,
+        norm="batch",
+        name=trained.name,
+    )
+    backbone.set_weights(trained.get_weights())
+    return backbone
 
 
 def read_saved_model_metadata(path: str | Path) -> dict[str, Any]:

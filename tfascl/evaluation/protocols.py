@@ -8,12 +8,17 @@ JSON-ready dict. The encoder stays frozen and in inference mode throughout.
   (L2-normalised backbone features); every test image is classified by its ``k`` most similar
   bank entries, each voting ``exp(sim / t)`` (``tfascl.knn``: chunked, so the similarity
   matrix never exceeds ``chunk_size × N_train``).
-* :func:`linear_protocol`: one linear layer on the frozen features, trained with SGD (Nesterov
-  momentum 0.9, no weight decay) on weakly augmented training images (RandomResizedCrop
-  scale (0.2, 1) + flip), lr 10 with ×0.1 steps at epochs 60 and 80 over 100 epochs, batch 256;
-  or a per-step cosine from lr 1. ``fast=True`` ("linear_fast") trains on cached
+* :func:`linear_protocol`: one linear layer on the frozen features, trained with SGD
+  (momentum 0.9, no weight decay) on augmented training images (RandomResizedCrop at the
+  model's size, scale (0.08, 1), + flip), ×0.1 steps at epochs 60 and 80 over 100 epochs,
+  batch 256; or a per-step cosine from lr 1. ``fast=True`` ("linear_fast") trains on cached
   eval-transform features instead, without augmentation: minutes instead of hours on a CPU,
   and not the paper's number.
+
+The reference code's choices per dataset (:data:`DATASET_PROTOCOLS`): the ASCL code's
+``main.py``/``dataloader.py`` (lr 10, Nesterov; STL-10's bank and test images at their
+native 96 px while the model trains on 64 px crops) and MoCo's ``main_lincls.py`` for
+ImageNet (lr 30, no Nesterov; validation Resize(256) + CenterCrop(224)).
 """
 
 from __future__ import annotations
@@ -30,7 +35,8 @@ import numpy as np
 import tensorflow as tf
 
 from tfascl import knn
-from tfascl.data import ImageSet, eval_transform, folders, load_images, weak_augment
+from tfascl.data import ImageSet, eval_transform, folders, load_images
+from tfascl.data.augment import CROP_ATTEMPTS, FLIP_PROB, resized_crop, sample_crop_boxes
 from tfascl.evaluation.encoders import Encoder, EvalInputError
 from tfascl.optim import WarmupCosine, build_optimizer
 
@@ -39,6 +45,93 @@ _NO_NORM = ((0.0, 0.0, 0.0), (1.0, 1.0, 1.0))
 
 LINEAR_SCHEDULES = ("step", "cosine")
 DEFAULT_LINEAR_LR = {"step": 10.0, "cosine": 1.0}
+# torchvision's RandomResizedCrop default, which both reference linear probes use
+# (the ASCL code's get_linear_augment, MoCo's main_lincls.py): not the pretraining
+# views' (0.2, 1).
+LINEAR_CROP_SCALE = (0.08, 1.0)
+
+
+@dataclasses.dataclass(frozen=True)
+class DatasetProtocol:
+    """How the reference code evaluates one dataset.
+
+    Attributes:
+        name: Key in :data:`DATASET_PROTOCOLS`.
+        source: Where the values come from.
+        native_size: kNN bank, kNN queries and the linear probe's test images at the
+            images' own side rather than the model's training size.
+        linear_lr: Base learning rate of the step schedule.
+        nesterov: Nesterov momentum in the linear probe's SGD.
+    """
+
+    name: str
+    source: str
+    native_size: bool
+    linear_lr: float
+    nesterov: bool
+
+
+DATASET_PROTOCOLS = {
+    "ascl_code": DatasetProtocol(
+        "ascl_code",
+        "ASCL code: main.py linear_eval (SGD lr 10, Nesterov momentum 0.9, steps at 60/80), "
+        "dataloader.py (test/memory sets ToTensor+Normalize, linear RandomResizedCrop(size))",
+        native_size=False,
+        linear_lr=10.0,
+        nesterov=True,
+    ),
+    "stl10": DatasetProtocol(
+        "stl10",
+        "ASCL code dataloader.py for stl10: memory and test sets ToTensor+Normalize at the "
+        "native 96 px, linear RandomResizedCrop(64); main.py linear_eval",
+        native_size=True,
+        linear_lr=10.0,
+        nesterov=True,
+    ),
+    "imagenet": DatasetProtocol(
+        "imagenet",
+        "MoCo main_lincls.py: SGD lr 30, momentum 0.9 (no Nesterov), wd 0, steps at 60/80, "
+        "RandomResizedCrop(224); validation Resize(256) + CenterCrop(224)",
+        native_size=False,
+        linear_lr=30.0,
+        nesterov=False,
+    ),
+}
+
+
+def dataset_protocol(name: str) -> DatasetProtocol:
+    """The reference protocol of a dataset name (TFDS name or folder path).
+
+    ``stl10*`` → STL-10's, ``imagenet*`` (ImageNet-1k, not Tiny ImageNet) → MoCo's
+    ``main_lincls.py``, anything else → the ASCL code's CIFAR protocol.
+    """
+    base = "".join(c for c in os.path.basename(os.path.normpath(name)).lower() if c.isalnum())
+    if base.startswith("stl10"):
+        return DATASET_PROTOCOLS["stl10"]
+    if base.startswith("imagenet"):
+        return DATASET_PROTOCOLS["imagenet"]
+    return DATASET_PROTOCOLS["ascl_code"]
+
+
+def eval_image_size(
+    protocol: DatasetProtocol, encoder: Encoder, data: ImageSet
+) -> tuple[int, str | None]:
+    """The side the kNN bank, kNN queries and linear test images are embedded at.
+
+    Returns:
+        ``(size, note)``: the images' own side when the protocol evaluates at native
+        size, the images are square and the encoder takes any size; else the model's
+        size. ``note`` says when the protocol's native size could not be used.
+    """
+    height, width = data.images.shape[1:3]
+    if not protocol.native_size or height != width or height == encoder.image_size:
+        return encoder.image_size, None
+    if not encoder.any_size:
+        return encoder.image_size, (
+            f"{protocol.name} is evaluated at the images' {height} px, but this "
+            f"{encoder.kind} takes {encoder.image_size} px only"
+        )
+    return int(height), None
 
 
 # --------------------------------------------------------------------------------------
@@ -149,22 +242,24 @@ def pixel_batches(images: np.ndarray, image_size: int, batch_size: int) -> tf.da
     return batches.map(transform, num_parallel_calls=tf.data.AUTOTUNE).prefetch(tf.data.AUTOTUNE)
 
 
-def embed_images(encoder: Encoder, images: np.ndarray, batch_size: int = 256) -> np.ndarray:
+def embed_images(
+    encoder: Encoder, images: np.ndarray, batch_size: int = 256, size: int | None = None
+) -> np.ndarray:
     """Frozen features of ``images`` through the eval transform.
 
     Args:
         encoder: The model.
         images: ``[N, H, W, 3]`` uint8.
         batch_size: Images per forward pass.
+        size: Side the images are brought to (default: the model's ``image_size``).
 
     Returns:
         ``[N, F]`` float32 features, as ``encoder.embed`` returns them (raw for checkpoints,
         unit-norm for SavedModels).
     """
-    step = encoder.compiled_embed()
-    batches = [
-        step(pixels).numpy() for pixels in pixel_batches(images, encoder.image_size, batch_size)
-    ]
+    size = size or encoder.image_size
+    step = encoder.compiled_embed(size)
+    batches = [step(pixels).numpy() for pixels in pixel_batches(images, size, batch_size)]
     if not batches:
         raise EvalInputError("no images to embed")
     return np.concatenate(batches).astype(np.float32)
@@ -190,6 +285,7 @@ def knn_protocol(
     temperature: float = 0.1,
     batch_size: int = 256,
     chunk_size: int = 1024,
+    eval_size: int | None = None,
 ) -> dict[str, Any]:
     """Weighted kNN accuracy of the test split against a bank of training-split features.
 
@@ -201,13 +297,15 @@ def knn_protocol(
         temperature: Vote weight ``exp(sim / temperature)``.
         batch_size: Images per forward pass.
         chunk_size: Test rows per similarity block (memory ``chunk_size × N_train``).
+        eval_size: Side of the bank and test images (default: the model's size).
 
     Returns:
         ``{"metrics": {"top1", "top5"}, "settings": {...}}``; accuracies are fractions.
     """
     num_classes = num_classes_of(train, test)
-    bank = embed_images(encoder, train.images, batch_size)
-    queries = embed_images(encoder, test.images, batch_size)
+    eval_size = eval_size or encoder.image_size
+    bank = embed_images(encoder, train.images, batch_size, eval_size)
+    queries = embed_images(encoder, test.images, batch_size, eval_size)
     metrics = knn.knn_accuracy(
         bank,
         train.labels,
@@ -218,7 +316,12 @@ def knn_protocol(
         temperature=temperature,
         chunk_size=chunk_size,
     )
-    settings = {"k": min(k, len(bank)), "temperature": temperature, "weights": "exp(sim / t)"}
+    settings = {
+        "k": min(k, len(bank)),
+        "temperature": temperature,
+        "weights": "exp(sim / t)",
+        "image_size": eval_size,
+    }
     return {"metrics": metrics, "settings": settings}
 
 
@@ -280,11 +383,15 @@ class LinearConfig:
     Attributes:
         epochs: Training epochs (100).
         batch_size: Images per step (256).
-        learning_rate: Base rate; ``None`` takes 10 for ``"step"`` and 1 for ``"cosine"``.
+        learning_rate: Base rate; ``None`` takes 10 for ``"step"`` and 1 for ``"cosine"``
+            (:meth:`for_dataset`: the dataset's reference rate, 30 for ImageNet).
         schedule: ``"step"`` (×``gamma`` at ``milestones``) or ``"cosine"`` (per step, to 0).
         milestones: Epochs of the step schedule (60, 80).
         gamma: Step factor (0.1).
-        momentum: SGD momentum (0.9, Nesterov).
+        momentum: SGD momentum (0.9).
+        nesterov: Nesterov momentum; ``None`` is on (the ASCL code), and
+            :meth:`for_dataset` turns it off for ImageNet (MoCo's ``main_lincls.py``).
+        crop_scale: Area range of the training crops (RandomResizedCrop's default).
         weight_decay: Coupled L2 (0).
         init_std: Std of the N(0, std) weight initialisation (0.01; bias 0).
         eval_every: Evaluate on the test split every this many epochs (and after the last).
@@ -301,6 +408,8 @@ class LinearConfig:
     milestones: tuple[int, ...] = (60, 80)
     gamma: float = 0.1
     momentum: float = 0.9
+    nesterov: bool | None = None
+    crop_scale: tuple[float, float] = LINEAR_CROP_SCALE
     weight_decay: float = 0.0
     init_std: float = 0.01
     eval_every: int = 1
@@ -316,6 +425,22 @@ class LinearConfig:
         for name in ("epochs", "batch_size", "eval_every"):
             if getattr(self, name) < 1:
                 raise EvalInputError(f"linear {name} must be >= 1, got {getattr(self, name)}")
+        low, high = self.crop_scale
+        if not 0 < low <= high <= 1:
+            raise EvalInputError(f"linear crop_scale must be 0 < low <= high <= 1, got {low, high}")
+
+    def for_dataset(self, protocol: DatasetProtocol) -> LinearConfig:
+        """This config with the unset learning rate and Nesterov taken from ``protocol``."""
+        learning_rate, nesterov = self.learning_rate, self.nesterov
+        if learning_rate is None and self.schedule == "step":
+            learning_rate = protocol.linear_lr
+        if nesterov is None:
+            nesterov = protocol.nesterov
+        return dataclasses.replace(self, learning_rate=learning_rate, nesterov=nesterov)
+
+    @property
+    def uses_nesterov(self) -> bool:
+        return True if self.nesterov is None else self.nesterov
 
     @property
     def protocol(self) -> str:
@@ -340,12 +465,13 @@ class LinearConfig:
             "batch_size": self.batch_size,
             "learning_rate": self.base_lr,
             "schedule": self.schedule,
-            "optimizer": f"SGD, Nesterov momentum {self.momentum}, weight decay "
-            f"{self.weight_decay}",
+            "optimizer": f"SGD, {'Nesterov ' if self.uses_nesterov else ''}momentum "
+            f"{self.momentum}, weight decay {self.weight_decay}",
             "init": f"weights N(0, {self.init_std}), bias 0",
             "augmentation": "none: cached eval-transform features"
             if self.fast
-            else "RandomResizedCrop(scale 0.2-1) + horizontal flip",
+            else f"RandomResizedCrop(scale {self.crop_scale[0]}-{self.crop_scale[1]}) "
+            "+ horizontal flip",
             "eval_every": self.eval_every,
             "seed": self.seed,
         }
@@ -366,10 +492,64 @@ def build_classifier(feature_dim: int, num_classes: int, init_std: float, seed: 
     return keras.Model(inputs, logits, name="linear_classifier")
 
 
+def linear_crop_params(
+    batch: tf.Tensor,
+    height: tf.Tensor,
+    width: tf.Tensor,
+    seed: tf.Tensor,
+    scale: tuple[float, float] = LINEAR_CROP_SCALE,
+) -> tuple[tf.Tensor, tf.Tensor]:
+    """RandomResizedCrop boxes and flips of the linear probe, one per image.
+
+    Args:
+        batch: Number of images.
+        height: Source height in pixels (float32 scalar).
+        width: Source width in pixels (float32 scalar).
+        seed: [2] integer stateless seed.
+        scale: Area range of the crops.
+
+    Returns:
+        ``(boxes [B, 4] (top, left, h, w) in pixels, flip [B] bool)``.
+    """
+    draws = 4 * CROP_ATTEMPTS
+    u = tf.random.stateless_uniform(tf.stack([batch, draws + 1]), seed, alg="philox")
+    boxes = sample_crop_boxes(u[:, :draws], height, width, scale=scale)
+    return boxes, u[:, draws] < FLIP_PROB
+
+
+def linear_augment(
+    images: tf.Tensor,
+    size: int,
+    seed: tf.Tensor,
+    scale: tuple[float, float] = LINEAR_CROP_SCALE,
+) -> tf.Tensor:
+    """The linear probe's training view: RandomResizedCrop(size, scale) + flip.
+
+    Args:
+        images: [B, H, W, 3] uint8 or float pixels in [0, 255].
+        size: Output side.
+        seed: [2] integer stateless seed.
+        scale: Area range of the crops.
+
+    Returns:
+        [B, size, size, 3] float32 pixels in [0, 1] (the encoder normalises).
+    """
+    x = tf.cast(images, tf.float32) / 255.0
+    shape = tf.shape(x)
+    height, width = tf.cast(shape[1], tf.float32), tf.cast(shape[2], tf.float32)
+    boxes, flip = linear_crop_params(shape[0], height, width, seed, scale)
+    return resized_crop(x, boxes, flip, size)
+
+
 def _augmented_batches(
-    data: ImageSet, batch_size: int, image_size: int, seed: int, jit_compile: bool
+    data: ImageSet,
+    batch_size: int,
+    image_size: int,
+    seed: int,
+    jit_compile: bool,
+    scale: tuple[float, float] = LINEAR_CROP_SCALE,
 ) -> tf.data.Dataset:
-    """Shuffled batches of weakly augmented [0, 1] pixels and labels; new draws each epoch."""
+    """Shuffled batches of augmented [0, 1] pixels and labels; new draws each epoch."""
     stored = tf.constant(data.images)
     labels = tf.constant(data.labels, tf.int64)
     indices = tf.data.Dataset.range(len(data.images)).shuffle(
@@ -379,7 +559,7 @@ def _augmented_batches(
 
     @tf.function(jit_compile=jit_compile)
     def augment(images: tf.Tensor, pair: tf.Tensor) -> tf.Tensor:
-        return weak_augment(images, image_size, *_NO_NORM, seed=pair)
+        return linear_augment(images, image_size, pair, scale)
 
     def load(batch: tf.Tensor, pair: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
         return augment(tf.gather(stored, batch), pair), tf.gather(labels, batch)
@@ -404,6 +584,7 @@ def linear_protocol(
     *,
     embed_batch_size: int = 256,
     log: Callable[[str], None] | None = None,
+    eval_size: int | None = None,
 ) -> dict[str, Any]:
     """Trains a linear classifier on the frozen encoder and reports test top-1 (best, final).
 
@@ -419,6 +600,8 @@ def linear_protocol(
         config: :class:`LinearConfig` (defaults: the ASCL protocol).
         embed_batch_size: Images per forward pass when caching features.
         log: Called with a one-line progress message after each evaluation.
+        eval_size: Side of the test images (and of the cached training features of
+            ``fast``); training crops are at the model's size. Default: the model's size.
 
     Returns:
         ``{"metrics": {"top1_best", "top1_final", "top5_final", "best_epoch"}, "settings",
@@ -427,14 +610,20 @@ def linear_protocol(
     """
     config = config or LinearConfig()
     num_classes = num_classes_of(train, test)
-    test_features = embed_images(encoder, test.images, embed_batch_size)
+    eval_size = eval_size or encoder.image_size
+    test_features = embed_images(encoder, test.images, embed_batch_size, eval_size)
     train_labels = train.labels.astype(np.int64)
     if config.fast:
-        train_features = embed_images(encoder, train.images, embed_batch_size)
+        train_features = embed_images(encoder, train.images, embed_batch_size, eval_size)
         dataset = _feature_batches(train_features, train_labels, config.batch_size, config.seed)
     else:
         dataset = _augmented_batches(
-            train, config.batch_size, encoder.image_size, config.seed, config.jit_compile
+            train,
+            config.batch_size,
+            encoder.image_size,
+            config.seed,
+            config.jit_compile,
+            config.crop_scale,
         )
     steps_per_epoch = math.ceil(len(train_labels) / config.batch_size)
     classifier = build_classifier(encoder.feature_dim, num_classes, config.init_std, config.seed)
@@ -443,7 +632,7 @@ def linear_protocol(
         config.lr_schedule(steps_per_epoch),
         weight_decay=config.weight_decay,
         momentum=config.momentum,
-        nesterov=True,
+        nesterov=config.uses_nesterov,
         exclude_bn_and_bias=False,  # PyTorch's SGD decays the bias too (moot at wd 0)
     )
     weights = classifier.trainable_variables
@@ -495,7 +684,12 @@ def linear_protocol(
     }
     if final5 is not None:
         metrics["top5_final"] = final5
-    settings = {**config.settings(), "steps_per_epoch": steps_per_epoch}
+    settings = {
+        **config.settings(),
+        "steps_per_epoch": steps_per_epoch,
+        "train_crop_size": encoder.image_size,
+        "test_image_size": eval_size,
+    }
     return {"metrics": metrics, "settings": settings, "history": history, "classifier": classifier}
 
 

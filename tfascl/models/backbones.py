@@ -7,6 +7,12 @@
 
 The output is the globally average-pooled feature vector [B, F]: the
 "backbone features" of every SSL paper, used by kNN, linear probes and export.
+
+Padding is torchvision's: every k×k conv and the max-pool pad ``k // 2`` pixels on
+each side explicitly (``ZeroPadding2D``) and then run with ``padding="valid"``.
+Keras's ``padding="same"`` would pad a stride-2 layer asymmetrically (nothing at
+the top and left, one more pixel at the bottom and right), so weights ported from
+torchvision would give other outputs.
 """
 
 from __future__ import annotations
@@ -25,36 +31,39 @@ RESNETS = {
 }
 
 
-def _conv(filters: int, kernel: int, stride: int, name: str) -> layers.Layer:
+def _conv(x, filters: int, kernel: int, stride: int, name: str):  # noqa: ANN001, ANN202
+    # torchvision pads k // 2 on every side, whatever the stride (see module doc).
+    if kernel > 1:
+        x = layers.ZeroPadding2D(kernel // 2, name=f"{name}_pad")(x)
     # No bias: every conv is followed by BN. He-normal (fan_out) as torchvision.
     return layers.Conv2D(
         filters,
         kernel,
         strides=stride,
-        padding="same",
+        padding="valid",
         use_bias=False,
         kernel_initializer=keras.initializers.VarianceScaling(2.0, "fan_out", "normal"),
         name=name,
-    )
+    )(x)
 
 
 def _block(x, filters, stride, kind, norm, name):  # noqa: ANN001, ANN202
     expansion = 4 if kind == "bottleneck" else 1
     shortcut = x
     if stride != 1 or x.shape[-1] != filters * expansion:
-        shortcut = _conv(filters * expansion, 1, stride, f"{name}_down_conv")(x)
+        shortcut = _conv(x, filters * expansion, 1, stride, f"{name}_down_conv")
         shortcut = norm(name=f"{name}_down_bn")(shortcut)
     if kind == "basic":
-        y = _conv(filters, 3, stride, f"{name}_conv1")(x)
+        y = _conv(x, filters, 3, stride, f"{name}_conv1")
         y = layers.ReLU(name=f"{name}_relu1")(norm(name=f"{name}_bn1")(y))
-        y = _conv(filters, 3, 1, f"{name}_conv2")(y)
+        y = _conv(y, filters, 3, 1, f"{name}_conv2")
         y = norm(name=f"{name}_bn2")(y)
     else:
-        y = _conv(filters, 1, 1, f"{name}_conv1")(x)
+        y = _conv(x, filters, 1, 1, f"{name}_conv1")
         y = layers.ReLU(name=f"{name}_relu1")(norm(name=f"{name}_bn1")(y))
-        y = _conv(filters, 3, stride, f"{name}_conv2")(y)
+        y = _conv(y, filters, 3, stride, f"{name}_conv2")
         y = layers.ReLU(name=f"{name}_relu2")(norm(name=f"{name}_bn2")(y))
-        y = _conv(filters * expansion, 1, 1, f"{name}_conv3")(y)
+        y = _conv(y, filters * expansion, 1, 1, f"{name}_conv3")
         y = norm(name=f"{name}_bn3")(y)
     return layers.ReLU(name=f"{name}_out")(layers.Add(name=f"{name}_add")([shortcut, y]))
 
@@ -94,12 +103,15 @@ def resnet(
     make_norm = norm_factory(norm, num_splits)
     inputs = keras.Input((image_size, image_size, 3), name="images")
     if stem == "imagenet":
-        x = _conv(width, 7, 2, "stem_conv")(inputs)
+        x = _conv(inputs, width, 7, 2, "stem_conv")
     else:
-        x = _conv(width, 3, 1, "stem_conv")(inputs)
+        x = _conv(inputs, width, 3, 1, "stem_conv")
     x = layers.ReLU(name="stem_relu")(make_norm(name="stem_bn")(x))
     if stem != "cifar":
-        x = layers.MaxPooling2D(3, strides=2, padding="same", name="stem_pool")(x)
+        # MaxPool2d(3, 2, padding=1). Zeros stand in for torch's −inf padding: the
+        # inputs follow a ReLU, so no window's maximum changes.
+        x = layers.ZeroPadding2D(1, name="stem_pool_pad")(x)
+        x = layers.MaxPooling2D(3, strides=2, padding="valid", name="stem_pool")(x)
     for stage, blocks in enumerate(stages):
         for block in range(blocks):
             stride = 2 if stage > 0 and block == 0 else 1

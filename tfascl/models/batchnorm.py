@@ -3,9 +3,10 @@
 Contrastive learning with batch norm can "cheat": when all keys of a batch
 share one set of BN statistics, the positive pair can be found through them
 (He et al., MoCo, §3.3). The reference code fights this with shuffle BN across
-GPUs, and on one GPU (the MoCo CIFAR demo and the ASCL code) with *split*
-("ghost") BN: the batch is normalised in ``num_splits`` independent groups, as
-if it lived on that many GPUs.
+GPUs (each GPU normalises a random share of the global batch of keys: ``"shuffle"``
+here, see ``contrastive.shuffled_encode``), and on one GPU (the MoCo CIFAR demo and
+the ASCL code) with *split* ("ghost") BN: the batch is normalised in ``num_splits``
+independent groups, as if it lived on that many GPUs.
 """
 
 from __future__ import annotations
@@ -15,7 +16,9 @@ from collections.abc import Callable
 import keras
 import tensorflow as tf
 
-NORMS = ("split", "batch", "sync")
+NORMS = ("split", "batch", "sync", "shuffle")
+# What a key (momentum) encoder may use besides its query encoder's norm.
+KEY_NORMS = ("split", "batch", "sync")
 
 # PyTorch's BN defaults (momentum 0.1 on the new value, eps 1e-5), as in the
 # reference code; Keras's momentum is the weight of the old value.
@@ -131,8 +134,10 @@ def norm_factory(norm: str = "split", num_splits: int = 8) -> Callable[..., kera
 
     Args:
         norm: ``"split"`` (ghost BN over ``num_splits`` groups, for one device),
-            ``"batch"`` (plain BN: per replica under a strategy) or ``"sync"``
-            (BN synchronised across replicas).
+            ``"batch"`` (plain BN: per replica under a strategy), ``"shuffle"``
+            (the same layer; the name tells the queue methods to shuffle the key
+            batch across replicas, MoCo's shuffle BN) or ``"sync"`` (BN synchronised
+            across replicas).
         num_splits: groups of ``"split"``.
 
     Returns:

@@ -26,12 +26,19 @@ class BYOL(MomentumModel):
         backbone: images [B, H, W, 3] → features [B, F].
         projector: features [B, F] → [B, D].
         predictor: [B, D] → [B, D]; defaults to Linear(D, 512) – BN – ReLU –
-            Linear(512, D), the ASCL code's BYOL predictor.
+            Linear(512, D), the ASCL code's BYOL predictor. Its BN normalises the
+            whole batch (``BatchNorm1d(512)`` in the ASCL code's model.py) even when
+            the encoders use split BN: synchronised BN, i.e. over the global batch
+            under a multi-replica strategy.
         relabel: use ASCL's in-batch soft targets (BYOL+ASCL).
         target_temperature: τ′ of the in-batch neighbour distribution.
         num_neighbors: K.
-        symmetric: average the loss over both view orders (BYOL's loss); off,
-            the online network sees the strong view and the target the weak one.
+        symmetric: average the loss over both view orders (BYOL's loss sums
+            them: this is half of it); off, the online network sees the strong view
+            and the target the weak one.
+        norm: the encoders' normalisation (``norm_factory``); accepted for the
+            registry, the default predictor always normalises the global batch.
+        num_splits: accepted with ``norm`` for the registry; the predictor never splits.
         **kwargs: ``MomentumModel`` arguments (momentum, momentum_schedule, ...).
     """
 
@@ -55,8 +62,10 @@ class BYOL(MomentumModel):
         if relabel and num_neighbors < 1:
             raise ValueError(f"num_neighbors must be >= 1 with relabelling, got {num_neighbors}")
         dim = projector.output_shape[-1]
+        # The ASCL code's BatchNorm1d sees the whole batch of its one GPU: synchronised
+        # BN is that on one device and its global-batch equivalent across replicas.
         self.predictor = predictor or mlp_head(
-            dim, 512, dim, batch_norm=True, norm=norm, num_splits=num_splits, name="predictor"
+            dim, 512, dim, batch_norm=True, norm="sync", name="predictor"
         )
         self.relabel = relabel
         self.target_temperature = target_temperature

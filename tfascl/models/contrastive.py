@@ -17,14 +17,48 @@ ressl      ``softmax(k·queue/τ_t)`` (queue only)         relation CE
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import keras
 import tensorflow as tf
 
 from tfascl import losses
-from tfascl.models.base import MomentumModel
-from tfascl.models.queue import KeyQueue
+from tfascl.models.base import MomentumModel, replica_count
+from tfascl.models.queue import KeyQueue, gather_across_replicas, replica_offset
 
 OBJECTIVES = ("contrastive", "sce", "ressl")
+# First word of the stateless seed of the key permutations (the second is the step).
+SHUFFLE_SEED = 20190913
+
+
+def shuffled_encode(
+    encode: Callable[[tf.Tensor], tf.Tensor], images: tf.Tensor, permutation: tf.Tensor
+) -> tf.Tensor:
+    """Keys of ``images`` computed on a shuffled global batch (MoCo's shuffle BN).
+
+    TensorFlow's form of MoCo's ``_batch_shuffle_ddp``/``_batch_unshuffle_ddp``: the
+    images of all R replicas are gathered in replica order ([N, ...], N = R·b), replica r
+    encodes rows ``permutation[r·b:(r+1)·b]`` of them (so its BN statistics come from
+    images of every replica), the keys are gathered again and each replica takes back
+    the keys of its own images. With one replica it is the single-GPU shuffle of the MoCo
+    CIFAR demo: the batch is encoded in the order ``permutation`` and unshuffled.
+
+    Args:
+        encode: images [b, H, W, 3] → keys [b, D] on this replica (BN in training mode).
+        images: [b, H, W, 3] this replica's images.
+        permutation: [N] int32, the same on every replica.
+
+    Returns:
+        [b, D] the keys of ``images``, in their order.
+    """
+    rows = tf.shape(images)[0]
+    offset = replica_offset(rows)
+    gathered = gather_across_replicas(images)  # [N, H, W, 3]
+    mine = permutation[offset : offset + rows]
+    keys = gather_across_replicas(encode(tf.gather(gathered, mine)))  # [N, D], shuffled order
+    # keys[j] belongs to image permutation[j]; image i's key sits at inverse[i].
+    inverse = tf.math.invert_permutation(permutation)
+    return tf.gather(keys, inverse[offset : offset + rows])
 
 
 @keras.saving.register_keras_serializable(package="tfascl")
@@ -48,9 +82,13 @@ class MomentumContrast(MomentumModel):
         num_neighbors: K of ASCL/AHCL/hard.
         sce_lambda: λ of SCE.
         symmetric: average the loss with the views swapped (both keys enqueued).
-        shuffle_keys: run the key encoder on a shuffled batch and unshuffle its
-            keys (the single-device shuffle BN of the MoCo CIFAR demo); meant
-            for split BN. Defaults to on.
+        shuffle_keys: shuffle BN. Under several replicas the key encoder runs on the
+            global batch gathered from all replicas and shuffled by one permutation,
+            each replica normalising its own share (MoCo's ``_batch_shuffle_ddp``);
+            on one replica it runs on its shuffled batch (the MoCo CIFAR demo's
+            single-GPU shuffle, for split BN). The permutation is drawn from a
+            stateless generator seeded by the optimizer step, so every replica draws
+            the same one and a run is reproducible. Defaults to on.
         batch_size: global batch, if known, to check ``queue_size`` now.
         **kwargs: ``MomentumModel`` arguments (momentum, views, ...).
     """
@@ -111,14 +149,43 @@ class MomentumContrast(MomentumModel):
             "batch_size": self.batch_size,
         }
 
-    def encode_key(self, images: tf.Tensor) -> tf.Tensor:
+    def key_permutation(self, size: tf.Tensor, salt: int = 0) -> tf.Tensor:
+        """The shuffle-BN permutation [size] of this step: identical on every replica.
+
+        Args:
+            size: N, the global batch.
+            salt: tells apart the permutations of one step (the symmetric loss's
+                second view).
+        """
+        step = tf.constant(0, tf.int64)
+        if self.optimizer is not None:
+            step = tf.cast(self.optimizer.iterations, tf.int64)
+        seed = tf.stack([tf.constant(SHUFFLE_SEED + salt, tf.int64), step])
+        return tf.argsort(tf.random.stateless_uniform(tf.reshape(size, [1]), seed))
+
+    def encode_key(self, images: tf.Tensor, salt: int = 0) -> tf.Tensor:
+        """k [b, D] of the momentum encoder, through shuffle BN when ``shuffle_keys``."""
         if not self.shuffle_keys:
             return super().encode_key(images)
-        # Split BN sees a random regrouping of the batch, so keys cannot
+        # BN statistics of a random regrouping of the (global) batch: keys cannot
         # find their query through shared BN statistics.
-        order = tf.random.shuffle(tf.range(tf.shape(images)[0]))
-        keys = super().encode_key(tf.gather(images, order))
-        return tf.gather(keys, tf.math.invert_permutation(order))
+        size = tf.shape(images)[0] * replica_count()
+        encode = super().encode_key
+        if replica_count() > 1:
+            # The gathers stay outside XLA; the key encoder itself may be compiled.
+            encode = self.replica_function(self.unshuffled_key)
+        return shuffled_encode(encode, images, self.key_permutation(size, salt))
+
+    def unshuffled_key(self, images: tf.Tensor) -> tf.Tensor:
+        """``MomentumModel.encode_key``: the key encoder on the images as given."""
+        return super().encode_key(images)
+
+    def encode_keys(self, strong: tf.Tensor, weak: tf.Tensor) -> list[tf.Tensor]:
+        """Keys [b, D]: of the weak view, then (symmetric) of the strong one."""
+        keys = [self.encode_key(weak)]
+        if self.symmetric:
+            keys.append(self.encode_key(strong, salt=1))
+        return keys
 
     def targets(self, key: tf.Tensor, queue: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor | None]:
         """Targets [B, 1+M] (ReSSL: [B, M] over the queue) and confidence c [B] or None."""
@@ -144,7 +211,11 @@ class MomentumContrast(MomentumModel):
         return losses.soft_contrastive_loss(query, key, queue, targets, self.temperature)
 
     def forward_backward(
-        self, strong: tf.Tensor, weak: tf.Tensor, queue: tf.Tensor
+        self,
+        strong: tf.Tensor,
+        weak: tf.Tensor,
+        queue: tf.Tensor,
+        keys: list[tf.Tensor] | None = None,
     ) -> tuple[tf.Tensor, list[tf.Tensor], list[tf.Tensor], tf.Tensor, tf.Tensor | None]:
         """Keys, targets, loss and gradients of one step on one replica.
 
@@ -152,15 +223,17 @@ class MomentumContrast(MomentumModel):
             strong: [B, H, W, 3] strongly augmented view (query encoder).
             weak: [B, H, W, 3] weakly augmented view (momentum encoder).
             queue: [M, D] the queue before this step's keys.
+            keys: the keys of ``encode_keys(strong, weak)`` if already computed
+                (shuffle BN across replicas, whose gathers run outside this function).
 
         Returns:
             ``(loss, gradients, keys, targets, confidence)``: the scalar loss,
             gradients of the online weights, the keys to enqueue ([B, D] each),
             targets [B, 1+M] ([B, M] for ReSSL) and c [B] (None without relabelling).
         """
-        pairs = [(strong, self.encode_key(weak))]  # (query view, key [B, D])
-        if self.symmetric:
-            pairs.append((weak, self.encode_key(strong)))
+        if keys is None:
+            keys = self.encode_keys(strong, weak)
+        pairs = list(zip((strong, weak), keys))  # (query view, its key [B, D])
         target_sets = [self.targets(key, queue) for _, key in pairs]
 
         with tf.GradientTape() as tape:
@@ -179,7 +252,10 @@ class MomentumContrast(MomentumModel):
         strong, weak, labels = self.unpack(data)
         momentum = self.update_momentum_encoder()
         queue = tf.identity(self.queue.keys.value)  # [M, D], before this step's keys
-        loss, gradients, keys, targets, confidence = self.step_function(strong, weak, queue)
+        keys = None
+        if self.shuffle_keys and replica_count() > 1:
+            keys = self.encode_keys(strong, weak)  # all_gather: outside the replica's XLA
+        loss, gradients, keys, targets, confidence = self.step_function(strong, weak, queue, keys)
         self.apply_gradients(gradients)
 
         queue_labels = tf.identity(self.queue.labels.value)  # [M], before this step's labels
