@@ -238,7 +238,7 @@ def make_spec(config: TrainConfig, run_data: RunData, total_steps: int) -> Any:
     """The ``RunSpec`` (run.json) of this run: what rebuilds its model."""
     shared = ("method", "backbone", "backbone_width", "image_size", "stem", "norm", "num_splits",
               "projector_bn", "queue_size", "temperature", "num_neighbors", "sce_lambda",
-              "momentum", "momentum_schedule", "batch_size", "dataset")  # fmt: skip
+              "momentum", "momentum_schedule", "batch_size", "dataset", "key_norm")  # fmt: skip
     return RunSpec(
         **{name: getattr(config, name) for name in shared},
         projector_dims=tuple(config.projector_dims),
