@@ -285,3 +285,39 @@ def test_embed_and_export_need_the_training_normalisation(digits):
         model.export("unused")
     with pytest.raises(ValueError, match="3 channels"):
         tfascl.build_model("ascl", backbone, queue_size=QUEUE, normalization=((0.5,), (0.5,)))
+
+
+def test_backbone_built_on_first_use_builds_the_model_in_its_first_step(tmp_path):
+    def backbone():  # no Input: Keras builds it on its first call
+        return keras.Sequential([keras.layers.Conv2D(4, 3), keras.layers.GlobalAveragePooling2D()])
+
+    def model_of(backbone_pair):
+        return tfascl.MomentumContrast(
+            backbone_pair[0],
+            tfascl.models.mlp_head(4, 8, 4),
+            queue_size=16,
+            key_backbone=backbone_pair[1],
+            shuffle_keys=False,
+        )
+
+    keras.utils.set_random_seed(0)
+    model = model_of((backbone(), backbone()))
+    model.compile(optimizer=keras.optimizers.SGD(0.1, momentum=0.9))
+    assert not model.built
+    with pytest.raises(ValueError, match="not yet been built"):
+        model.save_weights(tmp_path / "early.weights.h5")
+    model.build((None, 8, 8, 3))
+    assert model.built and model.backbone.built and model.key_backbone.built
+    # The momentum encoder starts from the online weights, as with a built backbone.
+    for key, online in zip(model.key_backbone.weights, model.backbone.weights):
+        np.testing.assert_array_equal(key.numpy(), online.numpy())
+
+    fresh = model_of((backbone(), backbone()))
+    fresh.compile(optimizer=keras.optimizers.SGD(0.1, momentum=0.9))
+    rng = np.random.default_rng(0)
+    views = tuple(rng.random((8, 8, 8, 3), dtype=np.float32) for _ in range(2))
+    fresh.fit(views, np.zeros(8), batch_size=8, epochs=1, verbose=0)
+    assert fresh.built and fresh.optimizer.built
+    assert len(fresh.optimizer.variables) == 2 + len(fresh.online_weights)
+    fresh.save_weights(tmp_path / "m.weights.h5")
+    assert (tmp_path / "m.weights.h5").is_file()

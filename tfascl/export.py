@@ -10,6 +10,11 @@
           backbone.keras          <- the backbone alone, for Keras fine-tuning
           metadata.json           <- method, data statistics, dimensions, steps, ...
 
+``model.export(path)`` on an in-memory ``MomentumContrast`` or ``BYOL`` (the
+notebook's way) writes the same SavedModel and ``assets.extra/`` into ``path``
+through the same writer, ``write_serving_model``; its metadata has no run or
+checkpoint.
+
 Only the query (online) encoder is exported: backbone and projector. The momentum
 encoder, the queue, a BYOL predictor and the optimizer stay in the checkpoint.
 

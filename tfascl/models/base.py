@@ -182,7 +182,7 @@ class MomentumModel(keras.Model):
         # Eagerly, also when called while a train step or compute_output_spec traces.
         with tf.init_scope():
             zeros = tf.zeros([batch or 1, *rest], self.compute_dtype)
-            copy_weights = not self.key_backbone.built
+            copy_weights = not (self.backbone.built and self.key_backbone.built)
             for encoder in (self.backbone, self.key_backbone):
                 if not encoder.built:
                     encoder(zeros, training=False)
