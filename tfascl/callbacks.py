@@ -5,9 +5,11 @@ step, ``model.optimizer.iterations``, so that a resumed run continues the same
 curves instead of restarting them at zero:
 
 * ``NonFiniteLoss``: stops the run at the first non-finite loss.
-* ``StopOnSignal``: turns Ctrl-C (SIGINT) into a clean stop after the current step.
+* ``StopOnSignal``: turns Ctrl-C (SIGINT) and preemption (SIGTERM) into a clean stop
+  after the current step, after one and the same step on every worker of a cluster
+  (``StopAgreement``).
 * ``CheckpointSaver``: a checkpoint every N steps and at each epoch end, never of a
-  non-finite state.
+  non-finite state; a failed save (full disk) is one line (``SaveFailed``).
 * ``KnnMonitor``: weighted kNN top-1/top-5 of the backbone features every N
   epochs, and a copy of the best checkpoint.
 * ``MetricsLogger``: the logs (loss, learning rate, momentum, confidence, positive
@@ -87,8 +89,13 @@ EXIT_STATUS_BY_SIGNAL = {signal.SIGINT: "interrupted", signal.SIGTERM: "preempte
 
 
 def is_multi_worker(strategy: tf.distribute.Strategy | None) -> bool:
-    """Whether ``strategy`` spans a cluster of workers (``TF_CONFIG``)."""
-    resolver = getattr(strategy, "cluster_resolver", None)
+    """Whether ``strategy`` is a ``MultiWorkerMirroredStrategy`` over a cluster (``TF_CONFIG``).
+
+    (A TPU strategy has a cluster too, but one host drives it: a local stop is enough.)
+    """
+    if not isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy):
+        return False
+    resolver = strategy.cluster_resolver
     return bool(resolver is not None and resolver.cluster_spec().jobs)
 
 
