@@ -148,13 +148,19 @@ def test_sigterm_to_one_worker_stops_both_at_one_step_and_they_resume_there(tmp_
     assert logged_steps(model_dir) == list(range(1, total + 1))  # every step once
 
 
-def test_two_streaming_workers_read_disjoint_files_that_cover_the_epoch(tmp_path):
+def test_streaming_workers_read_disjoint_files_and_resume_after_a_kill(tmp_path):
+    from test_train_resume import latest_step
+
     from benchmarks.image_folder import write_image_folder
 
     write_image_folder(tmp_path / "data", 70, [(50, 60), (64, 40)], classes=2)
-    args = [a for a in ARGS if not a.startswith("--max_train_examples")]
-    args += [f"--dataset={tmp_path / 'data'}", "--input=stream", "--knn_every=0", "--noexport"]
-    codes = wait_for(start_workers(tmp_path, tmp_path / "run", args))
+    model_dir = tmp_path / "run"
+    args = [a for a in ARGS if not a.startswith(("--max_train_examples", "--checkpoint_every"))]
+    args += [f"--dataset={tmp_path / 'data'}", "--input=stream", "--knn_every=0", "--noexport",
+             "--log_every=1", "--checkpoint_every=3"]  # fmt: skip
+
+    # 1. One epoch: each worker reads its own half of every global batch.
+    codes = wait_for(start_workers(tmp_path, model_dir, args))
     assert codes == [0, 0], (tmp_path / "worker1.log").read_text()[-3000:]
     records = [np.load(tmp_path / f"worker{i}.npz") for i in range(2)]
     assert all(int(r["steps"]) == 70 // 16 for r in records)
@@ -164,3 +170,28 @@ def test_two_streaming_workers_read_disjoint_files_that_cover_the_epoch(tmp_path
     assert len(read[0]) == len(read[1]) == 4 * 8  # 4 steps x 8 images per worker
     assert len(read[0] | read[1]) == 4 * 16  # one global epoch, remainder dropped
     np.testing.assert_array_equal(records[0]["paths"], records[1]["paths"])
+
+    # 2. Continued to 3 epochs, one worker is killed mid-run, then the other.
+    longer = [*args, "--epochs=3"]
+    processes = start_workers(tmp_path, model_dir, longer, tag="-k")
+    deadline = time.time() + 300
+    try:
+        while not ((step := latest_step(model_dir)) and step >= 5):
+            assert [p.poll() for p, _ in processes] == [None, None]
+            assert time.time() < deadline, "the workers never got there"
+            time.sleep(0.02)
+        processes[1][0].kill()
+        processes[0][0].kill()
+    finally:
+        wait_for(processes, timeout=60)
+    killed_at = latest_step(model_dir)
+    assert 5 <= killed_at < 12
+
+    # 3. Both restarted: they resume from the chief's last checkpoint and finish, each step once.
+    codes = wait_for(start_workers(tmp_path, model_dir, longer, tag="-r"))
+    logs = [(tmp_path / f"worker{i}-r.log").read_text()[-3000:] for i in range(2)]
+    assert codes == [0, 0], logs
+    assert all(f"at step {killed_at} (" in log for log in logs), logs
+    summary = json.loads((model_dir / "summary.json").read_text())
+    assert summary["resumed_from_step"] == killed_at and summary["steps"] == 12
+    assert logged_steps(model_dir) == list(range(1, 13))

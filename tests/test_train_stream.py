@@ -134,3 +134,19 @@ def test_stl10_recipe_trains_on_train_plus_unlabelled(tmp_path):
     summary = json.loads((tmp_path / "run" / "summary.json").read_text())
     assert summary["steps"] == 48 // 16  # labelled and unlabelled images together
     assert summary["final_knn_top1"] is not None  # the bank: the 16 labelled images
+
+
+def test_streaming_bad_input_is_one_line_before_anything_is_built(tmp_path):
+    (tmp_path / "empty" / "train").mkdir(parents=True)
+    flags = (*TINY_RUN_FLAGS, "--input=stream", f"--model_dir={tmp_path / 'run'}")
+    result = run_python("-m", "tfascl.train", *flags, f"--dataset={tmp_path / 'empty'}")
+    assert result.returncode == 2
+    errors = [line for line in result.stderr.splitlines() if "error:" in line]
+    assert len(errors) == 1 and "No images in" in errors[0], result.stderr[-2000:]
+    assert not (tmp_path / "run" / "checkpoints").exists()
+    result = run_python(
+        "-m", "tfascl.train", *flags, "--dataset=cifar10", f"--data_dir={tmp_path / 'tfds'}"
+    )
+    assert result.returncode == 2
+    errors = [line for line in result.stderr.splitlines() if "error:" in line]
+    assert len(errors) == 1 and "not prepared" in errors[0], result.stderr[-2000:]

@@ -20,7 +20,9 @@ def gather_across_replicas(values: tf.Tensor) -> tf.Tensor:
     context = tf.distribute.get_replica_context()
     if context is None or context.num_replicas_in_sync == 1:
         return values
-    return context.all_gather(values, axis=0)
+    # identity places the tensor on this replica's device: MultiWorkerMirroredStrategy
+    # derives the gather's destination from it, and an input batch carries no device.
+    return context.all_gather(tf.identity(values), axis=0)
 
 
 def replica_offset(rows: tf.Tensor | int) -> tf.Tensor:
