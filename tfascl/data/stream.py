@@ -143,6 +143,7 @@ def estimated_decoded_bytes(files: ImageFiles, load_size: int | None, sample: in
 
 def _integer_boxes(boxes: tf.Tensor, height: tf.Tensor, width: tf.Tensor) -> tf.Tensor:
     """[n, 4] float (top, left, h, w) boxes -> int32 boxes inside the image, at least 1 px."""
+    boxes = tf.ensure_shape(boxes, [boxes.shape[0], 4])  # a static number of boxes
     h = tf.clip_by_value(tf.round(boxes[:, 2]), 1.0, height)
     w = tf.clip_by_value(tf.round(boxes[:, 3]), 1.0, width)
     top = tf.clip_by_value(tf.floor(boxes[:, 0]), 0.0, height - h)
@@ -170,23 +171,27 @@ def decode_crops(
     def resize(crop: tf.Tensor) -> tf.Tensor:
         return tf.image.resize(crop, [size, size], method="bilinear", antialias=True)
 
+    # The number of boxes is static (2 views, or 1 for evaluation): the crops are unrolled
+    # rather than looped with map_fn, whose while loop costs more than a small decode.
     def jpeg() -> tf.Tensor:
         shape = tf.cast(tf.io.extract_jpeg_shape(contents), tf.float32)
         boxes = _integer_boxes(boxes_for(shape[0], shape[1]), shape[0], shape[1])
-        return tf.map_fn(
-            lambda box: resize(tf.io.decode_and_crop_jpeg(contents, box, channels=3)),
-            boxes,
-            fn_output_signature=tf.float32,
+        return tf.stack(
+            [
+                resize(tf.io.decode_and_crop_jpeg(contents, box, channels=3))
+                for box in tf.unstack(boxes)
+            ]
         )
 
     def other() -> tf.Tensor:
         image = tf.io.decode_image(contents, channels=3, expand_animations=False)
         shape = tf.cast(tf.shape(image), tf.float32)
         boxes = _integer_boxes(boxes_for(shape[0], shape[1]), shape[0], shape[1])
-        return tf.map_fn(
-            lambda box: resize(tf.slice(image, [box[0], box[1], 0], [box[2], box[3], 3])),
-            boxes,
-            fn_output_signature=tf.float32,
+        return tf.stack(
+            [
+                resize(tf.slice(image, [box[0], box[1], 0], [box[2], box[3], 3]))
+                for box in tf.unstack(boxes)
+            ]
         )
 
     crops = tf.cond(tf.io.is_jpeg(contents), jpeg, other)
@@ -372,6 +377,7 @@ def stream_pretrain_dataset(
     key_augment: str = "weak",
     jit_compile: bool = True,
     skipped: SkippedFiles | None = None,
+    colour: bool = True,
 ) -> tf.data.Dataset:
     """Pretraining batches of (query, key) views, decoded from the files as needed.
 
@@ -393,6 +399,8 @@ def stream_pretrain_dataset(
         key_augment: "weak" or "strong" key view.
         jit_compile: XLA-compile the batched colour augmentation.
         skipped: Records the files that decode (folders only).
+        colour: Apply the strong recipe's colour part (False leaves crop, flip and
+            normalisation: the reading stage alone, for `benchmarks/stream.py`).
 
     Returns:
         Batches `((query, key), labels)` of [per-replica batch, S, S, 3] float32 views and
@@ -466,7 +474,7 @@ def stream_pretrain_dataset(
             params = augment.sample_params(tf.shape(x)[0], size, size, seeds[view])
             flip = params["flip"][:, None, None, None]
             crop = tf.where(flip, tf.reverse(x[:, view], axis=[2]), x[:, view])
-            if view == 0 or key_augment == "strong":
+            if colour and (view == 0 or key_augment == "strong"):
                 crop = augment.apply_colour(crop, params)
             views.append(augment.normalise(crop, mean, std))
         return views[0], views[1]
