@@ -150,3 +150,20 @@ def test_streaming_bad_input_is_one_line_before_anything_is_built(tmp_path):
     assert result.returncode == 2
     errors = [line for line in result.stderr.splitlines() if "error:" in line]
     assert len(errors) == 1 and "not prepared" in errors[0], result.stderr[-2000:]
+
+
+def test_auto_input_decides_from_headers_size_and_budget(tmp_path):
+    from tfascl import train
+
+    write_image_folder(tmp_path / "same", 20, [(40, 40)])
+    write_image_folder(tmp_path / "varied", 20, [(40, 40), (30, 60)])
+    same = train.TrainConfig(dataset=str(tmp_path / "same"))
+    assert train.choose_input(same)[0] == "memory"
+    mode, why = train.choose_input(train.TrainConfig(dataset=str(tmp_path / "same"),
+                                                     memory_budget_gb=1e-4))  # fmt: skip
+    assert mode == "stream" and "does not fit" in why  # 2 x 96 kB > 100 kB
+    mode, why = train.choose_input(train.TrainConfig(dataset=str(tmp_path / "varied")))
+    assert mode == "stream" and "differ in size" in why
+    fitted = train.TrainConfig(dataset=str(tmp_path / "varied"), load_size=32)
+    assert train.choose_input(fitted)[0] == "memory"
+    assert train.choose_input(train.TrainConfig(input="memory"))[0] == "memory"

@@ -112,14 +112,24 @@ def choose_input(config: TrainConfig) -> tuple[str, str]:
         config.dataset, config.train_split, data_dir=config.data_dir,
         max_examples=config.max_train_examples, seed=config.seed,
     )  # fmt: skip
-    decoded = data.estimated_decoded_bytes(files, config.load_size)
+    sizes = data.stream.sample_sizes(files)
+    decoded = data.estimated_decoded_bytes(files, config.load_size, sizes)
     budget = memory_budget_bytes(config)
     verdict = "fits" if 2 * decoded <= budget else "does not fit"
     why = (
         f"{len(files):,} images, about {decoded / 1e9:.2f} GB decoded: twice that "
         f"{verdict} the memory budget of {budget / 1e9:.1f} GB (--memory_budget_gb)"
     )
-    return ("memory" if 2 * decoded <= budget else "stream"), why
+    if 2 * decoded > budget:
+        return "stream", why
+    if config.load_size is None and len(set(sizes)) > 1:
+        # One array holds one size: in memory, other sizes would be centre-cropped to it.
+        varied = (
+            f"{why}, but the images differ in size and keep their aspect ratio only when "
+            "streamed (with --load_size, or --input=memory, they are fitted to one size)"
+        )
+        return "stream", varied
+    return "memory", why
 
 
 def load_data(config: TrainConfig) -> RunData:

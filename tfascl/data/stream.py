@@ -103,14 +103,12 @@ def image_header_size(path: str) -> tuple[int, int] | None:
         return None
 
 
-def estimated_decoded_bytes(files: ImageFiles, load_size: int | None, sample: int = 64) -> int:
-    """Bytes the split takes decoded into memory as uint8 RGB, estimated before decoding.
+def sample_sizes(files: ImageFiles, sample: int = 64) -> list[tuple[int, int]]:
+    """(height, width) of up to `sample` images spread over the split, from headers only.
 
-    With `load_size` every image is `load_size` pixels square; otherwise the mean size of
-    up to `sample` files spread over the split (headers only) stands for all of them.
+    Folders: the file headers (Pillow opens lazily). TFDS: the image feature's static shape
+    when it has one, else the JPEG headers of the first records.
     """
-    if load_size is not None:
-        return files.count * load_size * load_size * 3
     sizes: list[tuple[int, int]] = []
     if files.paths is not None:
         step = max(1, files.count // sample)
@@ -118,20 +116,31 @@ def estimated_decoded_bytes(files: ImageFiles, load_size: int | None, sample: in
             size = image_header_size(str(path))
             if size is not None:
                 sizes.append(size)
-    else:
-        builder, expression, image_key, _ = files.tfds
-        shape = builder.info.features[image_key].shape
-        if shape[0] is not None and shape[1] is not None:
-            sizes.append((shape[0], shape[1]))
-        else:
-            import tensorflow_datasets as tfds
+        return sizes
+    builder, expression, image_key, _ = files.tfds
+    shape = builder.info.features[image_key].shape
+    if shape[0] is not None and shape[1] is not None:
+        return [(shape[0], shape[1])]
+    import tensorflow_datasets as tfds
 
-            records = builder.as_dataset(
-                split=expression, decoders={image_key: tfds.decode.SkipDecoding()}
-            )
-            for example in records.take(16):
-                height, width = tf.image.extract_jpeg_shape(example[image_key])[:2].numpy()
-                sizes.append((int(height), int(width)))
+    records = builder.as_dataset(split=expression, decoders={image_key: tfds.decode.SkipDecoding()})
+    for example in records.take(16):
+        height, width = tf.image.extract_jpeg_shape(example[image_key])[:2].numpy()
+        sizes.append((int(height), int(width)))
+    return sizes
+
+
+def estimated_decoded_bytes(
+    files: ImageFiles, load_size: int | None, sizes: list[tuple[int, int]] | None = None
+) -> int:
+    """Bytes the split takes decoded into memory as uint8 RGB, estimated before decoding.
+
+    With `load_size` every image is `load_size` pixels square; otherwise the mean size of
+    `sizes` (default: `sample_sizes(files)`) stands for all of them.
+    """
+    if load_size is not None:
+        return files.count * load_size * load_size * 3
+    sizes = sample_sizes(files) if sizes is None else sizes
     if not sizes:
         return 0
     pixels = float(np.mean([h * w for h, w in sizes]))
