@@ -74,7 +74,15 @@ def memory_pretrain_dataset(
 
         return shares.map(batch, num_parallel_calls=tf.data.AUTOTUNE)
 
-    return epoch_numbers(seed, epochs, spare=0).flat_map(epoch_batches).prefetch(tf.data.AUTOTUNE)
+    # flat_map hides the length; Keras's fit reads an epoch's steps from it.
+    local = 1
+    if input_context is not None:
+        local = input_context.num_replicas_in_sync // input_context.num_input_pipelines
+    steps = len(data) // global_batch
+    count = steps if epochs is None else (epochs[1] - epochs[0]) * steps - skip
+    dataset = epoch_numbers(seed, epochs, spare=0).flat_map(epoch_batches)
+    dataset = dataset.apply(tf.data.experimental.assert_cardinality(count * local))
+    return dataset.prefetch(tf.data.AUTOTUNE)
 
 
 def pretrain_dataset(
