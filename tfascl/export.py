@@ -476,7 +476,7 @@ def write_serving_model(
     """Writes the serving SavedModel of an online encoder and its ``assets.extra/``.
 
     The one writer of ``tfascl-export`` and ``model.export`` (see the module doc):
-    split/sync BN made plain, ``EmbeddingModule``'s two signatures, the backbone
+    split/sync BN made plain, ``EmbeddingModule``'s three signatures, the backbone
     as ``.keras`` and ``metadata.json`` (``metadata`` adds to, or overrides, the
     fields every export has).
 
