@@ -1,11 +1,14 @@
 # The two commands of the README: `make run` and `make test`.
 # Both create .venv on first use and install tfascl into it; the TensorFlow
 # wheel is chosen once per machine: tensorflow[and-cuda] where nvidia-smi
-# answers, the much smaller tensorflow-cpu everywhere else.
+# answers, the much smaller tensorflow-cpu on Linux and Windows, and the plain
+# tensorflow wheel where tensorflow-cpu has none (macOS). `make test` adds the
+# ONNX and LiteRT extras, whose tests run the exported files.
 PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
-TF_EXTRA := $(shell nvidia-smi >/dev/null 2>&1 && echo gpu || echo cpu)
+TF_EXTRA := $(shell nvidia-smi >/dev/null 2>&1 && echo gpu || \
+	{ [ "$$(uname -s)" = Darwin ] && echo tensorflow || echo cpu; })
 MODEL_DIR ?= runs/default
 
 .PHONY: install run test lint format clean
@@ -20,6 +23,10 @@ $(VENV)/.installed: $(BIN)/activate setup.cfg pyproject.toml
 
 install: $(VENV)/.installed
 
+$(VENV)/.installed-test: $(VENV)/.installed
+	$(BIN)/pip install --quiet -e ".[$(TF_EXTRA),dev,onnx,litert]"
+	touch $@
+
 run: install
 	$(BIN)/tfascl-train --model_dir=$(MODEL_DIR)
 
@@ -31,7 +38,7 @@ format: install
 	$(BIN)/ruff check --fix .
 	$(BIN)/ruff format .
 
-test: lint
+test: lint $(VENV)/.installed-test
 	$(BIN)/python -m pytest -q tests
 
 clean:

@@ -6,6 +6,7 @@ Examples::
     tfascl-eval --protocol=linear --model_dir=runs/ascl              # the ASCL protocol
     tfascl-eval --protocol=linear --linear_fast --model_dir=runs/ascl  # cached features
     tfascl-eval --protocol=knn --saved_model=runs/ascl/export/1
+    tfascl-eval --protocol=neighbors --model_dir=runs/ascl   # runs/ascl/plots/neighbors.png
     tfascl-eval --protocol=plots --model_dir=runs/ascl --compare_model_dir=runs/moco \\
         --plots_dir=docs/images
 
@@ -34,7 +35,7 @@ def _define_flags(flag_values=None) -> None:  # noqa: ANN001
     flag_values = absl_flags.FLAGS if flag_values is None else flag_values
     flags = _Definer(absl_flags, flag_values)
 
-    flags.DEFINE_enum("protocol", "knn", ["knn", "linear", "plots"], "What to run.")
+    flags.DEFINE_enum("protocol", "knn", ["knn", "linear", "neighbors", "plots"], "What to run.")
     flags.DEFINE_string("model_dir", None, "A training run's directory (run.json, checkpoints/).")
     flags.DEFINE_string("saved_model", None, "Or: an exported SavedModel (export_dir/<version>).")
     flags.DEFINE_string("checkpoint", "latest", "latest, best, or a checkpoint name (model_dir).")
@@ -72,7 +73,13 @@ def _define_flags(flag_values=None) -> None:  # noqa: ANN001
     )
     flags.DEFINE_bool("linear_jit", True, "linear: XLA-compile the augmentation.")
     flags.DEFINE_bool("write_results", True, "Merge the result into results.json.")
-    flags.DEFINE_string("plots_dir", None, "plots: output folder; default <model_dir>/plots.")
+    flags.DEFINE_string(
+        "plots_dir", None, "plots, neighbors: output folder; default <model_dir>/plots."
+    )
+    flags.DEFINE_integer(
+        "neighbor_queries", 8, "neighbors: test images pictured (drawn with --seed)."
+    )
+    flags.DEFINE_integer("neighbor_k", 5, "neighbors: nearest training images per test image.")
     flags.DEFINE_list("plots", ["curves", "map"], "plots: which pictures (curves, map).")
     flags.DEFINE_integer("map_points", 10_000, "plots: test images in the t-SNE map.")
     flags.DEFINE_string("plots_note", None, "plots: second title line (e.g. the run length).")
@@ -180,6 +187,9 @@ def run_with(values) -> None:  # noqa: ANN001
             knn_temperature=values.knn_temperature,
             knn_chunk_size=values.knn_chunk_size,
             linear=_linear_config(values),
+            neighbor_queries=values.neighbor_queries,
+            neighbor_k=values.neighbor_k,
+            plots_dir=values.plots_dir,
             seed=values.seed,
             write=values.write_results,
             log=logging.info,
@@ -190,6 +200,8 @@ def run_with(values) -> None:  # noqa: ANN001
     print(format_table(entry))
     for note in entry["notes"]:
         print(f"note: {note}")
+    if "picture" in entry:
+        print(f"picture: {entry['picture']}")
     if "results_file" in entry:
         print(f"results: {entry['results_file']} [{entry['results_key']}]")
 

@@ -18,7 +18,7 @@ checkpoint.
 Only the query (online) encoder is exported: backbone and projector. The momentum
 encoder, the queue, a BYOL predictor and the optimizer stay in the checkpoint.
 
-The SavedModel is a plain ``tf.Module`` of two ``tf.function`` signatures, so
+The SavedModel is a plain ``tf.Module`` of three ``tf.function`` signatures, so
 ``tf.saved_model.load`` (or TF Serving, or ``keras.layers.TFSMLayer``) needs no
 tfascl code:
 
@@ -28,11 +28,23 @@ tfascl code:
   training mean/std. This is the evaluation transform of the training data
   pipeline (and Pillow's ``resize(BILINEAR, box=...)``), so a served embedding
   is the one kNN and linear evaluation saw.
+* ``serving_bytes``: ``image_bytes`` string [N], each an encoded JPEG, PNG,
+  BMP or GIF (its first frame) of any size and channel count, decoded to RGB and
+  then preprocessed as ``serving_default`` does, image by image (a batch may mix
+  sizes). TF Serving's REST API decodes ``{"b64": ...}`` for inputs whose name
+  ends in ``_bytes``, so a request carries the compressed file, not its pixels.
 * ``preprocessed``: ``images`` float32 [N, S, S, 3], already normalised.
 
-Both return ``embedding`` (L2-normalised backbone features [N, F], what kNN and
+All return ``embedding`` (L2-normalised backbone features [N, F], what kNN and
 linear probes use) and ``projection`` (L2-normalised projector output [N, D], the
 space the contrastive loss was computed in), float32.
+
+``formats`` may add ``assets.extra/model.onnx`` (tf2onnx) and
+``assets.extra/model.tflite`` (TensorFlow's LiteRT converter): the same encoder
+for ONNX Runtime and LiteRT, input uint8 [N, S, S, 3] pixels of an image already
+cropped and resized to S (neither format has the antialiased resampling op), the
+``(x / 255 − mean) / std`` normalisation inside, outputs ``embedding`` and
+``projection``.
 
 Split BN is plain BN at inference, so it is exported as
 ``keras.layers.BatchNormalization`` with the same weights: the ``.keras`` file
@@ -61,6 +73,15 @@ KERAS_FILE = "backbone.keras"
 METADATA_FILE = "metadata.json"
 DEFAULT_SIGNATURE = "serving_default"
 PREPROCESSED_SIGNATURE = "preprocessed"
+BYTES_SIGNATURE = "serving_bytes"
+# What --formats may name; the SavedModel is always written (it is the version
+# directory), the others are extra files in assets.extra/.
+FORMATS = ("saved_model", "onnx", "litert")
+PORTABLE_FILES = {"onnx": "model.onnx", "litert": "model.tflite"}
+# ONNX operator set of model.onnx: opset 17 runs on ONNX Runtime >= 1.11.
+ONNX_OPSET = 17
+# The leading bytes by which TensorFlow's DecodeImage tells the formats apart.
+IMAGE_MAGIC = (b"\xff\xd8\xff", b"\x89PNG\r\n\x1a\n", b"GIF8", b"BM")
 # Where Keras 3 optimizers keep their step counter in a tf.train.Checkpoint of
 # ``model.checkpoint()`` (the optimizer is the checkpoint's "optimizer" child).
 ITERATIONS_KEY = "optimizer/_iterations/.ATTRIBUTES/VARIABLE_VALUE"
@@ -170,8 +191,54 @@ def check_images(images: tf.Tensor, expected: str, image_size: int | None = None
         return tf.identity(images)
 
 
+def decode_images(
+    image_bytes: tf.Tensor, image_size: int, mean: Sequence[float], std: Sequence[float]
+) -> tf.Tensor:
+    """Encoded images → the backbone's input, each decoded and preprocessed on its own.
+
+    Args:
+        image_bytes: [N] strings, each a JPEG, PNG, BMP or GIF file (GIF: the first
+            frame); greyscale and alpha are made RGB. JPEGs are decoded as Pillow
+            does (accurate integer DCT), so the pixels are those Pillow gives.
+        image_size: S, the training resolution.
+        mean: per-channel mean in [0, 1] units.
+        std: per-channel standard deviation in [0, 1] units.
+
+    Returns:
+        [N, S, S, 3] float32, as ``preprocess`` makes it from the decoded pixels.
+    """
+
+    def one(args: tuple[tf.Tensor, tf.Tensor]) -> tf.Tensor:
+        index, data = args
+        is_format = [
+            tf.equal(tf.strings.substr(data, 0, len(magic)), magic) for magic in IMAGE_MAGIC
+        ]
+        known = tf.reduce_any(is_format)
+        # DecodeImage's own error does not say which string of the batch it was.
+        message = tf.strings.format("image_bytes[{}] is not a JPEG, PNG, BMP or GIF image", [index])
+        with tf.control_dependencies([tf.debugging.Assert(known, [message])]):
+            # JPEG with the accurate integer DCT, as Pillow (and so the training
+            # data) decodes it: TensorFlow's default, the fast one, is off by a few
+            # levels. decode_image has no such option.
+            pixels = tf.cond(
+                is_format[0],
+                lambda: tf.io.decode_jpeg(data, channels=3, dct_method="INTEGER_ACCURATE"),
+                lambda: tf.io.decode_image(data, channels=3, expand_animations=False),
+            )
+        return preprocess(pixels[tf.newaxis], image_size, mean, std)[0]
+
+    image_bytes = tf.reshape(image_bytes, [-1])
+    indices = tf.range(tf.size(image_bytes))
+    # One image at a time: the images of a batch may differ in size.
+    return tf.map_fn(
+        one,
+        (indices, image_bytes),
+        fn_output_signature=tf.TensorSpec([image_size, image_size, 3], tf.float32),
+    )
+
+
 class EmbeddingModule(tf.Module):
-    """The exported object: the online encoder's variables and the two signatures.
+    """The exported object: the online encoder's variables and the three signatures.
 
     The functions run the Keras models through ``stateless_call`` on ``tf.Variable``
     copies named ``backbone/<layer>/<weight>`` and ``projector/<layer>/<weight>``,
@@ -213,6 +280,11 @@ class EmbeddingModule(tf.Module):
             autograph=False,
             input_signature=[tf.TensorSpec([None, None, None, 3], tf.uint8, name="images")],
         )
+        self.serving_bytes = tf.function(
+            self._serve_bytes,
+            autograph=False,
+            input_signature=[tf.TensorSpec([None], tf.string, name="image_bytes")],
+        )
         self.preprocessed = tf.function(
             self._embed,
             autograph=False,
@@ -225,9 +297,33 @@ class EmbeddingModule(tf.Module):
         images = check_images(images, "uint8 [N, H, W, 3]")
         return self._encode(preprocess(images, self.image_size, self.mean, self.std))
 
+    def _serve_bytes(self, image_bytes: tf.Tensor) -> dict[str, tf.Tensor]:
+        return self._encode(decode_images(image_bytes, self.image_size, self.mean, self.std))
+
     def _embed(self, images: tf.Tensor) -> dict[str, tf.Tensor]:
         size = self.image_size
         return self._encode(check_images(images, f"float32 [N, {size}, {size}, 3]", size))
+
+    def portable(self) -> tf.types.experimental.PolymorphicFunction:
+        """The function ONNX and LiteRT get: uint8 [N, S, S, 3] → ``embedding``, ``projection``.
+
+        Only operators both formats have: a cast, the normalisation, the encoder.
+        No shape checks (``tf.debugging.Assert`` is no LiteRT builtin); both
+        runtimes check the input against the declared [N, S, S, 3] themselves.
+        """
+        size = self.image_size
+
+        def pixels(images: tf.Tensor) -> dict[str, tf.Tensor]:
+            # Constants made in the graph, not captured: converters fold them.
+            mean = tf.constant(self.mean, tf.float32, shape=[3])
+            std = tf.constant(self.std, tf.float32, shape=[3])
+            return self._encode((tf.cast(images, tf.float32) / 255.0 - mean) / std)
+
+        return tf.function(
+            pixels,
+            autograph=False,
+            input_signature=[tf.TensorSpec([None, size, size, 3], tf.uint8, name="images")],
+        )
 
     def _encode(self, images: tf.Tensor) -> dict[str, tf.Tensor]:
         features, _ = self._keras.backbone.stateless_call(
@@ -297,6 +393,7 @@ def export_backbone(
     checkpoint: str = "latest",
     version: int | None = None,
     overwrite: bool = False,
+    formats: Sequence[str] = ("saved_model",),
 ) -> Path:
     """Exports a run's online encoder as ``export_dir/<version>/`` (see the module doc).
 
@@ -310,6 +407,7 @@ def export_backbone(
         checkpoint: ``"latest"``, ``"best"`` or a checkpoint name/path.
         version: the version number; default one more than the highest present (1 at first).
         overwrite: replace an existing version instead of failing.
+        formats: ``"saved_model"`` (always) and any of ``"onnx"``, ``"litert"``.
 
     Returns:
         The version directory.
@@ -317,9 +415,10 @@ def export_backbone(
     Raises:
         FileNotFoundError: no ``run.json`` or no such checkpoint.
         FileExistsError: the version exists and ``overwrite`` is off.
-        ValueError: a negative or non-integer version.
+        ValueError: a negative or non-integer version, or an unknown format.
     """
     # Everything that can fail cheaply is checked before the model is built.
+    formats = check_formats(formats)
     spec = runs.load_spec(model_dir)
     checkpoint_path = runs.find_checkpoint(model_dir, checkpoint)
     export_dir = Path(export_dir)
@@ -349,7 +448,14 @@ def export_backbone(
     shutil.rmtree(staging, ignore_errors=True)
     try:
         write_serving_model(
-            staging, model.backbone, model.projector, spec.image_size, spec.mean, spec.std, metadata
+            staging,
+            model.backbone,
+            model.projector,
+            spec.image_size,
+            spec.mean,
+            spec.std,
+            metadata,
+            formats,
         )
         _move_into_place(staging, target)
     finally:
@@ -365,11 +471,12 @@ def write_serving_model(
     mean: Sequence[float],
     std: Sequence[float],
     metadata: dict[str, Any],
+    formats: Sequence[str] = ("saved_model",),
 ) -> None:
     """Writes the serving SavedModel of an online encoder and its ``assets.extra/``.
 
     The one writer of ``tfascl-export`` and ``model.export`` (see the module doc):
-    split/sync BN made plain, ``EmbeddingModule``'s two signatures, the backbone
+    split/sync BN made plain, ``EmbeddingModule``'s three signatures, the backbone
     as ``.keras`` and ``metadata.json`` (``metadata`` adds to, or overrides, the
     fields every export has).
 
@@ -381,7 +488,13 @@ def write_serving_model(
         mean: per-channel mean in [0, 1] units.
         std: per-channel standard deviation in [0, 1] units.
         metadata: the caller's fields (method, run, checkpoint, ...).
+        formats: ``"saved_model"`` and any of ``"onnx"``, ``"litert"`` (see ``FORMATS``).
+
+    Raises:
+        ValueError: an unknown format, or none that is ``"saved_model"``.
+        ImportError: ``"onnx"`` without tf2onnx installed.
     """
+    formats = check_formats(formats)
     directory = Path(directory)
     backbone = plain_batchnorm(backbone)
     projector = plain_batchnorm(projector)
@@ -391,14 +504,75 @@ def write_serving_model(
         str(directory),
         signatures={
             DEFAULT_SIGNATURE: module.serving_default,
+            BYTES_SIGNATURE: module.serving_bytes,
             PREPROCESSED_SIGNATURE: module.preprocessed,
         },
     )
     extra = directory / EXTRA_DIR
     extra.mkdir()
     backbone.save(extra / KERAS_FILE)
-    metadata = {**_metadata(backbone, projector, image_size, mean, std), **metadata}
+    if "onnx" in formats:
+        write_onnx(module, extra / PORTABLE_FILES["onnx"])
+    if "litert" in formats:
+        write_litert(module, extra / PORTABLE_FILES["litert"])
+    metadata = {
+        **_metadata(backbone, projector, image_size, mean, std, formats),
+        **metadata,
+    }
     (extra / METADATA_FILE).write_text(json.dumps(metadata, indent=2) + "\n")
+
+
+def check_formats(formats: Sequence[str]) -> tuple[str, ...]:
+    """``formats`` as a tuple in ``FORMATS`` order, once each is known.
+
+    Raises:
+        ValueError: an unknown format, or no ``"saved_model"`` among them.
+    """
+    if isinstance(formats, str):
+        formats = formats.split(",")
+    unknown = sorted(set(formats) - set(FORMATS))
+    if unknown:
+        raise ValueError(f"unknown export format {', '.join(unknown)}: choose from {FORMATS}")
+    if "saved_model" not in formats:
+        raise ValueError(
+            "formats must include saved_model: the version directory is the SavedModel, "
+            "ONNX and LiteRT files go into its assets.extra/"
+        )
+    return tuple(f for f in FORMATS if f in formats)
+
+
+def write_onnx(module: EmbeddingModule, path: Path) -> None:
+    """``module.portable()`` as an ONNX file, converted by tf2onnx (opset ``ONNX_OPSET``)."""
+    try:
+        import tf2onnx
+    except ImportError:
+        raise ImportError("the ONNX export needs tf2onnx: pip install 'tfascl[onnx]'") from None
+    function = module.portable()
+    tf2onnx.convert.from_function(
+        function,
+        input_signature=function.input_signature,
+        opset=ONNX_OPSET,
+        output_path=str(path),
+    )
+
+
+def write_litert(module: EmbeddingModule, path: Path) -> None:
+    """``module.portable()`` as a LiteRT flatbuffer, with builtin operators only.
+
+    Converted from a SavedModel of that one signature (written to a temporary
+    folder): from a concrete function the converter keeps no signature, and the
+    variables must belong to a saved ``tf.Module`` to be frozen into constants.
+    """
+    import tempfile
+
+    holder = tf.Module()
+    holder.encoder = module  # tracks the variables
+    holder.pixels = module.portable()
+    with tempfile.TemporaryDirectory(prefix="tfascl-litert-") as saved:
+        tf.saved_model.save(holder, saved, signatures={DEFAULT_SIGNATURE: holder.pixels})
+        converter = tf.lite.TFLiteConverter.from_saved_model(saved)
+        converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS]
+        path.write_bytes(converter.convert())
 
 
 def export_model(
@@ -408,6 +582,7 @@ def export_model(
     image_size: int,
     mean: Sequence[float],
     std: Sequence[float],
+    formats: Sequence[str] = ("saved_model",),
 ) -> Path:
     """``model.export``: the online encoder of an in-memory model, as ``tfascl-export`` writes it.
 
@@ -420,6 +595,7 @@ def export_model(
         image_size: S, the training resolution.
         mean: per-channel mean in [0, 1] units.
         std: per-channel standard deviation in [0, 1] units.
+        formats: ``"saved_model"`` (always) and any of ``"onnx"``, ``"litert"``.
 
     Returns:
         ``filepath`` as a ``Path``.
@@ -445,7 +621,7 @@ def export_model(
     shutil.rmtree(staging, ignore_errors=True)
     try:
         write_serving_model(
-            staging, model.backbone, model.projector, image_size, mean, std, metadata
+            staging, model.backbone, model.projector, image_size, mean, std, metadata, formats
         )
         _move_into_place(staging, target)
     finally:
@@ -468,6 +644,7 @@ def _metadata(
     image_size: int,
     mean: Sequence[float],
     std: Sequence[float],
+    formats: Sequence[str] = ("saved_model",),
 ) -> dict[str, Any]:
     import tfascl  # the package's version; a top-level import would be circular
 
@@ -496,6 +673,13 @@ def _metadata(
                     "x / 255, (x - mean) / std"
                 ),
             },
+            BYTES_SIGNATURE: {
+                "inputs": {"image_bytes": ["string", [None]]},
+                "preprocessing": (
+                    "each string decoded (JPEG, PNG, BMP, GIF first frame) to RGB, then as "
+                    f"{DEFAULT_SIGNATURE}"
+                ),
+            },
             PREPROCESSED_SIGNATURE: {"inputs": {"images": ["float32", [None, size, size, 3]]}},
             "outputs": {
                 "embedding": "L2-normalised backbone features [N, feature_dim]",
@@ -504,6 +688,20 @@ def _metadata(
         },
         "keras_file": f"{EXTRA_DIR}/{KERAS_FILE}",
         "keras_file_input": f"float32 [N, {size}, {size}, 3], normalised as 'preprocessed'",
+        "portable": {
+            name: {
+                "file": f"{EXTRA_DIR}/{PORTABLE_FILES[name]}",
+                "inputs": {"images": ["uint8", [None, size, size, 3]]},
+                "outputs": ["embedding", "projection"],
+                "in_the_model": "x / 255, (x - mean) / std with the mean and std above",
+                "client_preprocessing": (
+                    f"central square crop, antialiased bilinear resize to {size}x{size} "
+                    "(Pillow: image.resize((S, S), Image.BILINEAR, box=central square))"
+                ),
+            }
+            for name in formats
+            if name in PORTABLE_FILES
+        },
         "run": None,
     }
 
@@ -522,6 +720,12 @@ def _define_flags() -> None:
     flags.DEFINE_string("checkpoint", "latest", "latest, best, or a checkpoint name/path.")
     flags.DEFINE_integer("version", None, "Version number; default the next free one.")
     flags.DEFINE_bool("overwrite", False, "Replace an existing version.")
+    flags.DEFINE_list(
+        "formats",
+        ["saved_model"],
+        "What to write: saved_model (always), onnx (assets.extra/model.onnx, needs "
+        "tfascl[onnx]), litert (assets.extra/model.tflite).",
+    )
     flags.mark_flag_as_required("model_dir")
 
 
@@ -540,8 +744,9 @@ def main(argv: Sequence[str]) -> None:
             checkpoint=values.checkpoint,
             version=values.version,
             overwrite=values.overwrite,
+            formats=values.formats,
         )
-    except (FileNotFoundError, FileExistsError, ValueError) as error:
+    except (FileNotFoundError, FileExistsError, ValueError, ImportError) as error:
         # One line, no traceback: these are the user's to fix.
         sys.exit(f"tfascl-export: error: {error}")
     print(path)

@@ -10,7 +10,7 @@ import tfascl
 from tfascl.evaluation import protocols, results
 from tfascl.evaluation.encoders import Encoder, EvalInputError, load_encoder
 
-PROTOCOLS = ("knn", "linear")
+PROTOCOLS = ("knn", "linear", "neighbors")
 
 
 def resolve_dataset(encoder: Encoder, dataset: str | None) -> str:
@@ -44,6 +44,9 @@ def evaluate(
     knn_temperature: float = 0.1,
     knn_chunk_size: int = 1024,
     linear: protocols.LinearConfig | None = None,
+    neighbor_queries: int = 8,
+    neighbor_k: int = 5,
+    plots_dir: str | Path | None = None,
     seed: int = 0,
     write: bool = True,
     log: Callable[[str], None] | None = None,
@@ -54,7 +57,8 @@ def evaluate(
     folder) is checked before the datasets are decoded or features computed.
 
     Args:
-        protocol: ``"knn"`` or ``"linear"`` (``linear.fast`` selects "linear_fast").
+        protocol: ``"knn"``, ``"linear"`` (``linear.fast`` selects "linear_fast") or
+            ``"neighbors"`` (a picture of test images' nearest training images).
         model_dir: A training run's directory; or
         saved_model: an exported SavedModel directory.
         checkpoint: ``"latest"``, ``"best"`` or a checkpoint name (``model_dir`` only).
@@ -72,7 +76,10 @@ def evaluate(
         linear: Linear probe settings (default: the ASCL protocol); an unset learning
             rate and Nesterov flag take the dataset's reference values
             (``protocols.dataset_protocol``: ImageNet lr 30 without Nesterov).
-        seed: Seed of the subsets.
+        neighbor_queries: neighbors: test images in the picture, drawn with ``seed``.
+        neighbor_k: neighbors: nearest training images per test image.
+        plots_dir: neighbors: the picture's folder; default ``plots/`` beside the model.
+        seed: Seed of the subsets (and of the pictured test images).
         write: Merge the entry into ``results.json`` beside the model.
         log: Progress messages (e.g. ``absl.logging.info``).
 
@@ -85,6 +92,10 @@ def evaluate(
     """
     if protocol not in PROTOCOLS:
         raise EvalInputError(f"protocol must be one of {PROTOCOLS}, got {protocol!r}")
+    if protocol == "neighbors" and (neighbor_queries < 1 or neighbor_k < 1):
+        raise EvalInputError(
+            f"neighbors need num_queries >= 1 and k >= 1, got {neighbor_queries}, {neighbor_k}"
+        )
     linear = linear or protocols.LinearConfig()
     say = log or (lambda message: None)
     encoder = load_encoder(model_dir, saved_model, checkpoint=checkpoint, image_size=image_size)
@@ -107,7 +118,7 @@ def evaluate(
     notes = list(encoder.notes) + ([size_note] if size_note else [])
     # The eval transform takes the test images, and kNN's bank or linear_fast's training
     # images, to eval_size; the augmented linear probe random-resized-crops its own.
-    transformed = [train, test] if protocol == "knn" or linear.fast else [test]
+    transformed = [train, test] if protocol != "linear" or linear.fast else [test]
     for split in transformed:
         note = protocols.resize_note(split, eval_size)
         if note and note not in notes:
@@ -115,7 +126,7 @@ def evaluate(
     for note in notes:
         say(f"note: {note}")
 
-    name = "knn" if protocol == "knn" else linear.protocol
+    name = linear.protocol if protocol == "linear" else protocol
     say(f"{name}: {len(train)} train / {len(test)} test images, model {encoder.checkpoint}")
     if protocol == "knn":
         outcome = protocols.timed(
@@ -128,6 +139,22 @@ def evaluate(
             batch_size=batch_size,
             chunk_size=knn_chunk_size,
             eval_size=eval_size,
+        )
+    elif protocol == "neighbors":
+        folder = Path(plots_dir) if plots_dir else Path(encoder.results_dir) / "plots"
+        outcome = protocols.timed(
+            protocols.neighbors_protocol,
+            encoder,
+            train,
+            test,
+            picture=folder / protocols.NEIGHBORS_FILE,
+            num_queries=neighbor_queries,
+            k=neighbor_k,
+            seed=seed,
+            batch_size=batch_size,
+            chunk_size=knn_chunk_size,
+            eval_size=eval_size,
+            title=f"Nearest neighbours: {encoder.method} ({Path(encoder.checkpoint).name})",
         )
     else:
         outcome = protocols.timed(

@@ -120,6 +120,9 @@ def format_table(entry: dict[str, Any]) -> str:
     for name in ("top1", "top5", "top1_best", "top1_final", "top5_final"):
         if name in metrics:
             rows.append((name.replace("top", "top-"), _percent(metrics[name])))
+    for name in ("same_class_fraction", "same_class_fraction_shown"):
+        if name in metrics:
+            rows.append((name.replace("_", " "), _percent(metrics[name])))
     if "best_epoch" in metrics:
         rows.append(("best epoch", str(metrics["best_epoch"])))
     if "wall_time_s" in entry:
