@@ -77,7 +77,12 @@ def test_ascl_recipe_run_leaves_its_files(tmp_path):
 
 def test_ressl_recipe_in_mixed_bfloat16_with_on_device_augmentation(tmp_path):
     result, model_dir = run(
-        tmp_path, recipe("stl10_ressl"), *TINY, "--precision=mixed_bfloat16", "--augment_on=device"
+        tmp_path,
+        recipe("stl10_ressl"),
+        *TINY,
+        "--train_split=train",
+        "--precision=mixed_bfloat16",
+        "--augment_on=device",
     )
     assert result.model.views is not None
     assert result.exit_code == 0 and result.summary["steps"] == 2
