@@ -23,6 +23,11 @@ def test_spec_round_trips_and_restores_weights(tmp_path):
 
     restored, loaded_spec, path = runs.restore_model(tmp_path)
     assert loaded_spec == spec and path.endswith("ckpt-1")
+    # A model_dir relative to the working directory: the checkpoint path is not joined twice.
+    with pytest.MonkeyPatch.context() as patch:
+        patch.chdir(tmp_path.parent)
+        relative = runs.find_checkpoint(tmp_path.name)
+        assert runs.find_checkpoint(tmp_path.name, relative) == relative
     images = views[0]
     np.testing.assert_allclose(restored(images).numpy(), model(images).numpy(), atol=1e-6)
     np.testing.assert_allclose(restored.queue.keys.numpy(), model.queue.keys.numpy())

@@ -410,7 +410,9 @@ def find_checkpoint(
             if path:
                 report(f"{model_dir}: no readable best checkpoint; using {Path(path).name}")
     else:
-        candidate = Path(which) if Path(which).is_absolute() else directory / which
+        # A path as given (absolute, or relative to here), else a name in the folder.
+        given = Path(which).is_absolute() or os.path.isfile(f"{which}.index")
+        candidate = Path(which) if given else directory / which
         path = str(candidate) if os.path.isfile(f"{candidate}.index") else None
         problem = checkpoint_problem(candidate) if path else None
         if problem:
