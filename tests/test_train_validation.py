@@ -59,6 +59,12 @@ def test_unprepared_tfds_names_where_it_looked(tmp_path):
     ) as error:
         train_config.validate(config(tmp_path, dataset="cifar10", data_dir=str(tmp_path / "tfds")))
     assert f"looked for {tmp_path / 'tfds' / 'cifar10'}" in str(error.value)
+    # A TFDS name with a config is a TFDS name, not a missing folder.
+    with pytest.raises(train_config.FlagError, match="not prepared") as error:
+        train_config.validate(
+            config(tmp_path, dataset="imagenette/160px-v2", data_dir=str(tmp_path / "tfds"))
+        )
+    assert "imagenette/160px-v2" in str(error.value).split("looked for")[1]
     default = tfds.builder("cifar10").data_dir
     with pytest.raises(train_config.FlagError, match="not prepared") as error:
         train_config.validate(config(tmp_path, dataset="cifar10"))

@@ -329,29 +329,24 @@ def validate_image_size(image_size: int, stem: str | None) -> None:
 
 
 def check_dataset(dataset: str, data_dir: str | None) -> None:
-    """A cheap existence check: digits, an existing folder, or a prepared TFDS dataset."""
-    if dataset == "digits":
-        return
-    path = os.path.expanduser(dataset)
-    if os.path.isdir(path):
-        return
-    if os.sep in dataset or dataset.startswith((".", "~")):
-        raise FlagError(f"--dataset={dataset}: no such folder")
-    import tensorflow_datasets as tfds
+    """A cheap existence check, by the loader's own rule (``data.source_kind``): digits, an
+    existing folder, or a prepared TFDS dataset (TFDS's own error when it is none)."""
+    from tfascl.data.loading import DatasetNotFoundError, prepared_tfds_builder, source_kind
 
     try:
-        builder = tfds.builder(dataset, data_dir=data_dir)
-    except Exception:  # tfds raises its own DatasetNotFoundError and parsing errors
+        if source_kind(dataset) == "tfds":
+            prepared_tfds_builder(dataset, data_dir)
+    except DatasetNotFoundError:
+        import tensorflow_datasets as tfds
+
+        looked = tfds.builder(dataset, data_dir=data_dir).data_dir
         raise FlagError(
-            f"--dataset={dataset}: not 'digits', not a folder and not a TFDS name "
-            "(e.g. cifar10, cifar100, stl10, imagenet2012)"
-        ) from None
-    if not builder.is_prepared():
-        raise FlagError(
-            f"--dataset={dataset}: TFDS dataset not prepared (looked for {builder.data_dir}); "
+            f"--dataset={dataset}: TFDS dataset not prepared (looked for {looked}); "
             f"run `tfds build {dataset} --data_dir=DIR` where there is internet, then pass "
             "--data_dir=DIR"
-        )
+        ) from None
+    except ValueError as error:
+        raise FlagError(f"--dataset={dataset}: {error}") from None
 
 
 def resolve_model_dir(config: TrainConfig) -> Path:

@@ -344,16 +344,38 @@ def _load_folder(
 # TFDS
 
 
-def _tfds_builder(name: str, data_dir: str | None) -> tfds.core.DatasetBuilder:
+def source_kind(source: str) -> str:
+    """What an image source names: "digits", "folder" (an existing one) or "tfds".
+
+    The one rule `load_images`, `open_images` and the command line's checks share: an
+    existing folder is a folder; a path that does not exist (absolute, or starting with
+    ".", "~") is an error; anything else is a TFDS name, configs included
+    ("imagenette/160px-v2").
+
+    Raises:
+        ValueError: A path to a folder that does not exist.
+    """
+    if source == "digits":
+        return "digits"
+    path = os.path.expanduser(source)
+    if os.path.isdir(path):
+        return "folder"
+    if os.path.isabs(path) or source.startswith((".", "~")):
+        raise ValueError(f"Image folder not found: {path}")
+    return "tfds"
+
+
+def prepared_tfds_builder(name: str, data_dir: str | None) -> tfds.core.DatasetBuilder:
     """The prepared TFDS builder for `name`, or a clear error; never downloads."""
     try:
         builder = tfds.builder(name, data_dir=data_dir)
-    except ValueError as error:  # tfds' own DatasetNotFoundError and name-parsing errors
+    except Exception as error:  # tfds' DatasetNotFoundError, name parsing, registry errors
+        first = str(error).strip().splitlines()[0][:200] if str(error).strip() else ""
         raise ValueError(
             f"Unknown image source {name!r}: not 'digits', not an existing folder and not a "
-            f"TFDS dataset. Accepted: 'digits'; a folder laid out as root/<split>/<class>/"
-            f"*.jpg (or a flat folder of images); or a TFDS name such as {_TFDS_EXAMPLES} "
-            f"prepared under data_dir."
+            f"TFDS dataset ({type(error).__name__}: {first}). Accepted: 'digits'; a folder "
+            f"laid out as root/<split>/<class>/*.jpg (or a flat folder of images); or a TFDS "
+            f"name such as {_TFDS_EXAMPLES} prepared under data_dir."
         ) from error
     if not builder.is_prepared():
         # builder.data_dir is <root>/<name>[/<config>]/<version>.
@@ -445,7 +467,7 @@ def _load_tfds(
     fraction: float | None,
     seed: int,
 ) -> ImageSet:
-    builder = _tfds_builder(name, data_dir)
+    builder = prepared_tfds_builder(name, data_dir)
     expression = _tfds_split(builder, name, split)
     key = cache.cache_key("tfds", builder.data_dir, expression, size, max_examples, fraction, seed)
     hit = cache.read(key)
@@ -536,10 +558,11 @@ def open_images(
         DatasetNotFoundError: A TFDS dataset is not prepared under `data_dir`.
         ValueError: Unknown source; missing or empty folder or split; bad arguments.
     """
-    if source == "digits":
+    kind = source_kind(source)
+    if kind == "digits":
         raise ValueError("'digits' is held in memory; use load_images")
     path = os.path.expanduser(source)
-    if os.path.isdir(path):
+    if kind == "folder":
         listing = _scan_splits(path, split)
         labels = None if listing.labels is None else np.asarray(listing.labels, np.int64)
         indices = select_subset(
@@ -563,11 +586,9 @@ def open_images(
             paths=np.asarray(listing.paths, dtype=object)[indices],
             where=listing.split_dir,
         )
-    if os.path.isabs(path) or source.startswith((".", "~")):
-        raise ValueError(f"Image folder not found: {path}")
     if fraction is not None:
         raise ValueError("fraction is not supported for streamed TFDS data; use max_examples")
-    builder = _tfds_builder(source, data_dir)
+    builder = prepared_tfds_builder(source, data_dir)
     expression = _tfds_split(builder, source, split)
     if max_examples is not None:
         expression = f"({expression})[:{max_examples}]" if "+" in expression else (
@@ -624,16 +645,14 @@ def load_images(
             folder; bad arguments.
     """
     size = _square(image_size)
-    if source == "digits":
+    kind = source_kind(source)
+    if kind == "digits":
         images, labels, stats = _load_digits(split, image_size)
         indices = select_subset(
             labels, len(labels), max_examples=max_examples, fraction=fraction, seed=seed
         )
         names = [str(d) for d in range(10)]
         return ImageSet(images[indices], labels[indices], names, stats.mean, stats.std, "digits")
-    path = os.path.expanduser(source)
-    if os.path.isdir(path):
-        return _load_folder(path, split, size, max_examples, fraction, seed)
-    if os.path.isabs(path) or source.startswith((".", "~")):
-        raise ValueError(f"Image folder not found: {path}")
+    if kind == "folder":
+        return _load_folder(os.path.expanduser(source), split, size, max_examples, fraction, seed)
     return _load_tfds(source, split, data_dir, size, max_examples, fraction, seed)
