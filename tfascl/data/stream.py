@@ -20,7 +20,6 @@ Files that cannot be decoded are dropped from the stream (`ignore_errors`) and r
 from __future__ import annotations
 
 import dataclasses
-import math
 import os
 from collections.abc import Callable
 from typing import Any
@@ -441,8 +440,11 @@ def stream_pretrain_dataset(
             def example(n: tf.Tensor, record: tuple) -> tuple:
                 return (epoch, n * pipelines + pipeline, no_index, *record)
 
-            shuffled = tf.data.Dataset.zip(counter, shuffled).skip(epoch_skip * local_batch)
-            return shuffled.map(example)
+            # An epoch is its whole steps; the remainder is dropped, as for files, so that
+            # epochs (and a resume's skip) stay aligned with the global steps.
+            steps = files.count // global_batch
+            shuffled = tf.data.Dataset.zip(counter, shuffled).take(steps * local_batch)
+            return shuffled.skip(epoch_skip * local_batch).map(example)
         paths, labels = files.host_arrays()
         shares = replica_shares(
             files.count, global_batch, seed_e, skip=epoch_skip, input_context=input_context
@@ -543,8 +545,3 @@ def stream_eval_dataset(
 
     images = records.map(decode, num_parallel_calls=tf.data.AUTOTUNE).ignore_errors()
     return images.batch(batch_size).prefetch(tf.data.AUTOTUNE)
-
-
-def steps_per_epoch(count: int, global_batch: int) -> int:
-    """Whole global batches in an epoch of `count` examples."""
-    return math.floor(count / global_batch)
