@@ -326,6 +326,35 @@ def test_prepared_tfds_dataset_loads_a_stratified_subset(tiny_tfds_dir):
         load_images("tfascl_tiny_images", "validation", data_dir=tiny_tfds_dir)
 
 
+def test_prepared_tfds_dataset_streams_every_record_with_its_label(tiny_tfds_dir):
+    from tfascl import data
+
+    files = data.open_images("tfascl_tiny_images", "train", data_dir=tiny_tfds_dir)
+    assert files.count == 30 and files.labelled and files.class_names == ["red", "green", "blue"]
+    assert data.estimated_decoded_bytes(files, None) == 30 * 8 * 8 * 3
+    stream = data.stream.stream_pretrain_dataset(
+        files, 8, 8, seed=2, epochs=(0, 2), colour=False, jit_compile=False
+    )
+    batches = list(stream.take(6))  # 30 // 8 = 3 steps per epoch
+    mean, std = np.array(files.mean), np.array(files.std)
+    for (query, key), labels in batches:
+        for view in (query, key):  # the one lit channel of each crop is its label
+            pixels = view.numpy() * std + mean
+            np.testing.assert_array_equal(pixels.mean(axis=(1, 2)).argmax(axis=1), labels)
+    # Resumed after one step, the stream is the rest of the same epochs.
+    resumed = data.stream.stream_pretrain_dataset(
+        files, 8, 8, seed=2, epochs=(0, 2), skip=1, colour=False, jit_compile=False
+    )
+    for (_, expected), ((_, got),) in zip(batches[1:], [[b] for b in resumed.take(5)]):
+        np.testing.assert_array_equal(expected.numpy(), got.numpy())
+    test = data.open_images("tfascl_tiny_images", "test", data_dir=tiny_tfds_dir)
+    streamed = [(x.numpy(), lab.numpy()) for x, lab in data.eval_dataset(test, 4, 8)]
+    in_memory = load_images("tfascl_tiny_images", "test", data_dir=tiny_tfds_dir)
+    np.testing.assert_array_equal(np.concatenate([lab for _, lab in streamed]), in_memory.labels)
+    pixels = np.concatenate([x for x, _ in streamed]) * std + mean  # same order, same images
+    np.testing.assert_allclose(pixels * 255, in_memory.images, atol=0.01)
+
+
 # ------------------------------------------------------------------------------------
 # scikit-learn digits.
 

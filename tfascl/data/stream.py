@@ -106,7 +106,7 @@ def sample_sizes(files: ImageFiles, sample: int = 64) -> list[tuple[int, int]]:
     """(height, width) of up to `sample` images spread over the split, from headers only.
 
     Folders: the file headers (Pillow opens lazily). TFDS: the image feature's static shape
-    when it has one, else the JPEG headers of the first records.
+    when it has one, else the first 16 records, decoded.
     """
     sizes: list[tuple[int, int]] = []
     if files.paths is not None:
@@ -123,9 +123,9 @@ def sample_sizes(files: ImageFiles, sample: int = 64) -> list[tuple[int, int]]:
     import tensorflow_datasets as tfds
 
     records = builder.as_dataset(split=expression, decoders={image_key: tfds.decode.SkipDecoding()})
-    for example in records.take(16):
-        height, width = tf.image.extract_jpeg_shape(example[image_key])[:2].numpy()
-        sizes.append((int(height), int(width)))
+    for example in records.take(16):  # any format TFDS stored (PNG by default): decoded
+        image = tf.io.decode_image(example[image_key], channels=3, expand_animations=False)
+        sizes.append((int(image.shape[0]), int(image.shape[1])))
     return sizes
 
 
@@ -476,7 +476,7 @@ def stream_pretrain_dataset(
 
     # XLA fuses the colour operations, as in the in-memory pipeline.
     @tf.function(jit_compile=jit_compile)
-    def colour(crops: tf.Tensor, batch_seed: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
+    def augment_batch(crops: tf.Tensor, batch_seed: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
         x = crops / 255.0  # [b, 2, S, S, 3]: the query's and the key's crops
         size = tf.constant(image_size, tf.float32)
         seeds = tf.random.experimental.stateless_split(batch_seed, num=2, alg="philox")
@@ -494,7 +494,7 @@ def stream_pretrain_dataset(
         batch_seed = tf.random.experimental.stateless_fold_in(
             epoch_seed(seed, epoch[0]), position[0] // share, alg="philox"
         )
-        views = colour(crops, batch_seed)
+        views = augment_batch(crops, batch_seed)
         return (views, label) if files.labelled else views
 
     stream = epoch_numbers(seed, epochs).flat_map(epoch_examples)
