@@ -84,7 +84,8 @@ def fit_loop(
     checkpoints, TensorBoard, early stopping through ``model.stop_training``).
     As ``compile(steps_per_execution=N)`` does for ``fit``, one ``tf.function`` call
     runs N steps (a ``tf.range`` loop, the count a tensor: one trace serves every
-    count) and the batch hooks run once per call, with the index of its last batch.
+    count; unrolled under ``MultiWorkerMirroredStrategy``) and the batch hooks run once
+    per call, with the index of its last batch.
     Unlike ``fit``, the last call of an epoch runs only the steps left in it, so an
     epoch of any length ends where it should.
 
@@ -116,12 +117,24 @@ def fit_loop(
     names: list[str] = []  # the log names train_step returns, recorded when it traces
 
     def one_step(data):  # noqa: ANN001, ANN202
-        names[:] = sorted(model.train_step(data))
+        logs = model.train_step(data)
+        names[:] = sorted(logs)
+        return logs
+
+    # MultiWorkerMirroredStrategy's all-reduce fails inside a tf.while_loop ("destinations
+    # can not be empty"): there the loop is unrolled, one trace per count (N and an
+    # epoch's remainder); elsewhere a tf.range loop serves every count with one trace.
+    unroll = isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy)
 
     @tf.function
     def train_steps(iterator, count):  # noqa: ANN001, ANN202
+        if unroll:
+            for _ in range(count):
+                logs = strategy.run(one_step, args=(next(iterator),))
+            return logs
         for _ in tf.range(count):
             strategy.run(one_step, args=(next(iterator),))
+        return None
 
     callback_list = keras.callbacks.CallbackList(
         list(callbacks),
@@ -141,7 +154,7 @@ def fit_loop(
         for begin in range(0, steps_per_epoch, steps_per_execution):
             count = min(steps_per_execution, steps_per_epoch - begin)
             callback_list.on_train_batch_begin(begin)
-            train_steps(iterator, tf.constant(count))
+            train_steps(iterator, count if unroll else tf.constant(count))
             with strategy.scope():
                 # The one read of the device per call: the metrics of its last step.
                 logs = _global_results(model, names)
