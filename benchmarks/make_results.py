@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 SPEED_TABLES = {
+    "steps_per_execution": "Steps per execution: the host's work per step (tiny width)",
     "overhead": "ASCL vs MoCo v2 overhead (same settings)",
     "queue": "Queue size",
     "precision": "Precision and XLA",
@@ -45,10 +46,15 @@ LITERATURE = [
     ("SCE", "88.5", "as published", "not re-checked here: see the paper for its protocol",
      "SCE paper (Denize et al., WACV 2023)"),
 ]  # fmt: skip
-GPU_REFERENCES = [
-    "MoCo CIFAR-10 demo (PyTorch): ~20 s per epoch on one V100 (≈2,500 pairs/s).",
-    "lightly MoCo benchmark: ~34 s per epoch on one RTX A6000 (≈1,500 pairs/s).",
+# Published GPU anchors for 200 epochs of MoCo on CIFAR-10 (ResNet-18, 50,000 pairs an
+# epoch): (source, hardware, minutes for 200 epochs).
+GPU_ANCHORS = [
+    ("MoCo CIFAR-10 demo (PyTorch, colab/moco_cifar10_demo.ipynb)", "one NVIDIA V100", "~85–90"),
+    ("lightly MoCo benchmark (PyTorch Lightning)", "one NVIDIA RTX A6000", "~112"),
 ]
+GPU_TARGET_PAIRS_PER_SEC = 20_000  # 200 epochs of CIFAR-10 in under 10 minutes
+CIFAR10_PAIRS_PER_EPOCH = 50_000
+DEVICE_FILE = Path("device") / "device.jsonl"
 
 
 def _load(path: Path) -> Any:
@@ -171,6 +177,134 @@ def _loss_head_lines(results: Path, step_records: list[dict]) -> list[str]:
     return lines
 
 
+def _execution_lines(records: list[dict]) -> list[str]:
+    """What one step per execution costs the host, from the 1 vs N pair of the table."""
+    by_n = {r.get("steps_per_execution", 1): r for r in records}
+    if 1 not in by_n or len(by_n) < 2:
+        return []
+    n = max(by_n)
+    one, many = by_n[1], by_n[n]
+    saved = one["step_ms"] - many["step_ms"]
+    target_ms = 1000 * 512 / GPU_TARGET_PAIRS_PER_SEC
+    return [
+        "",
+        f"{n} steps per execution: {many['pairs_per_sec'] / one['pairs_per_sec']:.2f}× the "
+        f"pairs/s of one; the host's work per step that it removes is {saved:.1f} ms "
+        f"({100 * saved / one['step_ms']:.0f}% of a {one['step_ms']} ms step at this width). "
+        f"Windows (s): 1: {one['window_s']}; {n}: {many['window_s']}. At the GPU target "
+        f"({GPU_TARGET_PAIRS_PER_SEC:,} pairs/s at batch 512: a {target_ms:.1f} ms step) "
+        f"this host work alone would be {100 * saved / target_ms:.0f}% of each step, "
+        "before callbacks and the progress bar: `tfascl-train` runs several steps per "
+        "execution on an accelerator by default (`--steps_per_execution`, docs/CLI.md).",
+    ]
+
+
+def _minutes(seconds: float | None) -> str:
+    return "n/a" if not seconds else f"{seconds / 60:.1f}"
+
+
+def device_section(results: Path) -> list[str]:
+    """The GPU section: benchmarks/device.sh's JSON lines, next to the published anchors."""
+    lines = ["## GPU", ""]
+    anchors = [
+        "Published anchors, 200 epochs of MoCo on CIFAR-10 with ResNet-18 (PyTorch):",
+        "",
+        *_table([list(a) for a in GPU_ANCHORS], ["source", "hardware", "minutes / 200 epochs"]),
+        "",
+        f"Target: 200 epochs of ASCL in under 10 minutes on one H100/H200, i.e. ≥ "
+        f"{GPU_TARGET_PAIRS_PER_SEC:,} pairs/s (ResNet-18 CIFAR, batch 512, bf16 + XLA, "
+        "augmentation on the device).",
+        "",
+    ]
+    path = results / DEVICE_FILE
+    records = []
+    if path.is_file():
+        records = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    environment = next((r for r in records if r.get("kind") == "environment"), None)
+    if environment is None or not environment["device"].startswith("GPU"):
+        what = "no GPU measurement exists yet" if environment is None else (
+            f"{path} holds a run on {environment['device']}, not on a GPU")  # fmt: skip
+        return [
+            *lines,
+            f"Not measured: {what}. On a machine with one GPU, `benchmarks/device.sh` "
+            f"(under 8 minutes) writes `benchmarks/results/{DEVICE_FILE}`; "
+            "`python -m benchmarks.make_results` then fills this section.",
+            "",
+            *anchors,
+        ]
+    gpu = environment["device"].removeprefix("GPU: ")
+    steps = {r["step"]: r for r in records if r.get("kind") == "step"}
+    lines += [
+        f"`benchmarks/device.sh` on **{gpu}**, {environment['date']}, commit "
+        f"{environment.get('git_commit', 'n/a')}: TensorFlow {environment['tensorflow']}, "
+        f"Keras {environment['keras']}, CUDA {environment.get('cuda')}, cuDNN "
+        f"{environment.get('cudnn')}. Steps (exit status, seconds): "
+        + ", ".join(f"{n} ({s['exit_status']}, {s['seconds']} s)" for n, s in steps.items())
+        + " (124: stopped at its time limit, what it finished is below).",
+        "",
+    ]
+    speed = [r for r in records if "pairs_per_sec" in r and "kind" not in r]
+    if speed:
+        best = max(speed, key=lambda r: r["pairs_per_sec"])
+        met = "meets" if best["pairs_per_sec"] >= GPU_TARGET_PAIRS_PER_SEC else "misses"
+        lines += [
+            "### Train step (synthetic batch resident on the GPU)",
+            "",
+            f"`{speed[0].get('command', 'python -m tfascl.benchmark --table=device')}` — "
+            f"ResNet-18 width {speed[0]['backbone_width']}, median of "
+            f"{len(speed[0]['window_s'])} windows of {speed[0]['steps_per_window']} steps.",
+            "",
+        ]
+        rows = [
+            [r["batch_size"], r["queue_size"], r["precision"], r["jit_compile"], r["augment_on"],
+             r.get("steps_per_execution", 1), f"{r['pairs_per_sec']:,.0f}", r["step_ms"],
+             r["peak_memory_mb"],
+             _minutes(200 * CIFAR10_PAIRS_PER_EPOCH / r["pairs_per_sec"])]
+            for r in speed
+        ]  # fmt: skip
+        lines += _table(
+            rows,
+            ["batch", "queue", "precision", "XLA", "augment", "steps/exec", "pairs/s",
+             "step ms", "peak MB", "min / 200 epochs"],
+        )  # fmt: skip
+        lines += [
+            "",
+            f"Fastest: {best['pairs_per_sec']:,.0f} pairs/s ({best['precision']}, XLA "
+            f"{best['jit_compile']}, augmentation on the {best['augment_on']}, batch "
+            f"{best['batch_size']}, queue {best['queue_size']}): it {met} the "
+            f"{GPU_TARGET_PAIRS_PER_SEC:,} pairs/s target.",
+            "",
+        ]
+    learning = next((r for r in records if r.get("kind") == "learning"), None)
+    if learning:
+        lines += [
+            "### ASCL on CIFAR-10, 5 epochs",
+            "",
+            f"`tfascl-train --flagfile=flags/cifar10_ascl.flags --dataset=<cifar10 folder> "
+            f"--input=memory --epochs={learning['epochs']} --batch_size="
+            f"{learning['batch_size']} --precision={learning['precision']} --jit_compile="
+            f"{learning['jit_compile']} --augment_on={learning['augment_on']}` "
+            f"({learning['train_examples']:,} pairs an epoch, steps per execution "
+            f"{learning['steps_per_execution']}): status {learning['status']}, kNN top-1 "
+            f"{100 * (learning['knn_top1'] or 0):.2f}% after {learning['epochs']} epochs, "
+            f"{learning['pairs_per_sec']:,.0f} pairs/s. 200 epochs at that rate: "
+            f"{_minutes(learning['projected_train_s'])} min of training "
+            f"(the whole run's wall time scaled, start-up, compilation and kNN included: "
+            f"{_minutes(learning['projected_wall_s'])} min).",
+            "",
+        ]
+    pipeline = [r for r in records if r.get("kind") == "data_pipeline"]
+    if pipeline:
+        rows = [
+            [r["config"], f"{r.get('pairs_per_s') or r.get('images_per_s'):,.0f}",
+             "pairs/s" if "pairs_per_s" in r else "images/s"]
+            for r in pipeline
+        ]  # fmt: skip
+        lines += ["### Input pipeline on this machine", "", *_table(rows, ["config", "rate", ""])]
+        lines += [""]
+    return lines + anchors
+
+
 def speed_section(results: Path) -> list[str]:
     lines = ["## Speed", ""]
     for torch_file in sorted(results.glob("speed_torch_vs_tf*.json")):
@@ -259,6 +393,9 @@ def speed_section(results: Path) -> list[str]:
             "GFLOP/s",
             "peak MB",
         ]
+        with_execution = any(r.get("steps_per_execution", 1) != 1 for r in records)
+        if with_execution:
+            header.insert(7, "steps/exec")
         with_overhead = any("overhead_vs_moco" in r for r in records)
         if with_overhead:
             header.append("vs MoCo")
@@ -277,6 +414,8 @@ def speed_section(results: Path) -> list[str]:
                 r.get("achieved_gflops", ""),
                 r["peak_memory_mb"],
             ]
+            if with_execution:
+                row.insert(7, r.get("steps_per_execution", 1))
             if with_overhead:
                 overhead = r.get("overhead_vs_moco")
                 row.append("" if overhead is None else f"{100 * overhead:+.1f}%")
@@ -303,6 +442,8 @@ def speed_section(results: Path) -> list[str]:
             ]
         if table == "overhead":
             lines += _loss_head_lines(results, records)
+        if table == "steps_per_execution":
+            lines += _execution_lines(records)
         if records[0]["device"].startswith("CPU"):
             lines += [
                 "",
@@ -361,23 +502,6 @@ def speed_section(results: Path) -> list[str]:
             "compare its pairs/s with the step's above.",
             "",
         ]
-    lines += [
-        "### GPU target (not measured here)",
-        "",
-        "No GPU was available for these measurements. On one H100 the target is "
-        "**≥ 20,000 pairs/s** for ResNet-18 width 64, batch 256, queue 4096:",
-        "",
-        "```",
-        "python -m tfascl.benchmark --precision=mixed_bfloat16 --jit_compile --augment_on=device",
-        "python -m tfascl.benchmark --table=overhead --precision=mixed_bfloat16 --jit_compile "
-        "--augment_on=device --steps=50",
-        "```",
-        "",
-        "Published references for the same model on CIFAR-10 (50,000 pairs per epoch):",
-        "",
-        *[f"* {ref}" for ref in GPU_REFERENCES],
-        "",
-    ]
     return lines
 
 
@@ -517,6 +641,7 @@ def render(results: Path) -> str:
         "",
     ]
     lines += speed_section(results)
+    lines += device_section(results)
     lines += learning_section(results)
     lines += literature_section()
     return "\n".join(lines).rstrip() + "\n"

@@ -2,8 +2,9 @@
 
     python -m tfascl.benchmark [--method=ascl] [--backbone_width=64] [--batch_size=256]
         [--queue_size=4096] [--precision=float32] [--jit_compile] [--augment_on=host]
-    python -m tfascl.benchmark --table=overhead|batch|queue|precision
+    python -m tfascl.benchmark --table=overhead|batch|queue|precision|steps_per_execution
     python -m tfascl.benchmark --table=loss_head [--batch_size=256]
+    python -m tfascl.benchmark ... [--steps_per_execution=8] [--append_jsonl=FILE]
 
 Each configuration builds its model the way a run does (``RunSpec.build_model``), compiles it
 with SGD and calls ``model.fit`` on ``tf.data.Dataset.from_tensors(batch).repeat()``: one
@@ -18,6 +19,14 @@ from ``on_epoch_begin`` to ``on_epoch_end`` (Keras turns the epoch's metrics int
 there, so the window's work has finished). The windows of all configurations of a table are
 interleaved (A, B, A, B, ...) so that load from other processes on a shared machine falls on
 all of them alike; ratios within one table are therefore more trustworthy than absolute rates.
+
+``--steps_per_execution=N`` compiles the model with ``compile(steps_per_execution=N)``:
+``fit`` then runs N steps per ``tf.function`` call and the host (callbacks, the logs) acts
+once per call; ``--table=steps_per_execution`` compares 1 and 8, which shows how much of a
+step is host work (at a tiny width on a CPU, or at any width on a GPU). ``--steps`` must
+be a multiple of N. ``--append_jsonl=FILE`` measures the configurations one after the
+other (no interleaving: for a dedicated accelerator) and appends each record to FILE as
+soon as it is measured, so a run cut short keeps what it finished.
 
 ``--table=loss_head`` times only the part of the step where the methods differ, the loss
 head (logits against the queue, the targets, the cross-entropy and its gradient for the
@@ -57,7 +66,7 @@ from tfascl.data import TwoViews
 from tfascl.runs import RunSpec
 
 PRECISIONS = ("float32", "mixed_bfloat16", "mixed_float16")
-TABLES = ("overhead", "batch", "queue", "precision", "loss_head")
+TABLES = ("overhead", "batch", "queue", "precision", "steps_per_execution", "device", "loss_head")
 LOSS_HEAD_METHODS = ("none", "ascl", "ahcl", "hard")  # MoCo v2 and the relabelling variants
 # CIFAR-10 channel statistics: only the arithmetic matters here, not the values.
 MEAN, STD = (0.4914, 0.4822, 0.4465), (0.247, 0.243, 0.261)
@@ -76,6 +85,7 @@ class Config:
     jit_compile: bool = False
     augment_on: str = "host"
     image_size: int = 32
+    steps_per_execution: int = 1
 
 
 @dataclasses.dataclass
@@ -202,6 +212,12 @@ def synthetic_batch(config: Config, seed: int = 0) -> tuple:
 
 def build(config: Config, steps: int) -> Measurement:
     """Builds and compiles the model of ``config`` and its endless one-batch dataset."""
+    if steps % config.steps_per_execution:
+        # fit runs whole executions: the window would run more steps than it counts.
+        raise ValueError(
+            f"steps ({steps}) must be a multiple of steps_per_execution "
+            f"({config.steps_per_execution})"
+        )
     if config.augment_on not in ("host", "device"):
         raise ValueError(f"augment_on must be 'host' or 'device', got {config.augment_on!r}")
     if config.precision not in PRECISIONS:
@@ -226,7 +242,9 @@ def build(config: Config, steps: int) -> Measurement:
         )
         model = spec.build_model(views=views)
         model.compile(
-            optimizer=keras.optimizers.SGD(0.03, momentum=0.9), jit_compile=config.jit_compile
+            optimizer=keras.optimizers.SGD(0.03, momentum=0.9),
+            jit_compile=config.jit_compile,
+            steps_per_execution=config.steps_per_execution,
         )
     finally:
         # The policy is read when layers are created; later configurations start clean.
@@ -246,19 +264,41 @@ def _run_window(measurement: Measurement, steps: int) -> float:
     return timer.seconds
 
 
-def measure(configs: list[Config], steps: int = 2, windows: int = 3) -> list[dict[str, Any]]:
+def measure(
+    configs: list[Config],
+    steps: int = 2,
+    windows: int = 3,
+    append_jsonl: str | Path | None = None,
+    extra: dict[str, Any] | None = None,
+) -> list[dict[str, Any]]:
     """Warms up every configuration, then times their windows interleaved.
+
+    With ``append_jsonl`` each configuration is built, warmed up, timed and released
+    before the next (no interleaving), and its record, with ``extra``, is appended to
+    that file at once.
 
     Args:
         configs: What to measure.
         steps: Train steps per window (and in the warm-up).
         windows: Timed windows per configuration.
+        append_jsonl: the JSON-lines file for one-at-a-time measurement.
+        extra: fields added to every appended record (e.g. the command).
 
     Returns:
         One record per configuration: the ``Config`` fields plus ``device``,
         ``pairs_per_sec``, ``step_ms``, ``peak_memory_mb``, ``warmup_s``, ``windows``,
         ``steps_per_window`` and ``load_average``.
     """
+    if append_jsonl is not None:
+        records = []
+        for config in configs:
+            (record,) = measure([config], steps, windows)
+            record.update(extra or {})
+            with open(append_jsonl, "a") as stream:
+                stream.write(json.dumps(record) + "\n")
+            records.append(record)
+            keras.backend.clear_session()  # frees the model before the next one
+        return records
     measurements = []
     for config in configs:
         measurement = build(config, steps)
@@ -396,6 +436,10 @@ def table_configs(table: str, base: Config) -> list[Config]:
         return [replace(base, batch_size=b) for b in (64, 128, 256, 512, 1024)]
     if table == "queue":
         return [replace(base, queue_size=q) for q in (4096, 8192, 16384, 32768, 65536)]
+    if table == "steps_per_execution":
+        return [replace(base, steps_per_execution=n) for n in (1, 8)]
+    if table == "device":
+        return device_configs(base)
     if table == "precision":
         configs = [
             replace(base, precision=p, jit_compile=j)
@@ -406,6 +450,32 @@ def table_configs(table: str, base: Config) -> list[Config]:
             configs += [replace(base, precision="mixed_float16", jit_compile=True)]
         return configs
     raise ValueError(f"table must be one of {TABLES}, got {table!r}")
+
+
+def device_configs(base: Config) -> list[Config]:
+    """The GPU table of ``benchmarks/device.sh``, most important first (a run cut short by
+    its time budget keeps the head): ``base`` (the target: bf16, XLA, device augmentation,
+    several steps per execution), the same at one step per execution, at half the batch
+    and at 16× the queue (ResNet-18 CIFAR: batch 512 and 256, queue 4096 and 65536), then
+    the other precision × XLA × augmentation combinations at ``base``'s batch and queue.
+    """
+    replace = dataclasses.replace
+    configs = [base]
+    if base.steps_per_execution > 1:
+        configs.append(replace(base, steps_per_execution=1))
+    small, large = base.batch_size // 2, base.queue_size * 16
+    configs += [
+        replace(base, batch_size=small),
+        replace(base, queue_size=large),
+        replace(base, batch_size=small, queue_size=large),
+    ]
+    for precision in ("mixed_bfloat16", "float32"):
+        for jit in (True, False):
+            for augment_on in ("device", "host"):
+                config = replace(base, precision=precision, jit_compile=jit, augment_on=augment_on)
+                if config not in configs:
+                    configs.append(config)
+    return configs
 
 
 def add_overheads(records: list[dict[str, Any]]) -> None:
@@ -426,6 +496,7 @@ COLUMNS = (
     "precision",
     "jit_compile",
     "augment_on",
+    "steps_per_execution",
     "pairs_per_sec",
     "step_ms",
     "peak_memory_mb",
@@ -462,9 +533,16 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--jit_compile", action=argparse.BooleanOptionalAction, default=False)
     parser.add_argument("--augment_on", choices=("host", "device"), default="host")
     parser.add_argument("--image_size", type=int, default=32)
+    parser.add_argument(
+        "--steps_per_execution", type=int, default=1, help="train steps per tf.function call"
+    )
+    parser.add_argument(
+        "--append_jsonl", default=None, help="measure one by one, appending records here"
+    )
     parser.add_argument("--steps", type=int, default=2, help="train steps per timed window")
     parser.add_argument("--windows", type=int, default=3, help="timed windows per config")
     parser.add_argument("--output", default=None, help="also write the records to this JSON")
+    parser.add_argument("--limit", type=int, default=None, help="only the first N configs")
     return parser.parse_args(argv)
 
 
@@ -482,14 +560,17 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
         jit_compile=args.jit_compile,
         augment_on=args.augment_on,
         image_size=args.image_size,
+        steps_per_execution=args.steps_per_execution,
     )
+    command = "python -m tfascl.benchmark " + " ".join(sys.argv[1:] if argv is None else argv)
     if args.table == "loss_head":
         records = loss_head_table(args.batch_size, args.jit_compile)
     else:
         configs = table_configs(args.table, base) if args.table else [base]
-        records = measure(configs, args.steps, args.windows)
+        configs = configs[: args.limit]
+        extra = {"command": command.strip()}
+        records = measure(configs, args.steps, args.windows, args.append_jsonl, extra)
         add_overheads(records)
-    command = "python -m tfascl.benchmark " + " ".join(sys.argv[1:] if argv is None else argv)
     for record in records:
         record["command"] = command.strip()
         print(json.dumps(record), flush=True)

@@ -14,6 +14,23 @@ curves instead of restarting them at zero:
   epochs, and a copy of the best checkpoint.
 * ``MetricsLogger``: the logs (loss, learning rate, momentum, confidence, positive
   weight, purity, kNN) as JSON lines and TensorBoard scalars.
+
+No per-step host work: with ``compile(steps_per_execution=N)`` Keras calls the batch
+hooks once per execution of N steps, with the index of its last batch. The callbacks
+count the global step in Python (``StepClock``: the optimizer's counter is read once at
+each epoch's start), and read tensors (the step counter, the learning rate, the weights'
+finiteness) only where a log record, a checkpoint or an epoch end is due. A record or
+checkpoint every K steps is written at the first execution boundary at or after each
+multiple of K: exactly there when N divides K and the steps per epoch (``tfascl-train``
+refuses an N that does not divide ``--log_every`` and ``--checkpoint_every``), and
+named by the true global step in any case, so a resume is exact.
+
+``async_safe``: Keras 3 may run the batch-end hooks of callbacks that all declare
+``async_safe = True`` in a worker thread (only on thread-safe backends: JAX, NumPy, not
+TensorFlow, where Keras always calls them in line). ``NonFiniteLoss`` and ``KnnMonitor``
+declare it; ``StopOnSignal`` (the cluster's stop agreement counts steps in order),
+``CheckpointSaver`` (a save must see the state between two steps) and ``MetricsLogger``
+(timing, the learning rate of the step) do not.
 """
 
 from __future__ import annotations
@@ -65,23 +82,83 @@ def state_is_finite(model: keras.Model) -> bool:
     )
 
 
-class NonFiniteLoss(keras.callbacks.Callback):
-    """Stops training at the first step whose loss is NaN or infinite.
+def due(previous: int, step: int, every: int) -> bool:
+    """Whether a multiple of ``every`` lies in ``(previous, step]`` (0: never)."""
+    return every > 0 and step // every > previous // every
 
-    Unlike ``keras.callbacks.TerminateOnNaN`` it remembers the failing step, so
-    the caller can exit non-zero, and ``CheckpointSaver`` refuses to save the
-    broken state (its own finiteness check).
+
+def is_number(value: Any) -> bool:
+    """A Python or NumPy number: reading it waits for nothing (unlike a tensor)."""
+    return isinstance(value, (int, float, np.number, np.ndarray))
+
+
+class StepClock(keras.callbacks.Callback):
+    """The global step after each execution, counted in Python.
+
+    ``model.optimizer.iterations`` is read once per epoch (``on_epoch_begin``); after
+    that, the step after batch index ``batch`` of the epoch is its start plus
+    ``batch + 1``, capped at the epoch's ``steps`` (the last execution of an epoch may
+    run fewer than ``steps_per_execution`` steps). Subclasses call ``advance(batch)``
+    in ``on_train_batch_end`` and get ``(previous step, step)``.
     """
 
     def __init__(self) -> None:
         super().__init__()
+        self._epoch_start: int | None = None
+        self._step = 0
+
+    def on_epoch_begin(self, epoch: int, logs: dict | None = None) -> None:
+        self._epoch_start = self._step = global_step(self.model)
+
+    def advance(self, batch: int) -> tuple[int, int]:
+        done = batch + 1
+        steps = (self.params or {}).get("steps")
+        if steps:
+            done = min(done, int(steps))
+        if self._epoch_start is None:  # hooks called outside fit: ask the optimizer once
+            self._epoch_start = global_step(self.model) - done
+            self._step = max(self._epoch_start, 0)
+        previous, self._step = self._step, self._epoch_start + done
+        return previous, self._step
+
+
+class NonFiniteLoss(StepClock):
+    """Stops training at the first check that finds a NaN or infinite loss.
+
+    Unlike ``keras.callbacks.TerminateOnNaN`` it remembers the step, so the caller
+    can exit non-zero, and ``CheckpointSaver`` refuses to save the broken state (its
+    own finiteness check). The loss in the logs is the epoch's running mean, so a
+    non-finite step keeps it non-finite until the epoch ends: a check after every
+    execution where Keras has already turned the logs into numbers (TensorFlow), else
+    (the logs are tensors) every ``every_steps`` steps and at each epoch end.
+
+    Args:
+        every_steps: steps between checks of a loss that is still a tensor.
+    """
+
+    async_safe = True  # reads the logs only; the step is counted in Python
+
+    def __init__(self, every_steps: int = 1) -> None:
+        super().__init__()
+        self.every_steps = max(1, every_steps)
         self.failed_step: int | None = None
         self.failed_loss: float | None = None
 
     def on_train_batch_end(self, batch: int, logs: dict | None = None) -> None:
-        loss = float(np.asarray((logs or {}).get("loss", 0.0)))
-        if not math.isfinite(loss):
-            self.failed_step, self.failed_loss = global_step(self.model), loss
+        previous, step = self.advance(batch)
+        loss = (logs or {}).get("loss")
+        if loss is not None and (is_number(loss) or due(previous, step, self.every_steps)):
+            self._check(loss, step)
+
+    def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None:
+        loss = (logs or {}).get("loss")
+        if loss is not None and self.failed_step is None:
+            self._check(loss, self._step)
+
+    def _check(self, loss: Any, step: int) -> None:
+        value = float(np.asarray(loss))
+        if not math.isfinite(value):
+            self.failed_step, self.failed_loss = step, value
             self.model.stop_training = True
 
 
@@ -236,12 +313,14 @@ class SaveFailed(RuntimeError):
     """A checkpoint could not be written (full disk, lost mount): one line for the user."""
 
 
-class CheckpointSaver(keras.callbacks.Callback):
+class CheckpointSaver(StepClock):
     """Saves ``manager``'s checkpoint every ``every_steps`` steps and at each epoch end.
 
-    Checkpoints are numbered by the global step (``ckpt-<step>``), so the name says
-    where a resumed run continues. A state whose loss or weights are not finite is
-    never saved: the last good checkpoint stays the latest. A save that fails (a
+    With several steps per execution the save is at the first execution boundary at or
+    after each multiple of ``every_steps`` (the module doc). Checkpoints are numbered
+    by the global step (``ckpt-<step>``), so the name says where a resumed run continues.
+    A state whose loss or weights are not finite is never saved: the last good
+    checkpoint stays the latest. A save that fails (a
     full disk) removes what it wrote and raises ``SaveFailed``, one line naming the
     folder, the error and the newest good checkpoint.
 
@@ -249,6 +328,8 @@ class CheckpointSaver(keras.callbacks.Callback):
         manager: a ``tf.train.CheckpointManager`` of ``model.checkpoint()``.
         every_steps: save every this many global steps; 0 saves at epoch ends only.
     """
+
+    async_safe = False  # a save must see the state between two steps, not during one
 
     def __init__(self, manager: tf.train.CheckpointManager, every_steps: int = 0) -> None:
         super().__init__()
@@ -271,7 +352,8 @@ class CheckpointSaver(keras.callbacks.Callback):
         return path
 
     def on_train_batch_end(self, batch: int, logs: dict | None = None) -> None:
-        if self.every_steps and global_step(self.model) % self.every_steps == 0:
+        previous, step = self.advance(batch)
+        if due(previous, step, self.every_steps):
             self.save(logs)
 
     def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None:
@@ -339,6 +421,9 @@ class KnnMonitor(keras.callbacks.Callback):
     ``checkpoints/best-<step>`` and names it in ``best_checkpoint.txt`` (the
     previous best is removed).
 
+    Only an epoch-end hook: Keras has finished (and flushed) the epoch's steps then, so
+    the monitor is ``async_safe``.
+
     Args:
         bank: ``(images, labels)`` batches of the training set, eval transform.
         test: ``(images, labels)`` batches of the test split.
@@ -368,6 +453,7 @@ class KnnMonitor(keras.callbacks.Callback):
         write_dir: str | Path | None = None,
     ) -> None:
         super().__init__()
+        self.async_safe = True
         self.bank, self.test, self.num_classes = bank, test, num_classes
         self.every, self.last_epoch = every, last_epoch
         self.k, self.temperature = k, temperature
@@ -530,7 +616,7 @@ def truncate_metrics(
     return damaged
 
 
-class MetricsLogger(keras.callbacks.Callback):
+class MetricsLogger(StepClock):
     """Writes the logs every ``every_steps`` steps and at each epoch end.
 
     Records go to ``model_dir/metrics.jsonl`` (one JSON object a line, ``"kind"``
@@ -538,13 +624,18 @@ class MetricsLogger(keras.callbacks.Callback):
     ``model_dir/tensorboard``, all at the global step. Each record has the logs of
     ``train_step`` (loss, momentum, confidence, positive_weight, purity: running
     means over the epoch so far), ``learning_rate`` and, at epoch ends, the kNN
-    accuracy and the throughput in image pairs per second.
+    accuracy and the throughput in image pairs per second. With several steps per
+    execution a step record is written at the first execution boundary at or after each
+    multiple of ``every_steps``, at its true step; the logs and the learning rate are
+    read only then.
 
     Args:
         model_dir: the run's folder; None writes nothing (non-chief workers).
         every_steps: steps between step records.
         batch_size: global batch (for pairs per second).
     """
+
+    async_safe = False  # times the executions and reads the learning rate of the step
 
     def __init__(self, model_dir: str | Path | None, every_steps: int, batch_size: int) -> None:
         super().__init__()
@@ -559,7 +650,7 @@ class MetricsLogger(keras.callbacks.Callback):
         self._batch_start = 0.0
         self._epoch_seconds = 0.0
         self._epoch_steps = 0
-        # Throughput leaves out the first step of each fit call: it traces (and
+        # Throughput leaves out the first execution of each fit call: it traces (and
         # maybe XLA-compiles) the train step.
         self._rate_seconds = 0.0
         self._rate_steps = 0
@@ -576,25 +667,29 @@ class MetricsLogger(keras.callbacks.Callback):
         self._first_step = True
 
     def on_epoch_begin(self, epoch: int, logs: dict | None = None) -> None:
+        super().on_epoch_begin(epoch, logs)
         self._epoch_seconds, self._epoch_steps = 0.0, 0
 
     def on_train_batch_begin(self, batch: int, logs: dict | None = None) -> None:
         self._batch_start = time.perf_counter()
 
     def on_train_batch_end(self, batch: int, logs: dict | None = None) -> None:
-        values = scalar_logs(logs)  # reading the values waits for the step to finish
+        # Keras turned the logs into numbers before this hook: the execution has finished.
         elapsed = time.perf_counter() - self._batch_start
+        previous, step = self.advance(batch)
+        steps = step - previous
         self.train_seconds += elapsed
-        self.steps_run += 1
+        self.steps_run += steps
         if not self._first_step:
             self._epoch_seconds += elapsed
-            self._epoch_steps += 1
+            self._epoch_steps += steps
             self._rate_seconds += elapsed
-            self._rate_steps += 1
+            self._rate_steps += steps
         self._first_step = False
-        step = global_step(self.model)
-        if step % self.every_steps == 0:
+        if due(previous, step, self.every_steps):
+            values = scalar_logs(logs)
             values["learning_rate"] = current_learning_rate(self.model)
+            step = global_step(self.model)  # the true step, read here only
             self._write({"kind": "step", "step": step, **values}, step)
 
     def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None:

@@ -75,12 +75,19 @@ def fit_loop(
     callbacks: Sequence[keras.callbacks.Callback] = (),
     verbose: int = 1,
     strategy: tf.distribute.Strategy | None = None,
+    steps_per_execution: int = 1,
 ) -> keras.callbacks.History:
     """``model.fit`` for any strategy: ``train_step`` under ``strategy.run``.
 
     The model must have been built and compiled inside ``strategy.scope()``.
     Callbacks see the same hooks and logs as under ``fit`` (progress bar, history,
     checkpoints, TensorBoard, early stopping through ``model.stop_training``).
+    As ``compile(steps_per_execution=N)`` does for ``fit``, one ``tf.function`` call
+    runs N steps (a ``tf.range`` loop, the count a tensor: one trace serves every
+    count; unrolled under ``MultiWorkerMirroredStrategy``) and the batch hooks run once
+    per call, with the index of its last batch.
+    Unlike ``fit``, the last call of an epoch runs only the steps left in it, so an
+    epoch of any length ends where it should.
 
     Args:
         model: a compiled tfascl model.
@@ -92,10 +99,13 @@ def fit_loop(
         callbacks: Keras callbacks.
         verbose: 0 silent, 1 progress bar.
         strategy: defaults to the current strategy.
+        steps_per_execution: train steps per ``tf.function`` call (and per batch hook).
 
     Returns:
         The ``History`` callback.
     """
+    if steps_per_execution < 1:
+        raise ValueError(f"steps_per_execution must be >= 1, got {steps_per_execution}")
     strategy = strategy or tf.distribute.get_strategy()
     with strategy.scope():
         if not model.optimizer.built:
@@ -104,9 +114,27 @@ def fit_loop(
         dataset = strategy.experimental_distribute_dataset(dataset)
     iterator = iter(dataset)
 
+    names: list[str] = []  # the log names train_step returns, recorded when it traces
+
+    def one_step(data):  # noqa: ANN001, ANN202
+        logs = model.train_step(data)
+        names[:] = sorted(logs)
+        return logs
+
+    # MultiWorkerMirroredStrategy's all-reduce fails inside a tf.while_loop ("destinations
+    # can not be empty"): there the loop is unrolled, one trace per count (N and an
+    # epoch's remainder); elsewhere a tf.range loop serves every count with one trace.
+    unroll = isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy)
+
     @tf.function
-    def train_step(iterator):  # noqa: ANN001, ANN202
-        return strategy.run(model.train_step, args=(next(iterator),))
+    def train_steps(iterator, count):  # noqa: ANN001, ANN202
+        if unroll:
+            for _ in range(count):
+                logs = strategy.run(one_step, args=(next(iterator),))
+            return logs
+        for _ in tf.range(count):
+            strategy.run(one_step, args=(next(iterator),))
+        return None
 
     callback_list = keras.callbacks.CallbackList(
         list(callbacks),
@@ -123,12 +151,14 @@ def fit_loop(
     for epoch in range(initial_epoch, epochs):
         model.reset_metrics()
         callback_list.on_epoch_begin(epoch)
-        for step in range(steps_per_epoch):
-            callback_list.on_train_batch_begin(step)
-            names = sorted(train_step(iterator))
+        for begin in range(0, steps_per_epoch, steps_per_execution):
+            count = min(steps_per_execution, steps_per_epoch - begin)
+            callback_list.on_train_batch_begin(begin)
+            train_steps(iterator, count if unroll else tf.constant(count))
             with strategy.scope():
+                # The one read of the device per call: the metrics of its last step.
                 logs = _global_results(model, names)
-            callback_list.on_train_batch_end(step, logs)
+            callback_list.on_train_batch_end(begin + count - 1, logs)
             if model.stop_training:
                 break
         callback_list.on_epoch_end(epoch, dict(logs))

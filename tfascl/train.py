@@ -293,7 +293,11 @@ def build_model(config: TrainConfig, spec: Any, steps_per_epoch: int, strategy: 
         )
         # Under mixed_float16, compile wraps the optimizer in a LossScaleOptimizer.
         whole_step_jit = config.jit_compile and strategy.num_replicas_in_sync == 1
-        model.compile(optimizer=optimizer, jit_compile=whole_step_jit)
+        model.compile(
+            optimizer=optimizer,
+            jit_compile=whole_step_jit,
+            steps_per_execution=config.steps_per_execution or 1,
+        )
     return model
 
 
@@ -498,7 +502,8 @@ def _train_model(
     if chief:
         cbs.truncate_metrics(model_dir, start_step)
 
-    guard, stopper = cbs.NonFiniteLoss(), cbs.StopOnSignal(strategy=strategy)
+    guard = cbs.NonFiniteLoss(config.log_every)
+    stopper = cbs.StopOnSignal(strategy=strategy)
     saver = cbs.CheckpointSaver(manager, config.checkpoint_every)
     saver.last_saved_step = start_step
     monitor = knn_monitor(config, run_data, checkpoint, model_dir if chief else None, write_dir)
@@ -622,6 +627,7 @@ def run_epochs(
 
     ``fit`` (one device, mirrored) or ``distribute.fit_loop`` (multi-worker) runs each
     part; one call cannot start mid-epoch, so a resumed partial epoch is its own call.
+    With ``--steps_per_execution`` not dividing an epoch, ``fit`` gets one epoch a call.
     """
     epoch, offset = divmod(start_step, steps_per_epoch)
     parts = []
@@ -635,13 +641,19 @@ def run_epochs(
     if isinstance(run_data.train, data.ImageFiles) and run_data.train.paths is not None:
         skipped = data.SkippedFiles(run_data.train)
         report = [SkippedFilesReport(skipped, epoch_schedule(config, run_data.train, strategy))]
+    per_execution = config.steps_per_execution or 1
+    multi_worker = config.strategy == "multi_worker"
+    if steps_per_epoch % per_execution and not multi_worker:
+        # fit runs whole executions: the last of an epoch would run into the next epoch's
+        # batches unless the epoch's dataset ends with it (then it runs what is left).
+        parts = [(e, e + 1, k if e == a else 0) for a, b, k in parts for e in range(a, b)]
     for first, last, skip in parts:
         dataset = training_stream(config, run_data.train, first, last, skip, strategy, skipped)
         steps = steps_per_epoch - skip
         common = {"epochs": last, "initial_epoch": first, "steps_per_epoch": steps}
         common.update(callbacks=[*report, *callbacks], verbose=verbose)
-        if config.strategy == "multi_worker":
-            fit_loop(model, dataset, strategy=strategy, **common)
+        if multi_worker:
+            fit_loop(model, dataset, strategy=strategy, steps_per_execution=per_execution, **common)
         else:  # shuffle=False: the stream is shuffled, per epoch, by its seed
             model.fit(dataset, shuffle=False, **common)
         if any(getattr(c, "failed_step", None) is not None for c in callbacks) or any(
