@@ -500,6 +500,9 @@ def stream_pretrain_dataset(
     stream = epoch_numbers(seed, epochs).flat_map(epoch_examples)
     stream = stream.map(decode, num_parallel_calls=tf.data.AUTOTUNE).ignore_errors()
     stream = stream.batch(share, drop_remainder=True)
+    if epochs is not None:  # exactly the steps asked for: the spare epoch only fills gaps
+        steps = files.count // global_batch
+        stream = stream.take(((epochs[1] - epochs[0]) * steps - skip) * (replicas // pipelines))
     return stream.map(finish, num_parallel_calls=tf.data.AUTOTUNE).prefetch(tf.data.AUTOTUNE)
 
 
