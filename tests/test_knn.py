@@ -222,3 +222,21 @@ def test_extract_features_under_mirrored_strategy():
     # Logical CPU devices must be configured before TF initialises, hence a fresh process.
     proc = run_python("-c", _MIRRORED_SCRIPT, timeout=300)
     assert proc.returncode == 0 and "MIRRORED_OK" in proc.stdout, proc.stderr[-4000:]
+
+
+def test_monitor_feature_pass_reports_progress_and_normalises(monkeypatch, capsys):
+    from tfascl import callbacks
+
+    model = keras.Sequential([keras.Input((4,)), keras.layers.Dense(3)])
+    rng = np.random.default_rng(0)
+    images = rng.normal(size=(10, 4)).astype(np.float32)
+    labels = np.arange(10) % 2
+    dataset = tf.data.Dataset.from_tensor_slices((images, labels)).batch(4)
+    monkeypatch.setattr(callbacks, "PROGRESS_EVERY_S", 0.0)  # every batch counts as long
+    features, got = callbacks.feature_extractor(model)(dataset, "bank images")
+    expected = model(images).numpy()
+    expected /= np.linalg.norm(expected, axis=1, keepdims=True)
+    np.testing.assert_allclose(features, expected, rtol=1e-5, atol=1e-6)
+    np.testing.assert_array_equal(got, labels)
+    lines = [x for x in capsys.readouterr().out.splitlines() if x.startswith("kNN monitor:")]
+    assert [x.split(" bank")[0] for x in lines] == [f"kNN monitor: {n}" for n in (4, 8, 10)]

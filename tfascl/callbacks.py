@@ -386,6 +386,10 @@ def save_checkpoint(manager: tf.train.CheckpointManager, step: int) -> str:
         ) from None
 
 
+# Seconds between the progress lines of a long kNN feature pass.
+PROGRESS_EVERY_S = 30.0
+
+
 def feature_extractor(model: keras.Model) -> Callable[[tf.data.Dataset], tuple]:
     """A function mapping ``(images, labels)`` batches to L2-normalised backbone features.
 
@@ -401,11 +405,17 @@ def feature_extractor(model: keras.Model) -> Callable[[tf.data.Dataset], tuple]:
         features = tf.cast(model(images, training=False), tf.float32)
         return tf.math.l2_normalize(tf.reshape(features, [tf.shape(features)[0], -1]), axis=1)
 
-    def extract(dataset: tf.data.Dataset) -> tuple[np.ndarray, np.ndarray]:
+    def extract(dataset: tf.data.Dataset, what: str = "images") -> tuple[np.ndarray, np.ndarray]:
         features, labels = [], []
+        started = last_note = time.perf_counter()
         for images, batch_labels in dataset:
             features.append(embed(images).numpy())
             labels.append(np.reshape(batch_labels.numpy(), [-1]).astype(np.int64))
+            now = time.perf_counter()
+            if now - last_note >= PROGRESS_EVERY_S:  # a long pass (an ImageNet bank) says so
+                done = sum(len(f) for f in features)
+                print(f"kNN monitor: {done:,} {what} embedded ({now - started:.0f} s)", flush=True)
+                last_note = now
         return np.concatenate(features), np.concatenate(labels)
 
     return extract
@@ -518,8 +528,8 @@ class KnnMonitor(keras.callbacks.Callback):
         start = time.perf_counter()
         if self._extract is None:
             self._extract = feature_extractor(self.model)
-        bank_features, bank_labels = self._extract(self.bank)
-        test_features, test_labels = self._extract(self.test)
+        bank_features, bank_labels = self._extract(self.bank, "bank images")
+        test_features, test_labels = self._extract(self.test, "test images")
         result = knn.knn_accuracy(
             bank_features,
             bank_labels,
