@@ -39,7 +39,7 @@ format: install
 	$(BIN)/ruff format .
 
 test: lint $(VENV)/.installed-test
-	$(BIN)/python -m pytest -q tests
+	$(BIN)/python -m pytest -q --durations=12 tests
 
 clean:
 	rm -rf $(VENV) runs .pytest_cache .ruff_cache
