@@ -640,7 +640,8 @@ def run_epochs(
     skipped, report = None, []
     if isinstance(run_data.train, data.ImageFiles) and run_data.train.paths is not None:
         skipped = data.SkippedFiles(run_data.train)
-        report = [SkippedFilesReport(skipped, epoch_schedule(config, run_data.train, strategy))]
+        schedule = epoch_schedule(config, run_data.train, strategy, start_step, steps_per_epoch)
+        report = [SkippedFilesReport(skipped, schedule)]
     per_execution = config.steps_per_execution or 1
     multi_worker = config.strategy == "multi_worker"
     if steps_per_epoch % per_execution and not multi_worker:
@@ -662,18 +663,24 @@ def run_epochs(
             return
 
 
-def epoch_schedule(config: TrainConfig, files: Any, strategy: Any) -> Any:
-    """Maps an epoch to the file indices this worker's pipeline reads in it (no file read)."""
+def epoch_schedule(
+    config: TrainConfig, files: Any, strategy: Any, start_step: int, steps_per_epoch: int
+) -> Any:
+    """Maps an epoch to the file indices this worker's pipeline reads in it (no file read);
+    a resumed epoch's batches trained before the resume are not read, so not counted."""
     resolver = getattr(strategy, "cluster_resolver", None)
     workers = max(1, strategy.extended._num_workers if resolver and resolver.task_type else 1)
     worker = resolver.task_id if resolver and resolver.task_type and workers > 1 else 0
     context = tf.distribute.InputContext(workers, worker, strategy.num_replicas_in_sync)
 
+    first_epoch, skip = divmod(start_step, steps_per_epoch)
+
     def schedule(epoch: int) -> Any:
         seed = data.stream.epoch_seed(config.seed, epoch)
         shares = data.stream.replica_shares(
-            len(files), config.batch_size, seed, input_context=context
-        )
+            len(files), config.batch_size, seed, input_context=context,
+            skip=skip if epoch == first_epoch else 0,
+        )  # fmt: skip
         return np.concatenate([indices.numpy() for _, _, indices in shares])
 
     return schedule
