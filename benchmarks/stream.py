@@ -6,8 +6,9 @@
 For one folder of JPEGs, side by side in one process and in alternating rounds:
 
 * ``floor``: a plain tf.data loop doing only what streaming cannot avoid: list the files,
-  read each, ``decode_and_crop_jpeg`` two random windows (query and key), resize them and
-  batch (no colour augmentation, no labels, no seeds);
+  read each, ``decode_and_crop_jpeg`` two random windows (query and key) drawn by
+  ``tf.image.sample_distorted_bounding_box`` with RandomResizedCrop's ranges, resize them
+  and batch (no colour augmentation, no labels, no seeds);
 * ``tfascl_read``: ``tfascl.data.pretrain_dataset`` on ``open_images(folder)`` with the
   colour augmentation off: the same work plus torchvision's crop rule, per-example seeds,
   labels, flip and normalisation;
@@ -53,12 +54,16 @@ def floor_pipeline(paths: list[str], size: int, batch: int) -> tf.data.Dataset:
     def crops(path: tf.Tensor) -> tf.Tensor:
         contents = tf.io.read_file(path)
         shape = tf.io.extract_jpeg_shape(contents)
-        side = tf.minimum(shape[0], shape[1]) // 2
+        whole = tf.constant([[[0.0, 0.0, 1.0, 1.0]]])
         views = []
         for _ in range(2):
-            top = tf.random.uniform([], 0, shape[0] - side + 1, tf.int32)
-            left = tf.random.uniform([], 0, shape[1] - side + 1, tf.int32)
-            window = tf.stack([top, left, side, side])
+            # TensorFlow's own RandomResizedCrop box (as TF Model Garden's ImageNet input):
+            # the same area and aspect ranges, so both pipelines decode windows alike.
+            begin, extent, _ = tf.image.sample_distorted_bounding_box(
+                shape, whole, area_range=(0.2, 1.0), aspect_ratio_range=(3 / 4, 4 / 3),
+                max_attempts=10, use_image_if_no_bounding_boxes=True,
+            )  # fmt: skip
+            window = tf.stack([begin[0], begin[1], extent[0], extent[1]])
             crop = tf.io.decode_and_crop_jpeg(contents, window, channels=3)
             views.append(tf.image.resize(crop, [size, size], antialias=True))
         return tf.stack(views)

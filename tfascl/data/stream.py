@@ -426,8 +426,9 @@ def stream_pretrain_dataset(
     mean, std = files.mean, files.std
     records = None if files.tfds is None else _tfds_records(files, input_context, True)
 
-    # Elements: (epoch, position, index, contents, label). `position` numbers the examples
-    # of an epoch (seeds their crops); `index` is the file's (-1 for TFDS records).
+    # Elements: (epoch, position, index, source, label). `position` numbers the examples
+    # of an epoch (seeds their crops); `index` is the file's (-1 for TFDS records); `source`
+    # its path (TFDS: the encoded image).
     def epoch_examples(epoch: tf.Tensor) -> tf.data.Dataset:
         seed_e = epoch_seed(seed, epoch)
         first = epochs[0] if epochs else epoch
@@ -450,19 +451,20 @@ def stream_pretrain_dataset(
             files.count, global_batch, seed_e, skip=epoch_skip, input_context=input_context
         )
 
+        # Paths and labels are gathered once per share; each example then carries its path,
+        # read in the same parallel map that decodes it.
         def examples(step: tf.Tensor, replica: tf.Tensor, indices: tf.Tensor) -> tf.data.Dataset:
             position = (step * replicas + replica) * share + tf.range(share, dtype=tf.int64)
             label = -tf.ones_like(indices) if labels is None else tf.gather(labels, indices)
             return tf.data.Dataset.from_tensor_slices(
-                (tf.fill([share], epoch), position, indices, label)
+                (tf.fill([share], epoch), position, indices, tf.gather(paths, indices), label)
             )
 
-        def read(epoch_: tf.Tensor, position: tf.Tensor, index: tf.Tensor, label: tf.Tensor):  # noqa: ANN202
-            return epoch_, position, index, tf.io.read_file(tf.gather(paths, index)), label
+        return shares.flat_map(examples)
 
-        return shares.flat_map(examples).map(read, num_parallel_calls=tf.data.AUTOTUNE)
-
-    def decode(epoch, position, index, contents, label):  # noqa: ANN001, ANN202
+    def decode(epoch, position, index, source, label):  # noqa: ANN001, ANN202
+        # `source` is a file path, or for TFDS the encoded image itself.
+        contents = tf.io.read_file(source) if records is None else source
         example_seed = tf.random.experimental.stateless_fold_in(
             epoch_seed(seed, epoch), position, alg="philox"
         )
