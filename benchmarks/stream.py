@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import json
 import os
-import resource
 import statistics
 import subprocess
 import sys
@@ -130,7 +129,9 @@ def rss_child() -> None:
     dataset = data.pretrain_dataset(files, FLAGS.batch_size, FLAGS.image_size, epochs=(0, 1))
     for _ in dataset.take(FLAGS.rss_batches):
         pass
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    # This process's own high-water mark (ru_maxrss would include the parent's, via fork).
+    with open("/proc/self/status") as status:
+        peak = int(status.read().split("VmHWM:")[1].split()[0]) * 1024
     print(json.dumps({"files": len(files), "peak_rss_bytes": peak}))
 
 

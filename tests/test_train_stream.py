@@ -14,15 +14,18 @@ from test_train_resume import latest_step, logged_steps
 
 from benchmarks.image_folder import write_image_folder
 
-# Runs tfascl-train in this process and prints its peak resident memory last.
+# Runs tfascl-train in this process and prints its peak resident memory last. VmHWM is
+# this process's own high-water mark; getrusage's ru_maxrss would also count the memory of
+# the pytest process it was forked from (Linux carries it across exec).
 PEAK_RSS = """
-import resource, sys
+import sys
 from tfascl import train
 sys.argv = ["tfascl-train", *sys.argv[1:]]
 try:
     train.run()
 except SystemExit as stop:
-    print("peak_rss_bytes", resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024)
+    status = open("/proc/self/status").read().split("VmHWM:")[1].split()
+    print("peak_rss_bytes", int(status[0]) * 1024)
     raise
 """
 
