@@ -81,8 +81,13 @@ def test_two_workers_end_with_the_same_weights_and_queue(tmp_path):
     names = [name for name in chief.files if name[:3].isdigit()]
     assert names == [name for name in other.files if name[:3].isdigit()]
     assert any("queue" in name for name in names)
+    # Everything is shared but per-replica BN's moving statistics (--norm=shuffle, the
+    # default here), which each worker keeps for its own replica; the chief's are saved.
+    moving = [name for name in names if "moving_" in name]
+    assert moving and len(moving) < len(names)
     for name in names:
-        np.testing.assert_allclose(chief[name], other[name], rtol=1e-6, atol=1e-6, err_msg=name)
+        if name not in moving:
+            np.testing.assert_allclose(chief[name], other[name], rtol=1e-6, atol=1e-6, err_msg=name)
     # The queue was written: the pointer went round (4 steps x 16 keys = 2 x 32).
     keys = next(chief[name] for name in names if name.endswith("queue.labels"))
     assert (keys >= 0).all()

@@ -129,23 +129,6 @@ def split_batch_norm(
     )
 
 
-@keras.saving.register_keras_serializable(package="tfascl")
-class ReplicaBatchNorm(keras.layers.BatchNormalization):
-    """Plain BN on each replica's batch, with moving statistics averaged across replicas.
-
-    Keras creates BN's moving statistics without an aggregation, so under
-    ``MultiWorkerMirroredStrategy`` each worker would keep its own replicas' statistics
-    and the workers' models would drift apart in them. Here they are updated with
-    ``mean`` aggregation: every replica holds the mean of the replicas' moving averages,
-    i.e. the statistics that split BN over the same groups keeps on one device.
-    """
-
-    def add_weight(self, *args, **kwargs) -> keras.Variable:
-        if kwargs.get("trainable") is False:
-            kwargs["aggregation"] = "mean"
-        return super().add_weight(*args, **kwargs)
-
-
 def norm_factory(norm: str = "split", num_splits: int = 8) -> Callable[..., keras.layers.Layer]:
     """Returns a constructor of the chosen normalisation layer.
 
@@ -167,8 +150,10 @@ def norm_factory(norm: str = "split", num_splits: int = 8) -> Callable[..., kera
         kwargs = {"momentum": BN_MOMENTUM, "epsilon": BN_EPSILON, **kwargs}
         if norm == "split":
             return SplitBatchNorm(num_splits=num_splits, **kwargs)
-        if norm == "sync":
-            return keras.layers.BatchNormalization(synchronized=True, **kwargs)
-        return ReplicaBatchNorm(**kwargs)
+        # Per-replica BN ("batch", "shuffle") keeps each replica's moving statistics, as
+        # DDP without buffer broadcasting: under several workers each holds its own, and
+        # the chief's are the ones saved (an aggregated update would need a merge_call,
+        # which the per-replica XLA step cannot hold).
+        return keras.layers.BatchNormalization(synchronized=norm == "sync", **kwargs)
 
     return make
