@@ -234,10 +234,6 @@ def training_stream(
         options.experimental_distribute.auto_shard_policy = tf.data.experimental.AutoShardPolicy.OFF
         return dataset.with_options(options)
 
-    # The epoch seed is a tensor inside tf.data's shuffle; TF's random_seed.get_seed compares
-    # (global, op) seeds in Python, which fails for a tensor op seed when the global seed
-    # is 0: the weights are made by now, so the global seed can go.
-    tf.random.set_seed(None)
     return strategy.distribute_datasets_from_function(dataset_fn)
 
 

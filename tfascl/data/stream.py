@@ -35,8 +35,9 @@ from tfascl.data.host import host_variable
 
 # Views whose crop box a pretraining example draws: query and key.
 _VIEWS = 2
-# Examples buffered for TFDS's example-level shuffle (files are shuffled too).
-TFDS_SHUFFLE_BUFFER = 10_000
+# Consecutive TFDS records permuted together each epoch (TFDS shuffled the examples when it
+# prepared the data set, and the files are shuffled too): about 220 MB of ImageNet JPEGs.
+TFDS_SHUFFLE_BLOCK = 2048
 
 
 @dataclasses.dataclass
@@ -350,13 +351,40 @@ class SkippedFiles:
         return names
 
 
+def block_shuffle(records: tf.data.Dataset, seed: tf.Tensor, block: int) -> tf.data.Dataset:
+    """Permutes each run of `block` consecutive records with a stateless seeded permutation.
+
+    A stateless stand-in for `Dataset.shuffle`: the order depends only on `seed` (so a
+    resumed epoch replays it), and the seed may be a tensor, which `shuffle` rejects once a
+    global seed is set.
+
+    Args:
+        records: Any dataset.
+        seed: [2] int64 seed.
+        block: Records permuted together.
+
+    Returns:
+        The same records, permuted within consecutive blocks.
+    """
+
+    def permute(index: tf.Tensor, batch: Any) -> tf.data.Dataset:
+        size = tf.shape(tf.nest.flatten(batch)[0])[0]
+        block_seed = tf.random.experimental.stateless_fold_in(seed, index, alg="philox")
+        order = tf.random.experimental.stateless_shuffle(tf.range(size), block_seed)
+        shuffled = tf.nest.map_structure(lambda part: tf.gather(part, order), batch)
+        return tf.data.Dataset.from_tensor_slices(shuffled)
+
+    return records.batch(block).enumerate().flat_map(permute)
+
+
 def _tfds_records(
     files: ImageFiles, input_context: tf.distribute.InputContext | None, shuffle_files: bool
 ) -> tf.data.Dataset:
     """(encoded image, label) records of a TFDS split: this pipeline's files, in a fixed order.
 
     TFDS shuffles the examples when it prepares a dataset, and the files are shuffled once
-    more here with a fixed seed; each epoch then adds its own seeded example-level shuffle.
+    more here with a fixed seed; each epoch then permutes blocks of records with its own
+    seed (`block_shuffle`).
     """
     import tensorflow_datasets as tfds
 
@@ -434,7 +462,7 @@ def stream_pretrain_dataset(
         first = epochs[0] if epochs else epoch
         epoch_skip = tf.where(tf.equal(epoch, first), tf.cast(skip, tf.int64), 0)
         if records is not None:
-            shuffled = records.shuffle(TFDS_SHUFFLE_BUFFER, seed=seed_e[0] * 100_003 + epoch)
+            shuffled = block_shuffle(records, seed_e, TFDS_SHUFFLE_BLOCK)
             counter = tf.data.Dataset.range(tf.int64.max)
             no_index = tf.constant(-1, tf.int64)  # records are not files: nothing to name
 
