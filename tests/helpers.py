@@ -1,5 +1,6 @@
 """Shared by the tests: tiny runs and fresh Python processes."""
 
+import json
 import os
 import subprocess
 import sys
@@ -61,3 +62,29 @@ def run_python(
         cwd=cwd,
         timeout=timeout,
     )
+
+
+def train_in_process(*args: str):
+    """``tfascl-train ARGS`` in this process (flags parsed, then reset); its RunResult."""
+    from tfascl import train
+
+    train.FLAGS.unparse_flags()
+    try:
+        train.FLAGS(train.expand_flagfiles(["tfascl-train", *args]))
+        config = train.config_from_flags()
+    finally:
+        train.FLAGS.unparse_flags()
+    return train.train(config)
+
+
+def logged_steps(model_dir) -> list:
+    """The steps in a run's metrics.jsonl so far (a half-written last line is skipped)."""
+    path, steps = Path(model_dir) / "metrics.jsonl", []
+    for line in path.read_text().splitlines() if path.is_file() else ():
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError:
+            continue
+        if record.get("kind") == "step":
+            steps.append(record["step"])
+    return steps

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 import tensorflow as tf
-from helpers import TINY_RUN_FLAGS, python_env
+from helpers import TINY_RUN_FLAGS, logged_steps, python_env, train_in_process
 
 from tfascl import callbacks, runs, train
 from tfascl.evaluation import encoders
@@ -31,20 +31,7 @@ ARGS = (
 
 def run(model_dir, *args):
     """tfascl-train in this process; returns its RunResult."""
-    train.FLAGS.unparse_flags()
-    try:
-        train.FLAGS(
-            train.expand_flagfiles(["tfascl-train", *ARGS, *args, f"--model_dir={model_dir}"])
-        )
-        config = train.config_from_flags()
-    finally:
-        train.FLAGS.unparse_flags()
-    return train.train(config)
-
-
-def logged_steps(model_dir):
-    lines = (Path(model_dir) / "metrics.jsonl").read_text().splitlines()
-    return [r["step"] for r in map(json.loads, lines) if r["kind"] == "step"]
+    return train_in_process(*ARGS, *args, f"--model_dir={model_dir}")
 
 
 def checkpoint_files(model_dir):
@@ -243,7 +230,7 @@ def test_sigterm_saves_the_step_reached_and_the_same_command_resumes(tmp_path, c
     deadline = time.time() + 240
     try:
         # In epoch 2, between periodic checkpoints: only the SIGTERM handler saves it.
-        while not any(s > STEPS_PER_EPOCH and s % 5 for s in _steps(model_dir)):
+        while not any(s > STEPS_PER_EPOCH and s % 5 for s in logged_steps(model_dir)):
             assert process.poll() is None, process.stdout.read().decode()
             assert time.time() < deadline, "the run never got there"
             time.sleep(0.02)
@@ -258,7 +245,7 @@ def test_sigterm_saves_the_step_reached_and_the_same_command_resumes(tmp_path, c
     summary = json.loads((model_dir / "summary.json").read_text())
     stopped = summary["steps"]
     assert summary["status"] == "preempted" and STEPS_PER_EPOCH < stopped < TOTAL
-    assert stopped == max(_steps(model_dir))
+    assert stopped == max(logged_steps(model_dir))
     assert tf.train.latest_checkpoint(str(model_dir / "checkpoints")).endswith(f"ckpt-{stopped}")
 
     # The same command (here in this process, to save a TensorFlow start) resumes there.
@@ -269,16 +256,3 @@ def test_sigterm_saves_the_step_reached_and_the_same_command_resumes(tmp_path, c
     summary = json.loads((model_dir / "summary.json").read_text())
     assert summary["resumed_from_step"] == stopped and summary["steps"] == TOTAL
     assert logged_steps(model_dir) == list(range(1, TOTAL + 1))  # every step once
-
-
-def _steps(model_dir):
-    """Steps logged so far (the last line may be half-written)."""
-    path, steps = Path(model_dir) / "metrics.jsonl", []
-    for line in path.read_text().splitlines() if path.is_file() else ():
-        try:
-            record = json.loads(line)
-        except json.JSONDecodeError:
-            continue
-        if record.get("kind") == "step":
-            steps.append(record["step"])
-    return steps

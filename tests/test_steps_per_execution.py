@@ -2,14 +2,13 @@
 mid-epoch resume where a one-step-per-execution run has them (epochs of 5 steps, 2 steps an
 execution: the last execution of each epoch runs the step that is left)."""
 
-import json
 import shutil
 from pathlib import Path
 
 import numpy as np
 import pytest
 import tensorflow as tf
-from helpers import TINY_RUN_FLAGS
+from helpers import TINY_RUN_FLAGS, logged_steps, train_in_process
 
 from tfascl import train, train_config
 
@@ -28,20 +27,7 @@ ARGS = (
 
 
 def run(model_dir, *args):
-    train.FLAGS.unparse_flags()
-    try:
-        train.FLAGS(
-            train.expand_flagfiles(["tfascl-train", *ARGS, *args, f"--model_dir={model_dir}"])
-        )
-        config = train.config_from_flags()
-    finally:
-        train.FLAGS.unparse_flags()
-    return train.train(config)
-
-
-def logged_steps(model_dir):
-    lines = (Path(model_dir) / "metrics.jsonl").read_text().splitlines()
-    return [r["step"] for r in map(json.loads, lines) if r["kind"] == "step"]
+    return train_in_process(*ARGS, *args, f"--model_dir={model_dir}")
 
 
 def checkpoint_steps(model_dir):

@@ -10,7 +10,7 @@ import sys
 import time
 
 import numpy as np
-from helpers import REPO, TINY_RUN_FLAGS, python_env
+from helpers import REPO, TINY_RUN_FLAGS, logged_steps, python_env
 
 from tfascl import train
 
@@ -96,19 +96,6 @@ def test_two_workers_end_with_the_same_weights_and_queue(tmp_path):
     summary = json.loads((model_dir / "summary.json").read_text())
     assert summary["steps"] == 4 and summary["completed"]
     assert (model_dir / "checkpoints" / "ckpt-4.index").is_file()
-
-
-def logged_steps(model_dir):
-    """Steps in the chief's metrics.jsonl so far (the last line may be half-written)."""
-    path, steps = model_dir / "metrics.jsonl", []
-    for line in path.read_text().splitlines() if path.is_file() else ():
-        try:
-            record = json.loads(line)
-        except json.JSONDecodeError:
-            continue
-        if record.get("kind") == "step":
-            steps.append(record["step"])
-    return steps
 
 
 def test_sigterm_to_one_worker_stops_both_at_one_step_and_they_resume_there(tmp_path):

@@ -9,7 +9,7 @@ import time
 from pathlib import Path
 
 import pytest
-from helpers import TINY_RUN_FLAGS, python_env, run_python
+from helpers import TINY_RUN_FLAGS, logged_steps, python_env, run_python
 
 from tfascl import train
 
@@ -42,19 +42,6 @@ def latest_step(model_dir):
         if line.startswith("model_checkpoint_path:"):
             return train.checkpoint_step(line.split(":", 1)[1].strip().strip('"'))
     return None
-
-
-def logged_steps(model_dir):
-    path = Path(model_dir) / "metrics.jsonl"
-    if not path.is_file():
-        return []
-    records = []
-    for line in path.read_text().splitlines():
-        try:
-            records.append(json.loads(line))
-        except json.JSONDecodeError:
-            continue
-    return [r["step"] for r in records if r["kind"] == "step"]
 
 
 def start_until(model_dir, ready, sig, timeout=240):

@@ -9,8 +9,8 @@ import sys
 import time
 
 import pytest
-from helpers import REPO, TINY_RUN_FLAGS, python_env, run_python
-from test_train_resume import latest_step, logged_steps
+from helpers import REPO, TINY_RUN_FLAGS, logged_steps, python_env, run_python
+from test_train_resume import latest_step
 
 from benchmarks.image_folder import write_image_folder
 
