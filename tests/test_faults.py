@@ -189,7 +189,7 @@ def test_damaged_run_files_are_one_line(tmp_path, capsys):
     assert train.check_previous_run(model_dir, config) is None
 
     (model_dir / "summary.json").write_text('{"status": "compl')
-    assert train.read_json(model_dir / "summary.json") == {}
+    assert runs.read_json_record(model_dir / "summary.json") == {}
     (model_dir / callbacks.BEST_INFO_FILE).write_text("{")
     assert callbacks.read_best(model_dir) == {}
     assert "best_knn.json is damaged" in capsys.readouterr().err

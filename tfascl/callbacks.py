@@ -40,7 +40,6 @@ import math
 import os
 import shutil
 import signal
-import sys
 import tempfile
 import time
 from collections.abc import Callable
@@ -577,15 +576,7 @@ def read_best(model_dir: str | Path) -> dict[str, Any]:
     A damaged ``best_knn.json`` counts as no record (noted on stderr): the next kNN
     evaluation writes a new best.
     """
-    path = Path(model_dir) / BEST_INFO_FILE
-    if not path.is_file():
-        return {}
-    try:
-        best = runs.read_json_file(path)
-    except runs.RunFileError as error:
-        print(f"{error}; starting a new best-kNN record", file=sys.stderr)
-        return {}
-    return best if isinstance(best, dict) else {}
+    return runs.read_json_record(Path(model_dir) / BEST_INFO_FILE, "starting a new best-kNN record")
 
 
 def write_best(model_dir: str | Path, best: dict[str, Any]) -> None:

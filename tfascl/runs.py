@@ -87,6 +87,23 @@ def read_json_file(path: str | Path) -> Any:
         raise RunFileError(f"{path} is damaged ({error_line(error)})") from None
 
 
+def read_json_record(path: str | Path, damaged_note: str = "ignored") -> dict[str, Any]:
+    """A small JSON record of a run (summary, best kNN); missing or damaged reads as empty.
+
+    A damaged one is noted on stderr as ``<file error>; <damaged_note>``: it is rewritten
+    later, so it costs nothing but the note.
+    """
+    path = Path(path)
+    if not path.is_file():
+        return {}
+    try:
+        values = read_json_file(path)
+    except RunFileError as error:
+        _stderr(f"{error}; {damaged_note}")
+        return {}
+    return values if isinstance(values, dict) else {}
+
+
 @dataclasses.dataclass
 class RunSpec:
     """The model-defining settings of a run (not the optimizer or the schedule).

@@ -81,14 +81,13 @@ __all__ = [
 class RunData:
     """The images of a run: training set, kNN bank and kNN queries (None: no kNN).
 
-    Each is an in-memory ``ImageSet`` or, streamed, an ``ImageFiles`` (``mode``).
+    Each is an in-memory ``ImageSet`` or, streamed, an ``ImageFiles``.
     """
 
     train: Any
     bank: Any | None
     test: Any | None
     num_classes: int | None
-    mode: str = "memory"
 
 
 def memory_budget_bytes(config: TrainConfig) -> int:
@@ -172,14 +171,14 @@ def load_data(config: TrainConfig) -> RunData:
         test = load(config.test_split)
     except ValueError as error:
         print(f"kNN monitor off: {error}")
-        return RunData(train, None, None, len(train.class_names) or None, mode)
+        return RunData(train, None, None, len(train.class_names) or None)
     bank = data.labelled_only(bank)
     if bank is None or len(bank) == 0 or not test.labelled:
-        return RunData(train, None, None, len(train.class_names) or None, mode)
+        return RunData(train, None, None, len(train.class_names) or None)
     classes = max(len(train.class_names), len(bank.class_names))
     if bank.labels is not None:
         classes = max(classes, int(bank.labels.max()) + 1)
-    return RunData(train, bank, test, classes, mode)
+    return RunData(train, bank, test, classes)
 
 
 class SkippedFilesReport(keras.callbacks.Callback):
@@ -348,18 +347,6 @@ def restore_latest(checkpoint: Any, model_dir: Path, chief: bool = True) -> str 
 # --- Files of a run -----------------------------------------------------------------------
 
 
-def read_json(path: Path) -> dict[str, Any]:
-    """A JSON file of the run; a missing or damaged one reads as empty (it is rewritten)."""
-    if not path.is_file():
-        return {}
-    try:
-        values = runs.read_json_file(path)
-    except runs.RunFileError as error:
-        print(f"{error}; ignored", file=sys.stderr)
-        return {}
-    return values if isinstance(values, dict) else {}
-
-
 def write_json(path: Path, values: dict[str, Any]) -> None:
     """Writes through a temporary file, so a kill never leaves half a file."""
     runs.atomic_write_text(path, json.dumps(values, indent=2, sort_keys=True) + "\n")
@@ -377,7 +364,7 @@ def checkpoint_step(path: str | None) -> int | None:
 
 def finished_run(model_dir: Path, config: TrainConfig) -> dict[str, Any] | None:
     """The summary of a completed run of ``config.epochs`` epochs, checked cheaply."""
-    summary = read_json(model_dir / SUMMARY_FILE)
+    summary = runs.read_json_record(model_dir / SUMMARY_FILE)
     if not summary.get("completed") or summary.get("epochs") != config.epochs:
         return None
     latest = tf.train.latest_checkpoint(str(checkpoint_dir(model_dir)))

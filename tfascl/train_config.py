@@ -19,6 +19,8 @@ from typing import Any
 import tensorflow as tf
 from absl import flags
 
+from tfascl.data.augment import KEY_AUGMENTS
+from tfascl.data.pipeline import AUGMENT_ON, INPUT_MODES
 from tfascl.models.backbones import RESNETS, STEMS, default_stem
 from tfascl.models.batchnorm import KEY_NORMS, NORMS
 from tfascl.models.registry import METHODS
@@ -206,9 +208,9 @@ class TrainConfig:
 ENUMS = {
     "method": list(METHODS),
     "momentum_schedule": ["constant", "cosine"],
-    "augment_on": ["host", "device"],
-    "input": ["auto", "memory", "stream"],
-    "key_augment": ["weak", "strong"],
+    "augment_on": list(AUGMENT_ON),
+    "input": list(INPUT_MODES),
+    "key_augment": list(KEY_AUGMENTS),
     "backbone": list(RESNETS),
     "stem": list(STEMS),
     "norm": list(NORMS),
