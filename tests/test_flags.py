@@ -7,11 +7,11 @@ from pathlib import Path
 import pytest
 
 from tfascl import train_config
+from tfascl.models import METHODS
 
 FLAGS_DIR = Path(__file__).resolve().parents[1] / "flags"
 RECIPES = sorted(p for p in FLAGS_DIR.glob("*.flags") if not p.name.startswith("base_"))
 DATASETS = ("cifar10", "cifar100", "stl10", "tinyimagenet")
-METHODS = ("moco", "ascl", "ahcl", "hard", "sce", "ressl", "byol", "byol_ascl")
 
 
 def parse(*args):

@@ -25,7 +25,7 @@ def tiny_backbone():
 def tiny_model(method="ascl", backbone=None, **options):
     keras.utils.set_random_seed(0)
     backbone = backbone or tiny_backbone()
-    defaults = {"queue_size": QUEUE} if method not in ("byol", "byol_ascl") else {"total_steps": 4}
+    defaults = {"queue_size": QUEUE} if tfascl.METHODS[method].uses_queue else {"total_steps": 4}
     model = tfascl.build_model(
         method, backbone, projector_dims=(16, 8), num_splits=2, **{**defaults, **options}
     )
@@ -103,7 +103,7 @@ def test_every_method_trains_and_reports_its_monitors(method):
     model = tiny_model(method, backbone)
     logs = fit_one(model).history
     assert np.isfinite(logs["loss"][0])
-    if method in ("ascl", "ahcl", "hard", "byol_ascl"):
+    if tfascl.METHODS[method].relabel is not None:
         assert 0.0 <= logs["confidence"][0] <= 1.0
         assert 0.0 < logs["positive_weight"][0] <= 1.0
         assert 0.0 <= logs["purity"][0] <= 1.0

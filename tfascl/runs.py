@@ -22,7 +22,7 @@ from typing import Any
 import keras
 import tensorflow as tf
 
-from tfascl.models.registry import METHODS, build_backbone, build_model
+from tfascl.models.registry import build_backbone, build_model, method_spec
 
 SPEC_FILE = "run.json"
 CHECKPOINT_SUBDIR = "checkpoints"
@@ -108,14 +108,19 @@ def read_json_record(path: str | Path, damaged_note: str = "ignored") -> dict[st
 class RunSpec:
     """The model-defining settings of a run (not the optimizer or the schedule).
 
-    ``target_temperature``/``momentum_schedule`` of ``None`` take the method's
-    defaults (see ``tfascl.models.METHODS``); ``key_norm`` of ``None`` gives the
-    momentum backbone the same normalisation as the online one (``norm``).
+    ``target_temperature``, ``symmetric``, ``momentum_schedule`` and ``projector_bn`` of
+    ``None`` take the method's defaults (its ``tfascl.models.MethodSpec``); ``key_norm``
+    of ``None`` gives the momentum backbone the same normalisation as the online one.
+
+    These defaults are also ``TrainConfig``'s (``tfascl-train``'s flags read them from
+    here), so ``RunSpec(method=m)`` builds the model ``tfascl-train --method=m`` builds
+    on one device. They live here rather than in ``TrainConfig`` because
+    ``train_config`` imports this module, not the other way round.
     """
 
     method: str = "ascl"
     backbone: str = "resnet18"
-    backbone_width: int = 64
+    backbone_width: int = 16
     image_size: int = 32
     stem: str | None = None
     norm: str = "split"
@@ -123,12 +128,12 @@ class RunSpec:
     num_splits: int = 8
     projector_dims: tuple[int, int] = (2048, 128)
     projector_bn: bool | None = None
-    queue_size: int = 4096
+    queue_size: int = 1024
     temperature: float = 0.1
     target_temperature: float | None = None
     num_neighbors: int = 1
     sce_lambda: float = 0.5
-    symmetric: bool = False
+    symmetric: bool | None = None
     momentum: float = 0.99
     momentum_schedule: str | None = None
     total_steps: int | None = None
@@ -140,7 +145,7 @@ class RunSpec:
 
     def model_options(self) -> dict[str, Any]:
         """Keyword arguments of ``build_model`` for this method."""
-        model_class = METHODS[self.method][0].__name__
+        spec = method_spec(self.method)
         options: dict[str, Any] = {
             "momentum": self.momentum,
             "total_steps": self.total_steps,
@@ -151,21 +156,20 @@ class RunSpec:
             options["momentum_schedule"] = self.momentum_schedule
         if self.target_temperature is not None:
             options["target_temperature"] = self.target_temperature
-        if self.method in ("ascl", "ahcl", "hard", "byol_ascl"):
+        if self.symmetric is not None:
+            options["symmetric"] = self.symmetric
+        if spec.relabel is not None:
             options["num_neighbors"] = self.num_neighbors
-        if model_class == "MomentumContrast":
+        if spec.uses_queue:  # MomentumContrast's own arguments
             options.update(
                 queue_size=self.queue_size,
                 temperature=self.temperature,
                 sce_lambda=self.sce_lambda,
                 batch_size=self.batch_size,
-                symmetric=self.symmetric,
                 # Shuffle BN: across replicas ("shuffle"), or inside the batch for
                 # split BN; it does nothing for BN over the whole (synced) batch.
                 shuffle_keys=self.norm in ("split", "shuffle") or self.key_norm == "split",
             )
-        else:
-            options["symmetric"] = self.symmetric
         return options
 
     def build_backbone(self, norm: str | None = None) -> keras.Model:
@@ -181,8 +185,7 @@ class RunSpec:
 
     def build_model(self, **overrides: Any) -> keras.Model:
         """The uncompiled model; ``overrides`` go to the model class (e.g. ``views``)."""
-        if self.method not in METHODS:
-            raise ValueError(f"method must be one of {sorted(METHODS)}, got {self.method!r}")
+        method_spec(self.method)  # a clear error for an unknown method, before any building
         if self.key_norm is not None and self.key_norm != self.norm:
             # e.g. SCE's CIFAR config: split BN in the momentum trunk only.
             overrides = {"key_backbone": self.build_backbone(self.key_norm), **overrides}

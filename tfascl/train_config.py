@@ -23,9 +23,9 @@ from tfascl.data.augment import KEY_AUGMENTS
 from tfascl.data.pipeline import AUGMENT_ON, INPUT_MODES
 from tfascl.models.backbones import RESNETS, STEMS, default_stem
 from tfascl.models.batchnorm import KEY_NORMS, NORMS
-from tfascl.models.registry import METHODS
+from tfascl.models.registry import METHODS, MethodSpec
 from tfascl.optim import OPTIMIZER_NAMES
-from tfascl.runs import RunFileError, read_json_file
+from tfascl.runs import RunFileError, RunSpec, read_json_file
 
 FLAGS = flags.FLAGS
 
@@ -35,8 +35,6 @@ EXIT_INTERRUPTED = 130  # Ctrl-C, after saving a checkpoint
 EXIT_PREEMPTED = 143  # SIGTERM (128 + 15, as a shell reports it), after saving a checkpoint
 EXIT_SAVE_FAILED = 1  # a checkpoint could not be written (full disk); earlier ones kept
 
-QUEUE_METHODS = tuple(name for name, (cls, _, _) in METHODS.items() if cls.__name__ != "BYOL")
-RELABEL_METHODS = ("ascl", "ahcl", "hard", "byol_ascl")
 # Flags that define the model or the data stream: resuming with other values is
 # refused (unless --force), since it would not continue the same run.
 KEY_FLAGS = (
@@ -73,27 +71,28 @@ def _flag(default: Any, help_text: str) -> Any:
 class TrainConfig:
     """Everything a run needs: each field is the flag of the same name, default and help."""
 
-    method: str = _flag("ascl", "Self-supervised method.")
-    temperature: float = _flag(0.1, "τ of the query logits (ReSSL's τ_s).")
+    method: str = _flag(RunSpec.method, "Self-supervised method.")
+    temperature: float = _flag(RunSpec.temperature, "τ of the query logits (ReSSL's τ_s).")
     relabel_temperature: float | None = _flag(
         None,
         "τ′ of the key-to-queue similarities (SCE's τ_m, ReSSL's τ_t). Default: the method's.",
     )
-    num_neighbors: int = _flag(1, "K of ASCL/AHCL/hard relabelling.")
-    sce_lambda: float = _flag(0.5, "λ of SCE: the weight of the one-hot target.")
+    num_neighbors: int = _flag(RunSpec.num_neighbors, "K of ASCL/AHCL/hard relabelling.")
+    sce_lambda: float = _flag(RunSpec.sce_lambda, "λ of SCE: the weight of the one-hot target.")
     symmetric: bool | None = _flag(
         None,
         "Average the loss with the views swapped. Default: off (ASCL code), BYOL on.",
     )
     queue_size: int = _flag(
-        1024, "Keys in the queue: a multiple of the global batch (twice it if symmetric)."
+        RunSpec.queue_size,
+        "Keys in the queue: a multiple of the global batch (twice it if symmetric).",
     )
-    momentum: float = _flag(0.99, "m₀ of the momentum (EMA) encoder.")
+    momentum: float = _flag(RunSpec.momentum, "m₀ of the momentum (EMA) encoder.")
     momentum_schedule: str | None = _flag(
         None, "constant, or cosine from m₀ to 1. Default: the method's (BYOL cosine)."
     )
     dataset: str = _flag(
-        "digits",
+        RunSpec.dataset,
         "'digits', a TFDS name prepared under --data_dir, or a folder root/<split>/<class>/.",
     )
     data_dir: str | None = _flag(None, "TFDS data directory (default: TFDS's own).")
@@ -118,7 +117,7 @@ class TrainConfig:
     )
     max_train_examples: int | None = _flag(None, "Use at most this many training images.")
     test_split: str = _flag("test", "Split the kNN monitor evaluates on.")
-    image_size: int = _flag(32, "Side of the augmented views, in pixels.")
+    image_size: int = _flag(RunSpec.image_size, "Side of the augmented views, in pixels.")
     load_size: int | None = _flag(
         None, "Resize images to this side when loading (default: as stored)."
     )
@@ -137,13 +136,15 @@ class TrainConfig:
         True, "XLA-compile the host augmentation (faster after a few seconds' compile)."
     )
     seed: int = _flag(0, "Seed of the data order, the augmentations and the weights.")
-    backbone: str = _flag("resnet18", "Backbone.")
-    backbone_width: int = _flag(16, "Channels of the first stage (64 in the papers).")
+    backbone: str = _flag(RunSpec.backbone, "Backbone.")
+    backbone_width: int = _flag(
+        RunSpec.backbone_width, "Channels of the first stage (64 in the papers)."
+    )
     stem: str | None = _flag(
         None, "Backbone stem. Default from --image_size (<=32 cifar, <=96 cifar_pool)."
     )
     projector_dims: tuple[int, int] = _flag(
-        (2048, 128), "Hidden and output sizes of the projector."
+        RunSpec.projector_dims, "Hidden and output sizes of the projector."
     )
     projector_bn: bool | None = _flag(
         None, "BN in the projector. Default: off for queue methods, on for BYOL."
@@ -156,7 +157,9 @@ class TrainConfig:
     key_norm: str | None = _flag(
         None, "Normalisation of the momentum backbone (e.g. split for SCE). Default: --norm."
     )
-    num_splits: int = _flag(8, "Groups of split BN; must divide the per-replica batch.")
+    num_splits: int = _flag(
+        RunSpec.num_splits, "Groups of split BN; must divide the per-replica batch."
+    )
     batch_size: int = _flag(128, "Global batch size (all replicas together).")
     epochs: int = _flag(5, "Training epochs.")
     optimizer: str = _flag("sgd", "Optimizer (sgd: PyTorch-exact coupled weight decay).")
@@ -192,14 +195,19 @@ class TrainConfig:
     progress_bar: bool = _flag(True, "Show Keras's progress bar (off: one line per epoch).")
 
     @property
+    def method_spec(self) -> MethodSpec:
+        """The registry's ``MethodSpec`` of ``--method`` (after ``validate``)."""
+        return METHODS[self.method]
+
+    @property
     def is_queue_method(self) -> bool:
-        return self.method in QUEUE_METHODS
+        return self.method_spec.uses_queue
 
     @property
     def uses_symmetric_loss(self) -> bool:
         if self.symmetric is not None:
             return self.symmetric
-        return not self.is_queue_method  # BYOL's loss is symmetric, the ASCL code's is not
+        return self.method_spec.symmetric
 
     def to_json(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -325,7 +333,7 @@ def validate(config: TrainConfig) -> None:
             f"--queue_size={c.queue_size}: must be a multiple of the keys enqueued per step, "
             f"{keys} (--batch_size{' x2 for --symmetric' if c.uses_symmetric_loss else ''})",
         )
-        if c.method in ("ahcl", "hard"):
+        if c.method_spec.relabel == "hard":  # targets on the top-K keys of the queue
             require(
                 c.num_neighbors <= c.queue_size,
                 f"--num_neighbors={c.num_neighbors}: must be <= --queue_size={c.queue_size}",

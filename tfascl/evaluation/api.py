@@ -198,16 +198,6 @@ def evaluate(
     return entry
 
 
-METHOD_LABELS = {
-    "ascl": "ASCL",
-    "moco": "MoCo v2",
-    "ahcl": "AHCL",
-    "hard": "hard relabelling",
-    "sce": "SCE",
-    "ressl": "ReSSL",
-    "byol": "BYOL",
-    "byol_ascl": "BYOL + ASCL",
-}
 CURVES_FILE = "training_curves.png"
 MAP_FILE = "tsne_map.png"
 
@@ -221,7 +211,7 @@ def open_model(path: str | Path, checkpoint: str = "latest") -> Encoder:
 
 def run_label(encoder: Encoder, others: list[Encoder]) -> str:
     """A legend label: the method's name, plus the folder name when two runs share a method."""
-    label = METHOD_LABELS.get(encoder.method, encoder.method)
+    label = tfascl.models.method_label(encoder.method)
     if sum(other.method == encoder.method for other in others) > 1:
         label += f" ({Path(encoder.source).name})"
     return label

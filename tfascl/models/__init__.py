@@ -8,12 +8,20 @@ from tfascl.models.contrastive import MomentumContrast
 from tfascl.models.ema import cosine_momentum, ema_update
 from tfascl.models.heads import mlp_head
 from tfascl.models.queue import KeyQueue
-from tfascl.models.registry import METHODS, build_backbone, build_model
+from tfascl.models.registry import (
+    METHODS,
+    MethodSpec,
+    build_backbone,
+    build_model,
+    method_label,
+    method_name,
+)
 
 __all__ = [
     "BYOL",
     "METHODS",
     "KeyQueue",
+    "MethodSpec",
     "MomentumContrast",
     "MomentumModel",
     "SplitBatchNorm",
@@ -21,6 +29,8 @@ __all__ = [
     "build_model",
     "cosine_momentum",
     "ema_update",
+    "method_label",
+    "method_name",
     "mlp_head",
     "norm_factory",
     "resnet",

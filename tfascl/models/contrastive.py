@@ -27,6 +27,8 @@ from tfascl.models.base import MomentumModel, replica_count
 from tfascl.models.queue import KeyQueue, gather_across_replicas, replica_offset
 
 OBJECTIVES = ("contrastive", "sce", "ressl")
+# Relabel modes whose targets sit on the K nearest queue keys only: K <= queue_size.
+TOP_K_RELABELS = ("ahcl", "hard")
 # First word of the stateless seed of the key permutations (the second is the step).
 SHUFFLE_SEED = 20190913
 
@@ -121,7 +123,7 @@ class MomentumContrast(MomentumModel):
         ):
             if value <= 0:
                 raise ValueError(f"{name} must be > 0, got {value}")
-        if relabel in ("ahcl", "hard") and not 1 <= num_neighbors <= queue_size:
+        if relabel in TOP_K_RELABELS and not 1 <= num_neighbors <= queue_size:
             raise ValueError(f"num_neighbors must be in [1, queue_size], got {num_neighbors}")
         if not 0.0 <= sce_lambda <= 1.0:
             raise ValueError(f"sce_lambda must be in [0, 1], got {sce_lambda}")
