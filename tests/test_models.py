@@ -25,7 +25,8 @@ def tiny_backbone():
 def tiny_model(method="ascl", backbone=None, **options):
     keras.utils.set_random_seed(0)
     backbone = backbone or tiny_backbone()
-    defaults = {"queue_size": QUEUE} if tfascl.METHODS[method].uses_queue else {"total_steps": 4}
+    spec = tfascl.METHODS.get(method)  # None: an unknown method, for its error
+    defaults = {"total_steps": 4} if spec and not spec.uses_queue else {"queue_size": QUEUE}
     model = tfascl.build_model(
         method, backbone, projector_dims=(16, 8), num_splits=2, **{**defaults, **options}
     )
