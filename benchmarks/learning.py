@@ -8,9 +8,10 @@ t=0.1) with the subset as memory bank and the full test split as queries. ``--me
 scores the untrained backbone of the same seed. Writes
 ``<results_dir>/learning_<method>_w<width>_n<examples>_e<epochs>_seed<seed>.json``.
 
-It uses the library API directly (data, build_model, fit, knn) because the ``tfascl-train``
-CLI had not landed in main when the benchmark was written; the settings follow the ASCL
-code's CIFAR recipe except where the flagfile says why.
+Training is ``tfascl.train.train(TrainConfig(...))``, the code path of ``tfascl-train``; this
+file only chooses the protocol's settings (``protocol_config``) and records the result. The
+subset is drawn once with ``--subset_seed`` and laid out as a folder of links (``tfascl-train``
+draws ``--max_train_examples`` with ``--seed``, which would give each seed other images).
 """
 
 from __future__ import annotations
@@ -18,122 +19,183 @@ from __future__ import annotations
 import json
 import os
 import sys
+import tempfile
 import time
 from pathlib import Path
 from typing import Any
 
-import keras
-from absl import app, flags
+from absl import flags
 
+from tfascl import train
 from tfascl.benchmark import device_name, git_commit
-from tfascl.callbacks import KnnMonitor
-from tfascl.data import eval_dataset, load_images, pretrain_dataset
-from tfascl.optim import WarmupCosine, build_optimizer
-from tfascl.runs import RunSpec
+from tfascl.callbacks import METRICS_FILE
+from tfascl.data import open_images
+from tfascl.distribute import make_strategy
+from tfascl.train_config import TrainConfig, check_replicas, validate
 
-FLAGS = flags.FLAGS
-flags.DEFINE_string("data", "../shared/datasets/cifar10", "Image folder root/<split>/<class>.")
-flags.DEFINE_string("method", "ascl", "A tfascl method, or 'random' for the untrained backbone.")
-flags.DEFINE_integer("seed", 0, "Seed of the model, the augmentations and the batch order.")
-flags.DEFINE_integer("subset_seed", 0, "Seed of the training subset (fixed across runs).")
-flags.DEFINE_integer("max_train_examples", 5000, "Size of the training subset.")
-flags.DEFINE_integer("backbone_width", 16, "ResNet-18 first-stage channels.")
-flags.DEFINE_integer("epochs", 20, "Pretraining epochs.")
-flags.DEFINE_integer("batch_size", 128, "Pretraining batch size.")
-flags.DEFINE_integer("queue_size", 1024, "Keys in the queue.")
-flags.DEFINE_float("learning_rate", 0.06, "Peak SGD learning rate.")
-flags.DEFINE_float("weight_decay", 5e-4, "Coupled L2 (PyTorch SGD).")
-flags.DEFINE_integer("warmup_epochs", 1, "Linear warm-up epochs.")
-flags.DEFINE_integer("knn_every", 5, "kNN evaluation every this many epochs (and at the end).")
-flags.DEFINE_string("results_dir", "benchmarks/results", "Where the JSON result goes.")
+# Its own flag set: tfascl-train's flags (method, seed, epochs, ...) live in absl's global one.
+FLAGS = flags.FlagValues()
+DEFAULTS = TrainConfig()
+flags.DEFINE_string(
+    "data", "../shared/datasets/cifar10", "Image folder root/<split>/<class>.", flag_values=FLAGS
+)
+flags.DEFINE_string(
+    "method",
+    DEFAULTS.method,
+    "A tfascl method, or 'random' for the untrained backbone.",
+    flag_values=FLAGS,
+)
+flags.DEFINE_integer(
+    "seed",
+    DEFAULTS.seed,
+    "Seed of the model, the augmentations and the batch order.",
+    flag_values=FLAGS,
+)
+flags.DEFINE_integer(
+    "subset_seed", 0, "Seed of the training subset (fixed across runs).", flag_values=FLAGS
+)
+flags.DEFINE_integer("max_train_examples", 5000, "Size of the training subset.", flag_values=FLAGS)
+# The rest are tfascl-train's flags of the same name (and default).
+for _name in ("backbone_width", "epochs", "batch_size", "queue_size", "warmup_epochs", "knn_every"):
+    _help = f"tfascl-train's --{_name}."
+    flags.DEFINE_integer(_name, getattr(DEFAULTS, _name), _help, flag_values=FLAGS)
+for _name in ("learning_rate", "weight_decay"):
+    _help = f"tfascl-train's --{_name}."
+    flags.DEFINE_float(_name, getattr(DEFAULTS, _name), _help, flag_values=FLAGS)
+flags.DEFINE_string(
+    "results_dir", "benchmarks/results", "Where the JSON result goes.", flag_values=FLAGS
+)
+flags.DEFINE_string(
+    "model_dir",
+    None,
+    "Keep the run folder here (default: a temporary one, deleted).",
+    flag_values=FLAGS,
+)
+SETTINGS = (
+    "data", "subset_seed", "max_train_examples", "backbone_width", "epochs", "batch_size",
+    "queue_size", "learning_rate", "weight_decay", "warmup_epochs",
+)  # fmt: skip
+# Epoch-record fields that are not the model's logs (fit's history held only those).
+NOT_HISTORY = ("kind", "epoch", "step", "time", "learning_rate", "pairs_per_second")
 
 
-class CurveMonitor(KnnMonitor):
-    """tfascl's kNN monitor that also keeps the curve: ``[(epoch, top-1 %), ...]``."""
+def subset_folder(data: str, max_examples: int, seed: int, root: Path) -> tuple[Path, int]:
+    """``root/<name of data>/``: links to the stratified subset of ``data``'s train split
+    (the draw of ``load_images(data, "train", max_examples, seed)``) and to its test split.
 
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
-        super().__init__(*args, **kwargs)
-        self.curve: list[tuple[int, float]] = []
+    The folder keeps ``data``'s name (its published statistics are looked up by name) and
+    each file's path inside the split, so the subset loads in the order ``load_images``
+    gives it.
 
-    def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None:
-        super().on_epoch_end(epoch, logs)
-        if self.due(epoch) and not self.model.stop_training:
-            top1 = 100.0 * self.last["knn_top1"]
-            self.curve.append((epoch + 1, round(top1, 2)))
-            print(f"epoch {epoch + 1}: kNN top-1 {top1:.2f}%", flush=True)
+    Returns:
+        The folder and the number of training images in it.
+    """
+    files = open_images(data, "train", max_examples=max_examples, seed=seed)
+    folder = root / os.path.basename(os.path.normpath(data))
+    for path in files.paths:
+        link = folder / "train" / os.path.relpath(path, files.where)
+        link.parent.mkdir(parents=True, exist_ok=True)
+        link.symlink_to(os.path.realpath(path))
+    (folder / "test").symlink_to(os.path.realpath(os.path.join(data, "test")))
+    return folder, len(files)
+
+
+def protocol_config(dataset: Path, model_dir: Path) -> TrainConfig:
+    """The ``TrainConfig`` of this run: the flags above; everything else tfascl-train's
+    default, except where the recorded protocol differs."""
+    values = {name: FLAGS[name].value for name in SETTINGS if hasattr(DEFAULTS, name)}
+    del values["max_train_examples"]  # the subset folder is the whole training split
+    return TrainConfig(
+        **values,
+        method="moco" if FLAGS.method == "random" else FLAGS.method,
+        seed=FLAGS.seed,
+        dataset=str(dataset),
+        knn_every=FLAGS.knn_every,
+        # The ASCL code's SGD decays every weight, BN and biases included.
+        exclude_bn_bias=False,
+        # As recorded: decoded into memory, no XLA for the train step.
+        input="memory",
+        jit_compile=False,
+        # Nothing to resume or export: a checkpoint at each epoch end only.
+        checkpoint_every=0,
+        export=False,
+        progress_bar=False,
+        model_dir=str(model_dir),
+    )
+
+
+def untrained_knn(config: TrainConfig) -> float:
+    """kNN top-1 of the model ``train`` would start from (same seed), before any step."""
+    validate(config)
+    strategy = make_strategy(config.strategy)
+    config = check_replicas(config, strategy.num_replicas_in_sync)
+    run_data = train.load_data(config)
+    steps_per_epoch = len(run_data.train) // config.batch_size
+    spec = train.make_spec(config, run_data, config.epochs * steps_per_epoch)
+    model = train.build_model(config, spec, steps_per_epoch, strategy)
+    monitor = train.knn_monitor(config, run_data, None, None, Path(config.model_dir))
+    monitor.set_model(model)
+    return monitor.evaluate()["knn_top1"]
+
+
+def epoch_records(model_dir: Path) -> list[dict[str, Any]]:
+    """The ``"epoch"`` records of the run's metrics.jsonl, in order."""
+    lines = (model_dir / METRICS_FILE).read_text().splitlines()
+    return [r for r in map(json.loads, lines) if r.get("kind") == "epoch"]
+
+
+def run(model_dir: Path, dataset: Path) -> dict[str, Any]:
+    """Trains (or, for random, only builds) and returns the kNN curve and the history."""
+    config = protocol_config(dataset, model_dir)
+    if FLAGS.method == "random":
+        top1 = untrained_knn(config)
+        return {"knn_curve": [(0, round(100.0 * top1, 2))], "history": {}}
+    result = train.train(config)
+    if result.exit_code != 0:
+        raise SystemExit(f"training ended with status {result.summary.get('status')}")
+    records = epoch_records(model_dir)
+    history: dict[str, list[float]] = {}
+    for record in records:
+        for name, value in record.items():
+            if name not in NOT_HISTORY:
+                history.setdefault(name, []).append(round(float(value), 4))
+    curve = [(r["epoch"], round(100.0 * r["knn_top1"], 2)) for r in records if "knn_top1" in r]
+    for epoch, top1 in curve:
+        print(f"epoch {epoch}: kNN top-1 {top1:.2f}%", flush=True)
+    return {"knn_curve": curve, "history": history}
 
 
 def main(argv: list[str]) -> None:
-    del argv
+    try:
+        rest = FLAGS(argv)
+    except flags.Error as error:
+        print(f"benchmarks.learning: error: {error}", file=sys.stderr)
+        sys.exit(2)
+    if len(rest) > 1:
+        print(f"benchmarks.learning: error: unexpected arguments {rest[1:]}", file=sys.stderr)
+        sys.exit(2)
+    flags.FLAGS(rest[:1])  # absl's own flags (logging) at their defaults
+    train.quiet_libraries()
     started = time.time()
     commit = git_commit()  # the code this run started with
-    keras.utils.set_random_seed(FLAGS.seed)
-    train = load_images(
-        FLAGS.data, "train", max_examples=FLAGS.max_train_examples, seed=FLAGS.subset_seed
-    )
-    test = load_images(FLAGS.data, "test")
-    train_eval = eval_dataset(train, 500, 32)
-    test_eval = eval_dataset(test, 500, 32)
-    steps_per_epoch = len(train) // FLAGS.batch_size
-    total_steps = steps_per_epoch * FLAGS.epochs
-    method = FLAGS.method
-    spec = RunSpec(
-        method="moco" if method == "random" else method,
-        backbone_width=FLAGS.backbone_width,
-        queue_size=FLAGS.queue_size,
-        batch_size=FLAGS.batch_size,
-        total_steps=total_steps,
-        mean=train.mean,
-        std=train.std,
-    )
-    model = spec.build_model()
-    # The run's weighted kNN (k=200, t=0.1), every --knn_every epochs and at the end.
-    monitor = CurveMonitor(
-        train_eval, test_eval, 10, every=FLAGS.knn_every, last_epoch=FLAGS.epochs - 1
-    )
-    history: dict = {}
-    if method == "random":
-        monitor.set_model(model)
-        monitor.curve.append((0, round(100.0 * monitor.evaluate()["knn_top1"], 2)))
-    else:
-        schedule = WarmupCosine(
-            FLAGS.learning_rate, total_steps, warmup_steps=FLAGS.warmup_epochs * steps_per_epoch
+    with tempfile.TemporaryDirectory(prefix="tfascl-learning-") as scratch:
+        data = FLAGS.data
+        subset, train_examples = subset_folder(
+            data, FLAGS.max_train_examples, FLAGS.subset_seed, Path(scratch)
         )
-        model.compile(
-            optimizer=build_optimizer(
-                "sgd", schedule, weight_decay=FLAGS.weight_decay, exclude_bn_and_bias=False
-            ),
-            jit_compile=False,
-        )
-        pairs = pretrain_dataset(train, FLAGS.batch_size, 32, seed=FLAGS.seed)
-        fit = model.fit(pairs, epochs=FLAGS.epochs, verbose=2, callbacks=[monitor])
-        history = {k: [round(float(v), 4) for v in vs] for k, vs in fit.history.items()}
-    curve = monitor.curve
+        model_dir = Path(FLAGS.model_dir or Path(scratch) / "run")
+        measured = run(model_dir, subset)
+    curve = measured["knn_curve"]
     result = {
         "kind": "learning",
-        "method": method,
+        "method": FLAGS.method,
         "seed": FLAGS.seed,
         "knn_top1": curve[-1][1],
-        "knn_curve": curve,
-        "history": history,
-        "settings": {
-            name: FLAGS[name].value
-            for name in (
-                "data",
-                "subset_seed",
-                "max_train_examples",
-                "backbone_width",
-                "epochs",
-                "batch_size",
-                "queue_size",
-                "learning_rate",
-                "weight_decay",
-                "warmup_epochs",
-            )
-        },
-        "train_examples": len(train),
-        "test_examples": len(test),
-        "command": "python -m benchmarks.learning " + " ".join(sys.argv[1:]),
+        **measured,
+        "settings": {name: FLAGS[name].value for name in SETTINGS},
+        "train_examples": train_examples,
+        "test_examples": len(open_images(data, "test")),
+        "command": "python -m benchmarks.learning " + " ".join(argv[1:]),
         "seconds": round(time.time() - started, 1),
         "device": device_name(),
         "load_average_end": [round(x, 2) for x in os.getloadavg()],
@@ -143,7 +205,7 @@ def main(argv: list[str]) -> None:
     out = Path(FLAGS.results_dir)
     out.mkdir(parents=True, exist_ok=True)
     name = (
-        f"learning_{method}_w{FLAGS.backbone_width}_n{FLAGS.max_train_examples}"
+        f"learning_{FLAGS.method}_w{FLAGS.backbone_width}_n{FLAGS.max_train_examples}"
         f"_e{FLAGS.epochs}_seed{FLAGS.seed}.json"
     )
     (out / name).write_text(json.dumps(result, indent=2) + "\n")
@@ -151,4 +213,4 @@ def main(argv: list[str]) -> None:
 
 
 if __name__ == "__main__":
-    app.run(main)
+    main(sys.argv)
