@@ -22,6 +22,7 @@ from typing import Any
 
 import keras
 import tensorflow as tf
+from tensorflow.core.protobuf import trackable_object_graph_pb2
 
 from tfascl.models.registry import METHODS, build_backbone, build_model
 
@@ -468,24 +469,54 @@ def describe_model(spec: RunSpec) -> str:
     return f"{spec.method}, {spec.backbone} width {spec.backbone_width}, {spec.image_size} px"
 
 
-_SHAPE_ERROR = re.compile(
-    r"incompatible tensor with shape (\(.*?\)) when attempting to restore variable with "
-    r"shape (\(.*?\)) and name ([^\s]+?)(?::\d+)?\.?$"
-)
+_OBJECT_GRAPH = "_CHECKPOINTABLE_OBJECT_GRAPH"  # the object graph a tf.train.Checkpoint saves
 _UNMATCHED_COUNT = re.compile(r"Found (\d+) Python objects that were not bound")
 _UNMATCHED_NAME = re.compile(r"path=([^,>\s]+)")
 
 
+def _shape_mismatches(
+    checkpoint: tf.train.Checkpoint, path: str | Path
+) -> list[tuple[str, tuple, tuple]]:
+    """``(variable, shape in the checkpoint, shape in the model)`` of each variable that
+    both hold with different shapes, found before anything is restored.
+
+    Walks the checkpoint's object graph beside the Python objects' (as a restore pairs
+    them); empty when the checkpoint has no object graph (then the restore checks).
+    """
+    try:
+        reader = tf.train.load_checkpoint(str(path))
+        graph = trackable_object_graph_pb2.TrackableObjectGraph()
+        graph.ParseFromString(reader.get_tensor(_OBJECT_GRAPH))
+        stored = reader.get_variable_to_shape_map()
+    except (tf.errors.OpError, ValueError):
+        return []
+    view = tf.train.TrackableView(checkpoint)
+    found, seen = [], {id(checkpoint)}
+    pending = [(checkpoint, 0)]
+    for trackable, node_id in pending:  # breadth first: the first layers' variables first
+        node = graph.nodes[node_id]
+        for attribute in node.attributes:
+            shape = stored.get(attribute.checkpoint_key)
+            if attribute.name == "VARIABLE_VALUE" and shape is not None:
+                mine = tuple(trackable.shape)
+                if tuple(shape) != mine:
+                    name = getattr(trackable, "path", None) or attribute.full_name
+                    found.append((name, tuple(shape), mine))
+        children = view.children(trackable)
+        for child in node.children:
+            trackable = children.get(child.local_name)
+            if trackable is not None and id(trackable) not in seen:
+                seen.add(id(trackable))
+                pending.append((trackable, child.node_id))
+    return found
+
+
 def _mismatch_detail(error: BaseException) -> str:
-    """What a failed restore found, in a few words (the variable and its two shapes, or
-    which of the model's variables the checkpoint lacks)."""
+    """What a failed restore found, in a few words (the model's variables it lacks)."""
     text = str(error)
-    shape = _SHAPE_ERROR.search(text)
-    if shape:
-        return f"{shape[3]} is {shape[1]} in the checkpoint, {shape[2]} in the model"
     count = _UNMATCHED_COUNT.search(text)
     if count:
-        names = list(dict.fromkeys(_UNMATCHED_NAME.findall(text)))[:3]
+        names = sorted(set(_UNMATCHED_NAME.findall(text)))[:3]
         shown = f" ({', '.join(names)}, ...)" if names else ""
         return f"{count[1]} of the model's variables are not in it{shown}"
     return error_line(error)
@@ -515,6 +546,10 @@ def restore_checkpoint(
     Every variable of ``checkpoint``'s objects must be in ``path`` with its shape; what
     ``path`` holds beyond them (the optimizer's slots, for a model alone) is not read.
 
+    Shapes are compared before anything is restored; a checkpoint that lacks some of the
+    model's variables is found by the restore (``assert_existing_objects_matched``), and
+    the objects may be partly restored then: discard them after the error.
+
     Args:
         checkpoint: the objects to fill, e.g. ``tf.train.Checkpoint(model=model)`` or
             ``model.checkpoint()``.
@@ -525,27 +560,32 @@ def restore_checkpoint(
     Raises:
         CheckpointMismatch: one line naming the checkpoint, the model and the first
             difference found (a variable's shape, missing variables, another method).
-            The objects may be partly restored then: discard them.
     """
     what = f"this run's model ({describe_model(spec)})" if spec else "this model"
     problem = _other_run(path, spec) if spec else None
-    logger = tf.get_logger()
-    level = logger.level
+    mismatches = [] if problem else _shape_mismatches(checkpoint, path)
+    if mismatches:
+        name, stored, mine = mismatches[0]
+        more = f" (and {len(mismatches) - 1} more)" if len(mismatches) > 1 else ""
+        problem = f"{name} is {stored} in the checkpoint, {mine} in the model{more}"
     if problem is None:
+        logger = tf.get_logger()
+        level = logger.level
         try:
             status = checkpoint.restore(str(path))
             status.expect_partial()  # e.g. the optimizer's slots, for a model alone
             status.assert_existing_objects_matched()
         except (ValueError, AssertionError, tf.errors.OpError) as error:
-            # A failed restore warns about unrestored values when it is collected: not
-            # news after this error.
+            # A restore that raised warns about its unrestored values when collected:
+            # not news after this error.
             logger.setLevel("ERROR")
             problem = _mismatch_detail(error)
+        if problem is not None:
+            try:
+                gc.collect()
+            finally:
+                logger.setLevel(level)
     if problem is not None:
-        try:
-            gc.collect()
-        finally:
-            logger.setLevel(level)
         raise CheckpointMismatch(f"{path} does not hold {what}: {problem}")
 
 
