@@ -556,6 +556,9 @@ def truncate_metrics(
     Lines that are not JSON (the last one, cut short by a kill mid-write) are dropped
     too, with a one-line note.
 
+    The file is rewritten atomically (``runs.atomic_write_text``): a kill while this runs
+    leaves the old file whole, and the next resume truncates it again.
+
     Returns:
         The number of damaged lines dropped.
     """

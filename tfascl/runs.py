@@ -504,10 +504,10 @@ def _shape_mismatches(
                     found.append((name, tuple(shape), mine))
         children = view.children(trackable)
         for child in node.children:
-            trackable = children.get(child.local_name)
-            if trackable is not None and id(trackable) not in seen:
-                seen.add(id(trackable))
-                pending.append((trackable, child.node_id))
+            python_child = children.get(child.local_name)
+            if python_child is not None and id(python_child) not in seen:
+                seen.add(id(python_child))
+                pending.append((python_child, child.node_id))
     return found
 
 
