@@ -461,7 +461,7 @@ def test_missing_run_or_checkpoint_is_a_clear_error(tmp_path):
 def test_checkpoint_without_the_model_is_a_clear_error(tmp_path):
     runs.save_spec(cifar_spec(), tmp_path)
     tf.train.Checkpoint(step=tf.Variable(3)).save(str(runs.checkpoint_dir(tmp_path) / "ckpt"))
-    with pytest.raises(ValueError, match="does not hold this run's backbone and projector"):
+    with pytest.raises(ValueError, match="does not hold this run's model"):
         export.export_backbone(tmp_path, tmp_path / "serving")
     assert not (tmp_path / "serving").exists()
 

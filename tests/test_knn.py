@@ -1,14 +1,11 @@
 """Tests for tfascl.knn against a brute-force float64 NumPy implementation."""
 
-import textwrap
-
 import keras
 import numpy as np
 import pytest
 import tensorflow as tf
-from helpers import run_python
 
-from tfascl.knn import extract_features, knn_accuracy, knn_predict
+from tfascl.knn import feature_extractor, knn_accuracy, knn_predict
 
 
 def knn_ref(train, labels, test, num_classes, k, temperature):
@@ -177,63 +174,41 @@ def _feature_model():
     )
 
 
-def test_extract_features():
+def test_feature_extractor():
     rng = np.random.default_rng(9)
     images = rng.normal(size=(23, 6)).astype(np.float32)
     labels = rng.integers(0, 10, size=23)
     model = _feature_model()
+    extract = feature_extractor(model)
     dataset = tf.data.Dataset.from_tensor_slices((images, labels)).batch(5)  # last batch: 3
-    features, got_labels = extract_features(model, dataset)
+    features, got_labels = extract(dataset)
     # training=False: Dropout is off, so the result is deterministic and equals a plain call.
-    want = model(images, training=False).numpy()
-    want /= np.linalg.norm(want, axis=1, keepdims=True)
+    raw = model(images, training=False).numpy()
+    want = raw / np.linalg.norm(raw, axis=1, keepdims=True)
     assert features.dtype == np.float32 and got_labels.dtype == np.int64
     np.testing.assert_allclose(features, want, rtol=1e-5, atol=1e-6)
     np.testing.assert_array_equal(got_labels, labels)
-
-
-_MIRRORED_SCRIPT = textwrap.dedent(
-    """
-    import numpy as np, tensorflow as tf, keras
-    cpu = tf.config.list_physical_devices("CPU")[0]
-    tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
-    from tfascl.knn import extract_features
-
-    rng = np.random.default_rng(0)
-    images = rng.normal(size=(23, 6)).astype(np.float32)
-    labels = np.arange(23)
-    dataset = tf.data.Dataset.from_tensor_slices((images, labels)).batch(6)  # last batch: 5
-    strategy = tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"])
-    with strategy.scope():
-        keras.utils.set_random_seed(0)
-        model = keras.Sequential([keras.Input((6,)), keras.layers.Dense(4)])
-        features, got_labels = extract_features(model, dataset)
-    assert strategy.num_replicas_in_sync == 2
-    want = model(images, training=False).numpy()
-    want /= np.linalg.norm(want, axis=1, keepdims=True)
-    np.testing.assert_array_equal(got_labels, labels)  # dataset order survives the split
+    # Images only, in batches of another size: no labels, and the same function serves.
+    features, got_labels = extract(tf.data.Dataset.from_tensor_slices(images).batch(7))
+    assert got_labels is None
     np.testing.assert_allclose(features, want, rtol=1e-5, atol=1e-6)
-    print("MIRRORED_OK")
-    """
-)
-
-
-def test_extract_features_under_mirrored_strategy():
-    # Logical CPU devices must be configured before TF initialises, hence a fresh process.
-    proc = run_python("-c", _MIRRORED_SCRIPT, timeout=300)
-    assert proc.returncode == 0 and "MIRRORED_OK" in proc.stdout, proc.stderr[-4000:]
+    # Unnormalised: the model's own outputs (as eval's checkpoint encoders give them).
+    features, _ = feature_extractor(model, normalize=False)(dataset)
+    np.testing.assert_allclose(features, raw, rtol=1e-5, atol=1e-6)
+    with pytest.raises(ValueError, match="no images to embed"):
+        extract(tf.data.Dataset.from_tensor_slices(images[:0]).batch(5))
 
 
 def test_monitor_feature_pass_reports_progress_and_normalises(monkeypatch, capsys):
-    from tfascl import callbacks
+    from tfascl import knn
 
     model = keras.Sequential([keras.Input((4,)), keras.layers.Dense(3)])
     rng = np.random.default_rng(0)
     images = rng.normal(size=(10, 4)).astype(np.float32)
     labels = np.arange(10) % 2
     dataset = tf.data.Dataset.from_tensor_slices((images, labels)).batch(4)
-    monkeypatch.setattr(callbacks, "PROGRESS_EVERY_S", 0.0)  # every batch counts as long
-    features, got = callbacks.feature_extractor(model)(dataset, "bank images")
+    monkeypatch.setattr(knn, "PROGRESS_EVERY_S", 0.0)  # every batch counts as long
+    features, got = knn.feature_extractor(model, name="kNN monitor")(dataset, "bank images")
     expected = model(images).numpy()
     expected /= np.linalg.norm(expected, axis=1, keepdims=True)
     np.testing.assert_allclose(features, expected, rtol=1e-5, atol=1e-6)

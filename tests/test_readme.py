@@ -54,9 +54,7 @@ def test_readme_fit_example_runs(tmp_path, monkeypatch):
     cli = monitor.evaluate()
 
     # The example's features are the monitor's query features...
-    test_features, test_labels = callbacks.feature_extractor(restored)(
-        data.eval_dataset(test, 256, 32)
-    )
+    test_features, test_labels = knn.feature_extractor(restored)(data.eval_dataset(test, 256, 32))
     np.testing.assert_allclose(features, test_features, atol=1e-5)
     np.testing.assert_array_equal(test_labels, test.labels)
     # ...and with the bank embedded the same way give the monitor's accuracy.

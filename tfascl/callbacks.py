@@ -51,10 +51,7 @@ import numpy as np
 import tensorflow as tf
 
 from tfascl import knn, runs
-
-METRICS_FILE = "metrics.jsonl"
-BEST_INFO_FILE = runs.BEST_INFO_FILE
-BEST_PREFIX = "best"
+from tfascl.runs import BEST_INFO_FILE, BEST_PREFIX, METRICS_FILE
 
 
 def global_step(model: keras.Model) -> int:
@@ -371,7 +368,7 @@ def save_checkpoint(manager: tf.train.CheckpointManager, step: int) -> str:
         return manager.save(checkpoint_number=step)
     except (tf.errors.OpError, OSError) as error:
         directory = Path(manager.directory)
-        name = f"ckpt-{step}"  # the manager's default checkpoint_name
+        name = f"{runs.CHECKPOINT_NAME}-{step}"  # the manager's default checkpoint_name
         for path in directory.glob(f"{name}_temp*"):
             shutil.rmtree(path, ignore_errors=True)
         if f"{directory / name}" not in manager.checkpoints:
@@ -383,41 +380,6 @@ def save_checkpoint(manager: tf.train.CheckpointManager, step: int) -> str:
             f"could not save a checkpoint at step {step} in {directory}: "
             f"{runs.error_line(error)}; newest good checkpoint: {newest}"
         ) from None
-
-
-# Seconds between the progress lines of a long kNN feature pass.
-PROGRESS_EVERY_S = 30.0
-
-
-def feature_extractor(model: keras.Model) -> Callable[[tf.data.Dataset], tuple]:
-    """A function mapping ``(images, labels)`` batches to L2-normalised backbone features.
-
-    Features are computed on the default device: callbacks run outside
-    ``strategy.scope()``, and ``model(x, training=False)`` reads the (mirrored)
-    variables without any cross-replica op, so this works under every strategy.
-    One ``tf.function`` serves every evaluation of the run (``knn.extract_features``
-    would trace anew at each call).
-    """
-
-    @tf.function(reduce_retracing=True)
-    def embed(images: tf.Tensor) -> tf.Tensor:
-        features = tf.cast(model(images, training=False), tf.float32)
-        return tf.math.l2_normalize(tf.reshape(features, [tf.shape(features)[0], -1]), axis=1)
-
-    def extract(dataset: tf.data.Dataset, what: str = "images") -> tuple[np.ndarray, np.ndarray]:
-        features, labels = [], []
-        started = last_note = time.perf_counter()
-        for images, batch_labels in dataset:
-            features.append(embed(images).numpy())
-            labels.append(np.reshape(batch_labels.numpy(), [-1]).astype(np.int64))
-            now = time.perf_counter()
-            if now - last_note >= PROGRESS_EVERY_S:  # a long pass (an ImageNet bank) says so
-                done = sum(len(f) for f in features)
-                print(f"kNN monitor: {done:,} {what} embedded ({now - started:.0f} s)", flush=True)
-                last_note = now
-        return np.concatenate(features), np.concatenate(labels)
-
-    return extract
 
 
 class KnnMonitor(keras.callbacks.Callback):
@@ -526,7 +488,7 @@ class KnnMonitor(keras.callbacks.Callback):
         """kNN top-1 (and top-5) now."""
         start = time.perf_counter()
         if self._extract is None:
-            self._extract = feature_extractor(self.model)
+            self._extract = knn.feature_extractor(self.model, name="kNN monitor")
         bank_features, bank_labels = self._extract(self.bank, "bank images")
         test_features, test_labels = self._extract(self.test, "test images")
         result = knn.knn_accuracy(
@@ -582,7 +544,7 @@ def read_best(model_dir: str | Path) -> dict[str, Any]:
 def write_best(model_dir: str | Path, best: dict[str, Any]) -> None:
     """``best_checkpoint.txt`` (the name eval/export read) and its kNN record."""
     model_dir = Path(model_dir)
-    runs.atomic_write_text(model_dir / BEST_INFO_FILE, json.dumps(best, indent=2) + "\n")
+    runs.atomic_write_json(model_dir / BEST_INFO_FILE, best)
     runs.atomic_write_text(model_dir / runs.BEST_FILE, best["checkpoint"] + "\n")
 
 
@@ -593,6 +555,9 @@ def truncate_metrics(
 
     Lines that are not JSON (the last one, cut short by a kill mid-write) are dropped
     too, with a one-line note.
+
+    The file is rewritten atomically (``runs.atomic_write_text``): a kill while this runs
+    leaves the old file whole, and the next resume truncates it again.
 
     Returns:
         The number of damaged lines dropped.
@@ -645,7 +610,8 @@ class MetricsLogger(StepClock):
         self.batch_size = batch_size
         self.writer = None
         if self.model_dir is not None:
-            self.writer = tf.summary.create_file_writer(str(self.model_dir / "tensorboard"))
+            logs = self.model_dir / runs.TENSORBOARD_SUBDIR
+            self.writer = tf.summary.create_file_writer(str(logs))
         self.train_seconds = 0.0
         self.steps_run = 0
         self._batch_start = 0.0

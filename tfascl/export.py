@@ -344,29 +344,6 @@ def _copy_variables(variables: Sequence[keras.Variable], prefix: str) -> list[tf
     ]
 
 
-def restore_online_encoder(model: keras.Model, checkpoint_path: str) -> None:
-    """Loads the backbone and projector of ``model`` from a ``model.checkpoint()``.
-
-    Unlike ``runs.restore_model`` this checks that every weight of the two was
-    found: an export of freshly initialised weights must not pass silently.
-    The rest of the checkpoint (momentum encoder, queue, optimizer) is not read.
-
-    Raises:
-        ValueError: the checkpoint does not hold this run's encoder.
-    """
-    # The same object path as model.checkpoint(): root -> "model" -> "backbone"/"projector".
-    online = tf.train.Checkpoint(backbone=model.backbone, projector=model.projector)
-    status = tf.train.Checkpoint(model=online).restore(checkpoint_path)
-    status.expect_partial()
-    try:
-        status.assert_existing_objects_matched()
-    except AssertionError as error:
-        summary = str(error).split(",")[0]
-        raise ValueError(
-            f"{checkpoint_path} does not hold this run's backbone and projector ({summary})"
-        ) from None
-
-
 def next_version(export_dir: str | Path) -> int:
     """1, or one more than the highest integer-named directory in ``export_dir``."""
     directory = Path(export_dir)
@@ -416,6 +393,8 @@ def export_backbone(
         FileNotFoundError: no ``run.json`` or no such checkpoint.
         FileExistsError: the version exists and ``overwrite`` is off.
         ValueError: a negative or non-integer version, or an unknown format.
+        runs.CheckpointMismatch: (a ValueError) the checkpoint does not hold this run's
+            model: another run's, method or width.
     """
     # Everything that can fail cheaply is checked before the model is built.
     formats = check_formats(formats)
@@ -432,8 +411,9 @@ def export_backbone(
             f"{target} already exists: choose another version or pass overwrite=True (--overwrite)"
         )
 
-    model = spec.build_model()
-    restore_online_encoder(model, checkpoint_path)
+    # The whole model is restored, so a checkpoint of another run, method or width is
+    # refused (one line) rather than exported with random or partly restored weights.
+    model = runs.load_model(spec, checkpoint_path)
     metadata = {
         "method": spec.method,
         "dataset": spec.dataset,
@@ -736,7 +716,7 @@ def main(argv: Sequence[str]) -> None:
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
     values = flags.FLAGS
-    export_dir = values.export_dir or str(Path(values.model_dir) / "export")
+    export_dir = values.export_dir or str(Path(values.model_dir) / runs.EXPORT_SUBDIR)
     try:
         path = export_backbone(
             values.model_dir,

@@ -32,7 +32,9 @@ import numpy as np
 from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 
-METRICS_FILES = ("metrics.jsonl", "metrics.csv")
+from tfascl.runs import METRICS_CSV_FILE, METRICS_FILE
+
+METRICS_FILES = (METRICS_FILE, METRICS_CSV_FILE)
 
 # (record key, panel title, y-axis label, scale): scale 100 shows fractions as percent.
 CURVES: tuple[tuple[str, str, str, float], ...] = (

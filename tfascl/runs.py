@@ -9,6 +9,7 @@ and export all go through this module, so they agree on the layout.
 from __future__ import annotations
 
 import dataclasses
+import gc
 import json
 import os
 import re
@@ -21,16 +22,29 @@ from typing import Any
 
 import keras
 import tensorflow as tf
+from tensorflow.core.protobuf import trackable_object_graph_pb2
 
 from tfascl.models.registry import build_backbone, build_model, method_spec
 
-SPEC_FILE = "run.json"
+# The names of a run folder (``model_dir``), here only: every module takes them from here.
+SPEC_FILE = "run.json"  # the RunSpec: what rebuilds the model
+FLAGS_FILE = "flags.json"  # the TrainConfig, compared with the flags of a resume
+FLAGS_TEXT_FILE = "flags.txt"  # the same as a flagfile that replays the run
+SUMMARY_FILE = "summary.json"  # how the last training process ended
+METRICS_FILE = "metrics.jsonl"  # one JSON record a line, at the global step
+METRICS_CSV_FILE = "metrics.csv"  # another program's metrics, which the plots read too
+BEST_FILE = "best_checkpoint.txt"  # the name of the best kNN checkpoint
+BEST_INFO_FILE = "best_knn.json"  # its kNN record
+RESULTS_FILE = "results.json"  # evaluation results (also beside a SavedModel)
 CHECKPOINT_SUBDIR = "checkpoints"
-BEST_FILE = "best_checkpoint.txt"
-BEST_INFO_FILE = "best_knn.json"
+CHECKPOINT_NAME = "ckpt"  # checkpoints/ckpt-<step> (tf.train.CheckpointManager's default)
+BEST_PREFIX = "best"  # checkpoints/best-<step>, the best kNN checkpoint's copy
 STATE_FILE = "checkpoint"  # tf.train.CheckpointManager's record of its checkpoints
+EXPORT_SUBDIR = "export"  # the default export folder (TF Serving's base path)
+TENSORBOARD_SUBDIR = "tensorboard"
+PLOTS_SUBDIR = "plots"  # the default folder of tfascl-eval's pictures
 DAMAGED = "damaged"  # damaged files are moved into damaged/<time>/ beside them
-_MANAGED = re.compile(r"^ckpt-(\d+)\.index$")
+_MANAGED = re.compile(rf"^{CHECKPOINT_NAME}-(\d+)\.index$")
 
 
 class RunFileError(ValueError):
@@ -70,6 +84,11 @@ def atomic_write_text(path: str | Path, text: str) -> Path:
         Path(temporary).unlink(missing_ok=True)
         raise
     return path
+
+
+def atomic_write_json(path: str | Path, values: Any) -> Path:
+    """Writes ``values`` as indented JSON with sorted keys, atomically (``atomic_write_text``)."""
+    return atomic_write_text(path, json.dumps(values, indent=2, sort_keys=True) + "\n")
 
 
 def read_json_file(path: str | Path) -> Any:
@@ -245,8 +264,10 @@ def checkpoint_dir(model_dir: str | Path) -> Path:
     return Path(model_dir) / CHECKPOINT_SUBDIR
 
 
-def checkpoint_step(prefix: str | Path) -> int | None:
+def checkpoint_step(prefix: str | Path | None) -> int | None:
     """The number in a checkpoint's name (``ckpt-<step>``: the global step), or None."""
+    if not prefix:
+        return None
     try:
         return int(str(prefix).rsplit("-", 1)[1])
     except (IndexError, ValueError):
@@ -342,8 +363,8 @@ def newest_readable_checkpoint(
     if state is not None and state.all_model_checkpoint_paths:
         listed = [str(directory / os.path.basename(p)) for p in state.all_model_checkpoint_paths]
     else:
-        found = (_MANAGED.match(path.name) for path in directory.glob("ckpt-*.index"))
-        listed = [str(directory / f"ckpt-{match[1]}") for match in found if match]
+        found = (_MANAGED.match(p.name) for p in directory.glob(f"{CHECKPOINT_NAME}-*.index"))
+        listed = [str(directory / f"{CHECKPOINT_NAME}-{match[1]}") for match in found if match]
     listed.sort(key=lambda path: (checkpoint_step(path) is not None, checkpoint_step(path) or 0))
     chosen, damaged = None, []
     for prefix in reversed(listed):
@@ -442,24 +463,164 @@ def find_checkpoint(
     return path
 
 
+class CheckpointMismatch(RunFileError):
+    """A readable checkpoint that does not hold the run's model: one line naming both."""
+
+
+def describe_model(spec: RunSpec) -> str:
+    """The model of ``spec`` in a few words, for messages: ``ascl, resnet18 width 64, 32 px``."""
+    return f"{spec.method}, {spec.backbone} width {spec.backbone_width}, {spec.image_size} px"
+
+
+_OBJECT_GRAPH = "_CHECKPOINTABLE_OBJECT_GRAPH"  # the object graph a tf.train.Checkpoint saves
+_UNMATCHED_COUNT = re.compile(r"Found (\d+) Python objects that were not bound")
+_UNMATCHED_NAME = re.compile(r"path=([^,>\s]+)")
+
+
+def _shape_mismatches(
+    checkpoint: tf.train.Checkpoint, path: str | Path
+) -> list[tuple[str, tuple, tuple]]:
+    """``(variable, shape in the checkpoint, shape in the model)`` of each variable that
+    both hold with different shapes, found before anything is restored.
+
+    Walks the checkpoint's object graph beside the Python objects' (as a restore pairs
+    them); empty when the checkpoint has no object graph (then the restore checks).
+    """
+    try:
+        reader = tf.train.load_checkpoint(str(path))
+        graph = trackable_object_graph_pb2.TrackableObjectGraph()
+        graph.ParseFromString(reader.get_tensor(_OBJECT_GRAPH))
+        stored = reader.get_variable_to_shape_map()
+    except (tf.errors.OpError, ValueError):
+        return []
+    view = tf.train.TrackableView(checkpoint)
+    found, seen = [], {id(checkpoint)}
+    pending = [(checkpoint, 0)]
+    for trackable, node_id in pending:  # breadth first: the first layers' variables first
+        node = graph.nodes[node_id]
+        for attribute in node.attributes:
+            shape = stored.get(attribute.checkpoint_key)
+            if attribute.name == "VARIABLE_VALUE" and shape is not None:
+                mine = tuple(trackable.shape)
+                if tuple(shape) != mine:
+                    name = getattr(trackable, "path", None) or attribute.full_name
+                    found.append((name, tuple(shape), mine))
+        children = view.children(trackable)
+        for child in node.children:
+            python_child = children.get(child.local_name)
+            if python_child is not None and id(python_child) not in seen:
+                seen.add(id(python_child))
+                pending.append((python_child, child.node_id))
+    return found
+
+
+def _mismatch_detail(error: BaseException) -> str:
+    """What a failed restore found, in a few words (the model's variables it lacks)."""
+    text = str(error)
+    count = _UNMATCHED_COUNT.search(text)
+    if count:
+        names = sorted(set(_UNMATCHED_NAME.findall(text)))[:3]
+        shown = f" ({', '.join(names)}, ...)" if names else ""
+        return f"{count[1]} of the model's variables are not in it{shown}"
+    return error_line(error)
+
+
+def _other_run(path: str | Path, spec: RunSpec) -> str | None:
+    """A mismatch that the variables cannot show: the checkpoint is another run's, and
+    that run's ``run.json`` names another method (ASCL and MoCo have the same weights)."""
+    folder = Path(path).parent
+    if folder.name != CHECKPOINT_SUBDIR or not (folder.parent / SPEC_FILE).is_file():
+        return None
+    try:
+        other = load_spec(folder.parent)
+    except (OSError, RunFileError):
+        return None  # not ours to judge: the variables are still checked
+    if other.method == spec.method:
+        return None
+    return f"its run ({folder.parent / SPEC_FILE}) is {other.method}, not {spec.method}"
+
+
+def restore_checkpoint(
+    checkpoint: tf.train.Checkpoint, path: str | Path, spec: RunSpec | None = None
+) -> None:
+    """Restores ``path`` into ``checkpoint``, after checking that it holds the same model.
+
+    The one restore of training (the whole state), evaluation and export (the model).
+    Every variable of ``checkpoint``'s objects must be in ``path`` with its shape; what
+    ``path`` holds beyond them (the optimizer's slots, for a model alone) is not read.
+
+    Shapes are compared before anything is restored; a checkpoint that lacks some of the
+    model's variables is found by the restore (``assert_existing_objects_matched``), and
+    the objects may be partly restored then: discard them after the error.
+
+    Args:
+        checkpoint: the objects to fill, e.g. ``tf.train.Checkpoint(model=model)`` or
+            ``model.checkpoint()``.
+        path: a checkpoint prefix.
+        spec: the run's spec, named in the error (and compared with the ``run.json`` of
+            the checkpoint's own run, when it is another run's).
+
+    Raises:
+        CheckpointMismatch: one line naming the checkpoint, the model and the first
+            difference found (a variable's shape, missing variables, another method).
+    """
+    what = f"this run's model ({describe_model(spec)})" if spec else "this model"
+    problem = _other_run(path, spec) if spec else None
+    mismatches = [] if problem else _shape_mismatches(checkpoint, path)
+    if mismatches:
+        name, stored, mine = mismatches[0]
+        more = f" (and {len(mismatches) - 1} more)" if len(mismatches) > 1 else ""
+        problem = f"{name} is {stored} in the checkpoint, {mine} in the model{more}"
+    if problem is None:
+        logger = tf.get_logger()
+        level = logger.level
+        try:
+            status = checkpoint.restore(str(path))
+            status.expect_partial()  # e.g. the optimizer's slots, for a model alone
+            status.assert_existing_objects_matched()
+        except (ValueError, AssertionError, tf.errors.OpError) as error:
+            # A restore that raised warns about its unrestored values when collected:
+            # not news after this error.
+            logger.setLevel("ERROR")
+            problem = _mismatch_detail(error)
+        if problem is not None:
+            try:
+                gc.collect()
+            finally:
+                logger.setLevel(level)
+    if problem is not None:
+        raise CheckpointMismatch(f"{path} does not hold {what}: {problem}")
+
+
+def load_model(spec: RunSpec, path: str | Path) -> keras.Model:
+    """``spec``'s model with the weights of checkpoint ``path`` (encoders and queue; not the
+    optimizer). ``path`` is used as given: find it with ``find_checkpoint``.
+
+    Raises:
+        CheckpointMismatch: the checkpoint does not hold this model (``restore_checkpoint``).
+    """
+    model = spec.build_model()
+    restore_checkpoint(tf.train.Checkpoint(model=model), path, spec)
+    return model
+
+
 def restore_model(model_dir: str | Path, which: str = "latest") -> tuple[keras.Model, RunSpec, str]:
     """Rebuilds a run's model and loads its weights (encoders and queue; not the optimizer).
+
+    Args:
+        model_dir: the run's folder.
+        which: ``"latest"``, ``"best"`` or a checkpoint name/path (``find_checkpoint``).
 
     Returns:
         ``(model, spec, checkpoint_path)``.
 
     Raises:
-        ValueError: one line, when the checkpoint lacks weights of this model (e.g. it
-            was written by another program), rather than going on with random ones.
+        FileNotFoundError: no run.json, or no such checkpoint.
+        RunFileError: a damaged run.json or named checkpoint.
+        CheckpointMismatch: one line, when the checkpoint does not hold this run's model
+            (another run's, another method or width, another program's), rather than
+            going on with random or partly restored weights.
     """
     spec = load_spec(model_dir)
     path = find_checkpoint(model_dir, which)
-    model = spec.build_model()
-    status = tf.train.Checkpoint(model=model).restore(path)
-    status.expect_partial()  # the optimizer's slots are not wanted here
-    try:
-        status.assert_existing_objects_matched()
-    except AssertionError as error:
-        summary = str(error).split(",")[0]
-        raise ValueError(f"{path} does not hold this run's model ({summary})") from None
-    return model, spec, path
+    return load_model(spec, path), spec, path

@@ -12,7 +12,6 @@ runs what they describe: data, model, strategy, checkpoints, callbacks and the r
 from __future__ import annotations
 
 import dataclasses
-import json
 import os
 import shutil
 import sys
@@ -31,7 +30,16 @@ from tfascl import callbacks as cbs
 from tfascl import data, runs
 from tfascl.distribute import fit_loop, make_strategy
 from tfascl.optim import WarmupCosine, build_optimizer, scaled_learning_rate
-from tfascl.runs import RunSpec, checkpoint_dir, save_spec
+from tfascl.runs import (
+    EXPORT_SUBDIR,
+    FLAGS_FILE,
+    SUMMARY_FILE,
+    RunSpec,
+    atomic_write_json,
+    checkpoint_dir,
+    checkpoint_step,
+    save_spec,
+)
 from tfascl.train_config import (
     EXIT_FAILED,
     EXIT_INTERRUPTED,
@@ -39,8 +47,6 @@ from tfascl.train_config import (
     EXIT_SAVE_FAILED,
     EXIT_USAGE,
     FLAGS,
-    FLAGS_FILE,
-    SUMMARY_FILE,
     FlagError,
     TrainConfig,
     check_previous_run,
@@ -307,14 +313,18 @@ def is_chief(strategy: Any) -> bool:
     return resolver.task_type == "worker" and resolver.task_id == 0 and not has_chief
 
 
-def restore_latest(checkpoint: Any, model_dir: Path, chief: bool = True) -> str | None:
+def restore_latest(
+    checkpoint: Any, model_dir: Path, chief: bool = True, spec: RunSpec | None = None
+) -> str | None:
     """Restores the newest readable checkpoint of ``model_dir``, if any.
 
     Damaged checkpoints (newest first, and the best copy) are reported in one line
-    each and, by the chief, set aside (``tfascl.runs.newest_readable_checkpoint``).
+    each and, by the chief, set aside (``tfascl.runs.newest_readable_checkpoint``);
+    the restore is ``tfascl.runs.restore_checkpoint``'s, which checks the checkpoint
+    holds this model (``spec``'s: named in the error).
 
     Raises:
-        FlagError: one line, when the checkpoint does not fit this model, or when
+        FlagError: one line, when the checkpoint does not hold this model, or when
             checkpoints exist but none of them is readable.
     """
     directory = checkpoint_dir(model_dir)
@@ -334,32 +344,13 @@ def restore_latest(checkpoint: Any, model_dir: Path, chief: bool = True) -> str 
     if path is None:
         return None
     try:
-        checkpoint.restore(path).assert_existing_objects_matched().expect_partial()
-    except (ValueError, AssertionError, tf.errors.OpError) as error:
-        first = str(error).strip().splitlines()[0][:200]
-        raise FlagError(
-            f"--model_dir={model_dir}: {os.path.basename(path)} does not fit this model "
-            f"({first}); use another --model_dir"
-        ) from None
+        runs.restore_checkpoint(checkpoint, path, spec)
+    except runs.CheckpointMismatch as error:
+        raise FlagError(f"--model_dir={model_dir}: {error}; use another --model_dir") from None
     return path
 
 
 # --- Files of a run -----------------------------------------------------------------------
-
-
-def write_json(path: Path, values: dict[str, Any]) -> None:
-    """Writes through a temporary file, so a kill never leaves half a file."""
-    runs.atomic_write_text(path, json.dumps(values, indent=2, sort_keys=True) + "\n")
-
-
-def checkpoint_step(path: str | None) -> int | None:
-    """The global step in a checkpoint's name (``ckpt-<step>``)."""
-    if not path:
-        return None
-    try:
-        return int(path.rsplit("-", 1)[1])
-    except (IndexError, ValueError):
-        return None
 
 
 def finished_run(model_dir: Path, config: TrainConfig) -> dict[str, Any] | None:
@@ -433,7 +424,7 @@ def train(config: TrainConfig) -> RunResult:
     write_dir = model_dir if chief else Path(tempfile.mkdtemp(prefix="tfascl-worker-"))
     if chief:
         save_spec(spec, model_dir)
-        write_json(model_dir / FLAGS_FILE, config.to_json())
+        atomic_write_json(model_dir / FLAGS_FILE, config.to_json())
 
     policy = keras.mixed_precision.global_policy()
     keras.mixed_precision.set_global_policy(config.precision)
@@ -463,7 +454,7 @@ def _train_model(
         checkpoint = model.checkpoint()
     # After the restore, which may set damaged checkpoints aside: the manager reads the
     # list of checkpoints when it is made.
-    restored = restore_latest(checkpoint, model_dir, chief)
+    restored = restore_latest(checkpoint, model_dir, chief, spec)
     manager = tf.train.CheckpointManager(
         checkpoint, str(checkpoint_dir(write_dir)), max_to_keep=config.keep_checkpoints
     )
@@ -527,11 +518,11 @@ def _train_model(
         "export_dir": None,
     }
     if chief and status == "completed" and config.export:
-        export_dir = Path(config.export_dir or model_dir / "export")
+        export_dir = Path(config.export_dir or model_dir / EXPORT_SUBDIR)
         summary["export_dir"] = export_backbone(model_dir, export_dir)
     if not chief:  # the chief reports; this worker's files were scratch
         return RunResult(EXIT_CODES.get(status, 0), summary, model)
-    write_json(model_dir / SUMMARY_FILE, summary)
+    atomic_write_json(model_dir / SUMMARY_FILE, summary)
     return RunResult(report(summary, guard, config), summary, model)
 
 
@@ -553,7 +544,7 @@ def save_failed(
     summary.update(steps=step, error=str(error), model_dir=str(model_dir))
     if chief:
         try:
-            write_json(model_dir / SUMMARY_FILE, summary)
+            atomic_write_json(model_dir / SUMMARY_FILE, summary)
         except OSError:
             pass  # the disk is still full: the line above is the report
     return RunResult(EXIT_SAVE_FAILED, summary, model)

@@ -25,7 +25,7 @@ from tfascl.models.backbones import RESNETS, STEMS, default_stem
 from tfascl.models.batchnorm import KEY_NORMS, NORMS
 from tfascl.models.registry import METHODS, MethodSpec
 from tfascl.optim import OPTIMIZER_NAMES
-from tfascl.runs import RunFileError, RunSpec, read_json_file
+from tfascl.runs import FLAGS_FILE, RunFileError, RunSpec, read_json_file
 
 FLAGS = flags.FLAGS
 
@@ -55,8 +55,6 @@ STEM_STRIDES = {"cifar": 8, "cifar_pool": 16, "imagenet": 32}
 # per-call work (a few hundred microseconds) is already under 1% of a GPU step.
 MAX_AUTO_STEPS_PER_EXECUTION = 32
 PRECISIONS = ("float32", "mixed_bfloat16", "mixed_float16")
-FLAGS_FILE = "flags.json"
-SUMMARY_FILE = "summary.json"
 
 
 class FlagError(ValueError):

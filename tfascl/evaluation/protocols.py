@@ -26,6 +26,7 @@ from __future__ import annotations
 import dataclasses
 import math
 import os
+import sys
 import time
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -245,7 +246,7 @@ def pixel_batches(images: np.ndarray, image_size: int, batch_size: int) -> tf.da
 def embed_images(
     encoder: Encoder, images: np.ndarray, batch_size: int = 256, size: int | None = None
 ) -> np.ndarray:
-    """Frozen features of ``images`` through the eval transform.
+    """Frozen features of ``images`` through the eval transform (``knn.feature_extractor``).
 
     Args:
         encoder: The model.
@@ -257,19 +258,19 @@ def embed_images(
         ``[N, F]`` float32 features, as ``encoder.embed`` returns them (raw for checkpoints,
         unit-norm for SavedModels).
     """
-    size = size or encoder.image_size
-    step = encoder.compiled_embed(size)
-    batches = [step(pixels).numpy() for pixels in pixel_batches(images, size, batch_size)]
-    if not batches:
+    if len(images) == 0:
         raise EvalInputError("no images to embed")
-    return np.concatenate(batches).astype(np.float32)
+    size = size or encoder.image_size
+    # compiled_embed is traced once per size for the encoder: every pass reuses it.
+    extract = knn.feature_extractor(
+        encoder.compiled_embed(size), normalize=False, compiled=True, name="eval", report=_note
+    )
+    features, _ = extract(pixel_batches(images, size, batch_size))
+    return features
 
 
-def top_n_accuracy(scores: np.ndarray, labels: np.ndarray, n: int) -> float:
-    """Fraction of rows whose label is among the ``n`` highest scores (ties: lower index first)."""
-    n = min(n, scores.shape[1])
-    top = np.argsort(-scores, axis=1, kind="stable")[:, :n]
-    return float(np.mean(np.any(top == np.asarray(labels)[:, None], axis=1)))
+def _note(line: str) -> None:
+    print(line, file=sys.stderr, flush=True)
 
 
 # --------------------------------------------------------------------------------------
@@ -666,8 +667,8 @@ def linear_protocol(
         }
         if epoch % config.eval_every == 0 or epoch == config.epochs:
             scores = test_scores()
-            top1 = top_n_accuracy(scores, test.labels, 1)
-            final5 = top_n_accuracy(scores, test.labels, 5) if num_classes >= 5 else None
+            top1 = knn.top_k_accuracy(scores, test.labels, 1)
+            final5 = knn.top_k_accuracy(scores, test.labels, 5) if num_classes >= 5 else None
             record["top1"] = top1
             if top1 > best:
                 best, best_epoch = top1, epoch

@@ -18,13 +18,11 @@ from __future__ import annotations
 import datetime
 import json
 import os
-import tempfile
 from pathlib import Path
 from typing import Any
 
 from tfascl.evaluation.encoders import EvalInputError
-
-RESULTS_FILE = "results.json"
+from tfascl.runs import RESULTS_FILE, atomic_write_json
 
 
 def result_key(protocol: str, dataset: str, pretrain_dataset: str | None) -> str:
@@ -79,16 +77,7 @@ def update_results(directory: str | Path, key: str, entry: dict[str, Any]) -> Pa
     directory = Path(directory)
     results = read_results(directory)
     results[key] = entry
-    text = json.dumps(results, indent=2, sort_keys=True) + "\n"
-    handle, temporary = tempfile.mkstemp(prefix=f".{RESULTS_FILE}.", dir=directory)
-    try:
-        with os.fdopen(handle, "w") as stream:
-            stream.write(text)
-        os.replace(temporary, directory / RESULTS_FILE)
-    except BaseException:
-        Path(temporary).unlink(missing_ok=True)
-        raise
-    return directory / RESULTS_FILE
+    return atomic_write_json(directory / RESULTS_FILE, results)
 
 
 def now_iso() -> str:
