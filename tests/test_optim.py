@@ -17,7 +17,9 @@ from tfascl.optim import (
     CoupledSGD,
     WarmupCosine,
     build_optimizer,
+    multistep_decay,
     scaled_learning_rate,
+    warmup_cosine,
 )
 
 # ----------------------------------------------------------------------------- references
@@ -286,41 +288,150 @@ def test_coupled_sgd_matches_torch_formula(momentum, nesterov):
         assert not np.allclose(other[0], want[0], rtol=1e-6)
 
 
-# --------------------------------------------------------------------------- WarmupCosine
+# ------------------------------------------------------------------------------ schedules
+# The formulas in float64, written out here (independent of tfascl and of Keras): every
+# step of each configuration is compared, so the warm-up's last step, its end, the first
+# cosine step and the last training step are all among them.
 
 
-@pytest.mark.parametrize("dtype", [None, tf.int32, tf.int64, tf.float32])
-def test_warmup_cosine_closed_form(dtype):
-    base, final, start, warmup, total = 0.4, 0.01, 0.02, 10, 50
-    sched = WarmupCosine(base, total, warmup, final_lr=final, warmup_start_lr=start)
-    points = {0: start, 5: None, 10: base, 30: None, 50: final, 51: final, 1000: final}
-    for step, exact in points.items():
-        arg = step if dtype is None else tf.constant(step, dtype)
-        got = float(sched(arg))
-        want = warmup_cosine_ref(step, base, total, warmup, final, start)
-        if exact is not None:
-            assert want == pytest.approx(exact)
-        assert got == pytest.approx(want, rel=1e-6, abs=1e-9), step
-    # Mid-cosine is the mean of base and final; mid-warm-up the mean of start and base.
-    assert float(sched(30)) == pytest.approx((base + final) / 2, rel=1e-6)
-    assert float(sched(5)) == pytest.approx((start + base) / 2, rel=1e-6)
+def warmup_cosine_np(steps, base, total, warmup, final=0.0, start=0.0):
+    """Linear warm-up from ``start`` to ``base`` over ``warmup`` steps, cosine to ``final``
+    at ``total``, ``final`` after; float64."""
+    s = np.asarray(steps, np.float64)
+    progress = np.clip((s - warmup) / max(total - warmup, 1), 0.0, 1.0)
+    lr = final + 0.5 * (base - final) * (1.0 + np.cos(np.pi * progress))
+    if warmup:
+        lr = np.where(s < warmup, start + (base - start) * s / warmup, lr)
+    return np.where(s >= total, final, lr)
 
 
-def test_warmup_cosine_edge_cases():
-    no_warmup = WarmupCosine(1.0, total_steps=4)
-    assert float(no_warmup(0)) == pytest.approx(1.0)
-    assert float(no_warmup(2)) == pytest.approx(0.5)
-    only_warmup = WarmupCosine(1.0, total_steps=4, warmup_steps=4, final_lr=0.1)
-    assert float(only_warmup(2)) == pytest.approx(0.5)
-    assert float(only_warmup(4)) == pytest.approx(0.1)
-    jitted = tf.function(lambda s: WarmupCosine(1.0, 100, 10)(s), jit_compile=True)
-    assert float(jitted(tf.constant(55, tf.int64))) == pytest.approx(
-        warmup_cosine_ref(55, 1.0, 100, 10), rel=1e-6
+def multistep_np(steps, base, steps_per_epoch, milestones, gamma):
+    """PyTorch's MultiStepLR per step: ``base * gamma ** #{m : epoch >= m}``; float64."""
+    epoch = np.asarray(steps) // steps_per_epoch
+    passed = sum(((epoch >= m).astype(np.int64) for m in milestones), np.zeros_like(epoch))
+    return base * np.float64(gamma) ** passed
+
+
+def schedule_at(schedule, steps):
+    """The schedule's float32 values at int64 step tensors, as the optimizer calls it."""
+    return np.array([float(schedule(tf.constant(t, tf.int64))) for t in steps])
+
+
+# (learning_rate, scale_lr, batch_size, epochs, steps_per_epoch, warmup_epochs, schedule)
+TRAIN_SCHEDULES = [
+    (0.3, False, 16, 3, 7, 0, "cosine"),  # no warm-up, cosine to 0
+    (0.5, False, 16, 4, 5, 1, "cosine"),  # one warm-up epoch
+    (0.5, False, 16, 3, 6, 1.3, "cosine"),  # fractional: round(7.8) = 8 warm-up steps
+    (0.5, False, 16, 3, 5, 0.5, "cosine"),  # round(2.5) = 2 (Python rounds half to even)
+    (0.06, True, 512, 3, 4, 1, "cosine"),  # peak scaled by 512 / 256
+    (0.2, False, 16, 3, 4, 1, "constant"),  # warm-up, then constant (alpha = 1)
+    (0.2, False, 16, 2, 4, 2, "cosine"),  # warm-up over the whole run (W = T)
+]
+
+
+@pytest.mark.parametrize("case", TRAIN_SCHEDULES)
+def test_train_schedule_matches_formula_at_every_step(case):
+    from tfascl.train import TrainConfig, learning_rate_schedule
+
+    lr, scale, batch, epochs, steps_per_epoch, warmup_epochs, kind = case
+    config = TrainConfig(
+        learning_rate=lr, scale_lr=scale, batch_size=batch, epochs=epochs,
+        warmup_epochs=warmup_epochs, schedule=kind,
+    )  # fmt: skip
+    peak = lr * batch / 256 if scale else lr
+    total, warmup = epochs * steps_per_epoch, round(warmup_epochs * steps_per_epoch)
+    final = peak if kind == "constant" else 0.0
+    # Every training step, and past the end unless the warm-up is the whole run (there Keras
+    # reaches `final` one step after T; see optim.warmup_cosine).
+    steps = range(total + (2 if warmup < total else 0))
+    want = warmup_cosine_np(steps, peak, total, warmup, final)
+    schedule = learning_rate_schedule(config, steps_per_epoch)
+    np.testing.assert_allclose(schedule_at(schedule, steps), want, rtol=1e-6, atol=1e-7 * peak)
+    keras_schedule = warmup_cosine(peak, total, warmup, final_lr=final)
+    np.testing.assert_allclose(
+        schedule_at(keras_schedule, steps), want, rtol=1e-6, atol=1e-7 * peak
     )
-    with pytest.raises(ValueError):
-        WarmupCosine(1.0, total_steps=5, warmup_steps=6)
-    with pytest.raises(ValueError):
-        WarmupCosine(1.0, total_steps=5, warmup_steps=-1)
+    if warmup:  # the warm-up really is linear: the mid-point is half the peak
+        assert want[warmup // 2] == pytest.approx(peak * (warmup // 2) / warmup)
+
+
+# (base, total, warmup, final, start)
+COSINE_SCHEDULES = [
+    (0.4, 50, 10, 0.01, 0.02),  # alpha > 0 and a warm-up that starts above 0
+    (1.0, 12, 0, 0.1, 0.0),  # alpha > 0 without warm-up
+    (0.8, 5, 2, 0.0, 0.2),  # the optimizer tests' schedule
+    (2.0, 4, 1, 0.0, 0.0),
+]
+
+
+@pytest.mark.parametrize("case", COSINE_SCHEDULES)
+def test_warmup_cosine_matches_formula_at_every_step(case):
+    base, total, warmup, final, start = case
+    steps = range(total + 3)
+    want = warmup_cosine_np(steps, base, total, warmup, final, start)
+    schedule = warmup_cosine(base, total, warmup, final_lr=final, warmup_start_lr=start)
+    assert isinstance(schedule, keras.optimizers.schedules.CosineDecay)
+    np.testing.assert_allclose(schedule_at(schedule, steps), want, rtol=1e-6, atol=1e-7 * base)
+    # Mid-cosine is the mean of base and final (a linear decay would pass the endpoints).
+    if (total - warmup) % 2 == 0:
+        middle = warmup + (total - warmup) // 2
+        assert want[middle] == pytest.approx((base + final) / 2)
+
+
+def test_warmup_cosine_arguments_and_xla():
+    jitted = tf.function(lambda s: warmup_cosine(1.0, 100, 10)(s), jit_compile=True)
+    assert float(jitted(tf.constant(55, tf.int64))) == pytest.approx(
+        float(warmup_cosine_np([55], 1.0, 100, 10)[0]), rel=1e-6
+    )
+    for bad in ({"total_steps": 5, "warmup_steps": 6}, {"total_steps": 5, "warmup_steps": -1}):
+        with pytest.raises(ValueError, match="warmup_steps"):
+            warmup_cosine(1.0, **bad)
+    with pytest.raises(ValueError, match="base_lr > 0"):
+        warmup_cosine(0.0, 10)
+
+
+# (base, steps_per_epoch, epochs, milestones, gamma)
+MULTISTEP_SCHEDULES = [
+    (10.0, 7, 5, (2, 3), 0.1),
+    (1.0, 3, 6, (4, 1), 0.5),  # milestones in any order
+    (1.0, 3, 5, (2, 2), 0.1),  # a milestone twice counts twice, as in PyTorch
+    (1.0, 4, 3, (0, 2), 0.1),  # milestone 0: decayed from the first step
+    (0.3, 2, 3, (), 0.1),  # no milestones: constant
+]
+
+
+@pytest.mark.parametrize("case", MULTISTEP_SCHEDULES)
+def test_multistep_decay_matches_formula_at_every_step(case):
+    base, steps_per_epoch, epochs, milestones, gamma = case
+    steps = range(epochs * steps_per_epoch)
+    want = multistep_np(steps, base, steps_per_epoch, milestones, gamma)
+    schedule = multistep_decay(base, steps_per_epoch, milestones, gamma)
+    np.testing.assert_allclose(schedule_at(schedule, steps), want, rtol=1e-6)
+    changes = {m for m in milestones if 0 < m < epochs}
+    assert len(set(want.tolist())) == len(changes) + 1  # each milestone is a change
+
+
+# Before the hand-written classes go: they agree with the same formulas at the same steps.
+
+
+@pytest.mark.parametrize("case", COSINE_SCHEDULES)
+def test_old_warmup_cosine_matches_formula_at_every_step(case):
+    base, total, warmup, final, start = case
+    steps = range(total + 3)
+    want = warmup_cosine_np(steps, base, total, warmup, final, start)
+    old = WarmupCosine(base, total, warmup, final_lr=final, warmup_start_lr=start)
+    np.testing.assert_allclose(schedule_at(old, steps), want, rtol=1e-6, atol=1e-7 * base)
+
+
+@pytest.mark.parametrize("case", MULTISTEP_SCHEDULES)
+def test_old_multistep_decay_matches_formula_at_every_step(case):
+    from tfascl.evaluation import MultiStepDecay
+
+    base, steps_per_epoch, epochs, milestones, gamma = case
+    steps = range(epochs * steps_per_epoch)
+    want = multistep_np(steps, base, steps_per_epoch, milestones, gamma)
+    old = MultiStepDecay(base, steps_per_epoch, milestones, gamma)
+    np.testing.assert_allclose(schedule_at(old, steps), want, rtol=1e-6)
 
 
 def test_scaled_learning_rate():

@@ -38,7 +38,9 @@ __all__ = [
     "CoupledSGD",
     "WarmupCosine",
     "build_optimizer",
+    "multistep_decay",
     "scaled_learning_rate",
+    "warmup_cosine",
 ]
 
 # Matches a variable whose last path component is exactly bias/gamma/beta, in each spelling a
@@ -393,6 +395,102 @@ class WarmupCosine(keras.optimizers.schedules.LearningRateSchedule):
             "warmup_start_lr": self.warmup_start_lr,
             "name": self.name,
         }
+
+
+def warmup_cosine(
+    base_lr: float,
+    total_steps: int,
+    warmup_steps: int = 0,
+    final_lr: float = 0.0,
+    warmup_start_lr: float = 0.0,
+    name: str = "WarmupCosine",
+) -> keras.optimizers.schedules.CosineDecay:
+    r"""Per-step linear warm-up, then cosine decay: ``keras.optimizers.schedules.CosineDecay``.
+
+    With ``s`` the step (the optimizer's ``iterations``, from 0), ``W = warmup_steps``,
+    ``T = total_steps``, ``b = base_lr``, ``f = final_lr``, ``a = warmup_start_lr``::
+
+        lr(s) = a + (b - a) * s / W                                   0 <= s < W
+        lr(s) = f + (b - f) * (1 + cos(pi * (s - W) / (T - W))) / 2   W <= s < T
+        lr(s) = f                                                     s >= T
+
+    Keras' ``CosineDecay`` computes exactly this with ``initial_learning_rate = a`` (``b``
+    without warm-up), ``warmup_target = b``, ``decay_steps = T - W`` and ``alpha = f / b``
+    (float32, as the optimizer's rate). This function only translates the arguments. One
+    edge differs from the formula above: with ``W == T`` (warm-up over the whole run)
+    Keras needs ``decay_steps >= 1``, so ``lr(T) = b`` and ``f`` is reached one step later;
+    no training step (``s < T``) sees the difference.
+
+    Args:
+        base_lr: Peak learning rate ``b > 0``, reached at the end of the warm-up.
+        total_steps: Step ``T`` at which the cosine reaches ``final_lr``; ``T >= W``.
+        warmup_steps: Warm-up length ``W >= 0``.
+        final_lr: ``f >= 0``.
+        warmup_start_lr: ``a``.
+        name: Name of the schedule (its ops' name scope).
+
+    Returns:
+        A ``CosineDecay``; its ``get_config`` round-trips through ``.keras`` files.
+
+    Raises:
+        ValueError: If ``base_lr <= 0``, ``final_lr < 0``, ``warmup_steps < 0`` or
+            ``total_steps < warmup_steps``.
+    """
+    if base_lr <= 0 or final_lr < 0:
+        raise ValueError(f"Need base_lr > 0 and final_lr >= 0, got {base_lr} and {final_lr}.")
+    if warmup_steps < 0:
+        raise ValueError(f"`warmup_steps` must be >= 0, got {warmup_steps}.")
+    if total_steps < warmup_steps:
+        raise ValueError(
+            f"`total_steps` ({total_steps}) must be >= `warmup_steps` ({warmup_steps})."
+        )
+    decay = {"decay_steps": max(int(total_steps) - int(warmup_steps), 1)}
+    decay.update(alpha=float(final_lr) / float(base_lr), name=name)
+    if warmup_steps == 0:
+        return keras.optimizers.schedules.CosineDecay(float(base_lr), **decay)
+    # Floats throughout: CosineDecay computes in the dtype of initial_learning_rate.
+    return keras.optimizers.schedules.CosineDecay(
+        float(warmup_start_lr),
+        warmup_target=float(base_lr),
+        warmup_steps=int(warmup_steps),
+        **decay,
+    )
+
+
+def multistep_decay(
+    base_lr: float,
+    steps_per_epoch: int,
+    milestones: Sequence[int] = (60, 80),
+    gamma: float = 0.1,
+) -> keras.optimizers.schedules.PiecewiseConstantDecay:
+    """PyTorch's ``MultiStepLR`` on a per-step clock: ``PiecewiseConstantDecay``.
+
+    ``lr(s) = base_lr * gamma ** #{m in milestones : s // steps_per_epoch >= m}``, so with
+    milestones (60, 80) epochs 0-59 train at ``base_lr``, 60-79 at ``base_lr * gamma`` and 80-
+    at ``base_lr * gamma**2`` (epochs from 0, as PyTorch counts them; a milestone given twice
+    counts twice, as in PyTorch). Keras' schedule keeps ``values[i]`` while
+    ``s <= boundaries[i]``, so milestone ``m`` is the boundary ``m * steps_per_epoch - 1``.
+    No warm-up (the linear probe has none).
+
+    Args:
+        base_lr: Learning rate of the first epochs.
+        steps_per_epoch: Optimizer steps per epoch (>= 1).
+        milestones: Epochs at which the rate is multiplied by ``gamma``, in any order.
+        gamma: The factor.
+
+    Returns:
+        A ``PiecewiseConstantDecay`` over the optimizer's step.
+
+    Raises:
+        ValueError: If ``steps_per_epoch < 1``.
+    """
+    if steps_per_epoch < 1:
+        raise ValueError(f"steps_per_epoch must be >= 1, got {steps_per_epoch}")
+    boundaries = sorted(int(m) * int(steps_per_epoch) - 1 for m in milestones)
+    values = [float(base_lr) * float(gamma) ** i for i in range(len(boundaries) + 1)]
+    if not boundaries:  # Keras needs one boundary; a constant rate is two equal pieces
+        boundaries, values = [0], values * 2
+    return keras.optimizers.schedules.PiecewiseConstantDecay(boundaries, values)
 
 
 def scaled_learning_rate(
