@@ -28,7 +28,7 @@ from absl import app, flags
 from tfascl.benchmark import device_name, git_commit
 from tfascl.callbacks import KnnMonitor
 from tfascl.data import eval_dataset, load_images, pretrain_dataset
-from tfascl.optim import WarmupCosine, build_optimizer
+from tfascl.optim import build_optimizer, warmup_cosine
 from tfascl.runs import RunSpec
 
 FLAGS = flags.FLAGS
@@ -96,7 +96,7 @@ def main(argv: list[str]) -> None:
         monitor.set_model(model)
         monitor.curve.append((0, round(100.0 * monitor.evaluate()["knn_top1"], 2)))
     else:
-        schedule = WarmupCosine(
+        schedule = warmup_cosine(
             FLAGS.learning_rate, total_steps, warmup_steps=FLAGS.warmup_epochs * steps_per_epoch
         )
         model.compile(

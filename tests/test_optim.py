@@ -15,7 +15,6 @@ from tfascl.optim import (
     BN_AND_BIAS_PATTERNS,
     LARS,
     CoupledSGD,
-    WarmupCosine,
     build_optimizer,
     multistep_decay,
     scaled_learning_rate,
@@ -118,7 +117,7 @@ def random_problem(seed, steps=4, zero_grad_step=None):
 def test_lars_matches_numpy(wd, eps, nesterov, momentum):
     steps = 5
     init, grads = random_problem(seed=1, steps=steps, zero_grad_step=2)
-    schedule = WarmupCosine(0.8, total_steps=steps, warmup_steps=2, warmup_start_lr=0.2)
+    schedule = warmup_cosine(0.8, total_steps=steps, warmup_steps=2, warmup_start_lr=0.2)
     lrs = schedule_values(schedule, steps, 0.8, 2, start=0.2)
     eta = 0.05  # large enough that trust != 1 moves the weights visibly
     opt = LARS(
@@ -243,7 +242,7 @@ def test_lars_jit_matches_eager():
     ys = [tf.constant(rng.integers(0, 3, size=16)) for _ in range(4)]
     results = []
     for jit in (False, True):
-        opt = build_optimizer("lars", WarmupCosine(2.0, 4, 1), weight_decay=1e-3)
+        opt = build_optimizer("lars", warmup_cosine(2.0, 4, 1), weight_decay=1e-3)
         results.append(_train(_tiny_model(0), opt, xs, ys, jit=jit))
     init = [v.numpy() for v in _tiny_model(0).weights]
     for e, j in zip(*results):
@@ -259,7 +258,7 @@ def test_coupled_sgd_matches_torch_formula(momentum, nesterov):
     steps = 4
     init, grads = random_problem(seed=3, steps=steps)
     # A changing lr separates PyTorch's `w -= lr * buf` from Keras' lr-inside-buffer form.
-    schedule = WarmupCosine(0.3, total_steps=steps, warmup_steps=1, warmup_start_lr=0.1)
+    schedule = warmup_cosine(0.3, total_steps=steps, warmup_steps=1, warmup_start_lr=0.1)
     lrs = schedule_values(schedule, steps, 0.3, 1, start=0.1)
     wd = 0.05
     opt = CoupledSGD(
@@ -346,11 +345,8 @@ def test_train_schedule_matches_formula_at_every_step(case):
     steps = range(total + (2 if warmup < total else 0))
     want = warmup_cosine_np(steps, peak, total, warmup, final)
     schedule = learning_rate_schedule(config, steps_per_epoch)
+    assert isinstance(schedule, keras.optimizers.schedules.CosineDecay)
     np.testing.assert_allclose(schedule_at(schedule, steps), want, rtol=1e-6, atol=1e-7 * peak)
-    keras_schedule = warmup_cosine(peak, total, warmup, final_lr=final)
-    np.testing.assert_allclose(
-        schedule_at(keras_schedule, steps), want, rtol=1e-6, atol=1e-7 * peak
-    )
     if warmup:  # the warm-up really is linear: the mid-point is half the peak
         assert want[warmup // 2] == pytest.approx(peak * (warmup // 2) / warmup)
 
@@ -411,27 +407,41 @@ def test_multistep_decay_matches_formula_at_every_step(case):
     assert len(set(want.tolist())) == len(changes) + 1  # each milestone is a change
 
 
-# Before the hand-written classes go: they agree with the same formulas at the same steps.
+# Files saved with the hand-written schedules (before Keras's) name them; they still load.
+OLD_WARMUP_COSINE = {
+    "module": "tfascl.optim",
+    "class_name": "WarmupCosine",
+    "config": {"base_lr": 0.5, "total_steps": 10, "warmup_steps": 2, "final_lr": 0.01,
+               "warmup_start_lr": 0.1, "name": "WarmupCosine"},
+    "registered_name": "tfascl>WarmupCosine",
+}  # fmt: skip
+OLD_MULTISTEP = {
+    "module": "tfascl.evaluation.protocols",
+    "class_name": "MultiStepDecay",
+    "config": {"base_lr": 1.0, "steps_per_epoch": 3, "milestones": [2, 4], "gamma": 0.1},
+    "registered_name": "tfascl>MultiStepDecay",
+}
 
 
-@pytest.mark.parametrize("case", COSINE_SCHEDULES)
-def test_old_warmup_cosine_matches_formula_at_every_step(case):
-    base, total, warmup, final, start = case
-    steps = range(total + 3)
-    want = warmup_cosine_np(steps, base, total, warmup, final, start)
-    old = WarmupCosine(base, total, warmup, final_lr=final, warmup_start_lr=start)
-    np.testing.assert_allclose(schedule_at(old, steps), want, rtol=1e-6, atol=1e-7 * base)
-
-
-@pytest.mark.parametrize("case", MULTISTEP_SCHEDULES)
-def test_old_multistep_decay_matches_formula_at_every_step(case):
-    from tfascl.evaluation import MultiStepDecay
-
-    base, steps_per_epoch, epochs, milestones, gamma = case
-    steps = range(epochs * steps_per_epoch)
-    want = multistep_np(steps, base, steps_per_epoch, milestones, gamma)
-    old = MultiStepDecay(base, steps_per_epoch, milestones, gamma)
-    np.testing.assert_allclose(schedule_at(old, steps), want, rtol=1e-6)
+def test_schedules_saved_under_the_old_names_load_as_keras_schedules():
+    optimizer = build_optimizer("sgd", 0.1).get_config()
+    optimizer["learning_rate"] = copy.deepcopy(OLD_WARMUP_COSINE)
+    serialized = {"module": None, "class_name": "CoupledSGD", "config": optimizer,
+                  "registered_name": "tfascl>CoupledSGD"}  # fmt: skip
+    loaded = keras.optimizers.deserialize(serialized)
+    assert isinstance(loaded._learning_rate, keras.optimizers.schedules.CosineDecay)
+    steps = range(13)
+    np.testing.assert_allclose(
+        schedule_at(loaded._learning_rate, steps),
+        warmup_cosine_np(steps, 0.5, 10, 2, final=0.01, start=0.1),
+        rtol=1e-6,
+    )
+    multistep = keras.optimizers.schedules.deserialize(copy.deepcopy(OLD_MULTISTEP))
+    assert isinstance(multistep, keras.optimizers.schedules.PiecewiseConstantDecay)
+    steps = range(15)
+    np.testing.assert_allclose(
+        schedule_at(multistep, steps), multistep_np(steps, 1.0, 3, (2, 4), 0.1), rtol=1e-6
+    )
 
 
 def test_scaled_learning_rate():
@@ -502,7 +512,7 @@ def test_unknown_optimizer_name():
 
 @pytest.mark.parametrize("name", ["lars", "sgd"])
 def test_get_config_round_trip(name):
-    sched = WarmupCosine(0.5, 10, 2, final_lr=0.01, warmup_start_lr=0.1)
+    sched = warmup_cosine(0.5, 10, 2, final_lr=0.01, warmup_start_lr=0.1)
     opt = build_optimizer(name, sched, weight_decay=0.05, momentum=0.8, nesterov=True)
     config = opt.get_config()
     # Keras' Optimizer.from_config overwrites config["learning_rate"] in place, hence the copy.
@@ -512,7 +522,7 @@ def test_get_config_round_trip(name):
     assert config["exclude_from_weight_decay"] == list(BN_AND_BIAS_PATTERNS)
     clone2 = keras.optimizers.deserialize(keras.optimizers.serialize(opt))
     assert type(clone2) is type(opt) and clone2.get_config() == config
-    assert WarmupCosine.from_config(sched.get_config()).get_config() == sched.get_config()
+    assert type(sched).from_config(sched.get_config()).get_config() == sched.get_config()
 
     # The clone behaves identically, exclusions included.
     init, grads = random_problem(seed=4, steps=3)
@@ -527,13 +537,13 @@ _MIRRORED_SCRIPT = textwrap.dedent(
     import numpy as np, tensorflow as tf, keras
     cpu = tf.config.list_physical_devices("CPU")[0]
     tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
-    from tfascl.optim import WarmupCosine, build_optimizer
+    from tfascl.optim import build_optimizer, warmup_cosine
 
     def make(name):
         keras.utils.set_random_seed(0)
         model = keras.Sequential([keras.Input((6,)), keras.layers.Dense(8),
                                   keras.layers.LayerNormalization(), keras.layers.Dense(3)])
-        opt = build_optimizer(name, WarmupCosine(1.0, 4, 1), weight_decay=1e-2)
+        opt = build_optimizer(name, warmup_cosine(1.0, 4, 1), weight_decay=1e-2)
         return model, opt
 
     rng = np.random.default_rng(0)

@@ -30,7 +30,7 @@ from absl import app, logging
 from tfascl import callbacks as cbs
 from tfascl import data, runs
 from tfascl.distribute import fit_loop, make_strategy
-from tfascl.optim import WarmupCosine, build_optimizer, scaled_learning_rate
+from tfascl.optim import build_optimizer, scaled_learning_rate, warmup_cosine
 from tfascl.runs import RunSpec, checkpoint_dir, save_spec
 from tfascl.train_config import (
     EXIT_FAILED,
@@ -257,14 +257,14 @@ def make_spec(config: TrainConfig, run_data: RunData, total_steps: int) -> Any:
 
 
 def learning_rate_schedule(config: TrainConfig, steps_per_epoch: int) -> Any:
-    """Linear warm-up, then cosine to 0 or constant, per step (a function of the step)."""
+    """Linear warm-up from 0, then cosine to 0 or constant, per step: Keras's CosineDecay."""
     peak = config.learning_rate
     if config.scale_lr:
         peak = scaled_learning_rate(peak, config.batch_size)
     total = config.epochs * steps_per_epoch
     warmup = round(config.warmup_epochs * steps_per_epoch)
     final = peak if config.schedule == "constant" else 0.0
-    return WarmupCosine(peak, total, warmup, final_lr=final)
+    return warmup_cosine(peak, total, warmup, final_lr=final)
 
 
 def build_model(config: TrainConfig, spec: Any, steps_per_epoch: int, strategy: Any) -> Any:
