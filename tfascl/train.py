@@ -491,8 +491,12 @@ def _train_model(
     saver.last_saved_step = start_step
     monitor = knn_monitor(config, run_data, checkpoint, model_dir if chief else None, write_dir)
     logger = cbs.MetricsLogger(model_dir if chief else None, config.log_every, config.batch_size)
+    board = []  # after the monitor and the logger, which add kNN and pairs/s to the logs
+    if chief:  # the chief alone writes TensorBoard files
+        profile = cbs.profile_range(config.profile_steps)
+        board.append(cbs.TensorBoard(model_dir / cbs.TENSORBOARD_DIR, config.log_every, profile))
     # The logger writes a step before the saver saves it, so a resumed run keeps its record.
-    callbacks = [guard, stopper, *([monitor] if monitor else []), logger, saver]
+    callbacks = [guard, stopper, *([monitor] if monitor else []), logger, *board, saver]
 
     stopper.install()
     try:
