@@ -752,7 +752,8 @@ class TensorBoard(keras.callbacks.TensorBoard):
     ``profile_steps=(A, B)`` runs the TensorFlow profiler over the executions that run
     global steps A to B (Keras's ``profile_batch``, counted in global steps) and writes it
     to ``log_dir/train/plugins/profile``; steps already trained before a resume are not
-    profiled again.
+    profiled again, and a profile stops at the end of a ``fit`` call (``run_epochs`` makes
+    one an epoch when executions do not divide it).
 
     Keras internals used (Keras 3): the batch counter ``_global_train_batch``, the
     profiler's first batch ``_start_batch`` and ``_push_writer``, which opens the batch's
