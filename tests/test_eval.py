@@ -16,7 +16,6 @@ from tfascl.evaluation import (
     Encoder,
     EvalInputError,
     LinearConfig,
-    MultiStepDecay,
     build_classifier,
     evaluate,
     knn_protocol,
@@ -161,7 +160,7 @@ def test_knn_protocol_uses_train_bank_and_scores_test_split(tmp_path):
 def test_multistep_schedule_steps_at_epochs_60_and_80():
     steps_per_epoch = 7
     schedule = LinearConfig().lr_schedule(steps_per_epoch)
-    assert isinstance(schedule, MultiStepDecay)
+    assert isinstance(schedule, keras.optimizers.schedules.PiecewiseConstantDecay)
 
     def lr_at_epoch(epoch, offset=0):
         return float(schedule(epoch * steps_per_epoch + offset))

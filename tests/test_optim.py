@@ -15,9 +15,10 @@ from tfascl.optim import (
     BN_AND_BIAS_PATTERNS,
     LARS,
     CoupledSGD,
-    WarmupCosine,
     build_optimizer,
+    multistep_decay,
     scaled_learning_rate,
+    warmup_cosine,
 )
 
 # ----------------------------------------------------------------------------- references
@@ -116,7 +117,7 @@ def random_problem(seed, steps=4, zero_grad_step=None):
 def test_lars_matches_numpy(wd, eps, nesterov, momentum):
     steps = 5
     init, grads = random_problem(seed=1, steps=steps, zero_grad_step=2)
-    schedule = WarmupCosine(0.8, total_steps=steps, warmup_steps=2, warmup_start_lr=0.2)
+    schedule = warmup_cosine(0.8, total_steps=steps, warmup_steps=2, warmup_start_lr=0.2)
     lrs = schedule_values(schedule, steps, 0.8, 2, start=0.2)
     eta = 0.05  # large enough that trust != 1 moves the weights visibly
     opt = LARS(
@@ -241,7 +242,7 @@ def test_lars_jit_matches_eager():
     ys = [tf.constant(rng.integers(0, 3, size=16)) for _ in range(4)]
     results = []
     for jit in (False, True):
-        opt = build_optimizer("lars", WarmupCosine(2.0, 4, 1), weight_decay=1e-3)
+        opt = build_optimizer("lars", warmup_cosine(2.0, 4, 1), weight_decay=1e-3)
         results.append(_train(_tiny_model(0), opt, xs, ys, jit=jit))
     init = [v.numpy() for v in _tiny_model(0).weights]
     for e, j in zip(*results):
@@ -257,7 +258,7 @@ def test_coupled_sgd_matches_torch_formula(momentum, nesterov):
     steps = 4
     init, grads = random_problem(seed=3, steps=steps)
     # A changing lr separates PyTorch's `w -= lr * buf` from Keras' lr-inside-buffer form.
-    schedule = WarmupCosine(0.3, total_steps=steps, warmup_steps=1, warmup_start_lr=0.1)
+    schedule = warmup_cosine(0.3, total_steps=steps, warmup_steps=1, warmup_start_lr=0.1)
     lrs = schedule_values(schedule, steps, 0.3, 1, start=0.1)
     wd = 0.05
     opt = CoupledSGD(
@@ -286,41 +287,161 @@ def test_coupled_sgd_matches_torch_formula(momentum, nesterov):
         assert not np.allclose(other[0], want[0], rtol=1e-6)
 
 
-# --------------------------------------------------------------------------- WarmupCosine
+# ------------------------------------------------------------------------------ schedules
+# The formulas in float64, written out here (independent of tfascl and of Keras): every
+# step of each configuration is compared, so the warm-up's last step, its end, the first
+# cosine step and the last training step are all among them.
 
 
-@pytest.mark.parametrize("dtype", [None, tf.int32, tf.int64, tf.float32])
-def test_warmup_cosine_closed_form(dtype):
-    base, final, start, warmup, total = 0.4, 0.01, 0.02, 10, 50
-    sched = WarmupCosine(base, total, warmup, final_lr=final, warmup_start_lr=start)
-    points = {0: start, 5: None, 10: base, 30: None, 50: final, 51: final, 1000: final}
-    for step, exact in points.items():
-        arg = step if dtype is None else tf.constant(step, dtype)
-        got = float(sched(arg))
-        want = warmup_cosine_ref(step, base, total, warmup, final, start)
-        if exact is not None:
-            assert want == pytest.approx(exact)
-        assert got == pytest.approx(want, rel=1e-6, abs=1e-9), step
-    # Mid-cosine is the mean of base and final; mid-warm-up the mean of start and base.
-    assert float(sched(30)) == pytest.approx((base + final) / 2, rel=1e-6)
-    assert float(sched(5)) == pytest.approx((start + base) / 2, rel=1e-6)
+def warmup_cosine_np(steps, base, total, warmup, final=0.0, start=0.0):
+    """Linear warm-up from ``start`` to ``base`` over ``warmup`` steps, cosine to ``final``
+    at ``total``, ``final`` after; float64."""
+    s = np.asarray(steps, np.float64)
+    progress = np.clip((s - warmup) / max(total - warmup, 1), 0.0, 1.0)
+    lr = final + 0.5 * (base - final) * (1.0 + np.cos(np.pi * progress))
+    if warmup:
+        lr = np.where(s < warmup, start + (base - start) * s / warmup, lr)
+    return np.where(s >= total, final, lr)
 
 
-def test_warmup_cosine_edge_cases():
-    no_warmup = WarmupCosine(1.0, total_steps=4)
-    assert float(no_warmup(0)) == pytest.approx(1.0)
-    assert float(no_warmup(2)) == pytest.approx(0.5)
-    only_warmup = WarmupCosine(1.0, total_steps=4, warmup_steps=4, final_lr=0.1)
-    assert float(only_warmup(2)) == pytest.approx(0.5)
-    assert float(only_warmup(4)) == pytest.approx(0.1)
-    jitted = tf.function(lambda s: WarmupCosine(1.0, 100, 10)(s), jit_compile=True)
+def multistep_np(steps, base, steps_per_epoch, milestones, gamma):
+    """PyTorch's MultiStepLR per step: ``base * gamma ** #{m : epoch >= m}``; float64."""
+    epoch = np.asarray(steps) // steps_per_epoch
+    passed = sum(((epoch >= m).astype(np.int64) for m in milestones), np.zeros_like(epoch))
+    return base * np.float64(gamma) ** passed
+
+
+def schedule_at(schedule, steps):
+    """The schedule's float32 values at int64 step tensors, as the optimizer calls it."""
+    return np.array([float(schedule(tf.constant(t, tf.int64))) for t in steps])
+
+
+# (learning_rate, scale_lr, batch_size, epochs, steps_per_epoch, warmup_epochs, schedule)
+TRAIN_SCHEDULES = [
+    (0.3, False, 16, 3, 7, 0, "cosine"),  # no warm-up, cosine to 0
+    (0.5, False, 16, 4, 5, 1, "cosine"),  # one warm-up epoch
+    (0.5, False, 16, 3, 6, 1.3, "cosine"),  # fractional: round(7.8) = 8 warm-up steps
+    (0.5, False, 16, 3, 5, 0.5, "cosine"),  # round(2.5) = 2 (Python rounds half to even)
+    (0.06, True, 512, 3, 4, 1, "cosine"),  # peak scaled by 512 / 256
+    (0.2, False, 16, 3, 4, 1, "constant"),  # warm-up, then constant (alpha = 1)
+    (0.2, False, 16, 2, 4, 2, "cosine"),  # warm-up over the whole run (W = T)
+]
+
+
+@pytest.mark.parametrize("case", TRAIN_SCHEDULES)
+def test_train_schedule_matches_formula_at_every_step(case):
+    from tfascl.train import TrainConfig, learning_rate_schedule
+
+    lr, scale, batch, epochs, steps_per_epoch, warmup_epochs, kind = case
+    config = TrainConfig(
+        learning_rate=lr, scale_lr=scale, batch_size=batch, epochs=epochs,
+        warmup_epochs=warmup_epochs, schedule=kind,
+    )  # fmt: skip
+    peak = lr * batch / 256 if scale else lr
+    total, warmup = epochs * steps_per_epoch, round(warmup_epochs * steps_per_epoch)
+    final = peak if kind == "constant" else 0.0
+    # Every training step, and past the end unless the warm-up is the whole run (there Keras
+    # reaches `final` one step after T; see optim.warmup_cosine).
+    steps = range(total + (2 if warmup < total else 0))
+    want = warmup_cosine_np(steps, peak, total, warmup, final)
+    schedule = learning_rate_schedule(config, steps_per_epoch)
+    assert isinstance(schedule, keras.optimizers.schedules.CosineDecay)
+    np.testing.assert_allclose(schedule_at(schedule, steps), want, rtol=1e-6, atol=1e-7 * peak)
+    if warmup:  # the warm-up really is linear: the mid-point is half the peak
+        assert want[warmup // 2] == pytest.approx(peak * (warmup // 2) / warmup)
+
+
+# (base, total, warmup, final, start)
+COSINE_SCHEDULES = [
+    (0.4, 50, 10, 0.01, 0.02),  # alpha > 0 and a warm-up that starts above 0
+    (1.0, 12, 0, 0.1, 0.0),  # alpha > 0 without warm-up
+    (0.8, 5, 2, 0.0, 0.2),  # the optimizer tests' schedule
+    (2.0, 4, 1, 0.0, 0.0),
+]
+
+
+@pytest.mark.parametrize("case", COSINE_SCHEDULES)
+def test_warmup_cosine_matches_formula_at_every_step(case):
+    base, total, warmup, final, start = case
+    steps = range(total + 3)
+    want = warmup_cosine_np(steps, base, total, warmup, final, start)
+    schedule = warmup_cosine(base, total, warmup, final_lr=final, warmup_start_lr=start)
+    assert isinstance(schedule, keras.optimizers.schedules.CosineDecay)
+    np.testing.assert_allclose(schedule_at(schedule, steps), want, rtol=1e-6, atol=1e-7 * base)
+    # Mid-cosine is the mean of base and final (a linear decay would pass the endpoints).
+    if (total - warmup) % 2 == 0:
+        middle = warmup + (total - warmup) // 2
+        assert want[middle] == pytest.approx((base + final) / 2)
+
+
+def test_warmup_cosine_arguments_and_xla():
+    jitted = tf.function(lambda s: warmup_cosine(1.0, 100, 10)(s), jit_compile=True)
     assert float(jitted(tf.constant(55, tf.int64))) == pytest.approx(
-        warmup_cosine_ref(55, 1.0, 100, 10), rel=1e-6
+        float(warmup_cosine_np([55], 1.0, 100, 10)[0]), rel=1e-6
     )
-    with pytest.raises(ValueError):
-        WarmupCosine(1.0, total_steps=5, warmup_steps=6)
-    with pytest.raises(ValueError):
-        WarmupCosine(1.0, total_steps=5, warmup_steps=-1)
+    for bad in ({"total_steps": 5, "warmup_steps": 6}, {"total_steps": 5, "warmup_steps": -1}):
+        with pytest.raises(ValueError, match="warmup_steps"):
+            warmup_cosine(1.0, **bad)
+    with pytest.raises(ValueError, match="base_lr > 0"):
+        warmup_cosine(0.0, 10)
+
+
+# (base, steps_per_epoch, epochs, milestones, gamma)
+MULTISTEP_SCHEDULES = [
+    (10.0, 7, 5, (2, 3), 0.1),
+    (1.0, 3, 6, (4, 1), 0.5),  # milestones in any order
+    (1.0, 3, 5, (2, 2), 0.1),  # a milestone twice counts twice, as in PyTorch
+    (1.0, 4, 3, (0, 2), 0.1),  # milestone 0: decayed from the first step
+    (0.3, 2, 3, (), 0.1),  # no milestones: constant
+]
+
+
+@pytest.mark.parametrize("case", MULTISTEP_SCHEDULES)
+def test_multistep_decay_matches_formula_at_every_step(case):
+    base, steps_per_epoch, epochs, milestones, gamma = case
+    steps = range(epochs * steps_per_epoch)
+    want = multistep_np(steps, base, steps_per_epoch, milestones, gamma)
+    schedule = multistep_decay(base, steps_per_epoch, milestones, gamma)
+    np.testing.assert_allclose(schedule_at(schedule, steps), want, rtol=1e-6)
+    changes = {m for m in milestones if 0 < m < epochs}
+    assert len(set(want.tolist())) == len(changes) + 1  # each milestone is a change
+
+
+# Files saved with the hand-written schedules (before Keras's) name them; they still load.
+OLD_WARMUP_COSINE = {
+    "module": "tfascl.optim",
+    "class_name": "WarmupCosine",
+    "config": {"base_lr": 0.5, "total_steps": 10, "warmup_steps": 2, "final_lr": 0.01,
+               "warmup_start_lr": 0.1, "name": "WarmupCosine"},
+    "registered_name": "tfascl>WarmupCosine",
+}  # fmt: skip
+OLD_MULTISTEP = {
+    "module": "tfascl.evaluation.protocols",
+    "class_name": "MultiStepDecay",
+    "config": {"base_lr": 1.0, "steps_per_epoch": 3, "milestones": [2, 4], "gamma": 0.1},
+    "registered_name": "tfascl>MultiStepDecay",
+}
+
+
+def test_schedules_saved_under_the_old_names_load_as_keras_schedules():
+    optimizer = build_optimizer("sgd", 0.1).get_config()
+    optimizer["learning_rate"] = copy.deepcopy(OLD_WARMUP_COSINE)
+    serialized = {"module": None, "class_name": "CoupledSGD", "config": optimizer,
+                  "registered_name": "tfascl>CoupledSGD"}  # fmt: skip
+    loaded = keras.optimizers.deserialize(serialized)
+    assert isinstance(loaded._learning_rate, keras.optimizers.schedules.CosineDecay)
+    steps = range(13)
+    np.testing.assert_allclose(
+        schedule_at(loaded._learning_rate, steps),
+        warmup_cosine_np(steps, 0.5, 10, 2, final=0.01, start=0.1),
+        rtol=1e-6,
+    )
+    multistep = keras.optimizers.schedules.deserialize(copy.deepcopy(OLD_MULTISTEP))
+    assert isinstance(multistep, keras.optimizers.schedules.PiecewiseConstantDecay)
+    steps = range(15)
+    np.testing.assert_allclose(
+        schedule_at(multistep, steps), multistep_np(steps, 1.0, 3, (2, 4), 0.1), rtol=1e-6
+    )
 
 
 def test_scaled_learning_rate():
@@ -391,7 +512,7 @@ def test_unknown_optimizer_name():
 
 @pytest.mark.parametrize("name", ["lars", "sgd"])
 def test_get_config_round_trip(name):
-    sched = WarmupCosine(0.5, 10, 2, final_lr=0.01, warmup_start_lr=0.1)
+    sched = warmup_cosine(0.5, 10, 2, final_lr=0.01, warmup_start_lr=0.1)
     opt = build_optimizer(name, sched, weight_decay=0.05, momentum=0.8, nesterov=True)
     config = opt.get_config()
     # Keras' Optimizer.from_config overwrites config["learning_rate"] in place, hence the copy.
@@ -401,7 +522,7 @@ def test_get_config_round_trip(name):
     assert config["exclude_from_weight_decay"] == list(BN_AND_BIAS_PATTERNS)
     clone2 = keras.optimizers.deserialize(keras.optimizers.serialize(opt))
     assert type(clone2) is type(opt) and clone2.get_config() == config
-    assert WarmupCosine.from_config(sched.get_config()).get_config() == sched.get_config()
+    assert type(sched).from_config(sched.get_config()).get_config() == sched.get_config()
 
     # The clone behaves identically, exclusions included.
     init, grads = random_problem(seed=4, steps=3)
@@ -416,13 +537,13 @@ _MIRRORED_SCRIPT = textwrap.dedent(
     import numpy as np, tensorflow as tf, keras
     cpu = tf.config.list_physical_devices("CPU")[0]
     tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
-    from tfascl.optim import WarmupCosine, build_optimizer
+    from tfascl.optim import build_optimizer, warmup_cosine
 
     def make(name):
         keras.utils.set_random_seed(0)
         model = keras.Sequential([keras.Input((6,)), keras.layers.Dense(8),
                                   keras.layers.LayerNormalization(), keras.layers.Dense(3)])
-        opt = build_optimizer(name, WarmupCosine(1.0, 4, 1), weight_decay=1e-2)
+        opt = build_optimizer(name, warmup_cosine(1.0, 4, 1), weight_decay=1e-2)
         return model, opt
 
     rng = np.random.default_rng(0)

@@ -5,6 +5,7 @@ import json
 import math
 
 import numpy as np
+import pytest
 import tensorflow as tf
 from helpers import REPO, TINY_RUN_FLAGS
 
@@ -38,7 +39,9 @@ def recipe(name):
 
 
 def test_ascl_recipe_run_leaves_its_files(tmp_path):
-    result, model_dir = run(tmp_path, recipe("cifar10_ascl"), *TINY, "--checkpoint_every=1")
+    result, model_dir = run(
+        tmp_path, recipe("cifar10_ascl"), *TINY, "--checkpoint_every=1", "--profile_steps=2"
+    )
     assert result.exit_code == 0
     summary = json.loads((model_dir / "summary.json").read_text())
     assert summary == json.loads(json.dumps(result.summary, sort_keys=True))
@@ -68,11 +71,19 @@ def test_ascl_recipe_run_leaves_its_files(tmp_path):
         assert math.isfinite(steps[-1][key]), key
     assert {"knn_top1", "knn_top5", "pairs_per_second"} <= set(epochs[-1])
 
-    events = list((model_dir / "tensorboard").glob("events.out.tfevents.*"))
-    tags = set()
-    for event in tf.compat.v1.train.summary_iterator(str(events[0])):
-        tags |= {value.tag for value in event.summary.value}
-    assert {"loss", "learning_rate", "momentum", "confidence", "purity", "epoch/knn_top1"} <= tags
+    # Keras's TensorBoard callback: the step records' values at their steps (test_tensorboard
+    # checks resumes and several steps an execution) and the profile of step 2.
+    scalars = {}
+    for path in (model_dir / "tensorboard" / "train").glob("events.out.tfevents.*"):
+        for event in tf.compat.v1.train.summary_iterator(str(path)):
+            for value in event.summary.value:
+                if value.metadata.plugin_data.plugin_name == "scalars":  # not the trace
+                    scalars[value.tag, event.step] = float(tf.make_ndarray(value.tensor))
+    for key in ("loss", "learning_rate", "momentum", "confidence", "positive_weight", "purity"):
+        for record in steps:
+            assert scalars["batch_" + key, record["step"]] == pytest.approx(record[key]), key
+    assert scalars["epoch_knn_top1", 0] == pytest.approx(epochs[-1]["knn_top1"])
+    assert list((model_dir / "tensorboard/train/plugins/profile").glob("*/*.xplane.pb"))
 
 
 def test_ressl_recipe_in_mixed_bfloat16_with_on_device_augmentation(tmp_path):

@@ -13,7 +13,9 @@ curves instead of restarting them at zero:
 * ``KnnMonitor``: weighted kNN top-1/top-5 of the backbone features every N
   epochs, and a copy of the best checkpoint.
 * ``MetricsLogger``: the logs (loss, learning rate, momentum, confidence, positive
-  weight, purity, kNN) as JSON lines and TensorBoard scalars.
+  weight, purity, kNN) as JSON lines.
+* ``TensorBoard``: ``keras.callbacks.TensorBoard`` (scalars, the profiler) on the
+  global step, writing where ``MetricsLogger`` writes.
 
 No per-step host work: with ``compile(steps_per_execution=N)`` Keras calls the batch
 hooks once per execution of N steps, with the index of its last batch. The callbacks
@@ -30,7 +32,7 @@ named by the true global step in any case, so a resume is exact.
 TensorFlow, where Keras always calls them in line). ``NonFiniteLoss`` and ``KnnMonitor``
 declare it; ``StopOnSignal`` (the cluster's stop agreement counts steps in order),
 ``CheckpointSaver`` (a save must see the state between two steps) and ``MetricsLogger``
-(timing, the learning rate of the step) do not.
+(timing, the learning rate of the step) and ``TensorBoard`` do not.
 """
 
 from __future__ import annotations
@@ -51,7 +53,7 @@ import numpy as np
 import tensorflow as tf
 
 from tfascl import knn, runs
-from tfascl.runs import BEST_INFO_FILE, BEST_PREFIX, METRICS_FILE
+from tfascl.runs import BEST_INFO_FILE, BEST_PREFIX, METRICS_FILE, TENSORBOARD_SUBDIR
 
 
 def global_step(model: keras.Model) -> int:
@@ -586,11 +588,12 @@ class MetricsLogger(StepClock):
     """Writes the logs every ``every_steps`` steps and at each epoch end.
 
     Records go to ``model_dir/metrics.jsonl`` (one JSON object a line, ``"kind"``
-    ``"step"`` or ``"epoch"``) and to TensorBoard scalars under
-    ``model_dir/tensorboard``, all at the global step. Each record has the logs of
+    ``"step"`` or ``"epoch"``), at the global step (``TensorBoard`` draws the same
+    logs). Each record has the logs of
     ``train_step`` (loss, momentum, confidence, positive_weight, purity: running
     means over the epoch so far), ``learning_rate`` and, at epoch ends, the kNN
-    accuracy and the throughput in image pairs per second. With several steps per
+    accuracy and the throughput in image pairs per second (also added to the epoch's
+    logs, for the callbacks after this one). With several steps per
     execution a step record is written at the first execution boundary at or after each
     multiple of ``every_steps``, at its true step; the logs and the learning rate are
     read only then.
@@ -608,10 +611,6 @@ class MetricsLogger(StepClock):
         self.model_dir = None if model_dir is None else Path(model_dir)
         self.every_steps = max(1, every_steps)
         self.batch_size = batch_size
-        self.writer = None
-        if self.model_dir is not None:
-            logs = self.model_dir / runs.TENSORBOARD_SUBDIR
-            self.writer = tf.summary.create_file_writer(str(logs))
         self.train_seconds = 0.0
         self.steps_run = 0
         self._batch_start = 0.0
@@ -657,31 +656,124 @@ class MetricsLogger(StepClock):
             values = scalar_logs(logs)
             values["learning_rate"] = current_learning_rate(self.model)
             step = global_step(self.model)  # the true step, read here only
-            self._write({"kind": "step", "step": step, **values}, step)
+            self._write({"kind": "step", "step": step, **values})
 
     def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None:
         values = scalar_logs(logs)
         values["learning_rate"] = current_learning_rate(self.model)
         if self._epoch_seconds:
             values["pairs_per_second"] = self._epoch_steps * self.batch_size / self._epoch_seconds
+            if logs is not None:
+                logs["pairs_per_second"] = values["pairs_per_second"]
         step = global_step(self.model)
-        self._write({"kind": "epoch", "epoch": epoch + 1, "step": step, **values}, step)
-        if self.writer is not None:
-            self.writer.flush()
+        self._write({"kind": "epoch", "epoch": epoch + 1, "step": step, **values})
 
-    def on_train_end(self, logs: dict | None = None) -> None:
-        if self.writer is not None:
-            self.writer.flush()
-
-    def _write(self, record: dict[str, Any], step: int) -> None:
+    def _write(self, record: dict[str, Any]) -> None:
         if self.model_dir is None:
             return
         record["time"] = time.time()
         with open(self.model_dir / METRICS_FILE, "a") as stream:
             stream.write(json.dumps(record) + "\n")
-        prefix = "epoch/" if record["kind"] == "epoch" else ""
-        with self.writer.as_default(step=step):
-            for name, value in record.items():
-                if name in ("kind", "epoch", "step", "time"):
-                    continue
-                tf.summary.scalar(prefix + name, value)
+
+
+def profile_range(text: str | None) -> tuple[int, int] | None:
+    """``--profile_steps`` as ``(first, last)`` global steps to profile.
+
+    Args:
+        text: ``"A,B"`` (steps A to B), ``"A"`` (step A alone) or empty (no profile).
+
+    Returns:
+        ``(A, B)`` with ``1 <= A <= B``; ``(0, 0)`` for an empty text; None if malformed.
+    """
+    if not text:
+        return (0, 0)
+    try:
+        steps = [int(part) for part in str(text).split(",")]
+    except ValueError:
+        return None
+    if len(steps) == 1:
+        steps *= 2
+    if len(steps) != 2 or not 1 <= steps[0] <= steps[1]:
+        return None
+    return steps[0], steps[1]
+
+
+class TensorBoard(keras.callbacks.TensorBoard):
+    """``keras.callbacks.TensorBoard`` numbered by the global step, as ``metrics.jsonl``.
+
+    Keras numbers its batch summaries by its own count of batch hooks, from 1 in each
+    ``fit`` call: a resumed run (and the second ``fit`` call of a resumed partial epoch)
+    would draw over steps already drawn, and with N steps per execution it counts
+    executions. Here the count is the global step at the end of each execution (the
+    optimizer's counter is read once an epoch, then counted in Python, as ``StepClock``
+    does), and the batch summaries (``batch_loss``, ``batch_learning_rate``, ...) are
+    written where ``MetricsLogger`` writes a step record: at the first execution end at or
+    after each multiple of ``every_steps``, with the learning rate of the next step added.
+    Epoch summaries are Keras's (``epoch_*`` at the epoch index, from 0): the logs,
+    the learning rate and what callbacks before this one added to the epoch's logs (kNN
+    accuracy, pairs per second). Files go to ``log_dir/train``.
+
+    ``profile_steps=(A, B)`` runs the TensorFlow profiler over the executions that run
+    global steps A to B (Keras's ``profile_batch``, counted in global steps) and writes it
+    to ``log_dir/train/plugins/profile``; steps already trained before a resume are not
+    profiled again, and a profile stops at the end of a ``fit`` call (``run_epochs`` makes
+    one an epoch when executions do not divide it).
+
+    Keras internals used (Keras 3): the batch counter ``_global_train_batch``, the
+    profiler's first batch ``_start_batch`` and ``_push_writer``, which opens the batch's
+    writer and decides whether its summaries are recorded.
+
+    Args:
+        log_dir: the run's TensorBoard folder.
+        every_steps: steps between batch summaries (``--log_every``).
+        profile_steps: ``(first, last)`` global steps to profile; ``(0, 0)``: none.
+    """
+
+    async_safe = False  # reads the learning rate of the step
+
+    def __init__(
+        self, log_dir: str | Path, every_steps: int, profile_steps: tuple[int, int] = (0, 0)
+    ) -> None:
+        super().__init__(
+            log_dir=str(log_dir),
+            write_graph=False,  # the model's config graph says little of a custom train_step
+            update_freq=max(1, every_steps),
+            profile_batch=tuple(profile_steps),
+        )
+        self.profile_steps = tuple(profile_steps)
+        self._epoch_start = 0
+        self._record = False
+
+    def on_epoch_begin(self, epoch: int, logs: dict | None = None) -> None:
+        super().on_epoch_begin(epoch, logs)
+        self._epoch_start = global_step(self.model)
+
+    def on_train_batch_begin(self, batch: int, logs: dict | None = None) -> None:
+        per_execution = getattr(self.model, "steps_per_execution", 1) or 1
+        steps = (self.params or {}).get("steps") or batch + per_execution
+        first = self._epoch_start + batch  # the step before this execution
+        end = self._epoch_start + min(batch + per_execution, int(steps))
+        self._record = due(first, end, self.update_freq)
+        if first < self.profile_steps[0] <= end:  # profile whole executions
+            self._start_batch = end
+        self._global_train_batch = end - 1  # Keras adds the one
+        super().on_train_batch_begin(batch, logs)
+
+    def on_train_batch_end(self, batch: int, logs: dict | None = None) -> None:
+        if self._record and isinstance(logs, dict):
+            logs = {**logs, "learning_rate": current_learning_rate(self.model)}
+        super().on_train_batch_end(batch, logs)
+
+    def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None:
+        # Keras writes the epoch's summaries under the last batch's record_if, which drops
+        # them when that batch was not a record (an epoch not a multiple of every_steps).
+        with self.summary.record_if(True):
+            super().on_epoch_end(epoch, logs)
+
+    def _push_writer(self, writer: Any, step: int) -> None:
+        # Keras records when `step % update_freq == 0`; execution ends need not land on a
+        # multiple (an epoch's last execution may be short), so record where one was passed.
+        context = (writer.as_default(step), self.summary.record_if(self._record))
+        self._prev_summary_state.append(context)
+        for part in context:
+            part.__enter__()

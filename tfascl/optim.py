@@ -6,7 +6,9 @@ Contents:
   SimCLR / BYOL (TF) / the TF Model Garden, with *coupled* L2 weight decay.
 * :class:`CoupledSGD` -- SGD with momentum whose update matches ``torch.optim.SGD`` exactly,
   including its coupled L2 weight decay (the optimizer of the reference ASCL / MoCo code).
-* :class:`WarmupCosine` -- per-step linear warm-up followed by cosine decay.
+* :func:`warmup_cosine` -- per-step linear warm-up, then cosine decay (Keras ``CosineDecay``).
+* :func:`multistep_decay` -- PyTorch's ``MultiStepLR`` per step (Keras
+  ``PiecewiseConstantDecay``).
 * :func:`scaled_learning_rate` -- the linear scaling rule ``lr = base * batch / 256``.
 * :func:`build_optimizer` -- builds one of ``sgd``, ``lars``, ``adamw``, ``lamb``.
 
@@ -23,9 +25,8 @@ such as ``"beta"`` therefore also matches every variable of a layer called ``"be
 
 from __future__ import annotations
 
-import math
 import re
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import keras
 import tensorflow as tf
@@ -36,9 +37,10 @@ __all__ = [
     "LARS",
     "OPTIMIZER_NAMES",
     "CoupledSGD",
-    "WarmupCosine",
     "build_optimizer",
+    "multistep_decay",
     "scaled_learning_rate",
+    "warmup_cosine",
 ]
 
 # Matches a variable whose last path component is exactly bias/gamma/beta, in each spelling a
@@ -320,79 +322,131 @@ def _as_list(names: Sequence[str] | None) -> list[str] | None:
     return None if names is None else list(names)
 
 
-@keras.saving.register_keras_serializable(package="tfascl")
-class WarmupCosine(keras.optimizers.schedules.LearningRateSchedule):
-    r"""Per-step linear warm-up, then cosine decay, then constant.
+class _SavedSchedule:
+    """Reads a schedule saved by an older tfascl as the Keras schedule that replaced it.
 
-    With ``s`` the step (the optimizer's ``iterations``, starting at 0), ``W = warmup_steps``,
+    ``WarmupCosine`` and ``MultiStepDecay`` were hand-written schedules; ``.keras`` files
+    and optimizer configs saved with them name them ``tfascl>WarmupCosine`` /
+    ``tfascl>MultiStepDecay``. These registered names now build :func:`warmup_cosine` /
+    :func:`multistep_decay` from the saved arguments (the same rates at every step), so
+    those files still load; what is saved from now on is Keras's own schedule.
+    """
+
+    build: Callable[..., keras.optimizers.schedules.LearningRateSchedule]
+
+    @classmethod
+    def from_config(cls, config: dict) -> keras.optimizers.schedules.LearningRateSchedule:
+        """The Keras schedule of a saved ``config`` (the old constructor's arguments)."""
+        return cls.build(**config)
+
+    def get_config(self) -> dict:  # never called; `register_keras_serializable` wants it
+        return {}
+
+
+def warmup_cosine(
+    base_lr: float,
+    total_steps: int,
+    warmup_steps: int = 0,
+    final_lr: float = 0.0,
+    warmup_start_lr: float = 0.0,
+    name: str = "WarmupCosine",
+) -> keras.optimizers.schedules.CosineDecay:
+    r"""Per-step linear warm-up, then cosine decay: ``keras.optimizers.schedules.CosineDecay``.
+
+    With ``s`` the step (the optimizer's ``iterations``, from 0), ``W = warmup_steps``,
     ``T = total_steps``, ``b = base_lr``, ``f = final_lr``, ``a = warmup_start_lr``::
 
         lr(s) = a + (b - a) * s / W                                   0 <= s < W
         lr(s) = f + (b - f) * (1 + cos(pi * (s - W) / (T - W))) / 2   W <= s < T
         lr(s) = f                                                     s >= T
 
-    So ``lr(0) = a`` (no warm-up: ``lr(0) = b``), ``lr(W) = b`` and the schedule reaches ``f``
-    at ``T``. Computed in float32; ``s`` may be a Python number or an int / float tensor.
+    Keras' ``CosineDecay`` computes exactly this with ``initial_learning_rate = a`` (``b``
+    without warm-up), ``warmup_target = b``, ``decay_steps = T - W`` and ``alpha = f / b``
+    (float32, as the optimizer's rate). This function only translates the arguments. One
+    edge differs from the formula above: with ``W == T`` (warm-up over the whole run)
+    Keras needs ``decay_steps >= 1``, so ``lr(T) = b`` and ``f`` is reached one step later;
+    no training step (``s < T``) sees the difference.
 
     Args:
-        base_lr: Peak learning rate ``b``, reached at the end of the warm-up.
+        base_lr: Peak learning rate ``b > 0``, reached at the end of the warm-up.
         total_steps: Step ``T`` at which the cosine reaches ``final_lr``; ``T >= W``.
         warmup_steps: Warm-up length ``W >= 0``.
-        final_lr: ``f``.
+        final_lr: ``f >= 0``.
         warmup_start_lr: ``a``.
-        name: Name scope of the ops.
+        name: Name of the schedule (its ops' name scope).
+
+    Returns:
+        A ``CosineDecay``; its ``get_config`` round-trips through ``.keras`` files.
+
+    Raises:
+        ValueError: If ``base_lr <= 0``, ``final_lr < 0``, ``warmup_steps < 0`` or
+            ``total_steps < warmup_steps``.
     """
+    if base_lr <= 0 or final_lr < 0:
+        raise ValueError(f"Need base_lr > 0 and final_lr >= 0, got {base_lr} and {final_lr}.")
+    if warmup_steps < 0:
+        raise ValueError(f"`warmup_steps` must be >= 0, got {warmup_steps}.")
+    if total_steps < warmup_steps:
+        raise ValueError(
+            f"`total_steps` ({total_steps}) must be >= `warmup_steps` ({warmup_steps})."
+        )
+    decay = {"decay_steps": max(int(total_steps) - int(warmup_steps), 1)}
+    decay.update(alpha=float(final_lr) / float(base_lr), name=name)
+    if warmup_steps == 0:
+        return keras.optimizers.schedules.CosineDecay(float(base_lr), **decay)
+    # Floats throughout: CosineDecay computes in the dtype of initial_learning_rate.
+    return keras.optimizers.schedules.CosineDecay(
+        float(warmup_start_lr),
+        warmup_target=float(base_lr),
+        warmup_steps=int(warmup_steps),
+        **decay,
+    )
 
-    def __init__(
-        self,
-        base_lr: float,
-        total_steps: int,
-        warmup_steps: int = 0,
-        final_lr: float = 0.0,
-        warmup_start_lr: float = 0.0,
-        name: str = "WarmupCosine",
-    ) -> None:
-        super().__init__()
-        if warmup_steps < 0:
-            raise ValueError(f"`warmup_steps` must be >= 0, got {warmup_steps}.")
-        if total_steps < warmup_steps:
-            raise ValueError(
-                f"`total_steps` ({total_steps}) must be >= `warmup_steps` ({warmup_steps})."
-            )
-        self.base_lr = float(base_lr)
-        self.total_steps = int(total_steps)
-        self.warmup_steps = int(warmup_steps)
-        self.final_lr = float(final_lr)
-        self.warmup_start_lr = float(warmup_start_lr)
-        self.name = name
 
-    def __call__(self, step: int | float | tf.Tensor) -> tf.Tensor:
-        """Returns the float32 learning rate at ``step``."""
-        with tf.name_scope(self.name):
-            s = ops.cast(step, "float32")
-            warm = float(self.warmup_steps)
-            end = float(self.total_steps)
-            # max(.., 1) only matters when T == W, where the cosine branch is never selected.
-            progress = ops.clip((s - warm) / max(end - warm, 1.0), 0.0, 1.0)
-            lr = self.final_lr + 0.5 * (self.base_lr - self.final_lr) * (
-                1.0 + ops.cos(math.pi * progress)
-            )
-            if self.warmup_steps > 0:
-                warm_lr = self.warmup_start_lr + (self.base_lr - self.warmup_start_lr) * s / warm
-                lr = ops.where(s < warm, warm_lr, lr)
-            # cos(float32(pi)) is not exactly -1 everywhere; pin the tail to final_lr.
-            return ops.where(s >= end, ops.full_like(lr, self.final_lr), lr)
+def multistep_decay(
+    base_lr: float,
+    steps_per_epoch: int,
+    milestones: Sequence[int] = (60, 80),
+    gamma: float = 0.1,
+) -> keras.optimizers.schedules.PiecewiseConstantDecay:
+    """PyTorch's ``MultiStepLR`` on a per-step clock: ``PiecewiseConstantDecay``.
 
-    def get_config(self) -> dict:
-        """Returns the constructor arguments."""
-        return {
-            "base_lr": self.base_lr,
-            "total_steps": self.total_steps,
-            "warmup_steps": self.warmup_steps,
-            "final_lr": self.final_lr,
-            "warmup_start_lr": self.warmup_start_lr,
-            "name": self.name,
-        }
+    ``lr(s) = base_lr * gamma ** #{m in milestones : s // steps_per_epoch >= m}``, so with
+    milestones (60, 80) epochs 0-59 train at ``base_lr``, 60-79 at ``base_lr * gamma`` and 80-
+    at ``base_lr * gamma**2`` (epochs from 0, as PyTorch counts them; a milestone given twice
+    counts twice, as in PyTorch). Keras' schedule keeps ``values[i]`` while
+    ``s <= boundaries[i]``, so milestone ``m`` is the boundary ``m * steps_per_epoch - 1``.
+    No warm-up (the linear probe has none).
+
+    Args:
+        base_lr: Learning rate of the first epochs.
+        steps_per_epoch: Optimizer steps per epoch (>= 1).
+        milestones: Epochs at which the rate is multiplied by ``gamma``, in any order.
+        gamma: The factor.
+
+    Returns:
+        A ``PiecewiseConstantDecay`` over the optimizer's step.
+
+    Raises:
+        ValueError: If ``steps_per_epoch < 1``.
+    """
+    if steps_per_epoch < 1:
+        raise ValueError(f"steps_per_epoch must be >= 1, got {steps_per_epoch}")
+    boundaries = sorted(int(m) * int(steps_per_epoch) - 1 for m in milestones)
+    values = [float(base_lr) * float(gamma) ** i for i in range(len(boundaries) + 1)]
+    if not boundaries:  # Keras needs one boundary; a constant rate is two equal pieces
+        boundaries, values = [0], values * 2
+    return keras.optimizers.schedules.PiecewiseConstantDecay(boundaries, values)
+
+
+@keras.saving.register_keras_serializable(package="tfascl", name="WarmupCosine")
+class _SavedWarmupCosine(_SavedSchedule):
+    build = staticmethod(warmup_cosine)
+
+
+@keras.saving.register_keras_serializable(package="tfascl", name="MultiStepDecay")
+class _SavedMultiStepDecay(_SavedSchedule):
+    build = staticmethod(multistep_decay)
 
 
 def scaled_learning_rate(

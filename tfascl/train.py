@@ -29,7 +29,7 @@ from absl import app, logging
 from tfascl import callbacks as cbs
 from tfascl import data, runs
 from tfascl.distribute import fit_loop, make_strategy
-from tfascl.optim import WarmupCosine, build_optimizer, scaled_learning_rate
+from tfascl.optim import build_optimizer, scaled_learning_rate, warmup_cosine
 from tfascl.runs import (
     EXPORT_SUBDIR,
     FLAGS_FILE,
@@ -263,14 +263,14 @@ def make_spec(config: TrainConfig, run_data: RunData, total_steps: int) -> Any:
 
 
 def learning_rate_schedule(config: TrainConfig, steps_per_epoch: int) -> Any:
-    """Linear warm-up, then cosine to 0 or constant, per step (a function of the step)."""
+    """Linear warm-up from 0, then cosine to 0 or constant, per step: Keras's CosineDecay."""
     peak = config.learning_rate
     if config.scale_lr:
         peak = scaled_learning_rate(peak, config.batch_size)
     total = config.epochs * steps_per_epoch
     warmup = round(config.warmup_epochs * steps_per_epoch)
     final = peak if config.schedule == "constant" else 0.0
-    return WarmupCosine(peak, total, warmup, final_lr=final)
+    return warmup_cosine(peak, total, warmup, final_lr=final)
 
 
 def build_model(config: TrainConfig, spec: Any, steps_per_epoch: int, strategy: Any) -> Any:
@@ -482,8 +482,12 @@ def _train_model(
     saver.last_saved_step = start_step
     monitor = knn_monitor(config, run_data, checkpoint, model_dir if chief else None, write_dir)
     logger = cbs.MetricsLogger(model_dir if chief else None, config.log_every, config.batch_size)
+    board = []  # after the monitor and the logger, which add kNN and pairs/s to the logs
+    if chief:  # the chief alone writes TensorBoard files
+        profile = cbs.profile_range(config.profile_steps)
+        board.append(cbs.TensorBoard(model_dir / runs.TENSORBOARD_SUBDIR, config.log_every, profile))
     # The logger writes a step before the saver saves it, so a resumed run keeps its record.
-    callbacks = [guard, stopper, *([monitor] if monitor else []), logger, saver]
+    callbacks = [guard, stopper, *([monitor] if monitor else []), logger, *board, saver]
 
     stopper.install()
     try:

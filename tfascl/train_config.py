@@ -19,6 +19,7 @@ from typing import Any
 import tensorflow as tf
 from absl import flags
 
+from tfascl.callbacks import profile_range
 from tfascl.data.augment import KEY_AUGMENTS
 from tfascl.data.pipeline import AUGMENT_ON, INPUT_MODES
 from tfascl.models.backbones import RESNETS, STEMS, default_stem
@@ -173,6 +174,11 @@ class TrainConfig:
     checkpoint_every: int = _flag(500, "Save every N steps (0: at epoch ends only).")
     keep_checkpoints: int = _flag(3, "Recent checkpoints kept (plus the best).")
     log_every: int = _flag(50, "Write metrics every N steps.")
+    profile_steps: str = _flag(
+        "",
+        "Profile global steps A to B (e.g. 10,15) with the TensorFlow profiler into "
+        "tensorboard/train/plugins/profile (TensorBoard's Profile tab). Empty: off.",
+    )
     knn_every: int = _flag(1, "kNN monitor every N epochs and at the last (0: the last only).")
     knn_k: int = _flag(200, "Neighbours of the kNN monitor.")
     knn_t: float = _flag(0.1, "Temperature of the kNN monitor.")
@@ -314,6 +320,7 @@ def validate(config: TrainConfig) -> None:
                 f"--steps_per_execution={spe}: must divide --{name}={every} (the host "
                 "writes and saves only between executions)",
             )
+    require(profile_range(c.profile_steps), f"--profile_steps={c.profile_steps}: give A,B, 1<=A<=B")
     require(
         0 <= c.warmup_epochs <= c.epochs,
         f"--warmup_epochs={c.warmup_epochs}: must be in [0, --epochs={c.epochs}]",

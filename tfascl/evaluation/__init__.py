@@ -15,7 +15,6 @@ from tfascl.evaluation.encoders import (
 )
 from tfascl.evaluation.protocols import (
     LinearConfig,
-    MultiStepDecay,
     build_classifier,
     embed_images,
     knn_protocol,
@@ -30,7 +29,6 @@ __all__ = [
     "Encoder",
     "EvalInputError",
     "LinearConfig",
-    "MultiStepDecay",
     "build_classifier",
     "embed_images",
     "evaluate",

@@ -28,7 +28,7 @@ import math
 import os
 import sys
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from typing import Any
 
 import keras
@@ -39,7 +39,7 @@ from tfascl import knn
 from tfascl.data import ImageSet, eval_transform, folders, load_images
 from tfascl.data.augment import CROP_ATTEMPTS, FLIP_PROB, resized_crop, sample_crop_boxes
 from tfascl.evaluation.encoders import Encoder, EvalInputError
-from tfascl.optim import WarmupCosine, build_optimizer
+from tfascl.optim import build_optimizer, multistep_decay, warmup_cosine
 
 # The encoder normalises; the data side produces [0, 1] pixels.
 _NO_NORM = ((0.0, 0.0, 0.0), (1.0, 1.0, 1.0))
@@ -330,53 +330,6 @@ def knn_protocol(
 # Linear probe
 
 
-@keras.saving.register_keras_serializable(package="tfascl")
-class MultiStepDecay(keras.optimizers.schedules.LearningRateSchedule):
-    """PyTorch's ``MultiStepLR`` on a per-step clock: epoch-wise steps of ×``gamma``.
-
-    ``lr(step) = base_lr * gamma ** #{m in milestones : step // steps_per_epoch >= m}``, so with
-    milestones (60, 80) epochs 0–59 train at ``base_lr``, 60–79 at ``base_lr·γ`` and 80– at
-    ``base_lr·γ²`` (epochs counted from 0, as PyTorch's scheduler does).
-
-    Args:
-        base_lr: Learning rate of the first epochs.
-        steps_per_epoch: Optimizer steps per epoch.
-        milestones: Epochs at which the rate is multiplied by ``gamma``.
-        gamma: The factor.
-    """
-
-    def __init__(
-        self,
-        base_lr: float,
-        steps_per_epoch: int,
-        milestones: Sequence[int] = (60, 80),
-        gamma: float = 0.1,
-    ) -> None:
-        super().__init__()
-        if steps_per_epoch < 1:
-            raise ValueError(f"steps_per_epoch must be >= 1, got {steps_per_epoch}")
-        self.base_lr = float(base_lr)
-        self.steps_per_epoch = int(steps_per_epoch)
-        self.milestones = tuple(int(m) for m in milestones)
-        self.gamma = float(gamma)
-
-    def __call__(self, step: int | tf.Tensor) -> tf.Tensor:
-        """The float32 learning rate at optimizer step ``step`` (from 0)."""
-        epoch = tf.math.floordiv(tf.cast(step, tf.int64), self.steps_per_epoch)
-        passed = tf.add_n(
-            [tf.cast(epoch >= m, tf.float32) for m in self.milestones] + [tf.constant(0.0)]
-        )
-        return self.base_lr * tf.pow(tf.constant(self.gamma, tf.float32), passed)
-
-    def get_config(self) -> dict:
-        return {
-            "base_lr": self.base_lr,
-            "steps_per_epoch": self.steps_per_epoch,
-            "milestones": list(self.milestones),
-            "gamma": self.gamma,
-        }
-
-
 @dataclasses.dataclass
 class LinearConfig:
     """Settings of the linear probe; defaults are the ASCL code's CIFAR protocol.
@@ -456,8 +409,8 @@ class LinearConfig:
     def lr_schedule(self, steps_per_epoch: int) -> keras.optimizers.schedules.LearningRateSchedule:
         """The per-step learning-rate schedule for ``steps_per_epoch`` steps an epoch."""
         if self.schedule == "cosine":
-            return WarmupCosine(self.base_lr, total_steps=self.epochs * steps_per_epoch)
-        return MultiStepDecay(self.base_lr, steps_per_epoch, self.milestones, self.gamma)
+            return warmup_cosine(self.base_lr, total_steps=self.epochs * steps_per_epoch)
+        return multistep_decay(self.base_lr, steps_per_epoch, self.milestones, self.gamma)
 
     def settings(self) -> dict[str, Any]:
         """JSON-ready description for ``results.json``."""
