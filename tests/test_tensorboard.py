@@ -39,7 +39,9 @@ def fit(model, model_dir, first_epoch, epochs, profile=(0, 0)):
     x = rng.normal(size=(STEPS_PER_EPOCH * BATCH, 3)).astype("float32")
     y = rng.normal(size=(STEPS_PER_EPOCH * BATCH, 1)).astype("float32")
     logger = cbs.MetricsLogger(model_dir, every_steps=2, batch_size=BATCH)
-    board = cbs.TensorBoard(model_dir / runs.TENSORBOARD_SUBDIR, every_steps=2, profile_steps=profile)
+    board = cbs.TensorBoard(
+        model_dir / runs.TENSORBOARD_SUBDIR, every_steps=2, profile_steps=profile
+    )
     # One epoch of data a call, as run_epochs gives fit when executions do not divide it.
     data = tf.data.Dataset.from_tensor_slices((x, y)).batch(BATCH)
     model.fit(data, epochs=epochs, initial_epoch=first_epoch, steps_per_epoch=STEPS_PER_EPOCH,

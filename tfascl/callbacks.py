@@ -53,7 +53,7 @@ import numpy as np
 import tensorflow as tf
 
 from tfascl import knn, runs
-from tfascl.runs import BEST_INFO_FILE, BEST_PREFIX, METRICS_FILE, TENSORBOARD_SUBDIR
+from tfascl.runs import BEST_INFO_FILE, BEST_PREFIX, METRICS_FILE
 
 
 def global_step(model: keras.Model) -> int:

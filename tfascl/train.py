@@ -485,7 +485,9 @@ def _train_model(
     board = []  # after the monitor and the logger, which add kNN and pairs/s to the logs
     if chief:  # the chief alone writes TensorBoard files
         profile = cbs.profile_range(config.profile_steps)
-        board.append(cbs.TensorBoard(model_dir / runs.TENSORBOARD_SUBDIR, config.log_every, profile))
+        board.append(
+            cbs.TensorBoard(model_dir / runs.TENSORBOARD_SUBDIR, config.log_every, profile)
+        )
     # The logger writes a step before the saver saves it, so a resumed run keeps its record.
     callbacks = [guard, stopper, *([monitor] if monitor else []), logger, *board, saver]
 
