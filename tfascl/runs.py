@@ -28,6 +28,7 @@ SPEC_FILE = "run.json"
 CHECKPOINT_SUBDIR = "checkpoints"
 BEST_FILE = "best_checkpoint.txt"
 BEST_INFO_FILE = "best_knn.json"
+FLAGS_TEXT_FILE = "flags.txt"  # the run's flags as a flagfile: tfascl-train --flagfile=it
 STATE_FILE = "checkpoint"  # tf.train.CheckpointManager's record of its checkpoints
 DAMAGED = "damaged"  # damaged files are moved into damaged/<time>/ beside them
 _MANAGED = re.compile(r"^ckpt-(\d+)\.index$")
