@@ -758,11 +758,8 @@ def check_flags(values: flags.FlagValues) -> str:
 
     require = cli.require
     require(values.model_dir is not None, "--model_dir: required (a training run's folder)")
-    cli.check_run_dir(values.model_dir)
-    try:
-        runs.load_spec(values.model_dir)
-    except ValueError as error:  # a damaged run.json
-        raise cli.FlagError(f"--model_dir={values.model_dir}: {error}") from None
+    version = values.version
+    require(version is None or version >= 0, f"--version={version}: must be >= 0")
     try:
         formats = check_formats(values.formats)
     except ValueError as error:
@@ -771,12 +768,16 @@ def check_flags(values: flags.FlagValues) -> str:
         module, extra = FORMAT_MODULES.get(name, (None, None))
         if module and importlib.util.find_spec(module) is None:
             raise cli.FlagError(f"--formats={name}: needs {module}: pip install '{extra}'")
+    # Then the files the flags name.
+    cli.check_run_dir(values.model_dir)
+    try:
+        runs.load_spec(values.model_dir)
+    except ValueError as error:  # a damaged run.json
+        raise cli.FlagError(f"--model_dir={values.model_dir}: {error}") from None
     try:
         runs.find_checkpoint(values.model_dir, values.checkpoint)
     except (FileNotFoundError, ValueError) as error:
         raise cli.FlagError(f"--checkpoint={values.checkpoint}: {error}") from None
-    version = values.version
-    require(version is None or version >= 0, f"--version={version}: must be >= 0")
     export_dir = values.export_dir or str(Path(values.model_dir) / "export")
     target = Path(export_dir) / str(next_version(export_dir) if version is None else version)
     require(
