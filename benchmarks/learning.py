@@ -25,7 +25,7 @@ from typing import Any
 import keras
 from absl import app, flags
 
-from tfascl.benchmark import device_name, git_commit
+from benchmarks.train_step import device_name, git_commit
 from tfascl.callbacks import KnnMonitor
 from tfascl.data import eval_dataset, load_images, pretrain_dataset
 from tfascl.optim import WarmupCosine, build_optimizer

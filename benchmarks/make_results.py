@@ -250,7 +250,7 @@ def device_section(results: Path) -> list[str]:
         lines += [
             "### Train step (synthetic batch resident on the GPU)",
             "",
-            f"`{speed[0].get('command', 'python -m tfascl.benchmark --table=device')}` — "
+            f"`{speed[0].get('command', 'python -m benchmarks.train_step --table=device')}` — "
             f"ResNet-18 width {speed[0]['backbone_width']}, median of "
             f"{len(speed[0]['window_s'])} windows of {speed[0]['steps_per_window']} steps.",
             "",
@@ -483,9 +483,9 @@ def speed_section(results: Path) -> list[str]:
         records = [json.loads(line) for line in data_file.read_text().splitlines() if line]
         first = records[0]
         lines += [
-            "### Input pipeline (`tfascl.benchmark_data`)",
+            "### Input pipeline (`benchmarks.input_pipeline`)",
             "",
-            f"`python -m tfascl.benchmark_data --max_examples=10000 --batches=20` — "
+            f"`python -m benchmarks.input_pipeline --max_examples=10000 --batches=20` — "
             f"{first['images']} images, batch {first['batch_size']}, {first['cpus']} CPUs, "
             f"load average {first['load_average'][0]}. See docs/DATA.md for the method.",
             "",
