@@ -338,8 +338,6 @@ def make_plots(
     Raises:
         EvalInputError: Bad model or data (before any image is decoded).
     """
-    from tfascl import plots
-
     say = log or (lambda message: None)
     encoders = [open_model(source, checkpoint) for source in sources]
     labels = [run_label(encoder, encoders) for encoder in encoders]
@@ -352,38 +350,68 @@ def make_plots(
     on = f" on {', '.join(names)}" if names else ""
 
     if curves:
-        runs = []
-        for encoder, label in zip(encoders, labels):
-            metrics = (
-                plots.find_metrics_file(encoder.source) if encoder.kind == "checkpoint" else None
-            )
-            if metrics is None:
-                say(f"no metrics file in {encoder.source}: no curves for {label}")
-                continue
-            runs.append(plots.CurveRun(label, plots.read_metrics(metrics)))
-        if runs:
-            title = " vs ".join(run.label for run in runs) + on
-            path = plots.plot_training_curves(
-                runs, out_dir / CURVES_FILE, title=title, subtitle=note
-            )
+        path = _draw_curves(encoders, labels, out_dir / CURVES_FILE, on, note, say)
+        if path is not None:
             written["curves"] = str(path)
-            say(f"wrote {path}")
-
     if embedding_map:
         test = protocols.load_labelled(
             source, test_split, data_dir=data_dir, max_examples=map_points, seed=seed
         )
-        panels = []
-        for encoder, label in zip(encoders, labels):
-            say(f"t-SNE of {len(test)} {test.name} {test_split} embeddings of {label}")
-            features = protocols.embed_images(encoder, test.images, batch_size)
-            knn_top1 = _recorded_knn(encoder)
-            title = label if knn_top1 is None else f"{label} (kNN top-1 {100 * knn_top1:.1f}%)"
-            panels.append(plots.MapPanel(title, plots.tsne_2d(features, seed=seed), test.labels))
-        title = f"t-SNE of {len(test):,} {test.name} {test_split} images' backbone features"
-        path = plots.plot_embedding_maps(
-            panels, test.class_names, out_dir / MAP_FILE, title=title, subtitle=note
-        )
+        path = _draw_map(encoders, labels, test, test_split, out_dir / MAP_FILE, note, say,
+                         batch_size=batch_size, seed=seed)  # fmt: skip
         written["map"] = str(path)
-        say(f"wrote {path}")
     return written
+
+
+def _draw_curves(
+    encoders: list[Encoder],
+    labels: list[str],
+    path: Path,
+    on: str,
+    note: str | None,
+    say: Callable[[str], None],
+) -> Path | None:
+    """The training curves of the runs that logged metrics; None when none did."""
+    from tfascl import plots
+
+    curve_runs = []
+    for encoder, label in zip(encoders, labels):
+        metrics = plots.find_metrics_file(encoder.source) if encoder.kind == "checkpoint" else None
+        if metrics is None:
+            say(f"no metrics file in {encoder.source}: no curves for {label}")
+            continue
+        curve_runs.append(plots.CurveRun(label, plots.read_metrics(metrics)))
+    if not curve_runs:
+        return None
+    title = " vs ".join(run.label for run in curve_runs) + on
+    path = plots.plot_training_curves(curve_runs, path, title=title, subtitle=note)
+    say(f"wrote {path}")
+    return path
+
+
+def _draw_map(
+    encoders: list[Encoder],
+    labels: list[str],
+    test: Any,
+    test_split: str,
+    path: Path,
+    note: str | None,
+    say: Callable[[str], None],
+    *,
+    batch_size: int,
+    seed: int,
+) -> Path:
+    """Side-by-side t-SNE maps of each encoder's features of the ``test`` images."""
+    from tfascl import plots
+
+    panels = []
+    for encoder, label in zip(encoders, labels):
+        say(f"t-SNE of {len(test)} {test.name} {test_split} embeddings of {label}")
+        features = protocols.embed_images(encoder, test.images, batch_size)
+        knn_top1 = _recorded_knn(encoder)
+        title = label if knn_top1 is None else f"{label} (kNN top-1 {100 * knn_top1:.1f}%)"
+        panels.append(plots.MapPanel(title, plots.tsne_2d(features, seed=seed), test.labels))
+    title = f"t-SNE of {len(test):,} {test.name} {test_split} images' backbone features"
+    path = plots.plot_embedding_maps(panels, test.class_names, path, title=title, subtitle=note)
+    say(f"wrote {path}")
+    return path
