@@ -128,7 +128,12 @@ def run_app(
     """Defines the command's flags (now, not at import) and runs ``main`` under absl."""
     from absl import app
 
+    before = set(flags.FLAGS)
     define()
+    # --help lists the key flags of the program absl takes as main (sys.argv[0], here a
+    # console-script wrapper that defines none): the command's own flags are its keys.
+    for name in sorted(set(flags.FLAGS) - before):
+        flags.FLAGS.register_key_flag_for_module(sys.argv[0], flags.FLAGS[name])
     app.run(main, flags_parser=flags_parser(program))
 
 
