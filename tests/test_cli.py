@@ -94,6 +94,8 @@ def _parsed(define, args):
         (["--model_dir={run}", "--knn_k=0"], r"^--knn_k=0: must be >= 1"),
         (["--model_dir={run}", "--knn_temperature=0"], r"^--knn_temperature=0.0: must be > 0"),
         (["--model_dir={run}", "--linear_milestones=6,x"], r"^--linear_milestones=6,x: "),
+        (["--model_dir={run}", "--linear_epochs=0"], r"^--linear_epochs=0: must be >= 1"),
+        (["--model_dir={run}", "--linear_lr=-1"], r"^--linear_lr=-1.0: must be > 0"),
         (["--model_dir={run}", "--saved_model={run}"], "exactly one of --model_dir"),
         (["--model_dir={run}", "--dataset=/no/such/folder"], r"^--dataset=/no/such/folder: "),
         (["--model_dir={run}", "--compare_model_dir={run}"], "is for --protocol=plots"),

@@ -111,6 +111,11 @@ def linear_config(values: flags.FlagValues) -> object:
         raise EvalInputError(
             f"--linear_milestones={','.join(values.linear_milestones)}: give integer epochs"
         ) from None
+    for name in ("linear_epochs", "linear_batch_size", "linear_eval_every"):
+        if values[name].value < 1:
+            raise EvalInputError(f"--{name}={values[name].value}: must be >= 1")
+    if values.linear_lr is not None and not values.linear_lr > 0:
+        raise EvalInputError(f"--linear_lr={values.linear_lr}: must be > 0")
     return LinearConfig(
         epochs=values.linear_epochs,
         batch_size=values.linear_batch_size,
