@@ -68,7 +68,7 @@ def train() -> None:
 def evaluate() -> None:
     """``tfascl-eval``."""
     quiet_tensorflow_import()
-    from tfascl.evaluate import run
+    from tfascl.evaluation.cli import run
 
     run()
 

@@ -2,7 +2,7 @@
 
     PYTHONPATH=. python -m benchmarks.compare_torch --torch_python=/work/torchvenv/bin/python
 
-Alternates ``python -m tfascl.benchmark`` and ``benchmarks/torch_reference.py`` (each its own
+Alternates ``python -m benchmarks.train_step`` and ``benchmarks/torch_reference.py`` (each its own
 process, the same settings, both on all cores: TF's default, ``torch.set_num_threads(cores)``)
 for ``--rounds`` rounds, so that the load of a shared machine falls on both alike; measures the
 float32 matmul rate before and after as the practical peak. Prints the ratio TF/torch of the
@@ -21,7 +21,7 @@ import sys
 import time
 from pathlib import Path
 
-from tfascl.benchmark import device_name, matmul_gflops
+from benchmarks.train_step import device_name, matmul_gflops
 
 
 def _json_lines(text: str) -> list[dict]:
@@ -49,7 +49,7 @@ def main() -> None:
         f"--steps={args.steps}",
         f"--windows={args.windows}",
     ]
-    tf_command = [sys.executable, "-m", "tfascl.benchmark", *common]
+    tf_command = [sys.executable, "-m", "benchmarks.train_step", *common]
     if args.jit_compile:
         tf_command.append("--jit_compile")
     torch_command = [

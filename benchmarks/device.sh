@@ -6,13 +6,13 @@
 # $OUT/device.jsonl (OUT default benchmarks/results/device/, for the smoke run
 # benchmarks/results/device_smoke/, which make_results ignores), logs to $OUT/logs/:
 #   1. environment: nvidia-smi, TensorFlow / Keras / CUDA / cuDNN versions, the GPU;
-#   2. speed: the ResNet-18 CIFAR step table (tfascl.benchmark --table=device): batch 512
+#   2. speed: the ResNet-18 CIFAR step table (benchmarks.train_step --table=device): batch 512
 #      and 256, queue 4096 and 65536, float32/bf16 x XLA off/on x augmentation host/device,
 #      25 steps per execution (and 1, once), the target configuration first;
 #   3. learning: 5 epochs of ASCL on the full CIFAR-10 (a folder of JPEGs, --input=memory,
 #      bf16 + XLA + device augmentation, batch 512): kNN top-1, pairs/s and the projected
 #      time of 200 epochs;
-#   4. data: the input pipeline's images/s and pairs/s (tfascl.benchmark_data).
+#   4. data: the input pipeline's images/s and pairs/s (benchmarks.input_pipeline).
 # Each step runs under a time limit taken from what is left of the budget (DEVICE_BUDGET_S,
 # default 470 s; 170 s with DEVICE_SMOKE=1), writes its records as it goes, and a "step"
 # line with its exit status (124: stopped at its limit; its finished records are kept).
@@ -54,7 +54,7 @@ else
   BUDGET="${DEVICE_BUDGET_S:-470}"
   MODEL=(--backbone_width=64 --image_size=32 --batch_size=512 --queue_size=4096)
   TABLE=(--steps=50 --windows=3 --steps_per_execution=25)
-  JIT=(--jit_compile --jit_compile)  # as tfascl.benchmark, then as tfascl-train spells it
+  JIT=(--jit_compile --jit_compile)  # as benchmarks.train_step, then as tfascl-train spells it
   LEARN=(--dataset="$DATA" --epochs=5 --batch_size=512 --learning_rate=0.06
          --warmup_epochs=1)
   PIPELINE=(--data="$DATA" --max_examples=10000 --batches=20)
@@ -81,7 +81,7 @@ run_step() {
 
 run_step environment "${CAPS[0]}" "$PYTHON" -m benchmarks.device_report environment "$JSONL"
 
-run_step speed "${CAPS[1]}" "$PYTHON" -m tfascl.benchmark --table=device "${MODEL[@]}" \
+run_step speed "${CAPS[1]}" "$PYTHON" -m benchmarks.train_step --table=device "${MODEL[@]}" \
   --precision=mixed_bfloat16 "${JIT[0]}" --augment_on=device "${TABLE[@]}" \
   --append_jsonl="$JSONL"
 
@@ -94,7 +94,7 @@ if [ -f "$SCRATCH/ascl/summary.json" ]; then
 fi
 
 # benchmark_data prints one JSON object a line among its other output.
-run_step data "${CAPS[3]}" "$PYTHON" -m tfascl.benchmark_data "${PIPELINE[@]}"
+run_step data "${CAPS[3]}" "$PYTHON" -m benchmarks.input_pipeline "${PIPELINE[@]}"
 grep '^{' "$OUT/logs/data.log" | sed 's/^{/{"kind": "data_pipeline", /' >>"$JSONL"
 
 echo "$(date -u +%T) done in $(($(date +%s) - START)) s: $JSONL"

@@ -28,7 +28,7 @@ def environment() -> dict[str, Any]:
     import keras
     import tensorflow as tf
 
-    from tfascl.benchmark import device_name, git_commit
+    from benchmarks.train_step import device_name, git_commit
 
     try:
         smi = subprocess.run(

@@ -26,8 +26,8 @@ from typing import Any
 
 from absl import flags
 
+from benchmarks.train_step import device_name, git_commit
 from tfascl import train
-from tfascl.benchmark import device_name, git_commit
 from tfascl.callbacks import METRICS_FILE
 from tfascl.data import open_images
 from tfascl.distribute import make_strategy

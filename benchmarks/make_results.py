@@ -250,7 +250,7 @@ def device_section(results: Path) -> list[str]:
         lines += [
             "### Train step (synthetic batch resident on the GPU)",
             "",
-            f"`{speed[0].get('command', 'python -m tfascl.benchmark --table=device')}` — "
+            f"`{speed[0].get('command', 'python -m benchmarks.train_step --table=device')}` — "
             f"ResNet-18 width {speed[0]['backbone_width']}, median of "
             f"{len(speed[0]['window_s'])} windows of {speed[0]['steps_per_window']} steps.",
             "",
@@ -306,202 +306,213 @@ def device_section(results: Path) -> list[str]:
 
 
 def speed_section(results: Path) -> list[str]:
+    """The speed section: torch comparisons, the step tables, split BN, the input pipeline."""
     lines = ["## Speed", ""]
-    for torch_file in sorted(results.glob("speed_torch_vs_tf*.json")):
-        s = _load(torch_file)
-        tf0 = s["tf_runs"][0]
-        lines += [
-            f"### CPU: tfascl vs plain PyTorch eager, same step ({torch_file.name})",
-            "",
-            f"`{s['command']}` — {s['device']}, {s['date']}. "
-            f"{len(s['tf_runs'])} round(s) of TF then torch, back to back (each its own "
-            f"process, all cores; load average (1 min) at the end of each in the table).",
-            f"TF: `{s['tf_command']}`; torch: `{s['torch_command']}`.",
-            *([s["note"]] if "note" in s else []),
-            "",
-        ]
-        rows = [
-            [
-                r.get("framework", "tfascl (TF)"),
-                r["method"],
-                r["backbone_width"],
-                r["batch_size"],
-                r["queue_size"],
-                r["pairs_per_sec"],
-                r["step_ms"],
-                r["peak_memory_mb"],
-                r["load_average"][0],
-            ]
-            for pair in zip(s["tf_runs"], s["torch_runs"])
-            for r in pair
-        ]
-        lines += _table(
-            rows,
-            [
-                "framework",
-                "method",
-                "width",
-                "batch",
-                "queue",
-                "pairs/s",
-                "step ms",
-                "peak RSS MB",
-                "load (1 min)",
-            ],
-        )
-        lines += [
-            "",
-            f"* **TF / torch = {s['ratio_tf_over_torch']}** (median pairs/s "
-            f"{s['tf_pairs_per_sec']} vs {s['torch_pairs_per_sec']}); target ≥ 1.",
-            f"* float32 matmul (4096², TF, measured under the same load, so it is the "
-            f"share of the machine this process could get) before/after: "
-            f"{s['matmul_gflops'][0]} / "
-            f"{s['matmul_gflops'][1]} GFLOP/s; the step costs {s['gflop_per_pair']} GFLOP per "
-            f"pair (query fwd+bwd ≈ 3× forward, key forward 1×), so the ceiling is "
-            f"{s['ceiling_pairs_per_sec']} pairs/s. TF reaches "
-            f"{100 * s['tf_fraction_of_ceiling']:.0f}% of it, torch "
-            f"{100 * s['torch_fraction_of_ceiling']:.0f}%.",
-            f"* TF warm-up (trace + first steps): {tf0['warmup_s']} s.",
-            "",
-        ]
+    for path in sorted(results.glob("speed_torch_vs_tf*.json")):
+        lines += _torch_comparison_lines(path)
     for table, title in SPEED_TABLES.items():
         path = results / f"speed_{table}.json"
-        if not path.is_file():
-            continue
-        payload = _load(path)
-        records = payload["records"]
-        lines += [
-            f"### {title}",
-            "",
-            f"`{payload['command']}` — {records[0]['device']}, {payload['date']}, "
-            f"commit {payload.get('git_commit', 'n/a')}, "
-            f"load average (1 min, after each window or at the end) {_loads(records)}. "
-            f"Steps per window: {records[0]['steps_per_window']}, median of "
-            f"{len(records[0]['window_s'])} interleaved windows.",
-            "",
+        if path.is_file():
+            lines += _step_table_lines(results, path, table, title)
+    if (results / "split_bn.jsonl").is_file():
+        lines += _split_bn_lines(results / "split_bn.jsonl")
+    if (results / "data_pipeline.jsonl").is_file():
+        lines += _input_pipeline_lines(results / "data_pipeline.jsonl")
+    return lines
+
+
+def _torch_comparison_lines(path: Path) -> list[str]:
+    """One tfascl-vs-PyTorch comparison (compare_torch.py's JSON)."""
+    s = _load(path)
+    tf0 = s["tf_runs"][0]
+    lines = [
+        f"### CPU: tfascl vs plain PyTorch eager, same step ({path.name})",
+        "",
+        f"`{s['command']}` — {s['device']}, {s['date']}. "
+        f"{len(s['tf_runs'])} round(s) of TF then torch, back to back (each its own "
+        f"process, all cores; load average (1 min) at the end of each in the table).",
+        f"TF: `{s['tf_command']}`; torch: `{s['torch_command']}`.",
+        *([s["note"]] if "note" in s else []),
+        "",
+    ]
+    rows = [
+        [
+            r.get("framework", "tfascl (TF)"),
+            r["method"],
+            r["backbone_width"],
+            r["batch_size"],
+            r["queue_size"],
+            r["pairs_per_sec"],
+            r["step_ms"],
+            r["peak_memory_mb"],
+            r["load_average"][0],
         ]
-        header = [
+        for pair in zip(s["tf_runs"], s["torch_runs"])
+        for r in pair
+    ]
+    lines += _table(
+        rows,
+        [
+            "framework",
             "method",
             "width",
             "batch",
             "queue",
-            "precision",
-            "XLA",
-            "augment",
             "pairs/s",
             "step ms",
-            "GFLOP/s",
-            "peak MB",
+            "peak RSS MB",
+            "load (1 min)",
+        ],
+    )
+    lines += [
+        "",
+        f"* **TF / torch = {s['ratio_tf_over_torch']}** (median pairs/s "
+        f"{s['tf_pairs_per_sec']} vs {s['torch_pairs_per_sec']}); target ≥ 1.",
+        f"* float32 matmul (4096², TF, measured under the same load, so it is the "
+        f"share of the machine this process could get) before/after: "
+        f"{s['matmul_gflops'][0]} / "
+        f"{s['matmul_gflops'][1]} GFLOP/s; the step costs {s['gflop_per_pair']} GFLOP per "
+        f"pair (query fwd+bwd ≈ 3× forward, key forward 1×), so the ceiling is "
+        f"{s['ceiling_pairs_per_sec']} pairs/s. TF reaches "
+        f"{100 * s['tf_fraction_of_ceiling']:.0f}% of it, torch "
+        f"{100 * s['torch_fraction_of_ceiling']:.0f}%.",
+        f"* TF warm-up (trace + first steps): {tf0['warmup_s']} s.",
+        "",
+    ]
+    return lines
+
+
+def _step_table_lines(results: Path, path: Path, table: str, title: str) -> list[str]:
+    """One train-step table (``benchmarks.train_step --table=...``), with its notes."""
+    payload = _load(path)
+    records = payload["records"]
+    lines = [
+        f"### {title}",
+        "",
+        f"`{payload['command']}` — {records[0]['device']}, {payload['date']}, "
+        f"commit {payload.get('git_commit', 'n/a')}, "
+        f"load average (1 min, after each window or at the end) {_loads(records)}. "
+        f"Steps per window: {records[0]['steps_per_window']}, median of "
+        f"{len(records[0]['window_s'])} interleaved windows.",
+        "",
+    ]
+    header = ["method", "width", "batch", "queue", "precision", "XLA", "augment", "pairs/s",
+              "step ms", "GFLOP/s", "peak MB"]  # fmt: skip
+    with_execution = any(r.get("steps_per_execution", 1) != 1 for r in records)
+    if with_execution:
+        header.insert(7, "steps/exec")
+    with_overhead = any("overhead_vs_moco" in r for r in records)
+    if with_overhead:
+        header.append("vs MoCo")
+    rows = []
+    for r in records:
+        row = [
+            r["method"],
+            r["backbone_width"],
+            r["batch_size"],
+            r["queue_size"],
+            r["precision"],
+            r["jit_compile"],
+            r["augment_on"],
+            r["pairs_per_sec"],
+            r["step_ms"],
+            r.get("achieved_gflops", ""),
+            r["peak_memory_mb"],
         ]
-        with_execution = any(r.get("steps_per_execution", 1) != 1 for r in records)
         if with_execution:
-            header.insert(7, "steps/exec")
-        with_overhead = any("overhead_vs_moco" in r for r in records)
+            row.insert(7, r.get("steps_per_execution", 1))
         if with_overhead:
-            header.append("vs MoCo")
-        rows = []
-        for r in records:
-            row = [
-                r["method"],
-                r["backbone_width"],
-                r["batch_size"],
-                r["queue_size"],
-                r["precision"],
-                r["jit_compile"],
-                r["augment_on"],
-                r["pairs_per_sec"],
-                r["step_ms"],
-                r.get("achieved_gflops", ""),
-                r["peak_memory_mb"],
-            ]
-            if with_execution:
-                row.insert(7, r.get("steps_per_execution", 1))
-            if with_overhead:
-                overhead = r.get("overhead_vs_moco")
-                row.append("" if overhead is None else f"{100 * overhead:+.1f}%")
-            rows.append(row)
-        lines += _table(rows, header)
-        if table == "overhead":
-            # ASCL's only extra work over MoCo: the key-to-queue similarities [B, M] (a
-            # 2·D·M-FLOP matmul per pair, D = 128) and a softmax/top-1 over them.
-            extra = [
-                f"{100 * 2 * KEY_DIM * r['queue_size'] / (r['gflop_per_pair'] * 1e9):.2f}% "
-                f"at queue {r['queue_size']}"
-                for r in records
-                if r["method"] == "ascl" and "gflop_per_pair" in r
-            ]
-            lines += [
-                "",
-                "ASCL adds one [B, 128] × [128, M] matmul (key vs queue) and a softmax over "
-                "its rows to MoCo's step: in FLOPs " + ", ".join(extra) + " of the step. "
-                "Windows (s) per config: "
-                + "; ".join(f"{r['method']}/{r['queue_size']}: {r['window_s']}" for r in records)
-                + ".",
-                "",
-                *_overhead_verdict(records),
-            ]
-        if table == "overhead":
-            lines += _loss_head_lines(results, records)
-        if table == "steps_per_execution":
-            lines += _execution_lines(records)
-        if records[0]["device"].startswith("CPU"):
-            lines += [
-                "",
-                "CPU peak MB is the process's max RSS so far (it only grows across the "
-                "configurations of a table).",
-            ]
-        lines.append("")
-    split_bn_file = results / "split_bn.jsonl"
-    if split_bn_file.is_file():
-        records = [json.loads(line) for line in split_bn_file.read_text().splitlines() if line]
-        lines += [
-            "### Split batch norm: closed-form gradient vs autodiff",
-            "",
-            "`PYTHONPATH=. python -m benchmarks.split_bn` — forward + backward of one "
-            f"training-mode split BN ({records[0]['splits']} groups) at the activation shapes "
-            "of ResNet-18 width 64, batch 256 (median ms). `SplitBatchNorm` uses the closed "
-            "form; autodiff is the same maths differentiated by TensorFlow (what it used "
-            "before).",
-            "",
-        ]
-        rows = [
-            [
-                "×".join(map(str, r["shape"])),
-                r["closed_form_ms"],
-                r["autodiff_ms"],
-                f"{r['speedup']}×",
-                r["max_relative_difference"],
-            ]
-            for r in records
-        ]
-        lines += _table(
-            rows, ["shape", "closed form ms", "autodiff ms", "speed-up", "max rel. diff"]
-        )
-        lines.append("")
-    data_file = results / "data_pipeline.jsonl"
-    if data_file.is_file():
-        records = [json.loads(line) for line in data_file.read_text().splitlines() if line]
-        first = records[0]
-        lines += [
-            "### Input pipeline (`tfascl.benchmark_data`)",
-            "",
-            f"`python -m tfascl.benchmark_data --max_examples=10000 --batches=20` — "
-            f"{first['images']} images, batch {first['batch_size']}, {first['cpus']} CPUs, "
-            f"load average {first['load_average'][0]}. See docs/DATA.md for the method.",
-            "",
-        ]
-        rows = []
-        for r in records:
-            rate = r.get("pairs_per_s") or r.get("images_per_s")
-            unit = "pairs/s" if "pairs_per_s" in r else "images/s"
-            rows.append([r["config"], f"{rate:,.0f} {unit}", r["seconds"]])
-        lines += _table(rows, ["config", "rate", "seconds"])
+            overhead = r.get("overhead_vs_moco")
+            row.append("" if overhead is None else f"{100 * overhead:+.1f}%")
+        rows.append(row)
+    lines += _table(rows, header)
+    if table == "overhead":
+        lines += _overhead_notes(results, records)
+    if table == "steps_per_execution":
+        lines += _execution_lines(records)
+    if records[0]["device"].startswith("CPU"):
         lines += [
             "",
-            "The host pipeline must outrun the train step for the step to be the bottleneck; "
-            "compare its pairs/s with the step's above.",
-            "",
+            "CPU peak MB is the process's max RSS so far (it only grows across the "
+            "configurations of a table).",
         ]
+    return [*lines, ""]
+
+
+def _overhead_notes(results: Path, records: list[dict]) -> list[str]:
+    """ASCL's extra FLOPs over MoCo, the verdict, and the loss-head table beside it."""
+    # ASCL's only extra work over MoCo: the key-to-queue similarities [B, M] (a
+    # 2·D·M-FLOP matmul per pair, D = 128) and a softmax/top-1 over them.
+    extra = [
+        f"{100 * 2 * KEY_DIM * r['queue_size'] / (r['gflop_per_pair'] * 1e9):.2f}% "
+        f"at queue {r['queue_size']}"
+        for r in records
+        if r["method"] == "ascl" and "gflop_per_pair" in r
+    ]
+    lines = [
+        "",
+        "ASCL adds one [B, 128] × [128, M] matmul (key vs queue) and a softmax over "
+        "its rows to MoCo's step: in FLOPs " + ", ".join(extra) + " of the step. "
+        "Windows (s) per config: "
+        + "; ".join(f"{r['method']}/{r['queue_size']}: {r['window_s']}" for r in records)
+        + ".",
+        "",
+        *_overhead_verdict(records),
+    ]
+    return lines + _loss_head_lines(results, records)
+
+
+def _split_bn_lines(path: Path) -> list[str]:
+    """Split BN's closed-form gradient against autodiff (``benchmarks.split_bn``)."""
+    records = [json.loads(line) for line in path.read_text().splitlines() if line]
+    lines = [
+        "### Split batch norm: closed-form gradient vs autodiff",
+        "",
+        "`PYTHONPATH=. python -m benchmarks.split_bn` — forward + backward of one "
+        f"training-mode split BN ({records[0]['splits']} groups) at the activation shapes "
+        "of ResNet-18 width 64, batch 256 (median ms). `SplitBatchNorm` uses the closed "
+        "form; autodiff is the same maths differentiated by TensorFlow (what it used "
+        "before).",
+        "",
+    ]
+    rows = [
+        [
+            "×".join(map(str, r["shape"])),
+            r["closed_form_ms"],
+            r["autodiff_ms"],
+            f"{r['speedup']}×",
+            r["max_relative_difference"],
+        ]
+        for r in records
+    ]
+    lines += _table(rows, ["shape", "closed form ms", "autodiff ms", "speed-up", "max rel. diff"])
+    return [*lines, ""]
+
+
+def _input_pipeline_lines(path: Path) -> list[str]:
+    """The input pipeline's rates (``benchmarks.input_pipeline``)."""
+    records = [json.loads(line) for line in path.read_text().splitlines() if line]
+    first = records[0]
+    lines = [
+        "### Input pipeline (`benchmarks.input_pipeline`)",
+        "",
+        f"`python -m benchmarks.input_pipeline --max_examples=10000 --batches=20` — "
+        f"{first['images']} images, batch {first['batch_size']}, {first['cpus']} CPUs, "
+        f"load average {first['load_average'][0]}. See docs/DATA.md for the method.",
+        "",
+    ]
+    rows = []
+    for r in records:
+        rate = r.get("pairs_per_s") or r.get("images_per_s")
+        unit = "pairs/s" if "pairs_per_s" in r else "images/s"
+        rows.append([r["config"], f"{rate:,.0f} {unit}", r["seconds"]])
+    lines += _table(rows, ["config", "rate", "seconds"])
+    lines += [
+        "",
+        "The host pipeline must outrun the train step for the step to be the bottleneck; "
+        "compare its pairs/s with the step's above.",
+        "",
+    ]
     return lines
 
 

@@ -30,26 +30,26 @@ for table in "${tables[@]}"; do
     overhead)
       # shellcheck disable=SC2086
       # The paper's setting: width 64, batch 256, queue 4096 and 65536.
-      PYTHONPATH=. "$PYTHON" -m tfascl.benchmark --table=overhead $TIMING \
+      PYTHONPATH=. "$PYTHON" -m benchmarks.train_step --table=overhead $TIMING \
         --output="$R/speed_overhead.json" >"$R/logs/speed_overhead.log" 2>&1 ;;
     batch)
       # shellcheck disable=SC2086
-      PYTHONPATH=. "$PYTHON" -m tfascl.benchmark --table=batch $SWEEP $TIMING \
+      PYTHONPATH=. "$PYTHON" -m benchmarks.train_step --table=batch $SWEEP $TIMING \
         --output="$R/speed_batch.json" >"$R/logs/speed_batch.log" 2>&1 ;;
     queue|precision)
       # shellcheck disable=SC2086
-      PYTHONPATH=. "$PYTHON" -m tfascl.benchmark --table="$table" $SWEEP $TIMING \
+      PYTHONPATH=. "$PYTHON" -m benchmarks.train_step --table="$table" $SWEEP $TIMING \
         --output="$R/speed_$table.json" >"$R/logs/speed_$table.log" 2>&1 ;;
     loss_head)
       # Seconds: only the loss head (logits, targets, cross-entropy, its gradient) per method.
-      PYTHONPATH=. "$PYTHON" -m tfascl.benchmark --table=loss_head \
+      PYTHONPATH=. "$PYTHON" -m benchmarks.train_step --table=loss_head \
         --output="$R/speed_loss_head.json" >"$R/logs/speed_loss_head.log" 2>&1 ;;
     split_bn)
       PYTHONPATH=. "$PYTHON" -m benchmarks.split_bn >"$R/logs/split_bn.log" 2>&1
       grep '^{' "$R/logs/split_bn.log" >"$R/split_bn.jsonl" ;;
     data)
       # benchmark_data does not repeat the data: 3 warm-up + 20 batches need 23·256 images.
-      PYTHONPATH=. "$PYTHON" -m tfascl.benchmark_data --max_examples=10000 --batches=20 \
+      PYTHONPATH=. "$PYTHON" -m benchmarks.input_pipeline --max_examples=10000 --batches=20 \
         >"$R/logs/data_pipeline.log" 2>&1
       grep '^{' "$R/logs/data_pipeline.log" >"$R/data_pipeline.jsonl" ;;
     *) echo "unknown table $table" >&2; exit 2 ;;

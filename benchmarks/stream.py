@@ -31,8 +31,8 @@ import time
 import tensorflow as tf
 from absl import app, flags
 
+from benchmarks.train_step import device_name, git_commit
 from tfascl import data
-from tfascl.benchmark import device_name, git_commit
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string("folder", None, "Folder of JPEGs (root/train/<class>/*.jpg).")

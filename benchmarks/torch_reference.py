@@ -3,7 +3,7 @@
     /path/to/torch-venv/bin/python benchmarks/torch_reference.py --method=ascl --threads=2
 
 Not part of tfascl and not a dependency: run it with any Python that has torch and numpy.
-It mirrors what ``python -m tfascl.benchmark`` times, op for op where it matters for cost:
+It mirrors what ``python -m benchmarks.train_step`` times, op for op where it matters for cost:
 ResNet-18 with the CIFAR stem (3×3 conv, no max-pool) and split BatchNorm (8 groups, as the
 MoCo CIFAR demo and the ASCL code), projector Linear(8w, 2048)–ReLU–Linear(2048, 128), a
 momentum encoder run on the weak view (with the batch shuffled for split BN), a queue of
@@ -11,7 +11,7 @@ keys, the soft-target cross-entropy (ASCL: targets from the key's similarity to 
 MoCo: one-hot), an SGD step (momentum 0.9, weight decay 5e-4), the EMA update and the enqueue.
 The batch is one synthetic batch already in memory, as in the TF benchmark.
 
-Prints one JSON line with the same fields as ``tfascl.benchmark`` (framework="torch").
+Prints one JSON line with the same fields as ``benchmarks.train_step`` (framework="torch").
 """
 
 from __future__ import annotations

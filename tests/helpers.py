@@ -65,16 +65,10 @@ def run_python(
 
 
 def train_in_process(*args: str):
-    """``tfascl-train ARGS`` in this process (flags parsed, then reset); its RunResult."""
+    """``tfascl-train ARGS`` in this process (parsed on flags of their own); its RunResult."""
     from tfascl import train
 
-    train.FLAGS.unparse_flags()
-    try:
-        train.FLAGS(train.expand_flagfiles(["tfascl-train", *args]))
-        config = train.config_from_flags()
-    finally:
-        train.FLAGS.unparse_flags()
-    return train.train(config)
+    return train.train(train.config_from_args(args))
 
 
 def logged_steps(model_dir) -> list:

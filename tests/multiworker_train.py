@@ -30,9 +30,9 @@ class RecordedSkippedFiles(data.SkippedFiles):
 
 def main() -> None:
     out, args = sys.argv[1], sys.argv[2:]
-    train.FLAGS(train.expand_flagfiles(["tfascl-train", *args]))
+    config = train.config_from_args(args)
     data.SkippedFiles = RecordedSkippedFiles  # train.py looks it up at run time
-    result = train.train(train.config_from_flags())
+    result = train.train(config)
     decoded = {}
     if RecordedSkippedFiles.made:  # streamed: the first epoch each file was decoded in
         decoded["first_decoded"] = RecordedSkippedFiles.made[0].first_decoded.numpy()

@@ -4,7 +4,7 @@ import json
 
 import pytest
 
-from tfascl import benchmark
+from benchmarks import train_step as benchmark
 
 
 def test_one_tiny_config_prints_json_and_a_table(capsys, tmp_path):

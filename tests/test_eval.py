@@ -363,12 +363,12 @@ def test_image_size_mismatch_and_broken_results_file(tiny_run, tmp_path):
         evaluate("knn", model_dir=copy, max_train_examples=20, max_test_examples=20)
 
 
-def test_cli_prints_one_line_error_and_exits_non_zero(tmp_path):
+def test_cli_prints_one_line_error_and_exits_2(tmp_path):
     runs.save_spec(runs.RunSpec(backbone_width=4, image_size=SIZE), tmp_path)
     process = run_python(
-        "-m", "tfascl.evaluate", "--protocol=knn", f"--model_dir={tmp_path}", cwd=REPO
+        "-m", "tfascl.evaluation.cli", "--protocol=knn", f"--model_dir={tmp_path}", cwd=REPO
     )
-    assert process.returncode == 1
+    assert process.returncode == 2
     errors = [line for line in process.stderr.splitlines() if "tfascl-eval: error" in line]
     assert errors == [f"tfascl-eval: error: no 'latest' checkpoint in {tmp_path}/checkpoints"]
     assert "Traceback" not in process.stderr
@@ -382,10 +382,10 @@ def run_app(argv):
     """The app in this process, on its own FlagValues (tfascl.train's global flags may exist)."""
     from absl import flags
 
-    from tfascl import evaluate as app
+    from tfascl.evaluation import cli as app
 
     values = flags.FlagValues()
-    app._define_flags(values)
+    app.define_flags(values)
     values(["tfascl-eval", *argv])
     app.run_with(values)
 
@@ -414,5 +414,5 @@ def test_app_knn_table_and_plots_side_by_side(tiny_run, tmp_path, capsys):
     with Image.open(plots_dir / "tsne_map.png") as image:  # two panels side by side
         assert image.size == (1400, 700)
 
-    with pytest.raises(SystemExit, match="compare_model_dir is for --protocol=plots"):
+    with pytest.raises(EvalInputError, match="compare_model_dir is for --protocol=plots"):
         run_app([f"--model_dir={tiny_run}", f"--compare_model_dir={moco}"])

@@ -480,11 +480,11 @@ def test_cli_overwrites_on_request_and_refuses_otherwise(exported, tmp_path):
     common = ["--model_dir", exported.model_dir, "--export_dir", serving]
 
     result = run_cli(*common, "--version", "1", cwd=tmp_path)
-    assert result.returncode == 1
+    assert result.returncode == 2  # a usage error, found before the model is built
     assert "Traceback" not in result.stderr
     assert result.stderr.strip().splitlines()[-1] == (
-        f"tfascl-export: error: {serving / '1'} already exists: choose another version "
-        "or pass overwrite=True (--overwrite)"
+        f"tfascl-export: error: --version=1: {serving / '1'} already exists; choose another "
+        "--version or pass --overwrite"
     )
     assert (serving / "1" / "stale.txt").exists()
 

@@ -16,15 +16,7 @@ DATASETS = ("cifar10", "cifar100", "stl10", "tinyimagenet")
 
 def parse(*args):
     """Parses args as tfascl-train would (flagfiles expanded) into a TrainConfig."""
-    train_config.FLAGS.unparse_flags()
-    train_config.FLAGS(train_config.expand_flagfiles(["tfascl-train", *args]))
-    return train_config.config_from_flags()
-
-
-@pytest.fixture(autouse=True)
-def reset_flags():
-    yield
-    train_config.FLAGS.unparse_flags()
+    return train_config.config_from_args(args)
 
 
 def test_there_is_a_recipe_for_every_dataset_and_method():

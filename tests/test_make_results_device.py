@@ -1,5 +1,5 @@
 """The GPU section of docs/RESULTS.md and the steps-per-execution table, computed from the
-JSON that benchmarks/device.sh and tfascl.benchmark write."""
+JSON that benchmarks/device.sh and benchmarks.train_step write."""
 
 import importlib.util
 import json
@@ -19,7 +19,7 @@ def speed(pairs_per_sec, **config):
         "precision": "mixed_bfloat16", "jit_compile": True, "augment_on": "device",
         "steps_per_execution": 25, "pairs_per_sec": pairs_per_sec, "step_ms": 1.0,
         "peak_memory_mb": 100.0, "window_s": [1.0, 1.0, 1.0], "steps_per_window": 50,
-        "device": "GPU: NVIDIA H200", "command": "python -m tfascl.benchmark --table=device",
+        "device": "GPU: NVIDIA H200", "command": "python -m benchmarks.train_step --table=device",
         **config,
     }  # fmt: skip
 
@@ -81,11 +81,11 @@ def test_steps_per_execution_table_states_the_host_work_removed(tmp_path):
         {**base, "steps_per_execution": 8, "pairs_per_sec": 250.0, "step_ms": 4.0,
          "window_s": [0.13, 0.12]},
     ]  # fmt: skip
-    payload = {"command": "python -m tfascl.benchmark --table=steps_per_execution",
+    payload = {"command": "python -m benchmarks.train_step --table=steps_per_execution",
                "date": "d", "records": records}  # fmt: skip
     (tmp_path / "speed_steps_per_execution.json").write_text(json.dumps(payload))
     page = make_results.render(tmp_path)
-    assert "`python -m tfascl.benchmark --table=steps_per_execution`" in page
+    assert "`python -m benchmarks.train_step --table=steps_per_execution`" in page
     assert "| ascl | 4 | 16 | 256 | float32 | False | host | 8 | 250.0 | 4.0 |" in page
     # 250 / 100 = 2.50×; 10 − 4 = 6.0 ms removed, 60% of the 10 ms step.
     assert "8 steps per execution: 2.50× the pairs/s of one" in page

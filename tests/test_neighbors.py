@@ -7,7 +7,7 @@ import pytest
 from PIL import Image
 from test_eval import make_run, run_app
 
-from tfascl.evaluation import embed_images, evaluate, load_encoder, load_labelled
+from tfascl.evaluation import EvalInputError, embed_images, evaluate, load_encoder, load_labelled
 from tfascl.evaluation.protocols import nearest_neighbors
 
 
@@ -106,5 +106,5 @@ def test_neighbors_picture_and_results(tmp_path, capsys):
         write=False,
     )
     assert again["shown"] == entry["shown"]
-    with pytest.raises(SystemExit, match="num_queries >= 1"):
+    with pytest.raises(EvalInputError, match=r"^--neighbor_queries=0: must be >= 1"):
         run_app(["--protocol=neighbors", f"--model_dir={model_dir}", "--neighbor_queries=0"])

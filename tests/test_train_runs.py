@@ -23,14 +23,7 @@ TINY = (
 
 
 def run(tmp_path, *args, name="run"):
-    train.FLAGS.unparse_flags()
-    try:
-        train.FLAGS(
-            train.expand_flagfiles(["tfascl-train", *args, f"--model_dir={tmp_path / name}"])
-        )
-        config = train.config_from_flags()
-    finally:
-        train.FLAGS.unparse_flags()
+    config = train.config_from_args([*args, f"--model_dir={tmp_path / name}"])
     return train.train(config), tmp_path / name
 
 

@@ -108,6 +108,7 @@ def test_the_default_config_is_valid(tmp_path):
     ],
 )
 def test_flag_parse_errors_are_one_line_and_exit_2(args, flag, capsys):
+    train_config.define_flags()  # the command defines them when it starts
     try:
         with pytest.raises(SystemExit) as exit_info:
             train_config.parse_flags(["tfascl-train", *args])

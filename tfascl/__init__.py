@@ -1,8 +1,7 @@
 """tfascl: Adaptive Soft Contrastive Learning and its baselines for Keras 3."""
 
-__version__ = "0.1.0"
-
 from tfascl import losses, models
+from tfascl._version import __version__
 from tfascl.export import export_backbone
 from tfascl.models import (
     BYOL,

@@ -1,4 +1,8 @@
-"""Strategies by name, and a training loop for where Keras's ``fit`` breaks.
+"""Strategies by name, replica helpers, and a training loop for where Keras's ``fit`` breaks.
+
+``replica_count``, ``gather_across_replicas`` and ``replica_offset`` are what the models'
+train steps ask of the strategy (the queue's gather, BYOL's and the relabelling's
+global-batch rows); this module imports no model, so every model may import it.
 
 ``fit`` is the loop for one device and ``MirroredStrategy``. Under
 ``MultiWorkerMirroredStrategy`` Keras 3's ``fit`` is broken (keras-team/keras
@@ -18,6 +22,38 @@ import numpy as np
 import tensorflow as tf
 
 STRATEGIES = ("auto", "one_device", "mirrored", "multi_worker", "tpu")
+
+
+# --- Inside a replica: who am I, and everyone's values -----------------------------------
+
+
+def replica_count() -> int:
+    """R, the replicas of the current strategy (1 outside one)."""
+    return tf.distribute.get_strategy().num_replicas_in_sync
+
+
+def gather_across_replicas(values: tf.Tensor) -> tf.Tensor:
+    """Concatenates ``values`` [b, ...] of all replicas in replica order: [b·R, ...].
+
+    Outside a multi-replica strategy it is the identity.
+    """
+    context = tf.distribute.get_replica_context()
+    if context is None or context.num_replicas_in_sync == 1:
+        return values
+    # identity places the tensor on this replica's device: MultiWorkerMirroredStrategy
+    # derives the gather's destination from it, and an input batch carries no device.
+    return context.all_gather(tf.identity(values), axis=0)
+
+
+def replica_offset(rows: tf.Tensor | int) -> tf.Tensor:
+    """The row of this replica's first example in ``gather_across_replicas``'s result.
+
+    Args:
+        rows: b, the examples on each replica.
+    """
+    context = tf.distribute.get_replica_context()
+    replica = 0 if context is None else context.replica_id_in_sync_group
+    return tf.cast(replica, tf.int32) * tf.cast(rows, tf.int32)
 
 
 def _local_devices() -> list[str]:

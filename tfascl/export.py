@@ -57,7 +57,6 @@ import datetime
 import json
 import os
 import shutil
-import sys
 import types
 from collections.abc import Sequence
 from pathlib import Path
@@ -65,8 +64,10 @@ from typing import Any
 
 import keras
 import tensorflow as tf
+from absl import flags
 
-from tfascl import runs
+from tfascl import cli, runs
+from tfascl._version import __version__
 
 EXTRA_DIR = "assets.extra"
 KERAS_FILE = "backbone.keras"
@@ -626,8 +627,6 @@ def _metadata(
     std: Sequence[float],
     formats: Sequence[str] = ("saved_model",),
 ) -> dict[str, Any]:
-    import tfascl  # the package's version; a top-level import would be circular
-
     size = image_size
     return {
         "method": None,
@@ -641,7 +640,7 @@ def _metadata(
         "training_steps": None,
         "checkpoint": None,
         "version": None,
-        "tfascl_version": tfascl.__version__,
+        "tfascl_version": __version__,
         "tensorflow_version": tf.__version__,
         "keras_version": keras.__version__,
         "exported_at": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
@@ -686,37 +685,101 @@ def _metadata(
     }
 
 
-def _define_flags() -> None:
-    # Defined when the app starts, not at import: importing tfascl.export next to
-    # another tfascl app (tfascl.train defines --model_dir too) must not clash.
-    from absl import flags
+PROGRAM = "tfascl-export"
 
-    flags.DEFINE_string("model_dir", None, "The run's directory (run.json, checkpoints/).")
+
+def define_flags(flag_values: flags.FlagValues = flags.FLAGS) -> flags.FlagValues:
+    """Defines tfascl-export's flags in ``flag_values`` (once; again does nothing).
+
+    Called when the command starts, not at import: importing tfascl.export into another
+    absl program must not clash with its flags.
+
+    Returns:
+        ``flag_values``.
+    """
+    if cli.defined(flag_values, ["export_dir", "formats", "overwrite"]):
+        return flag_values
+    define = {"flag_values": flag_values}
+    flags.DEFINE_string(
+        "model_dir", None, "The run's directory (run.json, checkpoints/).", **define
+    )
     flags.DEFINE_string(
         "export_dir",
         None,
         "Base path of the export (TF Serving's model_base_path); default <model_dir>/export.",
+        **define,
     )
-    flags.DEFINE_string("checkpoint", "latest", "latest, best, or a checkpoint name/path.")
-    flags.DEFINE_integer("version", None, "Version number; default the next free one.")
-    flags.DEFINE_bool("overwrite", False, "Replace an existing version.")
+    flags.DEFINE_string(
+        "checkpoint", "latest", "latest, best, or a checkpoint name/path.", **define
+    )
+    flags.DEFINE_integer("version", None, "Version number; default the next free one.", **define)
+    flags.DEFINE_bool("overwrite", False, "Replace an existing version.", **define)
     flags.DEFINE_list(
         "formats",
         ["saved_model"],
         "What to write: saved_model (always), onnx (assets.extra/model.onnx, needs "
         "tfascl[onnx]), litert (assets.extra/model.tflite).",
+        **define,
     )
-    flags.mark_flag_as_required("model_dir")
+    return flag_values
+
+
+# What each portable format needs installed, and the extra that brings it.
+FORMAT_MODULES = {"onnx": ("tf2onnx", "tfascl[onnx]")}
+
+
+def check_flags(values: flags.FlagValues) -> str:
+    """Every flag checked before the model is built; the export directory.
+
+    Raises:
+        FlagError: one line naming the flag.
+    """
+    import importlib.util
+
+    require = cli.require
+    require(values.model_dir is not None, "--model_dir: required (a training run's folder)")
+    version = values.version
+    require(version is None or version >= 0, f"--version={version}: must be >= 0")
+    try:
+        formats = check_formats(values.formats)
+    except ValueError as error:
+        raise cli.FlagError(f"--formats={','.join(values.formats)}: {error}") from None
+    for name in formats:
+        module, extra = FORMAT_MODULES.get(name, (None, None))
+        if module and importlib.util.find_spec(module) is None:
+            raise cli.FlagError(f"--formats={name}: needs {module}: pip install '{extra}'")
+    # Then the files the flags name.
+    cli.check_run_dir(values.model_dir)
+    try:
+        runs.load_spec(values.model_dir)
+    except ValueError as error:  # a damaged run.json
+        raise cli.FlagError(f"--model_dir={values.model_dir}: {error}") from None
+    try:
+        runs.find_checkpoint(values.model_dir, values.checkpoint)
+    except (FileNotFoundError, ValueError) as error:
+        raise cli.FlagError(f"--checkpoint={values.checkpoint}: {error}") from None
+    export_dir = values.export_dir or str(Path(values.model_dir) / runs.EXPORT_SUBDIR)
+    target = Path(export_dir) / str(next_version(export_dir) if version is None else version)
+    require(
+        values.overwrite or not target.exists(),
+        f"--version={target.name}: {target} already exists; choose another --version or "
+        "pass --overwrite",
+    )
+    return export_dir
 
 
 def main(argv: Sequence[str]) -> None:
-    """The ``tfascl-export`` app: exports and prints the version directory."""
-    from absl import app, flags
+    """The ``tfascl-export`` app: exports and prints the version directory.
 
-    if len(argv) > 1:
-        raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
+    Exit status 2 and one line for a usage error (found before the model is built), 1
+    and one line when the export itself fails (a converter, a full disk).
+    """
+    cli.no_arguments(PROGRAM, argv)
     values = flags.FLAGS
-    export_dir = values.export_dir or str(Path(values.model_dir) / runs.EXPORT_SUBDIR)
+    try:
+        export_dir = check_flags(values)
+    except cli.FlagError as error:
+        cli.fail_usage(PROGRAM, str(error))
     try:
         path = export_backbone(
             values.model_dir,
@@ -726,18 +789,14 @@ def main(argv: Sequence[str]) -> None:
             overwrite=values.overwrite,
             formats=values.formats,
         )
-    except (FileNotFoundError, FileExistsError, ValueError, ImportError) as error:
-        # One line, no traceback: these are the user's to fix.
-        sys.exit(f"tfascl-export: error: {error}")
+    except (OSError, ValueError, ImportError) as error:
+        cli.fail_run(PROGRAM, runs.error_line(error))
     print(path)
 
 
 def run() -> None:
-    """Console-script entry point."""
-    from absl import app
-
-    _define_flags()
-    app.run(main)
+    """Console script ``tfascl-export``."""
+    cli.run_app(PROGRAM, define_flags, main)
 
 
 if __name__ == "__main__":

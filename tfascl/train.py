@@ -24,10 +24,18 @@ from typing import Any
 import keras
 import numpy as np
 import tensorflow as tf
-from absl import app, logging
+from absl import logging
 
 from tfascl import callbacks as cbs
 from tfascl import data, runs
+from tfascl.cli import (
+    EXIT_FAILED,
+    EXIT_INTERRUPTED,
+    EXIT_PREEMPTED,
+    EXIT_USAGE,
+    no_arguments,
+    run_app,
+)
 from tfascl.distribute import fit_loop, make_strategy
 from tfascl.optim import build_optimizer, scaled_learning_rate, warmup_cosine
 from tfascl.runs import (
@@ -41,19 +49,19 @@ from tfascl.runs import (
     save_spec,
 )
 from tfascl.train_config import (
-    EXIT_FAILED,
-    EXIT_INTERRUPTED,
-    EXIT_PREEMPTED,
     EXIT_SAVE_FAILED,
-    EXIT_USAGE,
     FLAGS,
+    PROGRAM,
     FlagError,
     TrainConfig,
     check_previous_run,
     check_replicas,
+    config_from_args,
     config_from_flags,
+    define_flags,
     expand_flagfiles,
     fail_usage,
+    flagfile_text,
     parse_flags,
     require,
     resolve_model_dir,
@@ -70,7 +78,9 @@ __all__ = [
     "FLAGS",
     "FlagError",
     "TrainConfig",
+    "config_from_args",
     "config_from_flags",
+    "define_flags",
     "expand_flagfiles",
     "main",
     "parse_flags",
@@ -401,6 +411,7 @@ def train(config: TrainConfig) -> RunResult:
     started = time.time()
     validate(config)
     model_dir = resolve_model_dir(config)
+    given = dataclasses.replace(config, model_dir=str(model_dir.resolve()))
     check_previous_run(model_dir, config)
     summary = finished_run(model_dir, config)
     if summary is not None:
@@ -425,6 +436,8 @@ def train(config: TrainConfig) -> RunResult:
     if chief:
         save_spec(spec, model_dir)
         atomic_write_json(model_dir / FLAGS_FILE, config.to_json())
+        # The flags as given (not as resolved for this machine): replays the run.
+        runs.atomic_write_text(model_dir / runs.FLAGS_TEXT_FILE, flagfile_text(given))
 
     policy = keras.mixed_precision.global_policy()
     keras.mixed_precision.set_global_policy(config.precision)
@@ -711,8 +724,7 @@ def quiet_libraries() -> None:
 
 def main(argv: list[str]) -> None:
     """absl main: trains with the parsed flags and exits with the run's status."""
-    if len(argv) > 1:
-        fail_usage(f"unexpected arguments {argv[1:]} (flags are --name=value)")
+    no_arguments(PROGRAM, argv)
     quiet_libraries()
     try:
         config = config_from_flags()
@@ -723,8 +735,8 @@ def main(argv: list[str]) -> None:
 
 
 def run() -> None:
-    """Console script ``tfascl-train``."""
-    app.run(main, flags_parser=parse_flags)
+    """Console script ``tfascl-train``: defines the flags, parses them, runs ``main``."""
+    run_app(PROGRAM, define_flags, main)
 
 
 if __name__ == "__main__":

@@ -9,17 +9,20 @@ runs before anything is built and raises ``FlagError`` with one line naming the 
 from __future__ import annotations
 
 import dataclasses
+import datetime
 import math
 import os
-import sys
 import tempfile
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 import tensorflow as tf
 from absl import flags
 
+from tfascl import cli
 from tfascl.callbacks import profile_range
+from tfascl.cli import EXIT_FAILED, FlagError, expand_flagfiles, require
 from tfascl.data.augment import KEY_AUGMENTS
 from tfascl.data.pipeline import AUGMENT_ON, INPUT_MODES
 from tfascl.models.backbones import RESNETS, STEMS, default_stem
@@ -29,12 +32,9 @@ from tfascl.optim import OPTIMIZER_NAMES
 from tfascl.runs import FLAGS_FILE, RunFileError, RunSpec, read_json_file
 
 FLAGS = flags.FLAGS
+PROGRAM = "tfascl-train"
 
-EXIT_USAGE = 2  # a bad flag, dataset or model_dir: nothing was built
-EXIT_FAILED = 1  # training failed (non-finite loss)
-EXIT_INTERRUPTED = 130  # Ctrl-C, after saving a checkpoint
-EXIT_PREEMPTED = 143  # SIGTERM (128 + 15, as a shell reports it), after saving a checkpoint
-EXIT_SAVE_FAILED = 1  # a checkpoint could not be written (full disk); earlier ones kept
+EXIT_SAVE_FAILED = EXIT_FAILED  # a checkpoint could not be written (full disk); earlier ones kept
 
 # Flags that define the model or the data stream: resuming with other values is
 # refused (unless --force), since it would not continue the same run.
@@ -56,10 +56,6 @@ STEM_STRIDES = {"cifar": 8, "cifar_pool": 16, "imagenet": 32}
 # per-call work (a few hundred microseconds) is already under 1% of a GPU step.
 MAX_AUTO_STEPS_PER_EXECUTION = 32
 PRECISIONS = ("float32", "mixed_bfloat16", "mixed_float16")
-
-
-class FlagError(ValueError):
-    """A bad flag value; its message is one line that names the flag."""
 
 
 def _flag(default: Any, help_text: str) -> Any:
@@ -242,20 +238,47 @@ DEFINERS = {
 }
 
 
-def define_flags() -> None:
-    """One absl flag per ``TrainConfig`` field, with the field's default and type."""
+def define_flags(flag_values: flags.FlagValues = FLAGS) -> flags.FlagValues:
+    """One absl flag per ``TrainConfig`` field, with the field's default and type.
+
+    Called by ``run`` (and by whoever parses tfascl-train's flags), never at import: a
+    program that imports tfascl keeps its own flags. Defining them twice in the same
+    ``flag_values`` does nothing the second time.
+
+    Returns:
+        ``flag_values``.
+    """
+    names = [field.name for field in dataclasses.fields(TrainConfig)]
+    if cli.defined(flag_values, names):
+        return flag_values
     for field in dataclasses.fields(TrainConfig):
         name, default, kind = field.name, field.default, str(field.type)
         help_text, base = field.metadata["help"], kind.split(" ")[0].split("[")[0]
         if name in ENUMS:
-            flags.DEFINE_enum(name, default, ENUMS[name], help_text)
+            flags.DEFINE_enum(name, default, ENUMS[name], help_text, flag_values=flag_values)
         elif base == "tuple":
-            flags.DEFINE_list(name, [str(value) for value in default], help_text)
+            values = [str(value) for value in default]
+            flags.DEFINE_list(name, values, help_text, flag_values=flag_values)
         else:
-            DEFINERS[base](name, default, help_text)
+            DEFINERS[base](name, default, help_text, flag_values=flag_values)
+    return flag_values
 
 
-define_flags()
+def config_from_args(args: Sequence[str]) -> TrainConfig:
+    """The ``TrainConfig`` of tfascl-train's command-line arguments (no program name).
+
+    Parsed by absl on flags of their own (the global ``FLAGS`` are left alone), with
+    nested flagfiles as the command reads them.
+
+    Raises:
+        FlagError: an unknown flag, a bad value or an unreadable flagfile (one line).
+    """
+    flag_values = define_flags(flags.FlagValues())
+    try:
+        flag_values([PROGRAM, *expand_flagfiles(args)])
+    except flags.Error as error:
+        raise FlagError(cli.first_line(error)) from None
+    return config_from_flags(flag_values)
 
 
 def config_from_flags(flag_values: flags.FlagValues = FLAGS) -> TrainConfig:
@@ -275,12 +298,6 @@ def config_from_flags(flag_values: flags.FlagValues = FLAGS) -> TrainConfig:
 
 
 # --- Validation ---------------------------------------------------------------------------
-
-
-def require(condition: bool, message: str) -> None:
-    """Raises ``FlagError(message)`` unless ``condition``."""
-    if not condition:
-        raise FlagError(message)
 
 
 def validate(config: TrainConfig) -> None:
@@ -364,24 +381,9 @@ def validate_image_size(image_size: int, stem: str | None) -> None:
 
 
 def check_dataset(dataset: str, data_dir: str | None) -> None:
-    """A cheap existence check, by the loader's own rule (``data.source_kind``): digits, an
-    existing folder, or a prepared TFDS dataset (TFDS's own error when it is none)."""
-    from tfascl.data.loading import DatasetNotFoundError, prepared_tfds_builder, source_kind
-
-    try:
-        if source_kind(dataset) == "tfds":
-            prepared_tfds_builder(dataset, data_dir)
-    except DatasetNotFoundError:
-        import tensorflow_datasets as tfds
-
-        looked = tfds.builder(dataset, data_dir=data_dir).data_dir
-        raise FlagError(
-            f"--dataset={dataset}: TFDS dataset not prepared (looked for {looked}); "
-            f"run `tfds build {dataset} --data_dir=DIR` where there is internet, then pass "
-            "--data_dir=DIR"
-        ) from None
-    except ValueError as error:
-        raise FlagError(f"--dataset={dataset}: {error}") from None
+    """A cheap existence check, by the loader's own rule (``tfascl.cli.dataset_problem``):
+    digits, an existing folder, or a prepared TFDS dataset (TFDS's own error otherwise)."""
+    cli.check_dataset(dataset, data_dir)
 
 
 def resolve_model_dir(config: TrainConfig) -> Path:
@@ -481,46 +483,40 @@ def _text(value: Any) -> str:  # a value as a flag spells it
 # --- Flag parsing and flagfiles -----------------------------------------------------------
 
 
-def expand_flagfiles(argv: list[str], base: str | None = None, seen: tuple = ()) -> list[str]:
-    """Inlines ``--flagfile=F`` arguments, reading F relative to the file that names it.
-
-    (absl reads a nested one relative to the working directory: recipes could then not
-    share base files from anywhere.) ``#`` and ``//`` lines are comments, as in absl.
-    """
-    expanded: list[str] = []
-    args = iter(argv)
-    for arg in args:
-        name, _, value = arg.partition("=")
-        if name not in ("--flagfile", "-flagfile"):
-            expanded.append(arg)
-            continue
-        if not _:
-            value = next(args, "")
-        path = os.path.expanduser(value)
-        if base and not os.path.isabs(path):
-            path = os.path.join(base, path)
-        path = os.path.normpath(path)
-        if path in seen:
-            raise FlagError(f"--flagfile={value}: includes itself")
-        try:
-            lines = Path(path).read_text().splitlines()
-        except OSError as error:
-            raise FlagError(f"--flagfile={value}: cannot read ({error.strerror})") from None
-        lines = [line.strip() for line in lines]
-        lines = [line for line in lines if line and not line.startswith(("#", "//"))]
-        expanded += expand_flagfiles(lines, os.path.dirname(path), (*seen, path))
-    return expanded
-
-
 def parse_flags(argv: list[str]) -> list[str]:
     """absl's flag parsing with nested flagfiles and one-line errors (exit code 2)."""
-    try:
-        return FLAGS(expand_flagfiles(argv[:1]) + expand_flagfiles(argv[1:]))
-    except (flags.Error, FlagError) as error:
-        fail_usage(str(error).splitlines()[0])
-    return []  # not reached
+    return cli.flags_parser(PROGRAM)(argv)
 
 
-def fail_usage(message: str) -> None:
-    print(f"tfascl-train: error: {message}", file=sys.stderr)
-    sys.exit(EXIT_USAGE)
+def fail_usage(message: str) -> NoReturn:
+    """Ends tfascl-train with ``EXIT_USAGE`` and one line naming the problem."""
+    cli.fail_usage(PROGRAM, message)
+
+
+def flagfile_text(config: TrainConfig) -> str:
+    """``config`` as a flagfile: ``tfascl-train --flagfile=F`` parses back to ``config``.
+
+    One ``--name=value`` line per field; booleans as ``--name``/``--noname``, lists
+    comma-joined, floats by ``repr`` (exact). A field left unset (None: chosen at run time)
+    has no line, so it stays unset on replay; a comment names it.
+    """
+    lines = [
+        f"# tfascl-train flags of this run, written {datetime.date.today().isoformat()}.",
+        "# Replay or resume it: tfascl-train --flagfile=<this file> (later flags override).",
+        "# Values resolved at run time (norm, jit_compile, ...) are in flags.json.",
+    ]
+    for field in dataclasses.fields(TrainConfig):
+        value = getattr(config, field.name)
+        if value is None:
+            lines.append(f"# --{field.name}: unset (its default)")
+        elif isinstance(value, bool):
+            lines.append(f"--{'' if value else 'no'}{field.name}")
+        elif isinstance(value, (tuple, list)):
+            lines.append(f"--{field.name}={','.join(map(str, value))}")
+        else:
+            lines.append(
+                f"--{field.name}={value!r}"
+                if isinstance(value, float)
+                else f"--{field.name}={value}"
+            )
+    return "\n".join(lines) + "\n"

@@ -1,10 +1,11 @@
 """Evaluation of pretrained encoders: kNN and linear probes, results.json, pictures.
 
-``evaluate(protocol, model_dir=... | saved_model=..., dataset=...)`` is the Python entry;
-``tfascl-eval`` (``tfascl.evaluate``) is the command line around it.
+``evaluate(EvalConfig(protocol, model_dir=... | saved_model=..., dataset=...))`` (or
+``evaluate("knn", model_dir=...)``) is the Python entry; ``tfascl-eval``
+(``tfascl.evaluation.cli``) is the command line around it.
 """
 
-from tfascl.evaluation.api import PROTOCOLS, evaluate, resolve_dataset
+from tfascl.evaluation.api import PROTOCOLS, EvalConfig, evaluate, resolve_dataset
 from tfascl.evaluation.encoders import (
     Encoder,
     EvalInputError,
@@ -27,6 +28,7 @@ __all__ = [
     "PROTOCOLS",
     "RESULTS_FILE",
     "Encoder",
+    "EvalConfig",
     "EvalInputError",
     "LinearConfig",
     "build_classifier",

@@ -1,14 +1,21 @@
-"""One call from a model and a dataset to a recorded result: :func:`evaluate`."""
+"""One call from a model and a dataset to a recorded result: :func:`evaluate`.
+
+``evaluate(EvalConfig(...))`` runs three steps: ``prepare`` (checks, then the encoder and
+the decoded splits), ``run_protocol`` (kNN, linear or neighbours) and ``record`` (the
+results entry, merged into results.json).
+"""
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-import tfascl
+from tfascl._version import __version__
 from tfascl.evaluation import protocols, results
 from tfascl.evaluation.encoders import Encoder, EvalInputError, load_encoder
+from tfascl.models.registry import method_label
 
 PROTOCOLS = ("knn", "linear", "neighbors")
 
@@ -26,37 +33,11 @@ def resolve_dataset(encoder: Encoder, dataset: str | None) -> str:
     raise EvalInputError(f"{encoder.source} does not record its dataset: pass --dataset")
 
 
-def evaluate(
-    protocol: str,
-    *,
-    model_dir: str | Path | None = None,
-    saved_model: str | Path | None = None,
-    checkpoint: str = "latest",
-    dataset: str | None = None,
-    data_dir: str | None = None,
-    train_split: str = "train",
-    test_split: str = "test",
-    max_train_examples: int | None = None,
-    max_test_examples: int | None = None,
-    image_size: int | None = None,
-    batch_size: int = 256,
-    knn_k: int = 200,
-    knn_temperature: float = 0.1,
-    knn_chunk_size: int = 1024,
-    linear: protocols.LinearConfig | None = None,
-    neighbor_queries: int = 8,
-    neighbor_k: int = 5,
-    plots_dir: str | Path | None = None,
-    seed: int = 0,
-    write: bool = True,
-    log: Callable[[str], None] | None = None,
-) -> dict[str, Any]:
-    """Evaluates a training run's checkpoint or an exported SavedModel with one protocol.
+@dataclasses.dataclass(frozen=True)
+class EvalConfig:
+    """What one evaluation does; each field is the ``tfascl-eval`` flag of the same name.
 
-    Everything that can be wrong with the input (no checkpoint, no signature, unlabelled
-    folder) is checked before the datasets are decoded or features computed.
-
-    Args:
+    Attributes:
         protocol: ``"knn"``, ``"linear"`` (``linear.fast`` selects "linear_fast") or
             ``"neighbors"`` (a picture of test images' nearest training images).
         model_dir: A training run's directory; or
@@ -81,7 +62,67 @@ def evaluate(
         plots_dir: neighbors: the picture's folder; default ``plots/`` beside the model.
         seed: Seed of the subsets (and of the pictured test images).
         write: Merge the entry into ``results.json`` beside the model.
+    """
+
+    protocol: str = "knn"
+    model_dir: str | Path | None = None
+    saved_model: str | Path | None = None
+    checkpoint: str = "latest"
+    dataset: str | None = None
+    data_dir: str | None = None
+    train_split: str = "train"
+    test_split: str = "test"
+    max_train_examples: int | None = None
+    max_test_examples: int | None = None
+    image_size: int | None = None
+    batch_size: int = 256
+    knn_k: int = 200
+    knn_temperature: float = 0.1
+    knn_chunk_size: int = 1024
+    linear: protocols.LinearConfig = dataclasses.field(default_factory=protocols.LinearConfig)
+    neighbor_queries: int = 8
+    neighbor_k: int = 5
+    plots_dir: str | Path | None = None
+    seed: int = 0
+    write: bool = True
+
+    def validate(self) -> None:
+        """Checks every value that needs no file; one line naming the flag.
+
+        Raises:
+            EvalInputError: ``--name=value: what is allowed``.
+        """
+        if self.protocol not in PROTOCOLS:
+            raise EvalInputError(f"--protocol={self.protocol}: must be one of {PROTOCOLS}")
+        if (self.model_dir is None) == (self.saved_model is None):
+            raise EvalInputError("give exactly one of --model_dir and --saved_model")
+        at_least_one = ["batch_size", "knn_k", "knn_chunk_size", "neighbor_queries", "neighbor_k"]
+        at_least_one += ["max_train_examples", "max_test_examples", "image_size"]
+        for name in at_least_one:
+            value = getattr(self, name)
+            if value is not None and value < 1:
+                raise EvalInputError(f"--{name}={value}: must be >= 1")
+        if not self.knn_temperature > 0:
+            raise EvalInputError(f"--knn_temperature={self.knn_temperature}: must be > 0")
+
+
+def evaluate(
+    protocol: str | EvalConfig = "knn",
+    *,
+    log: Callable[[str], None] | None = None,
+    **settings: Any,
+) -> dict[str, Any]:
+    """Evaluates a training run's checkpoint or an exported SavedModel with one protocol.
+
+    Everything that can be wrong with the input (a bad value, no checkpoint, no
+    signature, an unlabelled folder) is checked before the datasets are decoded or
+    features computed.
+
+    Args:
+        protocol: An ``EvalConfig``, or the protocol's name with the other ``EvalConfig``
+            fields as keywords: ``evaluate("knn", model_dir="runs/ascl", knn_k=20)``.
         log: Progress messages (e.g. ``absl.logging.info``).
+        **settings: ``EvalConfig`` fields, when ``protocol`` is a name.
 
     Returns:
         The results entry: protocol, dataset, model, metrics (fractions), settings, sizes,
@@ -90,111 +131,135 @@ def evaluate(
     Raises:
         EvalInputError: Bad input, with a one-line message.
     """
-    if protocol not in PROTOCOLS:
-        raise EvalInputError(f"protocol must be one of {PROTOCOLS}, got {protocol!r}")
-    if protocol == "neighbors" and (neighbor_queries < 1 or neighbor_k < 1):
-        raise EvalInputError(
-            f"neighbors need num_queries >= 1 and k >= 1, got {neighbor_queries}, {neighbor_k}"
-        )
-    linear = linear or protocols.LinearConfig()
+    if isinstance(protocol, EvalConfig):
+        if settings:
+            raise TypeError("evaluate(EvalConfig) takes no other settings")
+        config = protocol
+    else:
+        config = EvalConfig(protocol=protocol, **settings)
     say = log or (lambda message: None)
-    encoder = load_encoder(model_dir, saved_model, checkpoint=checkpoint, image_size=image_size)
-    source = resolve_dataset(encoder, dataset)
-    for split in (train_split, test_split):
+    prepared = prepare(config, say)
+    outcome = run_protocol(config, prepared, say)
+    return record(config, prepared, outcome)
+
+
+@dataclasses.dataclass
+class Prepared:
+    """What ``prepare`` loads: the encoder, the two splits and how they are fed to it."""
+
+    encoder: Encoder
+    source: str
+    train: Any
+    test: Any
+    linear: protocols.LinearConfig
+    reference: Any
+    eval_size: int
+    notes: list[str]
+    protocol: str
+
+    @property
+    def name(self) -> str:
+        """The recorded protocol name (``linear_fast`` for a fast linear probe)."""
+        return self.linear.protocol if self.protocol == "linear" else self.protocol
+
+
+def prepare(config: EvalConfig, say: Callable[[str], None]) -> Prepared:
+    """Checks the input, then loads the encoder and both splits (decoded images)."""
+    config.validate()
+    encoder = load_encoder(
+        config.model_dir, config.saved_model, checkpoint=config.checkpoint,
+        image_size=config.image_size,
+    )  # fmt: skip
+    source = resolve_dataset(encoder, config.dataset)
+    for split in (config.train_split, config.test_split):
         protocols.check_labelled_source(source, split)
-    if write:
+    if config.write:
         results.read_results(encoder.results_dir)  # a broken results.json fails now, not later
 
-    say(f"loading {source} {train_split}/{test_split}")
-    train = protocols.load_labelled(
-        source, train_split, data_dir=data_dir, max_examples=max_train_examples, seed=seed
-    )
-    test = protocols.load_labelled(
-        source, test_split, data_dir=data_dir, max_examples=max_test_examples, seed=seed
+    say(f"loading {source} {config.train_split}/{config.test_split}")
+    subsets = ((config.train_split, config.max_train_examples),
+               (config.test_split, config.max_test_examples))  # fmt: skip
+    train, test = (
+        protocols.load_labelled(
+            source, split, data_dir=config.data_dir, max_examples=limit, seed=config.seed
+        )
+        for split, limit in subsets
     )
     reference = protocols.dataset_protocol(train.name or source)
-    linear = linear.for_dataset(reference)
+    linear = config.linear.for_dataset(reference)
     eval_size, size_note = protocols.eval_image_size(reference, encoder, test)
     notes = list(encoder.notes) + ([size_note] if size_note else [])
     # The eval transform takes the test images, and kNN's bank or linear_fast's training
     # images, to eval_size; the augmented linear probe random-resized-crops its own.
-    transformed = [train, test] if protocol != "linear" or linear.fast else [test]
+    transformed = [train, test] if config.protocol != "linear" or linear.fast else [test]
     for split in transformed:
         note = protocols.resize_note(split, eval_size)
         if note and note not in notes:
             notes.append(note)
     for note in notes:
         say(f"note: {note}")
+    return Prepared(
+        encoder, source, train, test, linear, reference, eval_size, notes, config.protocol
+    )
 
-    name = linear.protocol if protocol == "linear" else protocol
-    say(f"{name}: {len(train)} train / {len(test)} test images, model {encoder.checkpoint}")
-    if protocol == "knn":
+
+def run_protocol(config: EvalConfig, p: Prepared, say: Callable[[str], None]) -> dict[str, Any]:
+    """Runs the protocol on the prepared splits; its timed outcome (metrics, settings)."""
+    encoder, train, test = p.encoder, p.train, p.test
+    say(f"{p.name}: {len(train)} train / {len(test)} test images, model {encoder.checkpoint}")
+    common = {"eval_size": p.eval_size}
+    if config.protocol == "knn":
         outcome = protocols.timed(
-            protocols.knn_protocol,
-            encoder,
-            train,
-            test,
-            k=knn_k,
-            temperature=knn_temperature,
-            batch_size=batch_size,
-            chunk_size=knn_chunk_size,
-            eval_size=eval_size,
-        )
-    elif protocol == "neighbors":
-        folder = Path(plots_dir) if plots_dir else Path(encoder.results_dir) / "plots"
+            protocols.knn_protocol, encoder, train, test, k=config.knn_k,
+            temperature=config.knn_temperature, batch_size=config.batch_size,
+            chunk_size=config.knn_chunk_size, **common,
+        )  # fmt: skip
+    elif config.protocol == "neighbors":
+        folder = Path(config.plots_dir or Path(encoder.results_dir) / "plots")
         outcome = protocols.timed(
-            protocols.neighbors_protocol,
-            encoder,
-            train,
-            test,
-            picture=folder / protocols.NEIGHBORS_FILE,
-            num_queries=neighbor_queries,
-            k=neighbor_k,
-            seed=seed,
-            batch_size=batch_size,
-            chunk_size=knn_chunk_size,
-            eval_size=eval_size,
+            protocols.neighbors_protocol, encoder, train, test,
+            picture=folder / protocols.NEIGHBORS_FILE, num_queries=config.neighbor_queries,
+            k=config.neighbor_k, seed=config.seed, batch_size=config.batch_size,
+            chunk_size=config.knn_chunk_size, **common,
             title=f"Nearest neighbours: {encoder.method} ({Path(encoder.checkpoint).name})",
-        )
+        )  # fmt: skip
     else:
         outcome = protocols.timed(
-            protocols.linear_protocol,
-            encoder,
-            train,
-            test,
-            linear,
-            embed_batch_size=batch_size,
-            log=say,
-            eval_size=eval_size,
-        )
+            protocols.linear_protocol, encoder, train, test, p.linear,
+            embed_batch_size=config.batch_size, log=say, **common,
+        )  # fmt: skip
         outcome.pop("classifier")
-    outcome["settings"]["reference_protocol"] = reference.source
+    outcome["settings"]["reference_protocol"] = p.reference.source
+    return outcome
 
+
+def record(config: EvalConfig, p: Prepared, outcome: dict[str, Any]) -> dict[str, Any]:
+    """The results entry of an outcome, merged into results.json when ``config.write``."""
     entry: dict[str, Any] = {
-        "protocol": name,
-        "dataset": train.name,
-        "dataset_source": source,
-        "train_split": train_split,
-        "test_split": test_split,
-        "num_train": len(train),
-        "num_test": len(test),
-        "num_classes": protocols.num_classes_of(train, test),
+        "protocol": p.name,
+        "dataset": p.train.name,
+        "dataset_source": p.source,
+        "train_split": config.train_split,
+        "test_split": config.test_split,
+        "num_train": len(p.train),
+        "num_test": len(p.test),
+        "num_classes": protocols.num_classes_of(p.train, p.test),
         "subset": {
-            "max_train_examples": max_train_examples,
-            "max_test_examples": max_test_examples,
-            "seed": seed,
+            "max_train_examples": config.max_train_examples,
+            "max_test_examples": config.max_test_examples,
+            "seed": config.seed,
         },
-        "model": encoder.describe(),
-        "normalisation": {"mean": list(encoder.mean), "std": list(encoder.std)},
+        "model": p.encoder.describe(),
+        "normalisation": {"mean": list(p.encoder.mean), "std": list(p.encoder.std)},
         **outcome,
-        "notes": notes,
+        "notes": p.notes,
         "date": results.now_iso(),
-        "tfascl_version": tfascl.__version__,
+        "tfascl_version": __version__,
     }
-    if write:
-        key = results.result_key(name, train.name, encoder.dataset)
+    if config.write:
+        key = results.result_key(p.name, p.train.name, p.encoder.dataset)
         entry["results_key"] = key
-        entry["results_file"] = str(results.update_results(encoder.results_dir, key, entry))
+        entry["results_file"] = str(results.update_results(p.encoder.results_dir, key, entry))
     return entry
 
 
@@ -211,7 +276,7 @@ def open_model(path: str | Path, checkpoint: str = "latest") -> Encoder:
 
 def run_label(encoder: Encoder, others: list[Encoder]) -> str:
     """A legend label: the method's name, plus the folder name when two runs share a method."""
-    label = tfascl.models.method_label(encoder.method)
+    label = method_label(encoder.method)
     if sum(other.method == encoder.method for other in others) > 1:
         label += f" ({Path(encoder.source).name})"
     return label
@@ -264,8 +329,6 @@ def make_plots(
     Raises:
         EvalInputError: Bad model or data (before any image is decoded).
     """
-    from tfascl import plots
-
     say = log or (lambda message: None)
     encoders = [open_model(source, checkpoint) for source in sources]
     labels = [run_label(encoder, encoders) for encoder in encoders]
@@ -278,38 +341,68 @@ def make_plots(
     on = f" on {', '.join(names)}" if names else ""
 
     if curves:
-        runs = []
-        for encoder, label in zip(encoders, labels):
-            metrics = (
-                plots.find_metrics_file(encoder.source) if encoder.kind == "checkpoint" else None
-            )
-            if metrics is None:
-                say(f"no metrics file in {encoder.source}: no curves for {label}")
-                continue
-            runs.append(plots.CurveRun(label, plots.read_metrics(metrics)))
-        if runs:
-            title = " vs ".join(run.label for run in runs) + on
-            path = plots.plot_training_curves(
-                runs, out_dir / CURVES_FILE, title=title, subtitle=note
-            )
+        path = _draw_curves(encoders, labels, out_dir / CURVES_FILE, on, note, say)
+        if path is not None:
             written["curves"] = str(path)
-            say(f"wrote {path}")
-
     if embedding_map:
         test = protocols.load_labelled(
             source, test_split, data_dir=data_dir, max_examples=map_points, seed=seed
         )
-        panels = []
-        for encoder, label in zip(encoders, labels):
-            say(f"t-SNE of {len(test)} {test.name} {test_split} embeddings of {label}")
-            features = protocols.embed_images(encoder, test.images, batch_size)
-            knn_top1 = _recorded_knn(encoder)
-            title = label if knn_top1 is None else f"{label} (kNN top-1 {100 * knn_top1:.1f}%)"
-            panels.append(plots.MapPanel(title, plots.tsne_2d(features, seed=seed), test.labels))
-        title = f"t-SNE of {len(test):,} {test.name} {test_split} images' backbone features"
-        path = plots.plot_embedding_maps(
-            panels, test.class_names, out_dir / MAP_FILE, title=title, subtitle=note
-        )
+        path = _draw_map(encoders, labels, test, test_split, out_dir / MAP_FILE, note, say,
+                         batch_size=batch_size, seed=seed)  # fmt: skip
         written["map"] = str(path)
-        say(f"wrote {path}")
     return written
+
+
+def _draw_curves(
+    encoders: list[Encoder],
+    labels: list[str],
+    path: Path,
+    on: str,
+    note: str | None,
+    say: Callable[[str], None],
+) -> Path | None:
+    """The training curves of the runs that logged metrics; None when none did."""
+    from tfascl import plots
+
+    curve_runs = []
+    for encoder, label in zip(encoders, labels):
+        metrics = plots.find_metrics_file(encoder.source) if encoder.kind == "checkpoint" else None
+        if metrics is None:
+            say(f"no metrics file in {encoder.source}: no curves for {label}")
+            continue
+        curve_runs.append(plots.CurveRun(label, plots.read_metrics(metrics)))
+    if not curve_runs:
+        return None
+    title = " vs ".join(run.label for run in curve_runs) + on
+    path = plots.plot_training_curves(curve_runs, path, title=title, subtitle=note)
+    say(f"wrote {path}")
+    return path
+
+
+def _draw_map(
+    encoders: list[Encoder],
+    labels: list[str],
+    test: Any,
+    test_split: str,
+    path: Path,
+    note: str | None,
+    say: Callable[[str], None],
+    *,
+    batch_size: int,
+    seed: int,
+) -> Path:
+    """Side-by-side t-SNE maps of each encoder's features of the ``test`` images."""
+    from tfascl import plots
+
+    panels = []
+    for encoder, label in zip(encoders, labels):
+        say(f"t-SNE of {len(test)} {test.name} {test_split} embeddings of {label}")
+        features = protocols.embed_images(encoder, test.images, batch_size)
+        knn_top1 = _recorded_knn(encoder)
+        title = label if knn_top1 is None else f"{label} (kNN top-1 {100 * knn_top1:.1f}%)"
+        panels.append(plots.MapPanel(title, plots.tsne_2d(features, seed=seed), test.labels))
+    title = f"t-SNE of {len(test):,} {test.name} {test_split} images' backbone features"
+    path = plots.plot_embedding_maps(panels, test.class_names, path, title=title, subtitle=note)
+    say(f"wrote {path}")
+    return path

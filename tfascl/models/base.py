@@ -14,6 +14,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
+from tfascl.distribute import replica_count
 from tfascl.models.ema import cosine_momentum, ema_update
 
 MOMENTUM_SCHEDULES = ("constant", "cosine")
@@ -35,11 +36,6 @@ def clone_encoder(model: keras.Model) -> keras.Model:
         ) from error
     copy.set_weights(model.get_weights())
     return copy
-
-
-def replica_count() -> int:
-    """Replicas of the current ``tf.distribute`` strategy (1 outside one)."""
-    return tf.distribute.get_strategy().num_replicas_in_sync
 
 
 def check_normalization(

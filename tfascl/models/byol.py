@@ -13,9 +13,9 @@ import keras
 import tensorflow as tf
 
 from tfascl import losses
+from tfascl.distribute import gather_across_replicas, replica_offset
 from tfascl.models.base import MomentumModel, l2_normalize
 from tfascl.models.heads import mlp_head
-from tfascl.models.queue import gather_across_replicas, replica_offset
 
 
 @keras.saving.register_keras_serializable(package="tfascl")

@@ -23,8 +23,9 @@ import keras
 import tensorflow as tf
 
 from tfascl import losses
-from tfascl.models.base import MomentumModel, replica_count
-from tfascl.models.queue import KeyQueue, gather_across_replicas, replica_offset
+from tfascl.distribute import gather_across_replicas, replica_count, replica_offset
+from tfascl.models.base import MomentumModel
+from tfascl.models.queue import KeyQueue
 
 OBJECTIVES = ("contrastive", "sce", "ressl")
 # Relabel modes whose targets sit on the K nearest queue keys only: K <= queue_size.

@@ -6,34 +6,12 @@ import keras
 import tensorflow as tf
 from keras import ops
 
+from tfascl.distribute import gather_across_replicas
+
 
 def _unit_rows(shape, dtype=None):  # noqa: ANN001, ANN202
     rows = keras.random.normal(shape, dtype=dtype or "float32")
     return rows / ops.norm(rows, axis=1, keepdims=True)
-
-
-def gather_across_replicas(values: tf.Tensor) -> tf.Tensor:
-    """Concatenates ``values`` [b, ...] of all replicas in replica order: [b·R, ...].
-
-    Outside a multi-replica strategy it is the identity.
-    """
-    context = tf.distribute.get_replica_context()
-    if context is None or context.num_replicas_in_sync == 1:
-        return values
-    # identity places the tensor on this replica's device: MultiWorkerMirroredStrategy
-    # derives the gather's destination from it, and an input batch carries no device.
-    return context.all_gather(tf.identity(values), axis=0)
-
-
-def replica_offset(rows: tf.Tensor | int) -> tf.Tensor:
-    """The row of this replica's first example in ``gather_across_replicas``'s result.
-
-    Args:
-        rows: b, the examples on each replica.
-    """
-    context = tf.distribute.get_replica_context()
-    replica = 0 if context is None else context.replica_id_in_sync_group
-    return tf.cast(replica, tf.int32) * tf.cast(rows, tf.int32)
 
 
 class KeyQueue(keras.layers.Layer):

@@ -1,6 +1,6 @@
 """Throughput of the input pipeline alone, without any model.
 
-    python -m tfascl.benchmark_data [--data PATH_OR_NAME] [--max_examples N] [--batches N]
+    python -m benchmarks.input_pipeline [--data PATH_OR_NAME] [--max_examples N] [--batches N]
 
 Measures, on whatever machine runs it:
 

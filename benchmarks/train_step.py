@@ -1,15 +1,15 @@
 """Training-step throughput: the real ``fit`` path on batches already in memory.
 
-    python -m tfascl.benchmark [--method=ascl] [--backbone_width=64] [--batch_size=256]
+    python -m benchmarks.train_step [--method=ascl] [--backbone_width=64] [--batch_size=256]
         [--queue_size=4096] [--precision=float32] [--jit_compile] [--augment_on=host]
-    python -m tfascl.benchmark --table=overhead|batch|queue|precision|steps_per_execution
-    python -m tfascl.benchmark --table=loss_head [--batch_size=256]
-    python -m tfascl.benchmark ... [--steps_per_execution=8] [--append_jsonl=FILE]
+    python -m benchmarks.train_step --table=overhead|batch|queue|precision|steps_per_execution
+    python -m benchmarks.train_step --table=loss_head [--batch_size=256]
+    python -m benchmarks.train_step ... [--steps_per_execution=8] [--append_jsonl=FILE]
 
 Each configuration builds its model the way a run does (``RunSpec.build_model``), compiles it
 with SGD and calls ``model.fit`` on ``tf.data.Dataset.from_tensors(batch).repeat()``: one
 synthetic batch that already sits in memory (on the accelerator when there is one), so the
-input pipeline is out of the measurement (``python -m tfascl.benchmark_data`` measures that
+input pipeline is out of the measurement (``python -m benchmarks.input_pipeline`` measures that
 apart, see docs/DATA.md). ``augment_on="device"`` feeds uint8 images and lets the model's
 ``TwoViews`` layer augment them inside the step, as a device-augmenting run does.
 
@@ -562,7 +562,7 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
         image_size=args.image_size,
         steps_per_execution=args.steps_per_execution,
     )
-    command = "python -m tfascl.benchmark " + " ".join(sys.argv[1:] if argv is None else argv)
+    command = "python -m benchmarks.train_step " + " ".join(sys.argv[1:] if argv is None else argv)
     if args.table == "loss_head":
         records = loss_head_table(args.batch_size, args.jit_compile)
     else:

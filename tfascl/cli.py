@@ -1,0 +1,216 @@
+"""What the three commands (tfascl-train, tfascl-eval, tfascl-export) share.
+
+Exit statuses, one-line usage errors, flag parsing with nested flagfiles, and the cheap
+checks every command runs on its flags before any real work (dataset, run folder).
+
+A usage error (a bad flag value, a missing run folder, an unprepared dataset: found before
+the work starts) ends the program with ``EXIT_USAGE`` and one line on stderr naming the
+flag: ``tfascl-eval: error: --knn_k=-1: must be >= 1``. A failure during the work (a
+non-finite loss, a converter that fails, a full disk) ends it with ``EXIT_FAILED``.
+
+This module imports only absl at import time: TensorFlow and TFDS are imported inside the
+checks that need them.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging as python_logging
+import os
+import sys
+from collections.abc import Callable, Iterator, Sequence
+from pathlib import Path
+from typing import NoReturn
+
+from absl import flags
+from absl import logging as absl_logging
+
+EXIT_OK = 0
+EXIT_FAILED = 1  # the work started and failed (non-finite loss, a failed write, ...)
+EXIT_USAGE = 2  # a bad flag, dataset or model_dir: nothing was done
+EXIT_INTERRUPTED = 130  # Ctrl-C, after saving a checkpoint
+EXIT_PREEMPTED = 143  # SIGTERM (128 + 15, as a shell reports it), after saving a checkpoint
+
+
+class FlagError(ValueError):
+    """A bad flag value; its message is one line that names the flag."""
+
+
+def require(condition: bool, message: str) -> None:
+    """Raises ``FlagError(message)`` unless ``condition``."""
+    if not condition:
+        raise FlagError(message)
+
+
+def first_line(error: BaseException | str) -> str:
+    """The first non-empty line of an error's message (its type when it has none)."""
+    text = str(error).strip()
+    if not text and isinstance(error, BaseException):
+        return type(error).__name__
+    return text.splitlines()[0] if text else ""
+
+
+def fail_usage(program: str, message: str) -> NoReturn:
+    """Ends the program with ``EXIT_USAGE`` and ``program: error: message`` (one line)."""
+    print(f"{program}: error: {first_line(message)}", file=sys.stderr, flush=True)
+    sys.exit(EXIT_USAGE)
+
+
+def fail_run(program: str, message: str) -> NoReturn:
+    """Ends the program with ``EXIT_FAILED`` and one line: the work started and failed."""
+    print(f"{program}: error: {first_line(message)}", file=sys.stderr, flush=True)
+    sys.exit(EXIT_FAILED)
+
+
+# --- Flags ----------------------------------------------------------------------------------
+
+
+def expand_flagfiles(argv: Sequence[str], base: str | None = None, seen: tuple = ()) -> list[str]:
+    """Inlines ``--flagfile=F`` arguments, reading F relative to the file that names it.
+
+    (absl reads a nested one relative to the working directory: recipes could then not
+    share base files from anywhere.) ``#`` and ``//`` lines are comments, as in absl.
+
+    Raises:
+        FlagError: a flagfile that cannot be read or includes itself.
+    """
+    expanded: list[str] = []
+    args = iter(argv)
+    for arg in args:
+        name, equals, value = arg.partition("=")
+        if name not in ("--flagfile", "-flagfile"):
+            expanded.append(arg)
+            continue
+        if not equals:
+            value = next(args, "")
+        path = os.path.expanduser(value)
+        if base and not os.path.isabs(path):
+            path = os.path.join(base, path)
+        path = os.path.normpath(path)
+        if path in seen:
+            raise FlagError(f"--flagfile={value}: includes itself")
+        try:
+            lines = Path(path).read_text().splitlines()
+        except OSError as error:
+            raise FlagError(f"--flagfile={value}: cannot read ({error.strerror})") from None
+        lines = [line.strip() for line in lines]
+        lines = [line for line in lines if line and not line.startswith(("#", "//"))]
+        expanded += expand_flagfiles(lines, os.path.dirname(path), (*seen, path))
+    return expanded
+
+
+def flags_parser(program: str) -> Callable[[list[str]], list[str]]:
+    """A ``flags_parser`` for ``absl.app.run``: nested flagfiles, one-line errors, exit 2.
+
+    absl's own parser prints several lines and exits 1 on a bad flag.
+    """
+
+    def parse(argv: list[str]) -> list[str]:
+        try:
+            return flags.FLAGS(expand_flagfiles(argv[:1]) + expand_flagfiles(argv[1:]))
+        except (flags.Error, FlagError) as error:
+            fail_usage(program, str(error))
+
+    return parse
+
+
+def no_arguments(program: str, argv: Sequence[str]) -> None:
+    """Refuses positional arguments (a flag without ``--``, a space instead of ``=``)."""
+    if len(argv) > 1:
+        fail_usage(program, f"unexpected arguments {list(argv[1:])} (flags are --name=value)")
+
+
+def run_app(
+    program: str,
+    define: Callable[[], None],
+    main: Callable[[list[str]], None],
+) -> None:
+    """Defines the command's flags (now, not at import) and runs ``main`` under absl."""
+    from absl import app
+
+    before = set(flags.FLAGS)
+    define()
+    # --help lists the key flags of the program absl takes as main (sys.argv[0], here a
+    # console-script wrapper that defines none): the command's own flags are its keys.
+    for name in sorted(set(flags.FLAGS) - before):
+        flags.FLAGS.register_key_flag_for_module(sys.argv[0], flags.FLAGS[name])
+    app.run(main, flags_parser=flags_parser(program))
+
+
+def defined(flag_values: flags.FlagValues, names: Sequence[str]) -> bool:
+    """Whether all of ``names`` are already flags of ``flag_values`` (defining twice fails)."""
+    return all(name in flag_values for name in names)
+
+
+# --- Checks ---------------------------------------------------------------------------------
+
+
+@contextlib.contextmanager
+def quiet_logging() -> Iterator[None]:
+    """Silences absl and Python logging for a check whose outcome is the only message.
+
+    TFDS logs a warning ("Variant folder ... has no dataset_info.json") while it looks
+    for an unprepared dataset, before the check's own one-line error.
+    """
+    level = absl_logging.get_verbosity()
+    absl_logging.set_verbosity(absl_logging.FATAL)
+    python_logging.disable(python_logging.CRITICAL)
+    try:
+        yield
+    finally:
+        python_logging.disable(python_logging.NOTSET)
+        absl_logging.set_verbosity(level)
+
+
+def dataset_problem(dataset: str, data_dir: str | None) -> str | None:
+    """What is wrong with an image source, by the loader's own rule; None when usable.
+
+    ``digits``; an existing folder; a path that does not exist (an error); anything else
+    is a TFDS name, configs included (``imagenette/160px-v2``), which must be prepared
+    under ``data_dir`` (nothing is downloaded). A TFDS error other than an unknown name
+    is reported as TFDS gives it.
+    """
+    from tfascl.data.loading import source_kind
+
+    try:
+        if source_kind(dataset) != "tfds":
+            return None
+    except ValueError as error:
+        return first_line(error)
+    import tensorflow_datasets as tfds
+
+    with quiet_logging():
+        try:
+            builder = tfds.builder(dataset, data_dir=data_dir)
+        except tfds.core.registered.DatasetNotFoundError as error:
+            return f"not 'digits', an existing folder or a TFDS name (TFDS: {first_line(error)})"
+        except Exception as error:  # a bad config or version, an unreadable data_dir, ...
+            return f"TFDS cannot open it ({type(error).__name__}: {first_line(error)})"
+        try:
+            prepared = builder.is_prepared()
+        except Exception as error:  # e.g. a data_dir without permission
+            return f"TFDS cannot read {builder.data_dir} ({type(error).__name__}: {error})"
+    if not prepared:
+        return (
+            f"TFDS dataset not prepared (looked for {builder.data_dir}); run `tfds build "
+            f"{dataset} --data_dir=DIR` where there is internet, then pass --data_dir=DIR"
+        )
+    return None
+
+
+def check_dataset(dataset: str, data_dir: str | None, flag: str = "dataset") -> None:
+    """Raises ``FlagError`` naming ``--dataset`` when ``dataset_problem`` finds one."""
+    problem = dataset_problem(dataset, data_dir)
+    require(problem is None, f"--{flag}={dataset}: {problem}")
+
+
+def check_run_dir(model_dir: str, flag: str = "model_dir") -> None:
+    """Raises ``FlagError`` unless ``model_dir`` is a training run's folder (run.json)."""
+    from tfascl.runs import SPEC_FILE
+
+    path = Path(model_dir).expanduser()
+    require(path.exists(), f"--{flag}={model_dir}: not a tfascl run (no such folder)")
+    require(path.is_dir(), f"--{flag}={model_dir}: not a tfascl run (not a folder)")
+    require(
+        (path / SPEC_FILE).is_file(), f"--{flag}={model_dir}: not a tfascl run (no {SPEC_FILE})"
+    )
