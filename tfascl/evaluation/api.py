@@ -16,6 +16,7 @@ from tfascl._version import __version__
 from tfascl.evaluation import protocols, results
 from tfascl.evaluation.encoders import Encoder, EvalInputError, load_encoder
 from tfascl.models.registry import method_label
+from tfascl.runs import PLOTS_SUBDIR
 
 PROTOCOLS = ("knn", "linear", "neighbors")
 
@@ -215,7 +216,7 @@ def run_protocol(config: EvalConfig, p: Prepared, say: Callable[[str], None]) ->
             chunk_size=config.knn_chunk_size, **common,
         )  # fmt: skip
     elif config.protocol == "neighbors":
-        folder = Path(config.plots_dir or Path(encoder.results_dir) / "plots")
+        folder = Path(config.plots_dir or Path(encoder.results_dir) / PLOTS_SUBDIR)
         outcome = protocols.timed(
             protocols.neighbors_protocol, encoder, train, test,
             picture=folder / protocols.NEIGHBORS_FILE, num_queries=config.neighbor_queries,

@@ -197,12 +197,13 @@ def check_plots(values: flags.FlagValues) -> None:
 def plots(values: flags.FlagValues, log: Callable[[str], None]) -> None:
     """``--protocol=plots``: training curves and t-SNE maps, one or two models side by side."""
     from tfascl.evaluation.api import make_plots
+    from tfascl.runs import PLOTS_SUBDIR
 
     first = values.model_dir or values.saved_model
     sources = [first] + ([values.compare_model_dir] if values.compare_model_dir else [])
     written = make_plots(
         sources,
-        values.plots_dir or str(Path(first) / "plots"),
+        values.plots_dir or str(Path(first) / PLOTS_SUBDIR),
         checkpoint=values.checkpoint,
         dataset=values.dataset,
         data_dir=values.data_dir,
