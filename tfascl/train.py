@@ -451,6 +451,55 @@ def train(config: TrainConfig) -> RunResult:
             shutil.rmtree(write_dir, ignore_errors=True)
 
 
+@dataclasses.dataclass
+class RunCallbacks:
+    """The callbacks of a tfascl-train run; ``in_order`` gives them in the order they act."""
+
+    guard: cbs.NonFiniteLoss
+    stopper: cbs.StopOnSignal
+    saver: cbs.CheckpointSaver
+    monitor: cbs.KnnMonitor | None
+    logger: cbs.MetricsLogger
+    board: cbs.TensorBoard | None
+
+    @classmethod
+    def make(
+        cls,
+        config: TrainConfig,
+        run_data: RunData,
+        checkpoint: tf.train.Checkpoint,
+        manager: tf.train.CheckpointManager,
+        strategy: tf.distribute.Strategy,
+        model_dir: Path,
+        write_dir: Path,
+        chief: bool,
+    ) -> RunCallbacks:
+        """The run's callbacks; only the chief writes files into ``model_dir``."""
+        board = None
+        if chief:
+            profile = cbs.profile_range(config.profile_steps)
+            board = cbs.TensorBoard(model_dir / runs.TENSORBOARD_SUBDIR, config.log_every, profile)
+        return cls(
+            guard=cbs.NonFiniteLoss(config.log_every),
+            stopper=cbs.StopOnSignal(strategy=strategy),
+            saver=cbs.CheckpointSaver(manager, config.checkpoint_every),
+            monitor=knn_monitor(
+                config, run_data, checkpoint, model_dir if chief else None, write_dir
+            ),
+            logger=cbs.MetricsLogger(
+                model_dir if chief else None, config.log_every, config.batch_size
+            ),
+            board=board,
+        )
+
+    def in_order(self) -> list[keras.callbacks.Callback]:
+        """The monitor and the logger add kNN and pairs/s to the logs before TensorBoard
+        writes them; the logger writes a step before the saver saves it, so a resumed run
+        keeps its record."""
+        callbacks = [self.guard, self.stopper, self.monitor, self.logger, self.board]
+        return [callback for callback in (*callbacks, self.saver) if callback is not None]
+
+
 def _train_model(
     config: TrainConfig,
     spec: Any,
@@ -489,24 +538,15 @@ def _train_model(
     if chief:
         cbs.truncate_metrics(model_dir, start_step)
 
-    guard = cbs.NonFiniteLoss(config.log_every)
-    stopper = cbs.StopOnSignal(strategy=strategy)
-    saver = cbs.CheckpointSaver(manager, config.checkpoint_every)
+    run = RunCallbacks.make(
+        config, run_data, checkpoint, manager, strategy, model_dir, write_dir, chief
+    )
+    guard, stopper, saver, monitor = run.guard, run.stopper, run.saver, run.monitor
     saver.last_saved_step = start_step
-    monitor = knn_monitor(config, run_data, checkpoint, model_dir if chief else None, write_dir)
-    logger = cbs.MetricsLogger(model_dir if chief else None, config.log_every, config.batch_size)
-    board = []  # after the monitor and the logger, which add kNN and pairs/s to the logs
-    if chief:  # the chief alone writes TensorBoard files
-        profile = cbs.profile_range(config.profile_steps)
-        board.append(
-            cbs.TensorBoard(model_dir / runs.TENSORBOARD_SUBDIR, config.log_every, profile)
-        )
-    # The logger writes a step before the saver saves it, so a resumed run keeps its record.
-    callbacks = [guard, stopper, *([monitor] if monitor else []), logger, *board, saver]
 
     stopper.install()
     try:
-        run_epochs(model, config, run_data, strategy, start_step, steps_per_epoch, callbacks)
+        run_epochs(model, config, run_data, strategy, start_step, steps_per_epoch, run.in_order())
         if guard.failed_step is None:
             saver.save({"loss": 0.0})  # Ctrl-C between steps, or a finished run's last step
     except cbs.SaveFailed as error:
@@ -520,22 +560,9 @@ def _train_model(
     status = "completed" if step >= total_steps else (stopper.reason or "interrupted")
     if guard.failed_step is not None:
         status = "non_finite_loss"
-    summary = {
-        "status": status,
-        "completed": status == "completed",
-        "epochs": config.epochs,
-        "steps": step,
-        "total_steps": total_steps,
-        "steps_per_epoch": steps_per_epoch,
-        "resumed_from_step": start_step,
-        **knn_summary(monitor),
-        "latest_checkpoint": os.path.basename(manager.latest_checkpoint or ""),
-        "wall_time_s": round(time.time() - started, 3),
-        "train_time_s": round(logger.train_seconds, 3),
-        "pairs_per_second": logger.pairs_per_second,
-        "model_dir": str(model_dir),
-        "export_dir": None,
-    }
+    summary = run_summary(
+        status, config, step, start_step, steps_per_epoch, run, manager, model_dir, started
+    )
     if chief and status == "completed" and config.export:
         export_dir = Path(config.export_dir or model_dir / EXPORT_SUBDIR)
         summary["export_dir"] = export_backbone(model_dir, export_dir)
@@ -543,6 +570,36 @@ def _train_model(
         return RunResult(EXIT_CODES.get(status, 0), summary, model)
     atomic_write_json(model_dir / SUMMARY_FILE, summary)
     return RunResult(report(summary, guard, config), summary, model)
+
+
+def run_summary(
+    status: str,
+    config: TrainConfig,
+    step: int,
+    start_step: int,
+    steps_per_epoch: int,
+    run: RunCallbacks,
+    manager: tf.train.CheckpointManager,
+    model_dir: Path,
+    started: float,
+) -> dict[str, Any]:
+    """The record of summary.json (``export_dir`` is filled in once the export is written)."""
+    return {
+        "status": status,
+        "completed": status == "completed",
+        "epochs": config.epochs,
+        "steps": step,
+        "total_steps": config.epochs * steps_per_epoch,
+        "steps_per_epoch": steps_per_epoch,
+        "resumed_from_step": start_step,
+        **knn_summary(run.monitor),
+        "latest_checkpoint": os.path.basename(manager.latest_checkpoint or ""),
+        "wall_time_s": round(time.time() - started, 3),
+        "train_time_s": round(run.logger.train_seconds, 3),
+        "pairs_per_second": run.logger.pairs_per_second,
+        "model_dir": str(model_dir),
+        "export_dir": None,
+    }
 
 
 EXIT_CODES = {
