@@ -108,43 +108,17 @@ class RunData:
 
 def memory_budget_bytes(config: TrainConfig) -> int:
     """``--memory_budget_gb``, or half of this machine's RAM."""
-    if config.memory_budget_gb is not None:
-        return int(config.memory_budget_gb * 1e9)
-    return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") // 2
+    return data.memory_budget_bytes(config.memory_budget_gb)
 
 
 def choose_input(config: TrainConfig) -> tuple[str, str]:
-    """(mode, why): memory or stream, decided before anything is decoded.
-
-    Memory mode holds the decoded array twice at its peak (NumPy and the host variable),
-    so ``auto`` streams when twice the estimated decoded size exceeds the budget.
-    """
-    if config.dataset == "digits":
-        return "memory", "'digits' is built in memory"
-    if config.input != "auto":
-        return config.input, f"--input={config.input}"
-    files = data.open_images(
-        config.dataset, config.train_split, data_dir=config.data_dir,
-        max_examples=config.max_train_examples, seed=config.seed,
+    """(mode, why): memory or stream, decided before anything is decoded
+    (``data.choose_input``, the rule tfascl-eval uses too)."""
+    return data.choose_input(
+        config.dataset, [(config.train_split, config.max_train_examples)], mode=config.input,
+        data_dir=config.data_dir, load_size=config.load_size,
+        memory_budget_gb=config.memory_budget_gb, seed=config.seed,
     )  # fmt: skip
-    sizes = data.stream.sample_sizes(files)
-    decoded = data.estimated_decoded_bytes(files, config.load_size, sizes)
-    budget = memory_budget_bytes(config)
-    verdict = "fits" if 2 * decoded <= budget else "does not fit"
-    why = (
-        f"{len(files):,} images, about {decoded / 1e9:.2f} GB decoded: twice that "
-        f"{verdict} the memory budget of {budget / 1e9:.1f} GB (--memory_budget_gb)"
-    )
-    if 2 * decoded > budget:
-        return "stream", why
-    if config.load_size is None and len(set(sizes)) > 1:
-        # One array holds one size: in memory, other sizes would be centre-cropped to it.
-        varied = (
-            f"{why}, but the images differ in size and keep their aspect ratio only when "
-            "streamed (with --load_size, or --input=memory, they are fitted to one size)"
-        )
-        return "stream", varied
-    return "memory", why
 
 
 def load_data(config: TrainConfig) -> RunData:

@@ -14,6 +14,7 @@ from tfascl.data.augment import (
     two_views,
     weak_augment,
 )
+from tfascl.data.choose import choose_input, memory_budget_bytes
 from tfascl.data.loading import (
     TFDS_SPLITS,
     DatasetNotFoundError,
@@ -37,12 +38,14 @@ __all__ = [
     "SkippedFiles",
     "Stats",
     "TwoViews",
+    "choose_input",
     "estimate_stats",
     "estimated_decoded_bytes",
     "eval_dataset",
     "eval_transform",
     "labelled_only",
     "load_images",
+    "memory_budget_bytes",
     "open_images",
     "pretrain_dataset",
     "select_subset",

@@ -542,6 +542,9 @@ def stream_eval_dataset(
     image_size: int,
     crop_fraction: float = 1.0,
     indices: np.ndarray | None = None,
+    *,
+    normalise: bool = True,
+    skipped: SkippedFiles | None = None,
 ) -> tf.data.Dataset:
     """Evaluation batches in dataset order: the central crop of each image, normalised.
 
@@ -552,29 +555,43 @@ def stream_eval_dataset(
         crop_fraction: Side of the central crop over the shorter side (see
             `augment.eval_transform`).
         indices: Optional subset of the files (folders), in this order.
+        normalise: Normalise with the split's statistics; False leaves [0, 1] pixels (for
+            an encoder that normalises itself).
+        skipped: Records the files that decode, as epoch 0 (folders only).
 
     Returns:
         `(images, labels)` batches, images [B, S, S, 3] float32, labels [B] int64 (-1 where
-        unlabelled). Undecodable files are left out.
+        unlabelled). Undecodable files are left out, with their labels.
     """
+    no_index = tf.constant(-1, tf.int64)
     if files.tfds is not None:
         records = _tfds_records(files, None, shuffle_files=False)
         if indices is not None:
             records = records.take(len(indices))
+        records = records.map(lambda contents, label: (no_index, contents, label))
     else:
         paths, labels = files.host_arrays()
         chosen = np.arange(files.count) if indices is None else np.asarray(indices)
         order = tf.data.Dataset.from_tensor_slices(chosen.astype(np.int64))
 
-        def read(index: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
+        def read(index: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor, tf.Tensor]:
             label = tf.gather(labels, index) if labels is not None else tf.constant(-1, tf.int64)
-            return tf.io.read_file(tf.gather(paths, index)), label
+            return index, tf.io.read_file(tf.gather(paths, index)), label
 
         records = order.map(read, num_parallel_calls=tf.data.AUTOTUNE)
 
-    def decode(contents: tf.Tensor, label: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
-        crop = decode_crops(contents, centre_box(crop_fraction), image_size)[0]
-        return augment.normalise(crop / 255.0, files.mean, files.std), label
+    def decode(
+        index: tf.Tensor, contents: tf.Tensor, label: tf.Tensor
+    ) -> tuple[tf.Tensor, tf.Tensor]:
+        crop = decode_crops(contents, centre_box(crop_fraction), image_size)[0] / 255.0
+        if skipped is not None and files.tfds is None:  # marked once the decode succeeded
+            with tf.control_dependencies([crop]):
+                marked = skipped.mark(index, tf.constant(0, tf.int64))
+            with tf.control_dependencies([marked]):
+                crop = tf.identity(crop)
+        if normalise:
+            crop = augment.normalise(crop, files.mean, files.std)
+        return crop, label
 
     images = records.map(decode, num_parallel_calls=tf.data.AUTOTUNE).ignore_errors()
     return images.batch(batch_size).prefetch(tf.data.AUTOTUNE)

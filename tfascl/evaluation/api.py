@@ -12,6 +12,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from tfascl import data
 from tfascl._version import __version__
 from tfascl.evaluation import protocols, results
 from tfascl.evaluation.encoders import Encoder, EvalInputError, load_encoder
@@ -19,6 +20,7 @@ from tfascl.models.registry import method_label
 from tfascl.runs import PLOTS_SUBDIR
 
 PROTOCOLS = ("knn", "linear", "neighbors")
+INPUT_MODES = ("auto", "memory", "stream")
 
 
 def resolve_dataset(encoder: Encoder, dataset: str | None) -> str:
@@ -50,6 +52,14 @@ class EvalConfig:
         test_split: The split reported on.
         max_train_examples: Stratified subset of the training split (quick looks).
         max_test_examples: Stratified subset of the test split.
+        input: ``"memory"`` (decode both splits into RAM), ``"stream"`` (read and decode the
+            files as features are computed: kNN and ``linear_fast`` on data sets of any size)
+            or ``"auto"``: memory when twice the decoded splits fit ``memory_budget_gb``
+            (``tfascl.data.choose_input``, the rule of ``tfascl-train``).
+        memory_budget_gb: RAM the decoded images may take with ``input="auto"``; None:
+            half of this machine's.
+        eval_crop: The eval transform's central crop, as a fraction of the shorter side
+            (1: the whole central square; ImageNet's Resize(256) + CenterCrop(224) is 0.875).
         image_size: Only for SavedModels that do not record their input size.
         batch_size: Images per forward pass when computing features.
         knn_k: kNN neighbours.
@@ -75,6 +85,9 @@ class EvalConfig:
     test_split: str = "test"
     max_train_examples: int | None = None
     max_test_examples: int | None = None
+    input: str = "auto"
+    memory_budget_gb: float | None = None
+    eval_crop: float = 1.0
     image_size: int | None = None
     batch_size: int = 256
     knn_k: int = 200
@@ -105,6 +118,26 @@ class EvalConfig:
                 raise EvalInputError(f"--{name}={value}: must be >= 1")
         if not self.knn_temperature > 0:
             raise EvalInputError(f"--knn_temperature={self.knn_temperature}: must be > 0")
+        if self.input not in INPUT_MODES:
+            raise EvalInputError(f"--input={self.input}: must be one of {INPUT_MODES}")
+        if self.memory_budget_gb is not None and not self.memory_budget_gb > 0:
+            raise EvalInputError(f"--memory_budget_gb={self.memory_budget_gb}: must be > 0")
+        if not 0 < self.eval_crop <= 1:
+            raise EvalInputError(f"--eval_crop={self.eval_crop}: must be in (0, 1]")
+        if self.input == "stream":
+            check_streamable(self.protocol, self.linear.fast)
+
+
+def check_streamable(protocol: str, fast: bool) -> None:
+    """Refuses the protocols that need the images decoded in memory, when streamed.
+
+    Raises:
+        EvalInputError: The augmented linear probe or neighbours, streamed.
+    """
+    if protocol == "linear" and not fast:
+        raise EvalInputError(protocols.STREAMED_LINEAR_ERROR)
+    if protocol == "neighbors":
+        raise EvalInputError(protocols.STREAMED_NEIGHBORS_ERROR)
 
 
 def evaluate(
@@ -157,6 +190,8 @@ class Prepared:
     eval_size: int
     notes: list[str]
     protocol: str
+    input_mode: str = "memory"
+    input_why: str = ""
 
     @property
     def name(self) -> str:
@@ -177,13 +212,29 @@ def prepare(config: EvalConfig, say: Callable[[str], None]) -> Prepared:
     if config.write:
         results.read_results(encoder.results_dir)  # a broken results.json fails now, not later
 
-    say(f"loading {source} {config.train_split}/{config.test_split}")
     subsets = ((config.train_split, config.max_train_examples),
                (config.test_split, config.max_test_examples))  # fmt: skip
+    try:
+        mode, why = data.choose_input(
+            source, subsets, mode=config.input, data_dir=config.data_dir,
+            memory_budget_gb=config.memory_budget_gb, seed=config.seed, load_size_flag=False,
+        )  # fmt: skip
+    except ValueError as error:  # DatasetNotFoundError is a ValueError too
+        raise EvalInputError(str(error).splitlines()[0]) from None
+    if mode == "stream" and config.input == "auto":
+        try:
+            check_streamable(config.protocol, config.linear.fast)
+        except EvalInputError:
+            raise EvalInputError(
+                f"--input=auto: {why}; --protocol={config.protocol}"
+                f"{'' if config.protocol != 'linear' else ' without --linear_fast'} needs the "
+                "images in memory: lower --max_train_examples, or force --input=memory"
+            ) from None
+    say(f"input: {mode} ({why})")
+    load = protocols.open_labelled if mode == "stream" else protocols.load_labelled
+    say(f"loading {source} {config.train_split}/{config.test_split}")
     train, test = (
-        protocols.load_labelled(
-            source, split, data_dir=config.data_dir, max_examples=limit, seed=config.seed
-        )
+        load(source, split, data_dir=config.data_dir, max_examples=limit, seed=config.seed)
         for split, limit in subsets
     )
     reference = protocols.dataset_protocol(train.name or source)
@@ -194,21 +245,22 @@ def prepare(config: EvalConfig, say: Callable[[str], None]) -> Prepared:
     # images, to eval_size; the augmented linear probe random-resized-crops its own.
     transformed = [train, test] if config.protocol != "linear" or linear.fast else [test]
     for split in transformed:
-        note = protocols.resize_note(split, eval_size)
+        note = protocols.resize_note(split, eval_size, config.eval_crop)
         if note and note not in notes:
             notes.append(note)
     for note in notes:
         say(f"note: {note}")
     return Prepared(
-        encoder, source, train, test, linear, reference, eval_size, notes, config.protocol
-    )
+        encoder, source, train, test, linear, reference, eval_size, notes, config.protocol,
+        mode, why,
+    )  # fmt: skip
 
 
 def run_protocol(config: EvalConfig, p: Prepared, say: Callable[[str], None]) -> dict[str, Any]:
     """Runs the protocol on the prepared splits; its timed outcome (metrics, settings)."""
     encoder, train, test = p.encoder, p.train, p.test
     say(f"{p.name}: {len(train)} train / {len(test)} test images, model {encoder.checkpoint}")
-    common = {"eval_size": p.eval_size}
+    common = {"eval_size": p.eval_size, "crop_fraction": config.eval_crop}
     if config.protocol == "knn":
         outcome = protocols.timed(
             protocols.knn_protocol, encoder, train, test, k=config.knn_k,
@@ -231,19 +283,21 @@ def run_protocol(config: EvalConfig, p: Prepared, say: Callable[[str], None]) ->
         )  # fmt: skip
         outcome.pop("classifier")
     outcome["settings"]["reference_protocol"] = p.reference.source
+    outcome["settings"]["input"] = p.input_mode
     return outcome
 
 
 def record(config: EvalConfig, p: Prepared, outcome: dict[str, Any]) -> dict[str, Any]:
     """The results entry of an outcome, merged into results.json when ``config.write``."""
+    skipped = outcome.get("skipped", {})
     entry: dict[str, Any] = {
         "protocol": p.name,
         "dataset": p.train.name,
         "dataset_source": p.source,
         "train_split": config.train_split,
         "test_split": config.test_split,
-        "num_train": len(p.train),
-        "num_test": len(p.test),
+        "num_train": len(p.train) - len(skipped.get("train", ())),
+        "num_test": len(p.test) - len(skipped.get("test", ())),
         "num_classes": protocols.num_classes_of(p.train, p.test),
         "subset": {
             "max_train_examples": config.max_train_examples,
@@ -253,6 +307,7 @@ def record(config: EvalConfig, p: Prepared, outcome: dict[str, Any]) -> dict[str
         "model": p.encoder.describe(),
         "normalisation": {"mean": list(p.encoder.mean), "std": list(p.encoder.std)},
         **outcome,
+        "input": {"mode": p.input_mode, "why": p.input_why},
         "notes": p.notes,
         "date": results.now_iso(),
         "tfascl_version": __version__,

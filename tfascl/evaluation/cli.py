@@ -6,6 +6,8 @@ Examples::
     tfascl-eval --protocol=linear --model_dir=runs/ascl              # the ASCL protocol
     tfascl-eval --protocol=linear --linear_fast --model_dir=runs/ascl  # cached features
     tfascl-eval --protocol=knn --saved_model=runs/ascl/export/1
+    tfascl-eval --protocol=knn --model_dir=runs/in1k --dataset=/data/imagenet \\
+        --input=stream --eval_crop=0.875     # any size: files decoded as needed
     tfascl-eval --protocol=neighbors --model_dir=runs/ascl   # runs/ascl/plots/neighbors.png
     tfascl-eval --protocol=plots --model_dir=runs/ascl --compare_model_dir=runs/moco \\
         --plots_dir=docs/images
@@ -59,6 +61,26 @@ def define_flags(flag_values: flags.FlagValues = flags.FLAGS) -> flags.FlagValue
     f.DEFINE_string("test_split", "test", "Split the accuracy is reported on.")
     f.DEFINE_integer("max_train_examples", None, "Stratified subset of the train split.")
     f.DEFINE_integer("max_test_examples", None, "Stratified subset of the test split.")
+    f.DEFINE_enum(
+        "input",
+        "auto",
+        ["auto", "memory", "stream"],
+        "memory: decode both splits into RAM; stream: read and decode the files as features "
+        "are computed (knn, linear_fast); auto: memory when the decoded splits fit "
+        "--memory_budget_gb.",
+    )
+    f.DEFINE_float(
+        "memory_budget_gb",
+        None,
+        "RAM the decoded images may take with --input=auto; memory mode holds about twice "
+        "the decoded size. Default: half of this machine's RAM.",
+    )
+    f.DEFINE_float(
+        "eval_crop",
+        1.0,
+        "Eval transform: the central square of this fraction of the shorter side, resized "
+        "(0.875: ImageNet's Resize(256) + CenterCrop(224)).",
+    )
     f.DEFINE_integer("seed", 0, "Seed of subsets, linear init/shuffling/augmentation, t-SNE.")
     f.DEFINE_integer("image_size", None, "Input size, only for SavedModels that do not record it.")
     f.DEFINE_integer("batch_size", 256, "Images per forward pass when computing features.")
@@ -139,7 +161,8 @@ def eval_config(values: flags.FlagValues) -> object:
 
     names = ("protocol", "model_dir", "saved_model", "checkpoint", "dataset", "data_dir",
              "train_split", "test_split", "max_train_examples", "max_test_examples",
-             "image_size", "batch_size", "knn_k", "knn_temperature", "knn_chunk_size",
+             "input", "memory_budget_gb", "eval_crop", "image_size", "batch_size", "knn_k",
+             "knn_temperature", "knn_chunk_size",
              "neighbor_queries", "neighbor_k", "plots_dir", "seed")  # fmt: skip
     config = EvalConfig(
         **{name: values[name].value for name in names},
@@ -178,6 +201,10 @@ def check_plots(values: flags.FlagValues) -> None:
         if values.compare_model_dir:
             raise EvalInputError("--compare_model_dir is for --protocol=plots")
         return
+    if values.input == "stream":
+        raise EvalInputError(
+            "--input=stream: --protocol=plots decodes its --map_points test images in memory"
+        )
     if (values.model_dir is None) == (values.saved_model is None):
         raise EvalInputError("give exactly one of --model_dir and --saved_model")
     unknown = sorted(set(values.plots) - set(PLOTS))
@@ -236,6 +263,7 @@ def run_with(values: flags.FlagValues) -> None:
         return
     entry = evaluate(config, log=absl_logging.info)
     print(format_table(entry))
+    print(f"input: {entry['input']['mode']} ({entry['input']['why']})")
     for note in entry["notes"]:
         print(f"note: {note}")
     if "picture" in entry:

@@ -1,8 +1,10 @@
 """The evaluation protocols: weighted kNN and the linear probe of the ASCL code.
 
-Both take an :class:`~tfascl.evaluation.encoders.Encoder` and two labelled
-:class:`~tfascl.data.ImageSet` s (the training split and the test split) and return a
-JSON-ready dict. The encoder stays frozen and in inference mode throughout.
+Both take an :class:`~tfascl.evaluation.encoders.Encoder` and two labelled splits (the
+training split and the test split) and return a JSON-ready dict. The encoder stays frozen
+and in inference mode throughout. A split is a decoded :class:`~tfascl.data.ImageSet` or, for
+data sets of any size, :class:`~tfascl.data.ImageFiles` streamed from its files through the
+same eval transform (kNN and ``linear_fast``: only the ``[N, F]`` features are held).
 
 * :func:`knn_protocol`: the training split through the eval transform is the memory bank
   (L2-normalised backbone features); every test image is classified by its ``k`` most similar
@@ -36,13 +38,24 @@ import numpy as np
 import tensorflow as tf
 
 from tfascl import knn
-from tfascl.data import ImageSet, eval_transform, folders, load_images
+from tfascl.data import ImageFiles, ImageSet, eval_transform, folders, load_images, open_images
 from tfascl.data.augment import CROP_ATTEMPTS, FLIP_PROB, resized_crop, sample_crop_boxes
+from tfascl.data.host import host_variable
+from tfascl.data.stream import SkippedFiles, sample_sizes, stream_eval_dataset
 from tfascl.evaluation.encoders import Encoder, EvalInputError
 from tfascl.optim import build_optimizer, multistep_decay, warmup_cosine
 
 # The encoder normalises; the data side produces [0, 1] pixels.
 _NO_NORM = ((0.0, 0.0, 0.0), (1.0, 1.0, 1.0))
+
+STREAMED_LINEAR_ERROR = (
+    "--input=stream: the augmented linear probe needs the training images decoded in memory; "
+    "stream with --linear_fast (cached features), or use --input=memory"
+)
+STREAMED_NEIGHBORS_ERROR = (
+    "--input=stream: --protocol=neighbors pictures training images, so it needs them decoded "
+    "in memory; use --input=memory (with --max_train_examples for a large split)"
+)
 
 LINEAR_SCHEDULES = ("step", "cosine")
 DEFAULT_LINEAR_LR = {"step": 10.0, "cosine": 1.0}
@@ -114,8 +127,17 @@ def dataset_protocol(name: str) -> DatasetProtocol:
     return DATASET_PROTOCOLS["ascl_code"]
 
 
+def image_shape(data: ImageSet | ImageFiles) -> tuple[int, int] | None:
+    """(height, width) of a split's images: the array's, or for files the one size their
+    headers give (a sample of them); None when the files differ in size."""
+    if isinstance(data, ImageSet):
+        return tuple(int(side) for side in data.images.shape[1:3])
+    sizes = set(sample_sizes(data))
+    return sizes.pop() if len(sizes) == 1 else None
+
+
 def eval_image_size(
-    protocol: DatasetProtocol, encoder: Encoder, data: ImageSet
+    protocol: DatasetProtocol, encoder: Encoder, data: ImageSet | ImageFiles
 ) -> tuple[int, str | None]:
     """The side the kNN bank, kNN queries and linear test images are embedded at.
 
@@ -124,7 +146,10 @@ def eval_image_size(
         size, the images are square and the encoder takes any size; else the model's
         size. ``note`` says when the protocol's native size could not be used.
     """
-    height, width = data.images.shape[1:3]
+    shape = image_shape(data)
+    if shape is None:
+        return encoder.image_size, None
+    height, width = shape
     if not protocol.native_size or height != width or height == encoder.image_size:
         return encoder.image_size, None
     if not encoder.any_size:
@@ -200,7 +225,38 @@ def load_labelled(
     return data
 
 
-def num_classes_of(train: ImageSet, test: ImageSet) -> int:
+def open_labelled(
+    source: str,
+    split: str,
+    *,
+    data_dir: str | None = None,
+    max_examples: int | None = None,
+    seed: int = 0,
+) -> ImageFiles:
+    """``tfascl.data.open_images`` (streamed, nothing decoded) plus the label checks.
+
+    Folders are checked here; a TFDS split's labels come with its records and are checked
+    as they are read (:func:`embed_split`).
+
+    Raises:
+        EvalInputError: Unknown source/split, no labels, or unlabelled (-1) examples.
+    """
+    check_labelled_source(source, split)
+    try:
+        files = open_images(source, split, data_dir=data_dir, max_examples=max_examples, seed=seed)
+    except ValueError as error:
+        raise EvalInputError(str(error).splitlines()[0]) from None
+    if not files.labelled:
+        raise EvalInputError(f"{source} split {split!r} has no labels; this protocol needs them")
+    if files.labels is not None and np.any(files.labels < 0):
+        raise EvalInputError(
+            f"{source} split {split!r} holds unlabelled images (label -1); pick a labelled split "
+            "(for STL-10: --train_split=train_labelled)"
+        )
+    return files
+
+
+def num_classes_of(train: ImageSet | ImageFiles, test: ImageSet | ImageFiles) -> int:
     """``C`` for a train/test pair; their class lists must agree.
 
     Raises:
@@ -211,62 +267,145 @@ def num_classes_of(train: ImageSet, test: ImageSet) -> int:
             f"train and test splits have different classes ({len(train.class_names)}: "
             f"{train.class_names[:5]}... vs {len(test.class_names)}: {test.class_names[:5]}...)"
         )
-    largest = int(max(train.labels.max(initial=0), test.labels.max(initial=0)))
+    known = [split.labels for split in (train, test) if split.labels is not None]
+    largest = int(max((labels.max(initial=0) for labels in known), default=0))
     return max(len(train.class_names), len(test.class_names), largest + 1)
 
 
-def resize_note(data: ImageSet, image_size: int) -> str | None:
+def resize_note(
+    data: ImageSet | ImageFiles, image_size: int, crop_fraction: float = 1.0
+) -> str | None:
     """A note when a split's images are not the model's size (they are resized, not refused)."""
-    height, width = data.images.shape[1:3]
-    if height == image_size and width == image_size:
+    shape = image_shape(data)
+    if shape == (image_size, image_size) and crop_fraction == 1.0:
         return None
+    crop = "central square" if crop_fraction == 1.0 else f"central {crop_fraction:g} square"
+    sizes = "of varied sizes" if shape is None else f"are {shape[0]}x{shape[1]}"
     return (
-        f"{data.name} images are {height}x{width}: central square crop resized to "
+        f"{data.name} images {sizes}: {crop} crop resized to "
         f"{image_size}x{image_size} (antialiased bilinear) for the model"
     )
 
 
-def pixel_batches(images: np.ndarray, image_size: int, batch_size: int) -> tf.data.Dataset:
+def pixel_batches(
+    images: np.ndarray | tf.Variable,
+    image_size: int,
+    batch_size: int,
+    crop_fraction: float = 1.0,
+) -> tf.data.Dataset:
     """The eval transform of ``images`` in order: ``[B, S, S, 3]`` float32 pixels in [0, 1].
 
     Args:
-        images: ``[N, H, W, 3]`` uint8.
+        images: ``[N, H, W, 3]`` uint8, or a host variable holding them
+            (``ImageSet.host_arrays``).
         image_size: ``S``.
         batch_size: Images per batch (the last may be smaller).
+        crop_fraction: Side of the central crop over the shorter side (1: the whole
+            central square; ImageNet's 0.875).
     """
-    stored = tf.constant(images)
+    # A host variable, not a constant: the dataset function captures its handle, so the
+    # pixels never enter a graph (a graph constant above 2 GB cannot even be built).
+    stored = images if isinstance(images, tf.Variable) else host_variable(images, "eval_images")
 
     def transform(indices: tf.Tensor) -> tf.Tensor:
-        return eval_transform(tf.gather(stored, indices), image_size, *_NO_NORM)
+        pixels = tf.gather(stored, indices)
+        return eval_transform(pixels, image_size, *_NO_NORM, crop_fraction=crop_fraction)
 
-    batches = tf.data.Dataset.range(len(images)).batch(batch_size)
+    batches = tf.data.Dataset.range(int(stored.shape[0])).batch(batch_size)
     return batches.map(transform, num_parallel_calls=tf.data.AUTOTUNE).prefetch(tf.data.AUTOTUNE)
 
 
 def embed_images(
-    encoder: Encoder, images: np.ndarray, batch_size: int = 256, size: int | None = None
+    encoder: Encoder,
+    images: np.ndarray | tf.Variable,
+    batch_size: int = 256,
+    size: int | None = None,
+    crop_fraction: float = 1.0,
 ) -> np.ndarray:
     """Frozen features of ``images`` through the eval transform (``knn.feature_extractor``).
 
     Args:
         encoder: The model.
-        images: ``[N, H, W, 3]`` uint8.
+        images: ``[N, H, W, 3]`` uint8 (or a host variable of them).
         batch_size: Images per forward pass.
         size: Side the images are brought to (default: the model's ``image_size``).
+        crop_fraction: Side of the central crop over the shorter side.
 
     Returns:
         ``[N, F]`` float32 features, as ``encoder.embed`` returns them (raw for checkpoints,
         unit-norm for SavedModels).
     """
-    if len(images) == 0:
+    if int(images.shape[0]) == 0:
         raise EvalInputError("no images to embed")
     size = size or encoder.image_size
+    features, _ = _extractor(encoder, size)(pixel_batches(images, size, batch_size, crop_fraction))
+    return features
+
+
+def _extractor(encoder: Encoder, size: int) -> Callable:
     # compiled_embed is traced once per size for the encoder: every pass reuses it.
-    extract = knn.feature_extractor(
+    return knn.feature_extractor(
         encoder.compiled_embed(size), normalize=False, compiled=True, name="eval", report=_note
     )
-    features, _ = extract(pixel_batches(images, size, batch_size))
-    return features
+
+
+def embed_split(
+    encoder: Encoder,
+    data: ImageSet | ImageFiles,
+    batch_size: int = 256,
+    size: int | None = None,
+    crop_fraction: float = 1.0,
+) -> tuple[np.ndarray, np.ndarray, list[str]]:
+    """Frozen features and labels of a labelled split, decoded or streamed from its files.
+
+    Streamed files get the same eval transform, decoded by tf.data as needed (JPEGs only in
+    the crop's window); only the ``[N, F]`` features are held. Files that fail to decode
+    are left out together with their labels, and named once on stderr.
+
+    Args:
+        encoder: The model.
+        data: The split, with labels.
+        batch_size: Images per forward pass.
+        size: Side of the images fed to the model (default: the model's ``image_size``).
+        crop_fraction: Side of the central crop over the shorter side.
+
+    Returns:
+        ``(features [N', F] float32, labels [N'] int64, skipped file names)``; ``N'`` is
+        ``N`` less the skipped files.
+
+    Raises:
+        EvalInputError: No image decoded, or (TFDS) an unlabelled (-1) example.
+    """
+    size = size or encoder.image_size
+    if isinstance(data, ImageSet):
+        images, _ = data.host_arrays()
+        features = embed_images(encoder, images, batch_size, size, crop_fraction)
+        return features, data.labels.astype(np.int64), []
+    skipped = SkippedFiles(data) if data.paths is not None else None
+    batches = stream_eval_dataset(
+        data, batch_size, size, crop_fraction, normalise=False, skipped=skipped
+    )
+    try:
+        features, labels = _extractor(encoder, size)(batches)
+    except ValueError:  # every file failed to decode
+        raise EvalInputError(f"{data.where or data.name}: no image could be decoded") from None
+    if np.any(labels < 0):
+        raise EvalInputError(
+            f"{data.where or data.name} holds unlabelled images (label -1); pick a labelled "
+            "split (for STL-10: --train_split=train_labelled)"
+        )
+    names: list[str] = []
+    if skipped is not None:
+        missing = np.flatnonzero(skipped.first_decoded.numpy() == SkippedFiles.NEVER)
+        names = [str(data.paths[i]) for i in missing]
+    if names:
+        shown = ", ".join(os.path.relpath(name, data.where) for name in names[:20])
+        more = f" and {len(names) - 20} more" if len(names) > 20 else ""
+        _note(
+            f"skipped {len(names)} of {len(data)} files of {data.where} that could not be "
+            f"decoded: {shown}{more}"
+        )
+    return features, labels, names
 
 
 def _note(line: str) -> None:
@@ -279,16 +418,20 @@ def _note(line: str) -> None:
 
 def knn_protocol(
     encoder: Encoder,
-    train: ImageSet,
-    test: ImageSet,
+    train: ImageSet | ImageFiles,
+    test: ImageSet | ImageFiles,
     *,
     k: int = 200,
     temperature: float = 0.1,
     batch_size: int = 256,
     chunk_size: int = 1024,
     eval_size: int | None = None,
+    crop_fraction: float = 1.0,
 ) -> dict[str, Any]:
     """Weighted kNN accuracy of the test split against a bank of training-split features.
+
+    Either split may be decoded in memory or streamed from its files; the features are
+    the same (decoding is), and only they are held: ``N × F`` float32.
 
     Args:
         encoder: The frozen model.
@@ -299,19 +442,25 @@ def knn_protocol(
         batch_size: Images per forward pass.
         chunk_size: Test rows per similarity block (memory ``chunk_size × N_train``).
         eval_size: Side of the bank and test images (default: the model's size).
+        crop_fraction: Side of the eval transform's central crop over the shorter side.
 
     Returns:
-        ``{"metrics": {"top1", "top5"}, "settings": {...}}``; accuracies are fractions.
+        ``{"metrics": {"top1", "top5"}, "settings": {...}}``, plus ``"skipped": {split:
+        [file, ...]}`` when streamed files failed to decode; accuracies are fractions.
     """
-    num_classes = num_classes_of(train, test)
     eval_size = eval_size or encoder.image_size
-    bank = embed_images(encoder, train.images, batch_size, eval_size)
-    queries = embed_images(encoder, test.images, batch_size, eval_size)
+    bank, bank_labels, bank_skipped = embed_split(
+        encoder, train, batch_size, eval_size, crop_fraction
+    )
+    queries, query_labels, query_skipped = embed_split(
+        encoder, test, batch_size, eval_size, crop_fraction
+    )
+    num_classes = _num_classes(train, test, bank_labels, query_labels)
     metrics = knn.knn_accuracy(
         bank,
-        train.labels,
+        bank_labels,
         queries,
-        test.labels,
+        query_labels,
         num_classes,
         k=k,
         temperature=temperature,
@@ -322,8 +471,27 @@ def knn_protocol(
         "temperature": temperature,
         "weights": "exp(sim / t)",
         "image_size": eval_size,
+        "eval_crop": crop_fraction,
     }
-    return {"metrics": metrics, "settings": settings}
+    return _with_skipped({"metrics": metrics, "settings": settings}, bank_skipped, query_skipped)
+
+
+def _num_classes(
+    train: ImageSet | ImageFiles,
+    test: ImageSet | ImageFiles,
+    train_labels: np.ndarray,
+    test_labels: np.ndarray,
+) -> int:
+    """``num_classes_of``, counting the labels read from streamed TFDS records too."""
+    largest = int(max(train_labels.max(initial=0), test_labels.max(initial=0)))
+    return max(num_classes_of(train, test), largest + 1)
+
+
+def _with_skipped(result: dict[str, Any], train: list[str], test: list[str]) -> dict[str, Any]:
+    skipped = {name: files for name, files in (("train", train), ("test", test)) if files}
+    if skipped:
+        result["skipped"] = skipped
+    return result
 
 
 # --------------------------------------------------------------------------------------
@@ -504,8 +672,8 @@ def _augmented_batches(
     scale: tuple[float, float] = LINEAR_CROP_SCALE,
 ) -> tf.data.Dataset:
     """Shuffled batches of augmented [0, 1] pixels and labels; new draws each epoch."""
-    stored = tf.constant(data.images)
-    labels = tf.constant(data.labels, tf.int64)
+    # Host variables, not constants: the pixels stay out of the dataset function's graph.
+    stored, labels = data.host_arrays()
     indices = tf.data.Dataset.range(len(data.images)).shuffle(
         len(data.images), seed=seed, reshuffle_each_iteration=True
     )
@@ -516,7 +684,7 @@ def _augmented_batches(
         return linear_augment(images, image_size, pair, scale)
 
     def load(batch: tf.Tensor, pair: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
-        return augment(tf.gather(stored, batch), pair), tf.gather(labels, batch)
+        return augment(tf.gather(stored, batch), pair), tf.cast(tf.gather(labels, batch), tf.int64)
 
     batches = tf.data.Dataset.zip(indices.batch(batch_size), seeds)
     return batches.map(load, num_parallel_calls=tf.data.AUTOTUNE).prefetch(tf.data.AUTOTUNE)
@@ -525,20 +693,31 @@ def _augmented_batches(
 def _feature_batches(
     features: np.ndarray, labels: np.ndarray, batch_size: int, seed: int
 ) -> tf.data.Dataset:
-    dataset = tf.data.Dataset.from_tensor_slices((features, labels.astype(np.int64)))
-    dataset = dataset.shuffle(len(features), seed=seed, reshuffle_each_iteration=True)
-    return dataset.batch(batch_size).prefetch(tf.data.AUTOTUNE)
+    # Host variables gathered by shuffled indices: an ImageNet-size feature cache (GBs)
+    # is neither a graph constant nor copied into a shuffle buffer.
+    stored = host_variable(features, "linear_features")
+    targets = host_variable(labels.astype(np.int64), "linear_labels")
+    indices = tf.data.Dataset.range(len(features)).shuffle(
+        len(features), seed=seed, reshuffle_each_iteration=True
+    )
+
+    def load(batch: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
+        return tf.gather(stored, batch), tf.gather(targets, batch)
+
+    dataset = indices.batch(batch_size).map(load, num_parallel_calls=tf.data.AUTOTUNE)
+    return dataset.prefetch(tf.data.AUTOTUNE)
 
 
 def linear_protocol(
     encoder: Encoder,
-    train: ImageSet,
-    test: ImageSet,
+    train: ImageSet | ImageFiles,
+    test: ImageSet | ImageFiles,
     config: LinearConfig | None = None,
     *,
     embed_batch_size: int = 256,
     log: Callable[[str], None] | None = None,
     eval_size: int | None = None,
+    crop_fraction: float = 1.0,
 ) -> dict[str, Any]:
     """Trains a linear classifier on the frozen encoder and reports test top-1 (best, final).
 
@@ -549,13 +728,15 @@ def linear_protocol(
 
     Args:
         encoder: The frozen model.
-        train: Labelled training split.
-        test: Labelled test split.
+        train: Labelled training split; streamed files (:class:`ImageFiles`) only with
+            ``config.fast`` (the augmented probe needs the decoded images).
+        test: Labelled test split, decoded or streamed.
         config: :class:`LinearConfig` (defaults: the ASCL protocol).
         embed_batch_size: Images per forward pass when caching features.
         log: Called with a one-line progress message after each evaluation.
         eval_size: Side of the test images (and of the cached training features of
             ``fast``); training crops are at the model's size. Default: the model's size.
+        crop_fraction: Side of the eval transform's central crop over the shorter side.
 
     Returns:
         ``{"metrics": {"top1_best", "top1_final", "top5_final", "best_epoch"}, "settings",
@@ -563,14 +744,20 @@ def linear_protocol(
         accuracies are fractions. ``classifier`` is not JSON (pop it before writing).
     """
     config = config or LinearConfig()
-    num_classes = num_classes_of(train, test)
+    if isinstance(train, ImageFiles) and not config.fast:
+        raise EvalInputError(STREAMED_LINEAR_ERROR)
     eval_size = eval_size or encoder.image_size
-    test_features = embed_images(encoder, test.images, embed_batch_size, eval_size)
-    train_labels = train.labels.astype(np.int64)
+    test_features, test_labels, test_skipped = embed_split(
+        encoder, test, embed_batch_size, eval_size, crop_fraction
+    )
+    train_skipped: list[str] = []
     if config.fast:
-        train_features = embed_images(encoder, train.images, embed_batch_size, eval_size)
+        train_features, train_labels, train_skipped = embed_split(
+            encoder, train, embed_batch_size, eval_size, crop_fraction
+        )
         dataset = _feature_batches(train_features, train_labels, config.batch_size, config.seed)
     else:
+        train_labels = train.labels.astype(np.int64)
         dataset = _augmented_batches(
             train,
             config.batch_size,
@@ -579,6 +766,7 @@ def linear_protocol(
             config.jit_compile,
             config.crop_scale,
         )
+    num_classes = _num_classes(train, test, train_labels, test_labels)
     steps_per_epoch = math.ceil(len(train_labels) / config.batch_size)
     classifier = build_classifier(encoder.feature_dim, num_classes, config.init_std, config.seed)
     optimizer = build_optimizer(
@@ -620,8 +808,8 @@ def linear_protocol(
         }
         if epoch % config.eval_every == 0 or epoch == config.epochs:
             scores = test_scores()
-            top1 = knn.top_k_accuracy(scores, test.labels, 1)
-            final5 = knn.top_k_accuracy(scores, test.labels, 5) if num_classes >= 5 else None
+            top1 = knn.top_k_accuracy(scores, test_labels, 1)
+            final5 = knn.top_k_accuracy(scores, test_labels, 5) if num_classes >= 5 else None
             record["top1"] = top1
             if top1 > best:
                 best, best_epoch = top1, epoch
@@ -643,8 +831,10 @@ def linear_protocol(
         "steps_per_epoch": steps_per_epoch,
         "train_crop_size": encoder.image_size,
         "test_image_size": eval_size,
+        "eval_crop": crop_fraction,
     }
-    return {"metrics": metrics, "settings": settings, "history": history, "classifier": classifier}
+    result = {"metrics": metrics, "settings": settings, "history": history}
+    return {**_with_skipped(result, train_skipped, test_skipped), "classifier": classifier}
 
 
 def timed(function: Callable[..., dict[str, Any]], *args: Any, **kwargs: Any) -> dict[str, Any]:
@@ -703,6 +893,7 @@ def neighbors_protocol(
     chunk_size: int = 1024,
     eval_size: int | None = None,
     title: str | None = None,
+    crop_fraction: float = 1.0,
 ) -> dict[str, Any]:
     """Each test image's ``k`` nearest training images by the backbone's features, and a picture.
 
@@ -723,6 +914,7 @@ def neighbors_protocol(
         chunk_size: Queries per similarity block.
         eval_size: Side of the images fed to the model (default: the model's size).
         title: The picture's title.
+        crop_fraction: Side of the eval transform's central crop over the shorter side.
 
     Returns:
         ``{"metrics", "settings", "shown", "picture"}``: fractions, what was done, and
@@ -731,11 +923,13 @@ def neighbors_protocol(
     """
     from tfascl import plots
 
+    if isinstance(train, ImageFiles) or isinstance(test, ImageFiles):
+        raise EvalInputError(STREAMED_NEIGHBORS_ERROR)
     if num_queries < 1 or k < 1:
         raise EvalInputError(f"neighbours need num_queries >= 1 and k >= 1, got {num_queries}, {k}")
     eval_size = eval_size or encoder.image_size
-    bank = embed_images(encoder, train.images, batch_size, eval_size)
-    queries = embed_images(encoder, test.images, batch_size, eval_size)
+    bank = embed_images(encoder, train.host_arrays()[0], batch_size, eval_size, crop_fraction)
+    queries = embed_images(encoder, test.host_arrays()[0], batch_size, eval_size, crop_fraction)
     indices, similarities = nearest_neighbors(bank, queries, k, chunk_size)
     same = train.labels[indices] == test.labels[:, None]
     rng = np.random.default_rng(seed)
