@@ -12,7 +12,7 @@ from helpers import REPO, run_python, tiny_spec
 from test_data_stream import const_sizes
 
 from tfascl import data, runs
-from tfascl.evaluation import EvalInputError, evaluate, load_encoder, protocols
+from tfascl.evaluation import EvalInputError, LinearConfig, evaluate, load_encoder, protocols
 
 SIZE = 32  # CIFAR-10's own size: neither path resizes, so their pixels are the same
 
@@ -85,6 +85,21 @@ def test_streamed_knn_equals_memory_knn_and_skips_a_broken_file(
     assert err.count("zz_broken.jpg") == 1 and "skipped 1 of 121 files" in err
     for name in ("top1", "top5"):
         assert damaged["metrics"][name] == pytest.approx(memory["metrics"][name], abs=1e-6)
+
+
+def test_streamed_linear_fast_equals_memory_linear_fast(run_dir, cifar10_dir, tmp_path):
+    folder = subset_folder(cifar10_dir, tmp_path / "cifar", per_class=(6, 3))
+    linear = LinearConfig(fast=True, epochs=4, batch_size=16, learning_rate=0.5)
+    entries = [
+        evaluate("linear", model_dir=run_dir, dataset=str(folder), linear=linear, input=mode,
+                 batch_size=32, write=False)
+        for mode in ("memory", "stream")
+    ]  # fmt: skip
+    memory, streamed = ([record["loss"] for record in entry["history"]] for entry in entries)
+    np.testing.assert_allclose(streamed, memory, rtol=1e-4)
+    assert memory[-1] < memory[0]  # it trained
+    for name in ("top1_final", "top5_final"):
+        assert entries[1]["metrics"][name] == pytest.approx(entries[0]["metrics"][name], abs=1e-6)
 
 
 def test_auto_input_streams_over_a_tiny_budget(run_dir, cifar10_dir, tmp_path, capsys):
