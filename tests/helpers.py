@@ -88,3 +88,20 @@ def logged_steps(model_dir) -> list:
         if record.get("kind") == "step":
             steps.append(record["step"])
     return steps
+
+
+def run_check(script: str | Path, *args: str) -> dict:
+    """Runs a tests/*_check.py script in this process (on the two logical CPUs that
+    tests/conftest.py sets up) and returns the JSON record it prints last."""
+    import contextlib
+    import io
+    import runpy
+
+    out, argv = io.StringIO(), sys.argv
+    sys.argv = [str(script), *map(str, args)]
+    try:
+        with contextlib.redirect_stdout(out):
+            runpy.run_path(str(script), run_name="__main__")
+    finally:
+        sys.argv = argv
+    return json.loads(out.getvalue().strip().splitlines()[-1])

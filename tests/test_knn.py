@@ -6,7 +6,6 @@ import keras
 import numpy as np
 import pytest
 import tensorflow as tf
-from helpers import run_python
 
 from tfascl.knn import extract_features, knn_accuracy, knn_predict
 
@@ -195,8 +194,6 @@ def test_extract_features():
 _MIRRORED_SCRIPT = textwrap.dedent(
     """
     import numpy as np, tensorflow as tf, keras
-    cpu = tf.config.list_physical_devices("CPU")[0]
-    tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
     from tfascl.knn import extract_features
 
     rng = np.random.default_rng(0)
@@ -218,10 +215,11 @@ _MIRRORED_SCRIPT = textwrap.dedent(
 )
 
 
-def test_extract_features_under_mirrored_strategy():
-    # Logical CPU devices must be configured before TF initialises, hence a fresh process.
-    proc = run_python("-c", _MIRRORED_SCRIPT, timeout=300)
-    assert proc.returncode == 0 and "MIRRORED_OK" in proc.stdout, proc.stderr[-4000:]
+@pytest.mark.multi_device
+def test_extract_features_under_mirrored_strategy(two_cpus, capsys):
+    # On the two logical CPUs tests/conftest.py configures before TF initialises.
+    exec(_MIRRORED_SCRIPT, {})
+    assert "MIRRORED_OK" in capsys.readouterr().out
 
 
 def test_monitor_feature_pass_reports_progress_and_normalises(monkeypatch, capsys):
