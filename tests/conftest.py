@@ -38,7 +38,10 @@ def cifar10_dir():
 
 @pytest.fixture(scope="session")
 def two_cpus():
-    """A MirroredStrategy over this process's two logical CPUs (set up above)."""
+    """The session's one MirroredStrategy over this process's two logical CPUs (set up
+    above). Tests share it rather than make their own: each new MirroredStrategy in a
+    process numbers its collective ops from the same keys, and the collectives of two
+    strategies (sync BN, all-gathers) then collide ("Collective instance 100 expected ...")."""
     devices = [d.name for d in tf.config.list_logical_devices("CPU")]
     assert len(devices) >= 2, (
         "two logical CPUs are configured in tests/conftest.py before TensorFlow starts; "

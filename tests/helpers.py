@@ -90,9 +90,10 @@ def logged_steps(model_dir) -> list:
     return steps
 
 
-def run_check(script: str | Path, *args: str) -> dict:
-    """Runs a tests/*_check.py script in this process (on the two logical CPUs that
-    tests/conftest.py sets up) and returns the JSON record it prints last."""
+def run_check(script: str | Path, strategy, *args: str) -> dict:
+    """Runs a tests/*_check.py script in this process with ``strategy`` (the session's
+    MirroredStrategy on the two logical CPUs of tests/conftest.py) as its ``STRATEGY``,
+    and returns the JSON record it prints last."""
     import contextlib
     import io
     import runpy
@@ -101,7 +102,7 @@ def run_check(script: str | Path, *args: str) -> dict:
     sys.argv = [str(script), *map(str, args)]
     try:
         with contextlib.redirect_stdout(out):
-            runpy.run_path(str(script), run_name="__main__")
+            runpy.run_path(str(script), {"STRATEGY": strategy}, run_name="__main__")
     finally:
         sys.argv = argv
     return json.loads(out.getvalue().strip().splitlines()[-1])

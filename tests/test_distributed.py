@@ -10,7 +10,7 @@ from helpers import REPO, run_check
 @pytest.mark.multi_device
 @pytest.mark.parametrize("method", ["ascl", "byol", "byol_ascl"])
 def test_two_replicas_match_one_device_and_share_one_queue(method, two_cpus):
-    result = run_check(REPO / "tests" / "mirrored_check.py", method)
+    result = run_check(REPO / "tests" / "mirrored_check.py", two_cpus, method)
     assert result["replicas"] == 2
     # Same loss and weights as one device on the same global batch.
     assert result["mirrored_loss"] == pytest.approx(result["single_loss"], rel=1e-4)

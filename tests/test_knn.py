@@ -200,7 +200,7 @@ _MIRRORED_SCRIPT = textwrap.dedent(
     images = rng.normal(size=(23, 6)).astype(np.float32)
     labels = np.arange(23)
     dataset = tf.data.Dataset.from_tensor_slices((images, labels)).batch(6)  # last batch: 5
-    strategy = tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"])
+    strategy = STRATEGY  # the session's one MirroredStrategy (tests/conftest.py)
     with strategy.scope():
         keras.utils.set_random_seed(0)
         model = keras.Sequential([keras.Input((6,)), keras.layers.Dense(4)])
@@ -218,7 +218,7 @@ _MIRRORED_SCRIPT = textwrap.dedent(
 @pytest.mark.multi_device
 def test_extract_features_under_mirrored_strategy(two_cpus, capsys):
     # On the two logical CPUs tests/conftest.py configures before TF initialises.
-    exec(_MIRRORED_SCRIPT, {})
+    exec(_MIRRORED_SCRIPT, {"STRATEGY": two_cpus})
     assert "MIRRORED_OK" in capsys.readouterr().out
 
 

@@ -436,7 +436,7 @@ _MIRRORED_SCRIPT = textwrap.dedent(
             opt.apply(tape.gradient(loss, model.trainable_variables), model.trainable_variables)
         want = [v.numpy() for v in model.weights]
 
-        strategy = tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"])
+        strategy = STRATEGY  # the session's one MirroredStrategy (tests/conftest.py)
         with strategy.scope():
             dmodel, dopt = make(name)
             # Built up front, as model.fit does: letting apply() create the slots inside the
@@ -467,5 +467,5 @@ _MIRRORED_SCRIPT = textwrap.dedent(
 @pytest.mark.multi_device
 def test_mirrored_strategy_matches_single_device(two_cpus, capsys):
     # On the two logical CPUs tests/conftest.py configures before TF initialises.
-    exec(_MIRRORED_SCRIPT, {})
+    exec(_MIRRORED_SCRIPT, {"STRATEGY": two_cpus})
     assert "MIRRORED_OK" in capsys.readouterr().out

@@ -11,7 +11,7 @@ from tfascl.models import SplitBatchNorm
 @pytest.mark.slow
 @pytest.mark.multi_device
 def test_shuffle_bn_across_replicas_matches_one_device_on_the_same_groups(two_cpus):
-    result = run_check(REPO / "tests" / "shuffle_bn_check.py")
+    result = run_check(REPO / "tests" / "shuffle_bn_check.py", two_cpus)
     assert result["replicas"] == 2 and result["shuffle_keys"]
     # The identity permutation leaves each replica its own images: per-replica BN.
     assert result["identity_vs_per_replica_bn"] < 1e-5

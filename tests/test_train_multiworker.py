@@ -92,6 +92,7 @@ def test_two_workers_end_with_the_same_weights_and_queue(tmp_path):
     for name in names:
         if name not in moving:
             np.testing.assert_allclose(chief[name], other[name], rtol=1e-6, atol=1e-6, err_msg=name)
+
     # The pointer went round: 4 steps x 16 keys = 48 + 16, on both workers.
     def queue_part(record, part):
         (name,) = [name for name in names if name.endswith(f"queue.{part}")]

@@ -152,6 +152,7 @@ def test_training_stream_epochs_are_the_seeded_pipeline(tmp_path):
 
     config = train.TrainConfig(batch_size=8, image_size=16, seed=3, jit_augment=False)
     images = data.load_images("digits", max_examples=24)
+
     def arrays(batch):  # ((strong, weak), labels) -> the three arrays
         (strong, weak), labels = batch
         return strong.numpy(), weak.numpy(), labels.numpy()
