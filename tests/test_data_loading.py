@@ -21,7 +21,6 @@ from tfascl.data import (
     stats_for_name,
 )
 
-CIFAR10 = Path(__file__).resolve().parents[2] / "shared/datasets/cifar10"
 CIFAR10_CLASSES = "airplane automobile bird cat deer dog frog horse ship truck".split()
 
 
