@@ -82,3 +82,21 @@ def logged_steps(model_dir) -> list:
         if record.get("kind") == "step":
             steps.append(record["step"])
     return steps
+
+
+def run_check(script: str | Path, strategy, *args: str) -> dict:
+    """Runs a tests/*_check.py script in this process with ``strategy`` (the session's
+    MirroredStrategy on the two logical CPUs of tests/conftest.py) as its ``STRATEGY``,
+    and returns the JSON record it prints last."""
+    import contextlib
+    import io
+    import runpy
+
+    out, argv = io.StringIO(), sys.argv
+    sys.argv = [str(script), *map(str, args)]
+    try:
+        with contextlib.redirect_stdout(out):
+            runpy.run_path(str(script), {"STRATEGY": strategy}, run_name="__main__")
+    finally:
+        sys.argv = argv
+    return json.loads(out.getvalue().strip().splitlines()[-1])

@@ -1,7 +1,8 @@
 """Run as a script: MoCo's shuffle BN across two logical CPUs against one device.
 
-Two logical devices must be configured before TensorFlow starts, so the test runs
-this file in its own process; it prints one JSON line of measurements.
+Two logical devices must be configured before TensorFlow starts: tests/conftest.py
+does it for the pytest process, which runs this file with ``run_check``; run alone,
+the file configures them itself. It prints one JSON line of measurements.
 """
 
 import json
@@ -11,13 +12,13 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 import tensorflow as tf
 
 cpu = tf.config.list_physical_devices("CPU")[0]
-tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
+if not tf.config.get_logical_device_configuration(cpu):  # set already under pytest (conftest)
+    tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
 
 import keras  # noqa: E402
 import numpy as np  # noqa: E402
 
 from tfascl import runs  # noqa: E402
-from tfascl.distribute import make_strategy  # noqa: E402
 
 GLOBAL_BATCH, STEPS, SIZE = 16, 3, 16
 HALF = GLOBAL_BATCH // 2
@@ -51,7 +52,10 @@ weak = weak_all[:GLOBAL_BATCH]
 
 keras.utils.set_random_seed(0)
 initial_weights = spec("split").build_model().get_weights()
-strategy = make_strategy("mirrored")
+# Under pytest, the session's one strategy (``run_check``): each new MirroredStrategy
+# in a process numbers its collectives from the same keys, and sync BN's collectives of
+# two strategies then collide.
+strategy = globals().get("STRATEGY") or tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"])
 with strategy.scope():
     mirrored = spec("shuffle").build_model()
 mirrored.set_weights(initial_weights)

@@ -16,30 +16,29 @@ def test_one_tiny_config_prints_json_and_a_table(capsys, tmp_path):
             "--batch_size=8",
             "--queue_size=32",
             "--steps=1",
-            "--windows=1",
+            "--windows=3",
             f"--output={output}",
         ]
     )
     lines = [line for line in capsys.readouterr().out.splitlines() if line.startswith("{")]
     assert len(lines) == len(records) == 1
     record = json.loads(lines[0])
-    for field in (
-        "method",
-        "backbone",
-        "backbone_width",
-        "batch_size",
-        "queue_size",
-        "precision",
-        "jit_compile",
-        "augment_on",
-        "device",
-        "pairs_per_sec",
-        "step_ms",
-        "peak_memory_mb",
-    ):
-        assert field in record
+    assert record == json.loads(json.dumps(records[0]))  # the printed line is the record
     assert (record["method"], record["batch_size"], record["queue_size"]) == ("ascl", 8, 32)
-    assert record["pairs_per_sec"] > 0 and record["step_ms"] > 0
+    assert (record["backbone_width"], record["steps_per_window"]) == (4, 1)
+    # The timings are consistent with the windows they come from: the median window's
+    # seconds over its steps, and its image pairs (batch x steps) per second.
+    windows = record["window_s"]
+    assert len(windows) == 3 and min(windows) > 0
+    median = sorted(windows)[1]  # rounded to 1 ms / 2 in the record
+    rounding = 0.0005 / median + 1e-3
+    assert record["step_ms"] == pytest.approx(1000 * median / 1, rel=rounding, abs=0.05)
+    assert record["pairs_per_sec"] == pytest.approx(8 * 1 / median, rel=rounding)
+    assert record["pairs_per_sec"] == pytest.approx(8 * 1000 / record["step_ms"], rel=rounding)
+    assert record["gflop_per_pair"] > 0
+    assert record["achieved_gflops"] == pytest.approx(
+        record["gflop_per_pair"] * record["pairs_per_sec"], rel=0.01, abs=0.06
+    )
     assert json.loads(output.read_text())["records"][0]["method"] == "ascl"
 
 

@@ -7,11 +7,13 @@ import subprocess
 import sys
 import time
 
+import pytest
 from helpers import REPO, python_env
 
 STEPS = ("environment", "speed", "learning", "data")
 
 
+@pytest.mark.slow
 def test_device_script_smoke_run_writes_every_record(tmp_path):
     out = tmp_path / "device"
     env = python_env(DEVICE_SMOKE="1", OUT=str(out), PYTHON=sys.executable)

@@ -1,18 +1,16 @@
-"""MirroredStrategy on two logical CPUs against one device (in a subprocess)."""
-
-import json
+"""MirroredStrategy on two logical CPUs against one device (in this process)."""
 
 import pytest
-from helpers import REPO, run_python
+from helpers import REPO, run_check
 
 
 # byol_ascl relabels against the keys gathered from both replicas, so it must match
 # one device on the global batch too.
+@pytest.mark.slow
+@pytest.mark.multi_device
 @pytest.mark.parametrize("method", ["ascl", "byol", "byol_ascl"])
-def test_two_replicas_match_one_device_and_share_one_queue(method):
-    out = run_python(str(REPO / "tests" / "mirrored_check.py"), method)
-    assert out.returncode == 0, out.stderr[-3000:]
-    result = json.loads(out.stdout.strip().splitlines()[-1])
+def test_two_replicas_match_one_device_and_share_one_queue(method, two_cpus):
+    result = run_check(REPO / "tests" / "mirrored_check.py", two_cpus, method)
     assert result["replicas"] == 2
     # Same loss and weights as one device on the same global batch.
     assert result["mirrored_loss"] == pytest.approx(result["single_loss"], rel=1e-4)

@@ -26,7 +26,6 @@ from PIL import Image
 from tfascl import export, runs
 
 REPO = Path(__file__).resolve().parents[1]
-CIFAR10 = REPO.parent / "shared" / "datasets" / "cifar10"
 SIZE = 16
 MEAN = (0.49, 0.48, 0.45)
 STD = (0.25, 0.24, 0.26)
@@ -131,6 +130,30 @@ def normalise(images):
 def l2(x):
     x = np.asarray(x, np.float64)
     return x / np.linalg.norm(x, axis=1, keepdims=True)
+
+
+def pillow_resize(images, size=SIZE):
+    """The central square of uint8 images [N, H, W, 3], resized to ``size`` as Pillow's
+    antialiased bilinear does, channel by channel in float: [N, size, size, 3] float32."""
+    height, width = images.shape[1:3]
+    side = min(height, width)
+    box = ((width - side) / 2, (height - side) / 2, (width + side) / 2, (height + side) / 2)
+    return np.stack(
+        [
+            np.stack(
+                [
+                    np.asarray(
+                        Image.fromarray(image[..., c].astype(np.float32), mode="F").resize(
+                            (size, size), Image.BILINEAR, box=box
+                        )
+                    )
+                    for c in range(3)
+                ],
+                axis=-1,
+            )
+            for image in images
+        ]
+    )
 
 
 def reference(model, normalised):
@@ -257,24 +280,7 @@ def test_resize_is_central_crop_and_pillow_bilinear(exported):
     rng = np.random.default_rng(1)
     for height, width in [(20, 27), (41, 36), (11, 10)]:
         images = rng.integers(0, 256, (2, height, width, 3), dtype=np.uint8)
-        side = min(height, width)
-        box = ((width - side) / 2, (height - side) / 2, (width + side) / 2, (height + side) / 2)
-        resized = np.stack(
-            [
-                np.stack(
-                    [
-                        np.asarray(
-                            Image.fromarray(image[..., c].astype(np.float32), mode="F").resize(
-                                (SIZE, SIZE), Image.BILINEAR, box=box
-                            )
-                        )
-                        for c in range(3)
-                    ],
-                    axis=-1,
-                )
-                for image in images
-            ]
-        )
+        resized = pillow_resize(images)
         expected = preprocessed(images=tf.constant(normalise(resized)))["embedding"].numpy()
         got = serve(images=tf.constant(images))["embedding"].numpy()
         np.testing.assert_allclose(got, expected, atol=1e-5, rtol=0, err_msg=f"{height}x{width}")
@@ -346,27 +352,84 @@ def test_saved_model_cli_lists_both_signatures(exported):
         assert tensor(body, "outputs", "projection") == ("DT_FLOAT", "(-1, 8)")
 
 
-def test_transfer_learning_example_fine_tunes_through_tfsmlayer(exported, tmp_path):
+# Runs export/transfer_learning.py's main() with its loaders and classifier builder wrapped,
+# so the test sees which files it read, the test images, the fine-tuned encoder's
+# embeddings and the classifier's weights; the script's summary is the last line.
+TRANSFER_RUN = r"""
+import importlib.util
+import json
+import numpy as np
+import tensorflow as tf
+
+script, out_path, *argv = sys.argv[1:]
+spec = importlib.util.spec_from_file_location("transfer_learning", script)
+transfer = importlib.util.module_from_spec(spec)
+spec.loader.exec_module(transfer)
+read, seen = [], {}
+read_file = tf.io.read_file
+tf.io.read_file = lambda path, *a, **k: read.append(str(path)) or read_file(path, *a, **k)
+load_folder, build_classifier = transfer.load_folder, transfer.build_classifier
+transfer.load_folder = lambda *a, **k: seen.setdefault("data", load_folder(*a, **k))
+transfer.build_classifier = lambda *a, **k: seen.setdefault("model", build_classifier(*a, **k))
+summary = transfer.main(argv)
+(data, _), (model, encoder) = seen["data"], seen["model"]
+images = data["test"][0]
+exported = tf.saved_model.load(summary["saved_model"]).signatures["serving_default"]
+kernel, bias = model.get_layer("classifier").get_weights()
+np.savez(
+    out_path,
+    read=np.array(read),
+    test_images=images,
+    test_labels=data["test"][1],
+    exported=exported(images=tf.constant(images))["embedding"].numpy(),
+    tuned=encoder(tf.constant(images))["embedding"].numpy(),
+    kernel=kernel,
+    bias=bias,
+)
+print(json.dumps(summary))
+"""
+
+
+def test_transfer_learning_example_fine_tunes_through_tfsmlayer(exported, cifar10_dir, tmp_path):
+    """On real CIFAR-10 (no fallback): the files read and their labels, the export's
+    features of them against the in-memory encoder, and the reported test accuracy against
+    the fine-tuned encoder and classifier, recomputed in float64 NumPy."""
     script = REPO / "export" / "transfer_learning.py"
-    data = str(CIFAR10) if (CIFAR10 / "train").is_dir() else "digits"
-    args = ["--export", exported.export_dir, "--data", data, "--steps", "2"]
+    args = ["--export", exported.export_dir, "--data", cifar10_dir, "--steps", "2"]
     args += ["--batch_size", "8", "--per_class", "2"]
-    code = (
-        "import runpy\n"
-        f"sys.argv = [{str(script)!r}, *sys.argv[1:]]\n"
-        f"runpy.run_path({str(script)!r}, run_name='__main__')\n"
-    )
-    result = run_fresh(code, *args, cwd=tmp_path)
+    result = run_fresh(TRANSFER_RUN, script, tmp_path / "out.npz", *args, cwd=tmp_path)
     summary = json.loads(result.stdout.strip().splitlines()[-1])
+    out = np.load(tmp_path / "out.npz")
     assert summary["saved_model"] == str(exported.version_dir)
     assert summary["steps"] == 2 and summary["classes"] == 10
-    assert np.isfinite(summary["loss"]) and 0.0 <= summary["test_accuracy"] <= 1.0
+    assert summary["train_images"] == summary["test_images"] == 20
+
+    # The images are the CIFAR-10 test files read, labelled by their class folder.
+    classes = sorted(p.name for p in (cifar10_dir / "train").iterdir())
+    test_files = [Path(p) for p in out["read"] if Path(p).parent.parent.name == "test"]
+    labels = np.array([classes.index(p.parent.name) for p in test_files])
+    assert len(test_files) == 20 and np.bincount(labels, minlength=10).tolist() == [2] * 10
+    np.testing.assert_array_equal(out["test_labels"], labels)
+    for file, image in zip(test_files, out["test_images"], strict=True):
+        decoded = tf.io.decode_image(tf.io.read_file(str(file)), channels=3).numpy()
+        np.testing.assert_array_equal(image, decoded, err_msg=str(file))
+
+    # The export's embedding of these 32-px images: the in-memory online encoder on their
+    # Pillow resize to 16 px, normalised with the run's statistics.
+    features = exported.model.backbone(normalise(pillow_resize(out["test_images"])), training=False)
+    np.testing.assert_allclose(out["exported"], l2(features), atol=1e-5, rtol=0)
+
+    # The reported accuracy: the fine-tuned encoder and the classifier, in float64.
+    logits = out["tuned"].astype(np.float64) @ out["kernel"].astype(np.float64) + out["bias"]
+    assert summary["test_accuracy"] == pytest.approx(np.mean(logits.argmax(axis=1) == labels))
+    assert np.isfinite(summary["loss"])
     n_trainable = len(exported.model.backbone.trainable_weights) + len(
         exported.model.projector.trainable_weights
     )
     assert summary["trainable_encoder_weights"] == n_trainable
     # The gradient reached the SavedModel's own variables: fine-tuning, not a probe.
     assert summary["encoder_max_change"] > 0
+    assert np.abs(out["tuned"] - out["exported"]).max() > 1e-6
 
 
 def test_request_example_feeds_the_serving_signature(exported):

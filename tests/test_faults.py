@@ -47,13 +47,10 @@ def data_file(model_dir, name):
 
 
 @pytest.fixture(scope="module")
-def one_epoch(tmp_path_factory):
-    """A finished 1-epoch run: ckpt-0, ckpt-2, ckpt-4 and the best copy, best-4."""
-    model_dir = tmp_path_factory.mktemp("faults") / "run"
-    result = run(model_dir, "--epochs=1", "--checkpoint_every=2")
-    assert result.exit_code == 0
-    assert runs.best_checkpoint(model_dir).endswith("best-4")
-    return model_dir
+def one_epoch(trained_run):
+    """A finished 1-epoch run: ckpt-0, ckpt-2, ckpt-4 and the best copy, best-4 (the
+    session's shared run: ARGS with --epochs=1 --checkpoint_every=2; tests copy it)."""
+    return trained_run
 
 
 def test_damaged_newest_and_best_checkpoints_and_metrics_line_then_resume(

@@ -1,5 +1,7 @@
 """Tests for tfascl.knn against a brute-force float64 NumPy implementation."""
 
+import textwrap
+
 import keras
 import numpy as np
 import pytest
@@ -197,6 +199,37 @@ def test_feature_extractor():
     np.testing.assert_allclose(features, raw, rtol=1e-5, atol=1e-6)
     with pytest.raises(ValueError, match="no images to embed"):
         extract(tf.data.Dataset.from_tensor_slices(images[:0]).batch(5))
+
+
+_MIRRORED_SCRIPT = textwrap.dedent(
+    """
+    import numpy as np, tensorflow as tf, keras
+    from tfascl.knn import feature_extractor
+
+    rng = np.random.default_rng(0)
+    images = rng.normal(size=(23, 6)).astype(np.float32)
+    labels = np.arange(23)
+    dataset = tf.data.Dataset.from_tensor_slices((images, labels)).batch(6)  # last batch: 5
+    strategy = STRATEGY  # the session's one MirroredStrategy (tests/conftest.py)
+    with strategy.scope():
+        keras.utils.set_random_seed(0)
+        model = keras.Sequential([keras.Input((6,)), keras.layers.Dense(4)])
+        features, got_labels = feature_extractor(model)(dataset)
+    assert strategy.num_replicas_in_sync == 2
+    want = model(images, training=False).numpy()
+    want /= np.linalg.norm(want, axis=1, keepdims=True)
+    np.testing.assert_array_equal(got_labels, labels)  # dataset order survives the split
+    np.testing.assert_allclose(features, want, rtol=1e-5, atol=1e-6)
+    print("MIRRORED_OK")
+    """
+)
+
+
+@pytest.mark.multi_device
+def test_feature_extractor_under_mirrored_strategy(two_cpus, capsys):
+    # On the two logical CPUs tests/conftest.py configures before TF initialises.
+    exec(_MIRRORED_SCRIPT, {"STRATEGY": two_cpus})
+    assert "MIRRORED_OK" in capsys.readouterr().out
 
 
 def test_monitor_feature_pass_reports_progress_and_normalises(monkeypatch, capsys):

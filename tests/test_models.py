@@ -1,11 +1,14 @@
 """One fit step at a time: what moves, by how much, and what the queue holds."""
 
+import math
+
 import keras
 import numpy as np
 import pytest
 import tensorflow as tf
 
 import tfascl
+from tfascl import losses
 from tfascl.models import KeyQueue, MomentumContrast, SplitBatchNorm
 from tfascl.models.batchnorm import split_batch_norm
 
@@ -110,6 +113,48 @@ def test_every_method_trains_and_reports_its_monitors(method):
         assert 0.0 <= logs["purity"][0] <= 1.0
     if method == "moco":
         assert logs["positive_weight"][0] == 1.0 and "purity" not in logs
+
+
+@pytest.mark.parametrize("method", ["sce", "ressl", "byol"])
+def test_step_loss_is_the_paper_loss_of_the_models_own_query_key_and_queue(method):
+    # The pure losses are checked against float64 NumPy in test_losses.py; this checks the
+    # wiring: which view goes to which encoder, which temperature goes where, and that the
+    # queue is the one before this step's keys. Temperatures differ from the defaults and
+    # from each other, so a swap fails.
+    if method == "byol":
+        model = tiny_model(method)
+    else:
+        options = dict(temperature=0.2, target_temperature=0.07, shuffle_keys=False)
+        model = tiny_model(method, **options, **({"sce_lambda": 0.3} if method == "sce" else {}))
+        assert not model.symmetric
+    # The momentum encoder starts as a copy of the online one, so the step's EMA (before its
+    # keys) leaves it unchanged and the keys computed here are the step's keys.
+    for key_weight, online_weight in zip(*model.momentum_pairs):
+        np.testing.assert_array_equal(key_weight.numpy(), online_weight.numpy())
+    strong, weak, _ = batch(0)
+    strong, weak = tf.constant(strong), tf.constant(weak)
+    if method == "byol":
+        # BYOL: mean over the view orders of 2 − 2·cos(prediction(view), target key(other)).
+        pairs = [(strong, weak), (weak, strong)] if model.symmetric else [(strong, weak)]
+        assert model.symmetric  # build_model("byol") is symmetric, as BYOL's loss
+        terms = []
+        for view, other in pairs:
+            p = np.asarray(model.predict_key(view), np.float64)
+            k = np.asarray(model.encode_key(other), np.float64)
+            p /= np.linalg.norm(p, axis=1, keepdims=True)
+            k /= np.linalg.norm(k, axis=1, keepdims=True)
+            terms.append(np.mean(2.0 - 2.0 * np.sum(p * k, axis=1)))
+        expected = float(np.mean(terms))
+    else:
+        query = model.encode_query(strong)  # q of the strong view, k of the weak one
+        key = model.encode_key(weak)
+        queue = tf.constant(model.queue.keys.numpy())
+        if method == "sce":
+            expected = float(losses.sce_loss(query, key, queue, tau=0.2, tau_m=0.07, lam=0.3))
+        else:
+            expected = float(losses.ressl_loss(query, key, queue, tau_s=0.2, tau_t=0.07))
+    got = fit_one(model).history["loss"][0]
+    assert got == pytest.approx(expected, rel=1e-5, abs=1e-6)
 
 
 def test_views_turn_raw_images_into_pairs_inside_the_step():
@@ -226,10 +271,16 @@ def test_jit_compiled_step_matches_eager():
 
 
 def test_momentum_cosine_schedule_reaches_one():
-    model = tiny_model("byol", total_steps=4)
-    assert float(model.current_momentum()) == pytest.approx(0.99)
-    model.optimizer.iterations.assign(4)
-    assert float(model.current_momentum()) == pytest.approx(1.0)
+    # Every step against BYOL's m = 1 − (1 − m₀)(cos(πk/K) + 1)/2, held at 1 after K:
+    # a linear ramp (or any other) from m₀ to 1 differs by ~1e-3 in between.
+    total = 10
+    model = tiny_model("byol", total_steps=total)
+    assert model.base_momentum == 0.99
+    for step in range(total + 3):
+        model.optimizer.iterations.assign(step)
+        progress = min(step, total) / total
+        expected = 1.0 - (1.0 - 0.99) * (math.cos(math.pi * progress) + 1.0) / 2.0
+        assert float(model.current_momentum()) == pytest.approx(expected, abs=2e-7), step
     assert isinstance(tiny_model("moco"), MomentumContrast)
 
 

@@ -9,7 +9,6 @@ import keras
 import numpy as np
 import pytest
 import tensorflow as tf
-from helpers import run_python
 
 from tfascl.optim import (
     BN_AND_BIAS_PATTERNS,
@@ -535,8 +534,6 @@ def test_get_config_round_trip(name):
 _MIRRORED_SCRIPT = textwrap.dedent(
     """
     import numpy as np, tensorflow as tf, keras
-    cpu = tf.config.list_physical_devices("CPU")[0]
-    tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
     from tfascl.optim import build_optimizer, warmup_cosine
 
     def make(name):
@@ -560,7 +557,7 @@ _MIRRORED_SCRIPT = textwrap.dedent(
             opt.apply(tape.gradient(loss, model.trainable_variables), model.trainable_variables)
         want = [v.numpy() for v in model.weights]
 
-        strategy = tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"])
+        strategy = STRATEGY  # the session's one MirroredStrategy (tests/conftest.py)
         with strategy.scope():
             dmodel, dopt = make(name)
             # Built up front, as model.fit does: letting apply() create the slots inside the
@@ -588,7 +585,8 @@ _MIRRORED_SCRIPT = textwrap.dedent(
 )
 
 
-def test_mirrored_strategy_matches_single_device():
-    # Logical CPU devices must be configured before TF initialises, hence a fresh process.
-    proc = run_python("-c", _MIRRORED_SCRIPT, timeout=300)
-    assert proc.returncode == 0 and "MIRRORED_OK" in proc.stdout, proc.stderr[-4000:]
+@pytest.mark.multi_device
+def test_mirrored_strategy_matches_single_device(two_cpus, capsys):
+    # On the two logical CPUs tests/conftest.py configures before TF initialises.
+    exec(_MIRRORED_SCRIPT, {"STRATEGY": two_cpus})
+    assert "MIRRORED_OK" in capsys.readouterr().out

@@ -1,19 +1,17 @@
-"""MoCo's shuffle BN across replicas (``--norm=shuffle``), on two logical CPUs in a subprocess."""
-
-import json
+"""MoCo's shuffle BN across replicas (``--norm=shuffle``), on two logical CPUs (in this process)."""
 
 import keras
 import numpy as np
 import pytest
-from helpers import REPO, run_python, tiny_spec
+from helpers import REPO, run_check, tiny_spec
 
 from tfascl.models import SplitBatchNorm
 
 
-def test_shuffle_bn_across_replicas_matches_one_device_on_the_same_groups():
-    out = run_python(str(REPO / "tests" / "shuffle_bn_check.py"))
-    assert out.returncode == 0, out.stderr[-3000:]
-    result = json.loads(out.stdout.strip().splitlines()[-1])
+@pytest.mark.slow
+@pytest.mark.multi_device
+def test_shuffle_bn_across_replicas_matches_one_device_on_the_same_groups(two_cpus):
+    result = run_check(REPO / "tests" / "shuffle_bn_check.py", two_cpus)
     assert result["replicas"] == 2 and result["shuffle_keys"]
     # The identity permutation leaves each replica its own images: per-replica BN.
     assert result["identity_vs_per_replica_bn"] < 1e-5

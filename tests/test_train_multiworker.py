@@ -10,6 +10,7 @@ import sys
 import time
 
 import numpy as np
+import pytest
 from helpers import REPO, TINY_RUN_FLAGS, logged_steps, python_env
 
 from tfascl import train
@@ -68,9 +69,12 @@ def wait_for(processes, timeout=400):
     return [process.returncode for process, _ in processes]
 
 
+@pytest.mark.slow
+@pytest.mark.multi_device
 def test_two_workers_end_with_the_same_weights_and_queue(tmp_path):
     model_dir = tmp_path / "run"
-    processes = start_workers(tmp_path, model_dir, ARGS)
+    # A 48-key queue: 4 steps of 16 keys fill it and wrap once, leaving the pointer at 16.
+    processes = start_workers(tmp_path, model_dir, (*ARGS, "--queue_size=48"))
     for index, code in enumerate(wait_for(processes)):
         log = (tmp_path / f"worker{index}.log").read_text()
         assert code == 0, log[-3000:]
@@ -88,9 +92,25 @@ def test_two_workers_end_with_the_same_weights_and_queue(tmp_path):
     for name in names:
         if name not in moving:
             np.testing.assert_allclose(chief[name], other[name], rtol=1e-6, atol=1e-6, err_msg=name)
-    # The queue was written: the pointer went round (4 steps x 16 keys = 2 x 32).
-    keys = next(chief[name] for name in names if name.endswith("queue.labels"))
-    assert (keys >= 0).all()
+
+    # The pointer went round: 4 steps x 16 keys = 48 + 16, on both workers.
+    def queue_part(record, part):
+        (name,) = [name for name in names if name.endswith(f"queue.{part}")]
+        return record[name]
+
+    assert int(queue_part(chief, "pointer")) == int(queue_part(other, "pointer")) == 16
+    # The rows hold the newest keys in order: step 4's in [0, 16) after the wrap, then
+    # steps 2 and 3; their labels are those of the run's global batches, rebuilt here.
+    config = train.TrainConfig(
+        dataset="digits", batch_size=16, image_size=16, max_train_examples=64, jit_augment=False
+    )
+    images = train.load_data(config).train
+    steps = [labels.numpy() for _, labels in train.training_stream(config, images, 0, 1)]
+    assert len(steps) == 4
+    expected = np.concatenate([steps[3], steps[1], steps[2]])
+    np.testing.assert_array_equal(queue_part(chief, "labels"), expected)
+    np.testing.assert_array_equal(queue_part(other, "labels"), expected)
+    np.testing.assert_allclose(np.linalg.norm(queue_part(chief, "keys"), axis=1), 1.0, atol=1e-5)
 
     # The chief wrote the run; the other worker's checkpoints went to a scratch folder.
     summary = json.loads((model_dir / "summary.json").read_text())
@@ -98,6 +118,8 @@ def test_two_workers_end_with_the_same_weights_and_queue(tmp_path):
     assert (model_dir / "checkpoints" / "ckpt-4.index").is_file()
 
 
+@pytest.mark.slow
+@pytest.mark.multi_device
 def test_sigterm_to_one_worker_stops_both_at_one_step_and_they_resume_there(tmp_path):
     model_dir = tmp_path / "run"
     total = 16  # 4 epochs of 64 images in global batches of 16
@@ -140,6 +162,8 @@ def test_sigterm_to_one_worker_stops_both_at_one_step_and_they_resume_there(tmp_
     assert logged_steps(model_dir) == list(range(1, total + 1))  # every step once
 
 
+@pytest.mark.slow
+@pytest.mark.multi_device
 def test_streaming_workers_read_disjoint_files_and_resume_after_a_kill(tmp_path):
     from test_train_resume import latest_step
 

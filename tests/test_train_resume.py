@@ -63,6 +63,7 @@ def start_until(model_dir, ready, sig, timeout=240):
     return process, output.decode()
 
 
+@pytest.mark.slow
 def test_sigkill_mid_epoch_then_resume_finish_and_rerun(tmp_path):
     model_dir = tmp_path / "run"
 

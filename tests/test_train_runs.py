@@ -97,13 +97,34 @@ def test_ressl_recipe_in_mixed_bfloat16_with_on_device_augmentation(tmp_path):
     assert losses and all(math.isfinite(loss) for loss in losses)
 
 
+@pytest.mark.slow
 def test_byol_ascl_recipe_xla_step(tmp_path):
-    # The one XLA test (its compile costs tens of seconds on CPU): the BYOL+ASCL step.
-    result, _ = run(
-        tmp_path, recipe("tinyimagenet_byol_ascl"), *TINY, "--test_split=test", "--jit_compile"
-    )
+    # The one XLA test (its compile costs tens of seconds on CPU): the BYOL+ASCL step,
+    # against the same run without XLA. Same seed, data and initial weights, so the first
+    # step starts from the same state: its loss, and the weights after both steps, agree.
+    # Split BN over groups of 8, not the recipe's 2 (batch 16 / 8 splits): BN over two
+    # images turns float rounding into differences of 1e-2 after a step.
+    args = (recipe("tinyimagenet_byol_ascl"), *TINY, "--test_split=test", "--num_splits=2")
+    result, xla_dir = run(tmp_path, *args, "--jit_compile", name="xla")
     assert result.exit_code == 0 and result.summary["steps"] == 2
     assert result.model.jit_compile and result.summary["final_knn_top1"] is not None
+    plain, plain_dir = run(tmp_path, *args, "--nojit_compile", "--noexport", name="plain")
+    assert plain.exit_code == 0 and not plain.model.jit_compile
+
+    def step_losses(model_dir):
+        lines = (model_dir / "metrics.jsonl").read_text().splitlines()
+        return [r["loss"] for r in map(json.loads, lines) if r["kind"] == "step"]
+
+    xla_losses, plain_losses = step_losses(xla_dir), step_losses(plain_dir)
+    assert len(xla_losses) == len(plain_losses) == 2
+    np.testing.assert_allclose(xla_losses, plain_losses, rtol=1e-4)
+    moved = 0.0
+    for a, b, before in zip(
+        result.model.online_weights, plain.model.online_weights, plain.model.momentum_pairs[0]
+    ):
+        np.testing.assert_allclose(a.numpy(), b.numpy(), rtol=1e-4, atol=1e-5, err_msg=a.path)
+        moved = max(moved, float(np.abs(b.numpy() - before.numpy()).max()))
+    assert moved > 1e-4  # the steps changed the weights: the comparison is not of the init
 
 
 def test_sce_recipe_non_finite_loss_stops_with_the_last_good_checkpoint(tmp_path, capsys):
@@ -134,14 +155,24 @@ def test_training_stream_epochs_are_the_seeded_pipeline(tmp_path):
 
     config = train.TrainConfig(batch_size=8, image_size=16, seed=3, jit_augment=False)
     images = data.load_images("digits", max_examples=24)
-    stream = [labels.numpy() for _, labels in train.training_stream(config, images, 1, 3, skip=1)]
+
+    def arrays(batch):  # ((strong, weak), labels) -> the three arrays
+        (strong, weak), labels = batch
+        return strong.numpy(), weak.numpy(), labels.numpy()
+
+    stream = [arrays(b) for b in train.training_stream(config, images, 1, 3, skip=1)]
     want = []
     for epoch in (1, 2):  # each epoch built on its own, as a run started there would
         epoch_data = data.pretrain_dataset(
             images, 8, 16, seed=3, epochs=(epoch, epoch + 1), jit_compile=False
         )
-        want += [labels.numpy() for _, labels in epoch_data]
+        want += [arrays(b) for b in epoch_data]
     assert len(stream) == 5 and len(want) == 6
-    for got, expected in zip(stream, want[1:], strict=True):
-        np.testing.assert_array_equal(got, expected)
-    assert not np.array_equal(want[0], want[3])  # epochs differ
+    # The augmented views themselves, pixel for pixel, not only the order of the images.
+    for step, (got, expected) in enumerate(zip(stream, want[1:], strict=True)):
+        for name, g, e in zip(("strong", "weak", "labels"), got, expected):
+            np.testing.assert_array_equal(g, e, err_msg=f"batch {step}: {name}")
+    assert not np.array_equal(want[0][2], want[3][2])  # epochs differ
+    # Two views of one image differ, and a batch differs from its epoch's next one.
+    assert not np.array_equal(want[0][0], want[0][1])
+    assert not np.array_equal(want[0][0], want[1][0])

@@ -50,9 +50,16 @@ def test_bad_flag_is_one_line_naming_it(tmp_path, changes, flag):
     assert not (tmp_path / "run").exists()  # checked before anything is made
 
 
-def test_unprepared_tfds_names_where_it_looked(tmp_path):
+def test_unprepared_tfds_names_where_it_looked(tmp_path, monkeypatch):
     # Without --data_dir the message names TFDS's own default, resolved, not a placeholder.
+    # That default is an empty folder here, whatever this machine has prepared in its own.
     import tensorflow_datasets as tfds
+    from tensorflow_datasets.core import constants
+
+    empty_default = tmp_path / "default_tfds"
+    empty_default.mkdir()
+    monkeypatch.setenv("TFDS_DATA_DIR", str(empty_default))
+    monkeypatch.setattr(constants, "DATA_DIR", str(empty_default))
 
     with pytest.raises(
         train_config.FlagError, match=r"^--dataset=cifar10: .*not prepared"
@@ -66,6 +73,7 @@ def test_unprepared_tfds_names_where_it_looked(tmp_path):
         )
     assert "imagenette/160px-v2" in str(error.value).split("looked for")[1]
     default = tfds.builder("cifar10").data_dir
+    assert default.startswith(str(empty_default))
     with pytest.raises(train_config.FlagError, match="not prepared") as error:
         train_config.validate(config(tmp_path, dataset="cifar10"))
     assert f"looked for {default}" in str(error.value)
