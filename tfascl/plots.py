@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import csv
 import dataclasses
+import io
 import json
 import math
 import os
@@ -32,6 +33,7 @@ import numpy as np
 from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 
+from tfascl import runs
 from tfascl.runs import METRICS_CSV_FILE, METRICS_FILE
 
 METRICS_FILES = (METRICS_FILE, METRICS_CSV_FILE)
@@ -54,11 +56,14 @@ CURVE_COLORS = ("tab:blue", "tab:orange", "tab:green", "tab:red", "tab:purple", 
 # Training curves
 
 
-def find_metrics_file(model_dir: str | Path) -> Path | None:
-    """``model_dir/metrics.jsonl`` (the training CLI's) or ``metrics.csv``, if present."""
+def find_metrics_file(model_dir: str | Path) -> runs.RunPath | None:
+    """``model_dir/metrics.jsonl`` (the training CLI's) or ``metrics.csv``, if present.
+
+    ``model_dir`` may be on any file system ``tf.io.gfile`` knows (``tfascl.runs``).
+    """
     for name in METRICS_FILES:
-        path = Path(model_dir) / name
-        if path.is_file():
+        path = runs.join(model_dir, name)
+        if runs.is_file(path):
             return path
     return None
 
@@ -75,15 +80,14 @@ def read_metrics(path: str | Path) -> list[dict[str, Any]]:
     Returns:
         One dict per record, in file order.
     """
-    path = Path(path)
-    if path.suffix == ".csv":
-        with open(path, newline="") as stream:
-            return [
-                {key: _number(value) for key, value in row.items() if value not in ("", None)}
-                for row in csv.DictReader(stream)
-            ]
+    text = runs.read_text(path)
+    if str(path).endswith(".csv"):
+        return [
+            {key: _number(value) for key, value in row.items() if value not in ("", None)}
+            for row in csv.DictReader(io.StringIO(text, newline=""))
+        ]
     records = []
-    for line in path.read_text().splitlines():
+    for line in text.splitlines():
         try:
             record = json.loads(line)
         except json.JSONDecodeError:
