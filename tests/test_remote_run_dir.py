@@ -11,7 +11,7 @@ import pytest
 import tensorflow as tf
 from helpers import TINY_RUN_FLAGS, train_in_process
 
-from tfascl import export, runs
+from tfascl import cli, export, plots, runs
 from tfascl.evaluation import api, encoders, results
 
 gfile = tf.io.gfile
@@ -155,3 +155,17 @@ def test_run_in_ram_restores_evaluates_and_exports(remote_run, tmp_path):
     np.testing.assert_allclose(embedding, expected["embedding"].numpy(), atol=1e-6)
     encoder = encoders.from_saved_model(export_dir)  # the base folder: its highest version
     assert encoder.source == target
+
+
+def test_run_in_ram_is_found_by_the_cli_checks_and_plotted(remote_run):
+    model_dir = remote_run[0]
+    cli.check_run_dir(model_dir)  # what tfascl-eval and tfascl-export check first
+    with pytest.raises(cli.FlagError, match="no such folder"):
+        cli.check_run_dir(ram("nothing"))
+    records = plots.read_metrics(plots.find_metrics_file(model_dir))
+    assert [r["step"] for r in records if r["kind"] == "step"] == logged_steps(model_dir)
+    picture = plots.plot_training_curves(
+        [plots.CurveRun("ascl", records)], f"{model_dir}/plots/curves.png"
+    )
+    with gfile.GFile(picture, "rb") as stream:
+        assert stream.read(8) == b"\x89PNG\r\n\x1a\n"

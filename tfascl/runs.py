@@ -230,12 +230,29 @@ def append_text(path: str | Path, text: str) -> None:
 
 
 def write_bytes(path: str | Path, data: bytes) -> None:
-    """Writes ``data`` to ``path`` as it is (not atomic: for files nobody reads mid-write)."""
+    """Writes ``data`` to ``path``: locally as it is (for files nobody reads mid-write),
+    elsewhere through a temporary file (``atomic_write_text``)."""
     if is_local(path):
         Path(path).write_bytes(data)
         return
-    with _gfile_errors(path), tf.io.gfile.GFile(str(path), "wb") as stream:
-        stream.write(data)
+    _gfile_replace(path, data)
+
+
+def _gfile_replace(path: str, data: bytes) -> None:
+    """Writes a temporary file beside ``path`` and renames it over ``path``.
+
+    Also what a new file needs on ``ram://``, whose writable files append to an old one.
+    """
+    temporary = join(parent(path), f".{base_name(path)}.{uuid.uuid4().hex}.tmp")
+    try:
+        with _gfile_errors(path):
+            with tf.io.gfile.GFile(temporary, "wb") as stream:
+                stream.write(data)
+            tf.io.gfile.rename(temporary, str(path), overwrite=True)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            remove(temporary)
+        raise
 
 
 def copy_tree(source: str | Path, target: str | Path, last: str | None = None) -> None:
@@ -271,16 +288,7 @@ def atomic_write_text(path: str | Path, text: str) -> RunPath:
     """
     path = run_path(path)
     if not is_local(path):
-        temporary = join(parent(path), f".{base_name(path)}.{uuid.uuid4().hex}.tmp")
-        try:
-            with _gfile_errors(path):
-                with tf.io.gfile.GFile(temporary, "w") as stream:
-                    stream.write(text)
-                tf.io.gfile.rename(temporary, path, overwrite=True)
-        except BaseException:
-            with contextlib.suppress(OSError):
-                remove(temporary)
-            raise
+        _gfile_replace(path, text.encode("utf-8"))
         return path
     handle, temporary = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
