@@ -155,6 +155,10 @@ def test_run_in_ram_restores_evaluates_and_exports(remote_run, tmp_path):
     np.testing.assert_allclose(embedding, expected["embedding"].numpy(), atol=1e-6)
     encoder = encoders.from_saved_model(export_dir)  # the base folder: its highest version
     assert encoder.source == target
+    served_entry = api.evaluate(
+        "knn", saved_model=target, knn_k=5, max_train_examples=64, max_test_examples=32
+    )
+    assert results.read_results(target)["knn"]["metrics"] == served_entry["metrics"]
 
 
 def test_run_in_ram_is_found_by_the_cli_checks_and_plotted(remote_run):
