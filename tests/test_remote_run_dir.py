@@ -9,6 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import tensorflow as tf
+from absl import flags
 from helpers import TINY_RUN_FLAGS, train_in_process
 
 from tfascl import cli, export, plots, runs
@@ -146,6 +147,12 @@ def test_run_in_ram_restores_evaluates_and_exports(remote_run, tmp_path):
     with pytest.raises(FileExistsError):
         export.export_backbone(model_dir, export_dir, version=1)
     assert export.export_backbone(model_dir, export_dir, version=1, overwrite=True) == target
+    values = export.define_flags(flags.FlagValues())  # tfascl-export's checks
+    values(["tfascl-export", f"--model_dir={model_dir}", f"--export_dir={export_dir}"])
+    assert export.check_flags(values) == export_dir
+    values.version = 1
+    with pytest.raises(cli.FlagError, match="already exists"):
+        export.check_flags(values)
     served = tf.saved_model.load(target).signatures["serving_default"]
     images = tf.zeros([2, 16, 16, 3], tf.uint8)
     embedding = served(images=images)["embedding"].numpy()
