@@ -4,6 +4,10 @@
 model, plus the data statistics it was trained with); ``model_dir/checkpoints/``
 holds ``tf.train.Checkpoint`` s of ``model.checkpoint()``. Training, evaluation
 and export all go through this module, so they agree on the layout.
+
+``model_dir`` may be local or on any file system ``tf.io.gfile`` knows (``gs://``,
+``ram://``, ...): every run file is read and written through the functions of
+*Run folders on any file system* below.
 """
 
 from __future__ import annotations
