@@ -39,7 +39,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import shutil
 import signal
 import tempfile
@@ -369,15 +368,16 @@ def save_checkpoint(manager: tf.train.CheckpointManager, step: int) -> str:
     try:
         return manager.save(checkpoint_number=step)
     except (tf.errors.OpError, OSError) as error:
-        directory = Path(manager.directory)
+        directory = runs.run_path(manager.directory)
         name = f"{runs.CHECKPOINT_NAME}-{step}"  # the manager's default checkpoint_name
-        for path in directory.glob(f"{name}_temp*"):
-            shutil.rmtree(path, ignore_errors=True)
-        if f"{directory / name}" not in manager.checkpoints:
-            for path in (*directory.glob(f"{name}.index"), *directory.glob(f"{name}.data-*")):
-                path.unlink(missing_ok=True)
+        for path in runs.glob(directory, f"{name}_temp*"):
+            runs.remove_tree(path)
+        if f"{runs.join(directory, name)}" not in manager.checkpoints:
+            parts = ("index", "data-*")
+            for path in [p for part in parts for p in runs.glob(directory, f"{name}.{part}")]:
+                runs.remove(path)
         good = tf.train.latest_checkpoint(str(directory))
-        newest = os.path.basename(good) if good else "none"
+        newest = runs.base_name(good) if good else "none"
         raise SaveFailed(
             f"could not save a checkpoint at step {step} in {directory}: "
             f"{runs.error_line(error)}; newest good checkpoint: {newest}"
@@ -431,10 +431,10 @@ class KnnMonitor(keras.callbacks.Callback):
         self.every, self.last_epoch = every, last_epoch
         self.k, self.temperature = k, temperature
         self.checkpoint = checkpoint
-        self.model_dir = None if model_dir is None else Path(model_dir)
+        self.model_dir = None if model_dir is None else runs.run_path(model_dir)
         if write_dir is None and self.model_dir is not None:
             write_dir = runs.checkpoint_dir(self.model_dir)
-        self.write_dir = None if write_dir is None else Path(write_dir)
+        self.write_dir = None if write_dir is None else runs.run_path(write_dir)
         self.best = read_best(self.model_dir) if self.model_dir else {}
         self.last: dict[str, float] = {}
         self.seconds = 0.0
@@ -526,12 +526,12 @@ class KnnMonitor(keras.callbacks.Callback):
             return
         # The whole state, not a manager checkpoint: the manager would delete it
         # once it is older than the last few.
-        self.checkpoint.write(str(self.write_dir / name))
+        self.checkpoint.write(str(runs.join(self.write_dir, name)))
         if self.model_dir is not None:
             write_best(self.model_dir, self.best)
         if previous and previous != name:
-            for path in self.write_dir.glob(f"{previous}.*"):
-                path.unlink(missing_ok=True)
+            for path in runs.glob(self.write_dir, f"{previous}.*"):
+                runs.remove(path)
 
 
 def read_best(model_dir: str | Path) -> dict[str, Any]:
@@ -540,14 +540,15 @@ def read_best(model_dir: str | Path) -> dict[str, Any]:
     A damaged ``best_knn.json`` counts as no record (noted on stderr): the next kNN
     evaluation writes a new best.
     """
-    return runs.read_json_record(Path(model_dir) / BEST_INFO_FILE, "starting a new best-kNN record")
+    return runs.read_json_record(
+        runs.join(model_dir, BEST_INFO_FILE), "starting a new best-kNN record"
+    )
 
 
 def write_best(model_dir: str | Path, best: dict[str, Any]) -> None:
     """``best_checkpoint.txt`` (the name eval/export read) and its kNN record."""
-    model_dir = Path(model_dir)
-    runs.atomic_write_json(model_dir / BEST_INFO_FILE, best)
-    runs.atomic_write_text(model_dir / runs.BEST_FILE, best["checkpoint"] + "\n")
+    runs.atomic_write_json(runs.join(model_dir, BEST_INFO_FILE), best)
+    runs.atomic_write_text(runs.join(model_dir, runs.BEST_FILE), best["checkpoint"] + "\n")
 
 
 def truncate_metrics(
@@ -564,11 +565,11 @@ def truncate_metrics(
     Returns:
         The number of damaged lines dropped.
     """
-    path = Path(model_dir) / METRICS_FILE
-    if not path.is_file():
+    path = runs.join(model_dir, METRICS_FILE)
+    if not runs.is_file(path):
         return 0
     kept, damaged = [], 0
-    for line in path.read_bytes().decode("utf-8", errors="replace").splitlines():
+    for line in runs.read_bytes(path).decode("utf-8", errors="replace").splitlines():
         if not line.strip():
             continue
         try:
@@ -608,7 +609,7 @@ class MetricsLogger(StepClock):
 
     def __init__(self, model_dir: str | Path | None, every_steps: int, batch_size: int) -> None:
         super().__init__()
-        self.model_dir = None if model_dir is None else Path(model_dir)
+        self.model_dir = None if model_dir is None else runs.run_path(model_dir)
         self.every_steps = max(1, every_steps)
         self.batch_size = batch_size
         self.train_seconds = 0.0
@@ -672,8 +673,7 @@ class MetricsLogger(StepClock):
         if self.model_dir is None:
             return
         record["time"] = time.time()
-        with open(self.model_dir / METRICS_FILE, "a") as stream:
-            stream.write(json.dumps(record) + "\n")
+        runs.append_text(runs.join(self.model_dir, METRICS_FILE), json.dumps(record) + "\n")
 
 
 def profile_range(text: str | None) -> tuple[int, int] | None:

@@ -206,11 +206,14 @@ def check_dataset(dataset: str, data_dir: str | None, flag: str = "dataset") -> 
 
 def check_run_dir(model_dir: str, flag: str = "model_dir") -> None:
     """Raises ``FlagError`` unless ``model_dir`` is a training run's folder (run.json)."""
-    from tfascl.runs import SPEC_FILE
+    from tfascl import runs  # any file system tf.io.gfile knows (gs://, ...)
 
-    path = Path(model_dir).expanduser()
-    require(path.exists(), f"--{flag}={model_dir}: not a tfascl run (no such folder)")
-    require(path.is_dir(), f"--{flag}={model_dir}: not a tfascl run (not a folder)")
-    require(
-        (path / SPEC_FILE).is_file(), f"--{flag}={model_dir}: not a tfascl run (no {SPEC_FILE})"
-    )
+    path = Path(model_dir).expanduser() if runs.is_local(model_dir) else model_dir
+    try:
+        found, folder = runs.exists(path), runs.is_dir(path)
+        spec = runs.is_file(runs.join(path, runs.SPEC_FILE))
+    except OSError as error:  # a remote file system that cannot be reached
+        raise FlagError(f"--{flag}={model_dir}: cannot be read ({error.strerror})") from None
+    require(found, f"--{flag}={model_dir}: not a tfascl run (no such folder)")
+    require(folder, f"--{flag}={model_dir}: not a tfascl run (not a folder)")
+    require(spec, f"--{flag}={model_dir}: not a tfascl run (no {runs.SPEC_FILE})")

@@ -57,8 +57,9 @@ import datetime
 import json
 import os
 import shutil
+import tempfile
 import types
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -70,6 +71,7 @@ from tfascl import cli, runs
 from tfascl._version import __version__
 
 EXTRA_DIR = "assets.extra"
+SAVED_MODEL_FILE = "saved_model.pb"
 KERAS_FILE = "backbone.keras"
 METADATA_FILE = "metadata.json"
 DEFAULT_SIGNATURE = "serving_default"
@@ -347,21 +349,25 @@ def _copy_variables(variables: Sequence[keras.Variable], prefix: str) -> list[tf
 
 def next_version(export_dir: str | Path) -> int:
     """1, or one more than the highest integer-named directory in ``export_dir``."""
-    directory = Path(export_dir)
+    directory = runs.run_path(export_dir)
     versions = (
-        [int(p.name) for p in directory.iterdir() if p.is_dir() and p.name.isdigit()]
-        if directory.is_dir()
+        [int(runs.base_name(p)) for p in runs.glob(directory, "*") if _is_version(p)]
+        if runs.is_dir(directory)
         else []
     )
     return max(versions, default=0) + 1
 
 
+def _is_version(path: runs.RunPath) -> bool:
+    return runs.base_name(path).isdigit() and runs.is_dir(path)
+
+
 def training_steps(checkpoint_path: str) -> int | None:
     """The optimizer's step counter stored in a checkpoint; ``None`` if it has none."""
-    names = {name for name, _ in tf.train.list_variables(checkpoint_path)}
-    if ITERATIONS_KEY not in names:
+    reader = runs.checkpoint_reader(checkpoint_path)
+    if not reader.has_tensor(ITERATIONS_KEY):
         return None
-    return int(tf.train.load_variable(checkpoint_path, ITERATIONS_KEY))
+    return int(reader.get_tensor(ITERATIONS_KEY))
 
 
 def export_backbone(
@@ -372,7 +378,7 @@ def export_backbone(
     version: int | None = None,
     overwrite: bool = False,
     formats: Sequence[str] = ("saved_model",),
-) -> Path:
+) -> runs.RunPath:
     """Exports a run's online encoder as ``export_dir/<version>/`` (see the module doc).
 
     The version is written to a hidden directory beside it and renamed into place
@@ -388,7 +394,7 @@ def export_backbone(
         formats: ``"saved_model"`` (always) and any of ``"onnx"``, ``"litert"``.
 
     Returns:
-        The version directory.
+        The version directory (a ``Path``, or a URL for another file system).
 
     Raises:
         FileNotFoundError: no ``run.json`` or no such checkpoint.
@@ -401,13 +407,13 @@ def export_backbone(
     formats = check_formats(formats)
     spec = runs.load_spec(model_dir)
     checkpoint_path = runs.find_checkpoint(model_dir, checkpoint)
-    export_dir = Path(export_dir)
+    export_dir = runs.run_path(export_dir)
     if version is None:
         version = next_version(export_dir)
     if isinstance(version, bool) or not isinstance(version, int) or version < 0:
         raise ValueError(f"version must be a non-negative integer, got {version!r}")
-    target = export_dir / str(version)
-    if target.exists() and not overwrite:
+    target = runs.join(export_dir, str(version))
+    if runs.exists(target) and not overwrite:
         raise FileExistsError(
             f"{target} already exists: choose another version or pass overwrite=True (--overwrite)"
         )
@@ -420,15 +426,15 @@ def export_backbone(
         "dataset": spec.dataset,
         "backbone": spec.backbone,
         "training_steps": training_steps(checkpoint_path),
-        "checkpoint": str(Path(checkpoint_path).resolve()),
+        "checkpoint": str(
+            Path(checkpoint_path).resolve() if runs.is_local(checkpoint_path) else checkpoint_path
+        ),
         "version": version,
         "run": json.loads(spec.to_json()),
     }
-    export_dir.mkdir(parents=True, exist_ok=True)
-    staging = export_dir / f".tmp-{version}-{os.getpid()}"
-    shutil.rmtree(staging, ignore_errors=True)
-    try:
-        write_serving_model(
+    _write_in_place(
+        target,
+        lambda staging: write_serving_model(
             staging,
             model.backbone,
             model.projector,
@@ -437,10 +443,8 @@ def export_backbone(
             spec.std,
             metadata,
             formats,
-        )
-        _move_into_place(staging, target)
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
+        ),
+    )
     return target
 
 
@@ -544,8 +548,6 @@ def write_litert(module: EmbeddingModule, path: Path) -> None:
     folder): from a concrete function the converter keeps no signature, and the
     variables must belong to a saved ``tf.Module`` to be frozen into constants.
     """
-    import tempfile
-
     holder = tf.Module()
     holder.encoder = module  # tracks the variables
     holder.pixels = module.portable()
@@ -564,7 +566,7 @@ def export_model(
     mean: Sequence[float],
     std: Sequence[float],
     formats: Sequence[str] = ("saved_model",),
-) -> Path:
+) -> runs.RunPath:
     """``model.export``: the online encoder of an in-memory model, as ``tfascl-export`` writes it.
 
     Written beside ``filepath`` and renamed into place; an existing SavedModel (or
@@ -579,16 +581,17 @@ def export_model(
         formats: ``"saved_model"`` (always) and any of ``"onnx"``, ``"litert"``.
 
     Returns:
-        ``filepath`` as a ``Path``.
+        ``filepath`` as a ``Path`` (the URL as given for another file system).
 
     Raises:
         FileExistsError: ``filepath`` is a file, or a non-empty directory without a SavedModel.
     """
     from tfascl.models.registry import method_name
 
-    target = Path(filepath)
-    if target.exists() and not (
-        target.is_dir() and (not any(target.iterdir()) or (target / "saved_model.pb").is_file())
+    target = runs.run_path(filepath)
+    if runs.exists(target) and not (
+        runs.is_dir(target)
+        and (not runs.glob(target, "*") or runs.is_file(runs.join(target, SAVED_MODEL_FILE)))
     ):
         raise FileExistsError(f"{target} exists and is not a SavedModel: choose another path")
     optimizer = getattr(model, "optimizer", None)
@@ -597,17 +600,42 @@ def export_model(
         "backbone": model.backbone.name,
         "training_steps": None if optimizer is None else int(optimizer.iterations.numpy()),
     }
+    _write_in_place(
+        target,
+        lambda staging: write_serving_model(
+            staging, model.backbone, model.projector, image_size, mean, std, metadata, formats
+        ),
+    )
+    return target
+
+
+def _write_in_place(target: runs.RunPath, write: Callable[[Path], None]) -> None:
+    """``write(staging)`` writes a version into a new local folder; it then becomes ``target``.
+
+    Locally the folder is ``.tmp-<name>-<pid>`` beside ``target``, renamed into place
+    when complete, so a TF Serving instance watching the export folder never loads a
+    half-written version. Another file system (``gs://``) has no atomic folder
+    rename: the version is written in a local temporary folder (the ONNX and LiteRT
+    converters write local files only) and copied into ``target`` file by file,
+    ``saved_model.pb`` last, so a loader never finds a SavedModel with missing files;
+    an existing ``target`` (``overwrite``) is deleted first.
+    """
+    if not runs.is_local(target):
+        with tempfile.TemporaryDirectory(prefix="tfascl-export-") as local:
+            staging = Path(local) / "version"
+            write(staging)
+            runs.remove_tree(target)
+            runs.copy_tree(staging, target, last=SAVED_MODEL_FILE)
+        return
+    target = Path(target)
     target.parent.mkdir(parents=True, exist_ok=True)
     staging = target.with_name(f".tmp-{target.name}-{os.getpid()}")
     shutil.rmtree(staging, ignore_errors=True)
     try:
-        write_serving_model(
-            staging, model.backbone, model.projector, image_size, mean, std, metadata, formats
-        )
+        write(staging)
         _move_into_place(staging, target)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
-    return target
 
 
 def _move_into_place(staging: Path, target: Path) -> None:
@@ -758,11 +786,11 @@ def check_flags(values: flags.FlagValues) -> str:
         runs.find_checkpoint(values.model_dir, values.checkpoint)
     except (FileNotFoundError, ValueError) as error:
         raise cli.FlagError(f"--checkpoint={values.checkpoint}: {error}") from None
-    export_dir = values.export_dir or str(Path(values.model_dir) / runs.EXPORT_SUBDIR)
-    target = Path(export_dir) / str(next_version(export_dir) if version is None else version)
+    export_dir = values.export_dir or str(runs.join(values.model_dir, runs.EXPORT_SUBDIR))
+    target = runs.join(export_dir, str(next_version(export_dir) if version is None else version))
     require(
-        values.overwrite or not target.exists(),
-        f"--version={target.name}: {target} already exists; choose another --version or "
+        values.overwrite or not runs.exists(target),
+        f"--version={runs.base_name(target)}: {target} already exists; choose another --version or "
         "pass --overwrite",
     )
     return export_dir

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import csv
 import dataclasses
+import io
 import json
 import math
 import os
@@ -32,6 +33,7 @@ import numpy as np
 from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 
+from tfascl import runs as run_files  # `runs` names the curves' runs here
 from tfascl.runs import METRICS_CSV_FILE, METRICS_FILE
 
 METRICS_FILES = (METRICS_FILE, METRICS_CSV_FILE)
@@ -54,11 +56,14 @@ CURVE_COLORS = ("tab:blue", "tab:orange", "tab:green", "tab:red", "tab:purple", 
 # Training curves
 
 
-def find_metrics_file(model_dir: str | Path) -> Path | None:
-    """``model_dir/metrics.jsonl`` (the training CLI's) or ``metrics.csv``, if present."""
+def find_metrics_file(model_dir: str | Path) -> run_files.RunPath | None:
+    """``model_dir/metrics.jsonl`` (the training CLI's) or ``metrics.csv``, if present.
+
+    ``model_dir`` may be on any file system ``tf.io.gfile`` knows (``tfascl.runs``).
+    """
     for name in METRICS_FILES:
-        path = Path(model_dir) / name
-        if path.is_file():
+        path = run_files.join(model_dir, name)
+        if run_files.is_file(path):
             return path
     return None
 
@@ -75,15 +80,14 @@ def read_metrics(path: str | Path) -> list[dict[str, Any]]:
     Returns:
         One dict per record, in file order.
     """
-    path = Path(path)
-    if path.suffix == ".csv":
-        with open(path, newline="") as stream:
-            return [
-                {key: _number(value) for key, value in row.items() if value not in ("", None)}
-                for row in csv.DictReader(stream)
-            ]
+    text = run_files.read_text(path)
+    if str(path).endswith(".csv"):
+        return [
+            {key: _number(value) for key, value in row.items() if value not in ("", None)}
+            for row in csv.DictReader(io.StringIO(text, newline=""))
+        ]
     records = []
-    for line in path.read_text().splitlines():
+    for line in text.splitlines():
         try:
             record = json.loads(line)
         except json.JSONDecodeError:
@@ -140,7 +144,7 @@ def plot_training_curves(
     subtitle: str | None = None,
     figsize: tuple[float, float] = (13.0, 7.0),
     dpi: int = 100,
-) -> Path:
+) -> run_files.RunPath:
     """Small multiples of the training metrics of one or more runs → PNG.
 
     A panel is drawn for each metric of :data:`CURVES` that at least one run logged (MoCo has
@@ -225,10 +229,15 @@ def _unique_legend(axes: np.ndarray) -> tuple[list, list[str]]:
     return handles, labels
 
 
-def _save(figure: Figure, path: str | Path) -> Path:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    figure.savefig(path, dpi=figure.dpi)
+def _save(figure: Figure, path: str | Path) -> run_files.RunPath:
+    path = run_files.run_path(path)
+    run_files.makedirs(run_files.parent(path))
+    if run_files.is_local(path):
+        figure.savefig(path, dpi=figure.dpi)
+    else:  # matplotlib writes local files: the PNG goes through tf.io.gfile (gs://, ...)
+        buffer = io.BytesIO()
+        figure.savefig(buffer, format="png", dpi=figure.dpi)
+        run_files.write_bytes(path, buffer.getvalue())
     return path
 
 
@@ -325,7 +334,7 @@ def plot_embedding_maps(
     panel_size: float = 6.0,
     dpi: int = 100,
     method: str = "t-SNE",
-) -> Path:
+) -> run_files.RunPath:
     """Side-by-side scatter plots of 2-D embeddings coloured by class → PNG.
 
     The PNG is ``(panel_size · len(panels) + 2) × (panel_size + 1)`` inches at ``dpi`` (the
@@ -414,7 +423,7 @@ def plot_neighbors(
     subtitle: str | None = None,
     cell_size: float = 1.5,
     dpi: int = 100,
-) -> Path:
+) -> run_files.RunPath:
     """A grid of test images (first column) and their nearest training images → PNG.
 
     Each neighbour is captioned with its class and cosine similarity to the query and

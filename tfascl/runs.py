@@ -4,19 +4,28 @@
 model, plus the data statistics it was trained with); ``model_dir/checkpoints/``
 holds ``tf.train.Checkpoint`` s of ``model.checkpoint()``. Training, evaluation
 and export all go through this module, so they agree on the layout.
+
+``model_dir`` may be local or on any file system ``tf.io.gfile`` knows (``gs://``,
+``ram://``, ...): every run file is read and written through the functions of
+*Run folders on any file system* below.
 """
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import errno
 import gc
 import json
 import os
+import posixpath
 import re
+import shutil
 import sys
 import tempfile
 import time
-from collections.abc import Callable
+import uuid
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -66,13 +75,225 @@ def _stderr(message: str) -> None:
     print(message, file=sys.stderr, flush=True)
 
 
-def atomic_write_text(path: str | Path, text: str) -> Path:
+# --- Run folders on any file system ---------------------------------------------------------
+# A run folder is local (a ``Path``: ``os`` and ``pathlib`` as always, atomic ``os.replace``)
+# or on another file system that ``tf.io.gfile`` knows (``gs://``, ``s3://``, ``hdfs://``,
+# TensorFlow's in-memory ``ram://``): a ``str`` then, since pathlib folds ``gs://b`` into
+# ``gs:/b``. Every module reads and writes run files through these few functions, so the
+# choice is made here once. gfile's errors are raised as the ``OSError`` s the local calls
+# raise, so callers catch one kind. On an object store a rename is a copy and a delete: a
+# reader may see both names for a moment, never half a file (an object appears whole).
+
+RunPath = Path | str  # a local Path, or a remote URL as a str
+
+
+def is_local(path: str | Path) -> bool:
+    """True for a path of this machine's file system (no ``scheme://``)."""
+    return "://" not in str(path)
+
+
+def run_path(path: str | Path) -> RunPath:
+    """``path`` as this module's functions take it: a ``Path`` when local, else the URL."""
+    return Path(path) if is_local(path) else str(path).rstrip("/")
+
+
+def join(path: str | Path, *names: str) -> RunPath:
+    """``path/name/...``: a ``Path`` when local, a ``str`` for a remote folder."""
+    if is_local(path):
+        return Path(path).joinpath(*names)
+    return posixpath.join(str(path).rstrip("/"), *names)
+
+
+def parent(path: str | Path) -> RunPath:
+    """The folder holding ``path``."""
+    return Path(path).parent if is_local(path) else posixpath.dirname(str(path).rstrip("/"))
+
+
+def base_name(path: str | Path) -> str:
+    """The last component of ``path`` (``Path.name``)."""
+    return Path(path).name if is_local(path) else posixpath.basename(str(path).rstrip("/"))
+
+
+_GFILE_ERRORS: tuple[tuple[type, type, int], ...] = (
+    (tf.errors.NotFoundError, FileNotFoundError, errno.ENOENT),
+    (tf.errors.AlreadyExistsError, FileExistsError, errno.EEXIST),
+    (tf.errors.PermissionDeniedError, PermissionError, errno.EACCES),
+)
+
+
+@contextlib.contextmanager
+def _gfile_errors(path: str | Path) -> Iterator[None]:
+    """gfile's ``OpError`` s as the ``OSError`` s of the local calls (one line each)."""
+    try:
+        yield
+    except tf.errors.OpError as error:
+        kind, code = next(
+            ((kind, code) for op, kind, code in _GFILE_ERRORS if isinstance(error, op)),
+            (OSError, errno.EIO),
+        )
+        raise kind(code, error_line(error), str(path)) from None
+
+
+def exists(path: str | Path) -> bool:
+    """Whether ``path`` exists (a file or a folder)."""
+    if is_local(path):
+        return os.path.exists(path)
+    with _gfile_errors(path):
+        return tf.io.gfile.exists(str(path))
+
+
+def is_dir(path: str | Path) -> bool:
+    """Whether ``path`` is a folder."""
+    if is_local(path):
+        return os.path.isdir(path)
+    with _gfile_errors(path):
+        return tf.io.gfile.isdir(str(path))
+
+
+def is_file(path: str | Path) -> bool:
+    """Whether ``path`` is a file (not a folder)."""
+    if is_local(path):
+        return os.path.isfile(path)
+    with _gfile_errors(path):
+        return tf.io.gfile.exists(str(path)) and not tf.io.gfile.isdir(str(path))
+
+
+def makedirs(path: str | Path) -> None:
+    """Creates the folder ``path`` and its parents; nothing when it exists."""
+    if is_local(path):
+        Path(path).mkdir(parents=True, exist_ok=True)
+        return
+    with _gfile_errors(path):
+        tf.io.gfile.makedirs(str(path))
+
+
+def glob(folder: str | Path, pattern: str) -> list[RunPath]:
+    """The paths in ``folder`` that match ``pattern`` (``*``, ``?``, ``[...]``), sorted."""
+    if is_local(folder):
+        return sorted(Path(folder).glob(pattern))
+    with _gfile_errors(folder):
+        return sorted(tf.io.gfile.glob(join(folder, pattern)))
+
+
+def remove(path: str | Path) -> None:
+    """Deletes the file ``path``; nothing when there is none."""
+    if is_local(path):
+        Path(path).unlink(missing_ok=True)
+        return
+    with contextlib.suppress(FileNotFoundError), _gfile_errors(path):
+        tf.io.gfile.remove(str(path))
+
+
+def remove_tree(path: str | Path) -> None:
+    """Deletes the folder ``path`` and everything in it, ignoring errors (a cleanup)."""
+    if is_local(path):
+        shutil.rmtree(path, ignore_errors=True)
+        return
+    with contextlib.suppress(tf.errors.OpError):
+        if tf.io.gfile.isdir(str(path)):
+            tf.io.gfile.rmtree(str(path))
+
+
+def move(source: str | Path, target: str | Path) -> None:
+    """Renames the file ``source`` to ``target`` (its folder must exist locally).
+
+    Raises:
+        OSError: the move failed (``FileExistsError`` when a remote ``target`` exists).
+    """
+    if is_local(source) and is_local(target):
+        os.rename(source, target)
+        return
+    with _gfile_errors(source):
+        tf.io.gfile.rename(str(source), str(target))
+
+
+def read_bytes(path: str | Path) -> bytes:
+    """The content of the file ``path``."""
+    if is_local(path):
+        return Path(path).read_bytes()
+    with _gfile_errors(path), tf.io.gfile.GFile(str(path), "rb") as stream:
+        return stream.read()
+
+
+def read_text(path: str | Path) -> str:
+    """The content of the file ``path`` as UTF-8 text."""
+    return read_bytes(path).decode("utf-8")
+
+
+def append_text(path: str | Path, text: str) -> None:
+    """Adds ``text`` at the end of ``path`` (created when missing).
+
+    On an object store an append rewrites the whole object (gfile's appendable file).
+    """
+    if is_local(path):
+        with open(path, "a") as stream:
+            stream.write(text)
+        return
+    with _gfile_errors(path), tf.io.gfile.GFile(str(path), "a") as stream:
+        stream.write(text)
+
+
+def write_bytes(path: str | Path, data: bytes) -> None:
+    """Writes ``data`` to ``path``: locally as it is (for files nobody reads mid-write),
+    elsewhere through a temporary file (``atomic_write_text``)."""
+    if is_local(path):
+        Path(path).write_bytes(data)
+        return
+    _gfile_replace(path, data)
+
+
+def _gfile_replace(path: str, data: bytes) -> None:
+    """Writes a temporary file beside ``path`` and renames it over ``path``.
+
+    Also what a new file needs on ``ram://``, whose writable files append to an old one.
+    """
+    temporary = join(parent(path), f".{base_name(path)}.{uuid.uuid4().hex}.tmp")
+    try:
+        with _gfile_errors(path):
+            with tf.io.gfile.GFile(temporary, "wb") as stream:
+                stream.write(data)
+            tf.io.gfile.rename(temporary, str(path), overwrite=True)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            remove(temporary)
+        raise
+
+
+def copy_tree(source: str | Path, target: str | Path, last: str | None = None) -> None:
+    """Copies the folder ``source`` into ``target`` (any file systems), file by file.
+
+    Args:
+        source: the folder to copy.
+        target: the new folder (created).
+        last: a file name copied after every other file (e.g. ``saved_model.pb``, so a
+            reader that waits for it never sees the folder half copied).
+    """
+    files = []
+    for folder, _, names in tf.io.gfile.walk(str(source)):
+        relative = (os.path if is_local(source) else posixpath).relpath(folder, str(source))
+        for name in names:
+            files.append(name if relative == "." else posixpath.join(relative, name))
+    files.sort(key=lambda name: name == last)
+    with _gfile_errors(target):
+        for name in files:
+            destination = join(target, name)
+            tf.io.gfile.makedirs(str(parent(destination)))
+            tf.io.gfile.copy(str(join(source, name)), str(destination), overwrite=True)
+
+
+def atomic_write_text(path: str | Path, text: str) -> RunPath:
     """Writes ``text`` to ``path`` through a temporary file in the same folder.
 
     A kill or a full disk leaves either the old file or the new one, never half of
-    one: ``os.replace`` is atomic, and the temporary file is removed on failure.
+    one: locally ``os.replace`` is atomic, and the temporary file is removed on
+    failure. On another file system the temporary file is renamed over ``path``
+    with ``tf.io.gfile.rename(overwrite=True)``: on an object store (``gs://``) that
+    is a copy and a delete, still never half a file, since an object appears whole.
     """
-    path = Path(path)
+    path = run_path(path)
+    if not is_local(path):
+        _gfile_replace(path, text.encode("utf-8"))
+        return path
     handle, temporary = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
         with os.fdopen(handle, "w") as stream:
@@ -86,7 +307,7 @@ def atomic_write_text(path: str | Path, text: str) -> Path:
     return path
 
 
-def atomic_write_json(path: str | Path, values: Any) -> Path:
+def atomic_write_json(path: str | Path, values: Any) -> RunPath:
     """Writes ``values`` as indented JSON with sorted keys, atomically (``atomic_write_text``)."""
     return atomic_write_text(path, json.dumps(values, indent=2, sort_keys=True) + "\n")
 
@@ -99,9 +320,8 @@ def read_json_file(path: str | Path) -> Any:
         RunFileError: one line naming the file, when it is not valid JSON (a kill or a
             full disk mid-write, an edit gone wrong).
     """
-    path = Path(path)
     try:
-        return json.loads(path.read_bytes().decode("utf-8"))
+        return json.loads(read_bytes(path).decode("utf-8"))
     except (json.JSONDecodeError, UnicodeDecodeError) as error:
         raise RunFileError(f"{path} is damaged ({error_line(error)})") from None
 
@@ -112,8 +332,7 @@ def read_json_record(path: str | Path, damaged_note: str = "ignored") -> dict[st
     A damaged one is noted on stderr as ``<file error>; <damaged_note>``: it is rewritten
     later, so it costs nothing but the note.
     """
-    path = Path(path)
-    if not path.is_file():
+    if not is_file(path):
         return {}
     try:
         values = read_json_file(path)
@@ -234,11 +453,10 @@ class RunSpec:
         return cls(**values)
 
 
-def save_spec(spec: RunSpec, model_dir: str | Path) -> Path:
+def save_spec(spec: RunSpec, model_dir: str | Path) -> RunPath:
     """Writes ``model_dir/run.json`` and returns its path."""
-    path = Path(model_dir) / SPEC_FILE
-    path.parent.mkdir(parents=True, exist_ok=True)
-    return atomic_write_text(path, spec.to_json() + "\n")
+    makedirs(model_dir)
+    return atomic_write_text(join(model_dir, SPEC_FILE), spec.to_json() + "\n")
 
 
 def load_spec(model_dir: str | Path) -> RunSpec:
@@ -248,8 +466,8 @@ def load_spec(model_dir: str | Path) -> RunSpec:
         FileNotFoundError: no run.json.
         RunFileError: one line naming run.json, when it is damaged or not a RunSpec.
     """
-    path = Path(model_dir) / SPEC_FILE
-    if not path.is_file():
+    path = join(model_dir, SPEC_FILE)
+    if not is_file(path):
         raise FileNotFoundError(f"{model_dir} is not a tfascl model_dir: no {SPEC_FILE} in it")
     values = read_json_file(path)
     try:
@@ -260,8 +478,8 @@ def load_spec(model_dir: str | Path) -> RunSpec:
         raise RunFileError(f"{path} is damaged ({error_line(error)})") from None
 
 
-def checkpoint_dir(model_dir: str | Path) -> Path:
-    return Path(model_dir) / CHECKPOINT_SUBDIR
+def checkpoint_dir(model_dir: str | Path) -> RunPath:
+    return join(model_dir, CHECKPOINT_SUBDIR)
 
 
 def checkpoint_step(prefix: str | Path | None) -> int | None:
@@ -274,6 +492,15 @@ def checkpoint_step(prefix: str | Path | None) -> int | None:
         return None
 
 
+def checkpoint_reader(prefix: str | Path) -> Any:
+    """The ``CheckpointReader`` of the checkpoint at ``prefix`` (a prefix, not a folder).
+
+    Not ``tf.train.load_checkpoint``: it reads a folder's latest checkpoint when
+    ``gfile.isdir(prefix)``, and ``ram://`` answers True for any prefix of a file name.
+    """
+    return tf.compat.v1.train.NewCheckpointReader(str(prefix))
+
+
 def checkpoint_problem(prefix: str | Path) -> str | None:
     """Why the checkpoint at ``prefix`` cannot be read, or None when it reads back whole.
 
@@ -282,10 +509,10 @@ def checkpoint_problem(prefix: str | Path) -> str | None:
     cost is one read of the checkpoint.
     """
     prefix = str(prefix)
-    if not os.path.isfile(f"{prefix}.index"):
+    if not is_file(f"{prefix}.index"):
         return "its .index file is missing"
     try:
-        reader = tf.train.load_checkpoint(prefix)
+        reader = checkpoint_reader(prefix)
         for name in reader.get_variable_to_shape_map():
             reader.get_tensor(name)
     except (tf.errors.OpError, IndexError, ValueError, OSError, RuntimeError) as error:
@@ -305,26 +532,26 @@ def set_aside(path: str | Path) -> str | None:
         The new prefix (or path), or None when there was nothing to move or the folder
         is read-only.
     """
-    path = Path(path)
-    parts = [path] if path.is_file() else sorted(path.parent.glob(f"{path.name}.index"))
-    parts += sorted(path.parent.glob(f"{path.name}.data-?????-of-?????"))
-    if not parts:
-        return None
-    stamp = time.strftime("%Y%m%d-%H%M%S")
-    folder, count = path.parent / DAMAGED / stamp, 1
-    while any(folder.glob(f"{path.name}*")):  # the same name set aside twice this second
-        count += 1
-        folder = path.parent / DAMAGED / f"{stamp}-{count}"
+    path, name = run_path(path), base_name(path)
     try:
-        folder.mkdir(parents=True, exist_ok=True)
+        parts = [path] if is_file(path) else glob(parent(path), f"{name}.index")
+        parts += glob(parent(path), f"{name}.data-?????-of-?????")
+        if not parts:
+            return None
+        stamp = time.strftime("%Y%m%d-%H%M%S")
+        folder, count = join(parent(path), DAMAGED, stamp), 1
+        while glob(folder, f"{name}*"):  # the same name set aside twice this second
+            count += 1
+            folder = join(parent(path), DAMAGED, f"{stamp}-{count}")
+        makedirs(folder)
         for part in parts:
-            os.rename(part, folder / part.name)
+            move(part, join(folder, base_name(part)))
     except OSError:
         return None
-    return str(folder / path.name)
+    return str(join(folder, name))
 
 
-def _write_checkpoint_state(directory: Path, kept: list[str], old: Any) -> None:
+def _write_checkpoint_state(directory: RunPath, kept: list[str], old: Any) -> None:
     """Rewrites the manager's ``checkpoint`` file to list ``kept`` (oldest first)."""
     times = dict(zip(old.all_model_checkpoint_paths, old.all_model_checkpoint_timestamps))
     lines = [f'model_checkpoint_path: "{os.path.basename(kept[-1])}"']
@@ -333,7 +560,7 @@ def _write_checkpoint_state(directory: Path, kept: list[str], old: Any) -> None:
         lines += [f"all_model_checkpoint_timestamps: {times[path]!r}" for path in kept]
     if old.last_preserved_timestamp:
         lines.append(f"last_preserved_timestamp: {old.last_preserved_timestamp!r}")
-    atomic_write_text(directory / STATE_FILE, "\n".join(lines) + "\n")
+    atomic_write_text(join(directory, STATE_FILE), "\n".join(lines) + "\n")
 
 
 def newest_readable_checkpoint(
@@ -358,13 +585,14 @@ def newest_readable_checkpoint(
     Returns:
         The prefix, or None when there is no readable checkpoint.
     """
-    directory = Path(directory)
+    directory = run_path(directory)
     state = tf.train.get_checkpoint_state(str(directory))  # None when missing or damaged
     if state is not None and state.all_model_checkpoint_paths:
-        listed = [str(directory / os.path.basename(p)) for p in state.all_model_checkpoint_paths]
+        listed = [str(join(directory, base_name(p))) for p in state.all_model_checkpoint_paths]
     else:
-        found = (_MANAGED.match(p.name) for p in directory.glob(f"{CHECKPOINT_NAME}-*.index"))
-        listed = [str(directory / f"{CHECKPOINT_NAME}-{match[1]}") for match in found if match]
+        indexes = glob(directory, f"{CHECKPOINT_NAME}-*.index") if is_dir(directory) else []
+        found = (_MANAGED.match(base_name(p)) for p in indexes)
+        listed = [str(join(directory, f"{CHECKPOINT_NAME}-{match[1]}")) for match in found if match]
     listed.sort(key=lambda path: (checkpoint_step(path) is not None, checkpoint_step(path) or 0))
     chosen, damaged = None, []
     for prefix in reversed(listed):
@@ -375,10 +603,11 @@ def newest_readable_checkpoint(
         damaged.append((prefix, problem))
     for prefix, problem in damaged:
         moved = set_aside(prefix) if move_aside else None
-        where = os.path.relpath(os.path.dirname(moved), directory) if moved else None
+        relpath = os.path.relpath if is_local(directory) else posixpath.relpath
+        where = relpath(parent(moved), directory) if moved else None
         what = f"moved aside to {where}/" if moved else "left in place"
-        using = f"using {os.path.basename(chosen)}" if chosen else "no readable checkpoint left"
-        name = os.path.basename(prefix)
+        using = f"using {base_name(chosen)}" if chosen else "no readable checkpoint left"
+        name = base_name(prefix)
         report(f"{directory}: {name} is unreadable ({problem}); {what}; {using}")
     if damaged and move_aside and chosen is not None and state is not None:
         bad = {prefix for prefix, _ in damaged}
@@ -402,22 +631,22 @@ def best_checkpoint(
     Returns:
         The prefix, or None when there is no best checkpoint or it is damaged.
     """
-    pointer = Path(model_dir) / BEST_FILE
-    if not pointer.is_file():
+    pointer = join(model_dir, BEST_FILE)
+    if not is_file(pointer):
         return None
     try:
-        name = pointer.read_text().strip()
+        name = read_text(pointer).strip()
         problem = None if re.fullmatch(r"[\w.-]+", name) else "not a checkpoint name"
     except (OSError, UnicodeDecodeError) as error:
         name, problem = "?", error_line(error)
-    prefix = checkpoint_dir(model_dir) / name
+    prefix = join(checkpoint_dir(model_dir), name)
     problem = problem or checkpoint_problem(prefix)
     if problem is None:
         return str(prefix)
     what = "left in place"
     if move_aside:
         set_aside(prefix)
-        set_aside(Path(model_dir) / BEST_INFO_FILE)
+        set_aside(join(model_dir, BEST_INFO_FILE))
         moved = set_aside(pointer)
         what = f"moved aside with {BEST_FILE} to {DAMAGED}/" if moved else what
     report(f"{model_dir}: the best checkpoint {name} is unreadable ({problem}); {what}")
@@ -443,18 +672,18 @@ def find_checkpoint(
     elif which == "best":
         path = best_checkpoint(model_dir, report=report)
         # A pointer still there (read-only folder) or set aside: the best was damaged.
-        damaged = (Path(model_dir) / BEST_FILE).is_file() or any(
-            Path(model_dir).glob(f"{DAMAGED}/*/{BEST_FILE}")
+        damaged = is_file(join(model_dir, BEST_FILE)) or bool(
+            glob(model_dir, f"{DAMAGED}/*/{BEST_FILE}")
         )
         if path is None and damaged:
             path = newest_readable_checkpoint(directory, report=report)
             if path:
-                report(f"{model_dir}: no readable best checkpoint; using {Path(path).name}")
+                report(f"{model_dir}: no readable best checkpoint; using {base_name(path)}")
     else:
         # A path as given (absolute, or relative to here), else a name in the folder.
-        given = Path(which).is_absolute() or os.path.isfile(f"{which}.index")
-        candidate = Path(which) if given else directory / which
-        path = str(candidate) if os.path.isfile(f"{candidate}.index") else None
+        given = not is_local(which) or Path(which).is_absolute() or is_file(f"{which}.index")
+        candidate = run_path(which) if given else join(directory, which)
+        path = str(candidate) if is_file(f"{candidate}.index") else None
         problem = checkpoint_problem(candidate) if path else None
         if problem:
             raise RunFileError(f"{candidate} is unreadable ({problem})")
@@ -487,7 +716,7 @@ def _shape_mismatches(
     them); empty when the checkpoint has no object graph (then the restore checks).
     """
     try:
-        reader = tf.train.load_checkpoint(str(path))
+        reader = checkpoint_reader(path)
         graph = trackable_object_graph_pb2.TrackableObjectGraph()
         graph.ParseFromString(reader.get_tensor(_OBJECT_GRAPH))
         stored = reader.get_variable_to_shape_map()
@@ -528,16 +757,16 @@ def _mismatch_detail(error: BaseException) -> str:
 def _other_run(path: str | Path, spec: RunSpec) -> str | None:
     """A mismatch that the variables cannot show: the checkpoint is another run's, and
     that run's ``run.json`` names another method (ASCL and MoCo have the same weights)."""
-    folder = Path(path).parent
-    if folder.name != CHECKPOINT_SUBDIR or not (folder.parent / SPEC_FILE).is_file():
+    folder = parent(path)
+    if base_name(folder) != CHECKPOINT_SUBDIR or not is_file(join(parent(folder), SPEC_FILE)):
         return None
     try:
-        other = load_spec(folder.parent)
+        other = load_spec(parent(folder))
     except (OSError, RunFileError):
         return None  # not ours to judge: the variables are still checked
     if other.method == spec.method:
         return None
-    return f"its run ({folder.parent / SPEC_FILE}) is {other.method}, not {spec.method}"
+    return f"its run ({join(parent(folder), SPEC_FILE)}) is {other.method}, not {spec.method}"
 
 
 def restore_checkpoint(

@@ -298,7 +298,7 @@ def is_chief(strategy: Any) -> bool:
 
 
 def restore_latest(
-    checkpoint: Any, model_dir: Path, chief: bool = True, spec: RunSpec | None = None
+    checkpoint: Any, model_dir: runs.RunPath, chief: bool = True, spec: RunSpec | None = None
 ) -> str | None:
     """Restores the newest readable checkpoint of ``model_dir``, if any.
 
@@ -337,9 +337,9 @@ def restore_latest(
 # --- Files of a run -----------------------------------------------------------------------
 
 
-def finished_run(model_dir: Path, config: TrainConfig) -> dict[str, Any] | None:
+def finished_run(model_dir: runs.RunPath, config: TrainConfig) -> dict[str, Any] | None:
     """The summary of a completed run of ``config.epochs`` epochs, checked cheaply."""
-    summary = runs.read_json_record(model_dir / SUMMARY_FILE)
+    summary = runs.read_json_record(runs.join(model_dir, SUMMARY_FILE))
     if not summary.get("completed") or summary.get("epochs") != config.epochs:
         return None
     latest = tf.train.latest_checkpoint(str(checkpoint_dir(model_dir)))
@@ -347,7 +347,7 @@ def finished_run(model_dir: Path, config: TrainConfig) -> dict[str, Any] | None:
     return summary if step is not None and step >= summary.get("steps", -1) else None
 
 
-def export_backbone(model_dir: Path, export_dir: Path) -> str | None:
+def export_backbone(model_dir: runs.RunPath, export_dir: runs.RunPath) -> str | None:
     """The export hook: ``tfascl.export.export_backbone`` when that module exists.
 
     Returns:
@@ -385,7 +385,8 @@ def train(config: TrainConfig) -> RunResult:
     started = time.time()
     validate(config)
     model_dir = resolve_model_dir(config)
-    given = dataclasses.replace(config, model_dir=str(model_dir.resolve()))
+    absolute = model_dir.resolve() if runs.is_local(model_dir) else model_dir
+    given = dataclasses.replace(config, model_dir=str(absolute))
     check_previous_run(model_dir, config)
     summary = finished_run(model_dir, config)
     if summary is not None:
@@ -409,9 +410,9 @@ def train(config: TrainConfig) -> RunResult:
     write_dir = model_dir if chief else Path(tempfile.mkdtemp(prefix="tfascl-worker-"))
     if chief:
         save_spec(spec, model_dir)
-        atomic_write_json(model_dir / FLAGS_FILE, config.to_json())
+        atomic_write_json(runs.join(model_dir, FLAGS_FILE), config.to_json())
         # The flags as given (not as resolved for this machine): replays the run.
-        runs.atomic_write_text(model_dir / runs.FLAGS_TEXT_FILE, flagfile_text(given))
+        runs.atomic_write_text(runs.join(model_dir, runs.FLAGS_TEXT_FILE), flagfile_text(given))
 
     policy = keras.mixed_precision.global_policy()
     keras.mixed_precision.set_global_policy(config.precision)
@@ -444,15 +445,17 @@ class RunCallbacks:
         checkpoint: tf.train.Checkpoint,
         manager: tf.train.CheckpointManager,
         strategy: tf.distribute.Strategy,
-        model_dir: Path,
-        write_dir: Path,
+        model_dir: runs.RunPath,
+        write_dir: runs.RunPath,
         chief: bool,
     ) -> RunCallbacks:
         """The run's callbacks; only the chief writes files into ``model_dir``."""
         board = None
         if chief:
             profile = cbs.profile_range(config.profile_steps)
-            board = cbs.TensorBoard(model_dir / runs.TENSORBOARD_SUBDIR, config.log_every, profile)
+            board = cbs.TensorBoard(
+                runs.join(model_dir, runs.TENSORBOARD_SUBDIR), config.log_every, profile
+            )
         return cls(
             guard=cbs.NonFiniteLoss(config.log_every),
             stopper=cbs.StopOnSignal(strategy=strategy),
@@ -479,8 +482,8 @@ def _train_model(
     spec: Any,
     run_data: RunData,
     strategy: Any,
-    model_dir: Path,
-    write_dir: Path,
+    model_dir: runs.RunPath,
+    write_dir: runs.RunPath,
     chief: bool,
     started: float,
     steps_per_epoch: int,
@@ -538,11 +541,11 @@ def _train_model(
         status, config, step, start_step, steps_per_epoch, run, manager, model_dir, started
     )
     if chief and status == "completed" and config.export:
-        export_dir = Path(config.export_dir or model_dir / EXPORT_SUBDIR)
+        export_dir = runs.run_path(config.export_dir or runs.join(model_dir, EXPORT_SUBDIR))
         summary["export_dir"] = export_backbone(model_dir, export_dir)
     if not chief:  # the chief reports; this worker's files were scratch
         return RunResult(EXIT_CODES.get(status, 0), summary, model)
-    atomic_write_json(model_dir / SUMMARY_FILE, summary)
+    atomic_write_json(runs.join(model_dir, SUMMARY_FILE), summary)
     return RunResult(report(summary, guard, config), summary, model)
 
 
@@ -554,7 +557,7 @@ def run_summary(
     steps_per_epoch: int,
     run: RunCallbacks,
     manager: tf.train.CheckpointManager,
-    model_dir: Path,
+    model_dir: runs.RunPath,
     started: float,
 ) -> dict[str, Any]:
     """The record of summary.json (``export_dir`` is filled in once the export is written)."""
@@ -585,7 +588,7 @@ EXIT_CODES = {
 
 
 def save_failed(
-    error: Exception, config: TrainConfig, model_dir: Path, chief: bool, model: Any
+    error: Exception, config: TrainConfig, model_dir: runs.RunPath, chief: bool, model: Any
 ) -> RunResult:
     """A checkpoint could not be written: one line, summary.json if it fits, exit 1."""
     print(f"error: {error}. Free space, then re-run the command to resume.", file=sys.stderr)
@@ -594,7 +597,7 @@ def save_failed(
     summary.update(steps=step, error=str(error), model_dir=str(model_dir))
     if chief:
         try:
-            atomic_write_json(model_dir / SUMMARY_FILE, summary)
+            atomic_write_json(runs.join(model_dir, SUMMARY_FILE), summary)
         except OSError:
             pass  # the disk is still full: the line above is the report
     return RunResult(EXIT_SAVE_FAILED, summary, model)
@@ -617,8 +620,8 @@ def knn_monitor(
     config: TrainConfig,
     run_data: RunData,
     checkpoint: Any,
-    model_dir: Path | None,
-    write_dir: Path,
+    model_dir: runs.RunPath | None,
+    write_dir: runs.RunPath,
 ) -> Any:
     """The kNN monitor over the eval transform of the bank and test images, or None."""
     if run_data.bank is None:

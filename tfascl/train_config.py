@@ -20,7 +20,7 @@ from typing import Any, NoReturn
 import tensorflow as tf
 from absl import flags
 
-from tfascl import cli
+from tfascl import cli, runs
 from tfascl.callbacks import profile_range
 from tfascl.cli import EXIT_FAILED, FlagError, expand_flagfiles, require
 from tfascl.data.augment import KEY_AUGMENTS
@@ -386,19 +386,29 @@ def check_dataset(dataset: str, data_dir: str | None) -> None:
     cli.check_dataset(dataset, data_dir)
 
 
-def resolve_model_dir(config: TrainConfig) -> Path:
-    """``--model_dir``, or runs/<method>_<dataset name>."""
+def resolve_model_dir(config: TrainConfig) -> runs.RunPath:
+    """``--model_dir`` (a ``Path``, or the URL of another file system), or
+    runs/<method>_<dataset name>."""
     if config.model_dir:
+        if not runs.is_local(config.model_dir):
+            return runs.run_path(config.model_dir)
         return Path(config.model_dir).expanduser()
     name = os.path.basename(os.path.normpath(os.path.expanduser(config.dataset)))
     return Path("runs") / f"{config.method}_{name}"
 
 
-def check_writable(model_dir: Path) -> None:
+def check_writable(model_dir: runs.RunPath) -> None:
+    """Raises ``FlagError`` unless a file can be written in ``model_dir`` (made if missing)."""
     try:
-        model_dir.mkdir(parents=True, exist_ok=True)
-        probe = tempfile.NamedTemporaryFile(dir=model_dir, prefix=".write_test")
-        probe.close()
+        if runs.is_local(model_dir):
+            Path(model_dir).mkdir(parents=True, exist_ok=True)
+            probe = tempfile.NamedTemporaryFile(dir=model_dir, prefix=".write_test")
+            probe.close()
+        else:  # gfile has no temporary files: write one and delete it
+            runs.makedirs(model_dir)
+            probe = runs.join(model_dir, f".write_test-{os.getpid()}")
+            runs.write_bytes(probe, b"")
+            runs.remove(probe)
     except OSError as error:
         raise FlagError(f"--model_dir={model_dir}: not writable ({error.strerror})") from None
 
@@ -441,14 +451,14 @@ def auto_steps_per_execution(log_every: int, checkpoint_every: int) -> int:
     return max(d for d in range(1, MAX_AUTO_STEPS_PER_EXECUTION + 1) if common % d == 0)
 
 
-def check_previous_run(model_dir: Path, config: TrainConfig) -> dict[str, Any] | None:
+def check_previous_run(model_dir: runs.RunPath, config: TrainConfig) -> dict[str, Any] | None:
     """The saved flags of a run in ``model_dir``, after checking its key flags match.
 
     Returns:
         The saved flags, or None for a new run.
     """
-    path = model_dir / FLAGS_FILE
-    if not path.is_file():
+    path = runs.join(model_dir, FLAGS_FILE)
+    if not runs.is_file(path):
         return None
     try:
         saved = read_json_file(path)

@@ -12,7 +12,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from tfascl import data
+from tfascl import data, runs
 from tfascl._version import __version__
 from tfascl.evaluation import protocols, results
 from tfascl.evaluation.encoders import Encoder, EvalInputError, load_encoder
@@ -268,10 +268,11 @@ def run_protocol(config: EvalConfig, p: Prepared, say: Callable[[str], None]) ->
             chunk_size=config.knn_chunk_size, **common,
         )  # fmt: skip
     elif config.protocol == "neighbors":
-        folder = Path(config.plots_dir or Path(encoder.results_dir) / PLOTS_SUBDIR)
+        folder = runs.run_path(config.plots_dir or runs.join(encoder.results_dir, PLOTS_SUBDIR))
         outcome = protocols.timed(
             protocols.neighbors_protocol, encoder, train, test,
-            picture=folder / protocols.NEIGHBORS_FILE, num_queries=config.neighbor_queries,
+            picture=runs.join(folder, protocols.NEIGHBORS_FILE),
+            num_queries=config.neighbor_queries,
             k=config.neighbor_k, seed=config.seed, batch_size=config.batch_size,
             chunk_size=config.knn_chunk_size, **common,
             title=f"Nearest neighbours: {encoder.method} ({Path(encoder.checkpoint).name})",
@@ -391,20 +392,21 @@ def make_plots(
     source = resolve_dataset(encoders[0], dataset) if embedding_map else None
     if source is not None:
         protocols.check_labelled_source(source, test_split)
-    out_dir = Path(out_dir)
+    out_dir = runs.run_path(out_dir)
     written: dict[str, str] = {}
     names = sorted({Path(str(e.dataset)).name for e in encoders if e.dataset})
     on = f" on {', '.join(names)}" if names else ""
 
     if curves:
-        path = _draw_curves(encoders, labels, out_dir / CURVES_FILE, on, note, say)
+        path = _draw_curves(encoders, labels, runs.join(out_dir, CURVES_FILE), on, note, say)
         if path is not None:
             written["curves"] = str(path)
     if embedding_map:
         test = protocols.load_labelled(
             source, test_split, data_dir=data_dir, max_examples=map_points, seed=seed
         )
-        path = _draw_map(encoders, labels, test, test_split, out_dir / MAP_FILE, note, say,
+        map_file = runs.join(out_dir, MAP_FILE)
+        path = _draw_map(encoders, labels, test, test_split, map_file, note, say,
                          batch_size=batch_size, seed=seed)  # fmt: skip
         written["map"] = str(path)
     return written

@@ -21,7 +21,6 @@ exit status 2 (``tfascl.cli``).
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from pathlib import Path
 
 from absl import flags
 from absl import logging as absl_logging
@@ -179,6 +178,7 @@ def check_sources(values: flags.FlagValues) -> None:
     Raises:
         EvalInputError: one line naming the flag.
     """
+    from tfascl import runs
     from tfascl.evaluation import EvalInputError
 
     try:
@@ -186,7 +186,7 @@ def check_sources(values: flags.FlagValues) -> None:
             cli.check_run_dir(values.model_dir)
         if values.saved_model is not None:
             path = values.saved_model
-            cli.require(Path(path).is_dir(), f"--saved_model={path}: no such folder")
+            cli.require(runs.is_dir(path), f"--saved_model={path}: no such folder")
         if values.dataset is not None:
             cli.check_dataset(values.dataset, values.data_dir)
     except cli.FlagError as error:
@@ -195,6 +195,7 @@ def check_sources(values: flags.FlagValues) -> None:
 
 def check_plots(values: flags.FlagValues) -> None:
     """The flags of ``--protocol=plots`` (and ``--compare_model_dir`` only with it)."""
+    from tfascl import runs
     from tfascl.evaluation import EvalInputError
 
     if values.protocol != "plots":
@@ -214,7 +215,7 @@ def check_plots(values: flags.FlagValues) -> None:
         if values[name].value < 1:
             raise EvalInputError(f"--{name}={values[name].value}: must be >= 1")
     other = values.compare_model_dir
-    if other and not Path(other).is_dir():
+    if other and not runs.is_dir(other):
         raise EvalInputError(f"--compare_model_dir={other}: no such folder")
 
 
@@ -223,6 +224,7 @@ def check_plots(values: flags.FlagValues) -> None:
 
 def plots(values: flags.FlagValues, log: Callable[[str], None]) -> None:
     """``--protocol=plots``: training curves and t-SNE maps, one or two models side by side."""
+    from tfascl import runs
     from tfascl.evaluation.api import make_plots
     from tfascl.runs import PLOTS_SUBDIR
 
@@ -230,7 +232,7 @@ def plots(values: flags.FlagValues, log: Callable[[str], None]) -> None:
     sources = [first] + ([values.compare_model_dir] if values.compare_model_dir else [])
     written = make_plots(
         sources,
-        values.plots_dir or str(Path(first) / PLOTS_SUBDIR),
+        values.plots_dir or str(runs.join(first, PLOTS_SUBDIR)),
         checkpoint=values.checkpoint,
         dataset=values.dataset,
         data_dir=values.data_dir,

@@ -79,7 +79,7 @@ class Encoder:
     kind: str
     source: str
     checkpoint: str
-    results_dir: Path
+    results_dir: runs.RunPath
     normalized_features: bool = False
     backbone: keras.Model | None = None
     notes: list[str] = dataclasses.field(default_factory=list)
@@ -121,7 +121,7 @@ def _normalise(pixels: tf.Tensor, mean: tuple, std: tuple) -> tf.Tensor:
 
 def is_saved_model(path: str | Path) -> bool:
     """True when ``path`` is a SavedModel directory (holds ``saved_model.pb``)."""
-    return (Path(path) / SAVED_MODEL_FILE).is_file()
+    return runs.is_file(runs.join(path, SAVED_MODEL_FILE))
 
 
 def from_model_dir(model_dir: str | Path, checkpoint: str = "latest") -> Encoder:
@@ -137,7 +137,7 @@ def from_model_dir(model_dir: str | Path, checkpoint: str = "latest") -> Encoder
     Raises:
         EvalInputError: No ``run.json`` or no such checkpoint (checked before anything is built).
     """
-    model_dir = Path(model_dir)
+    model_dir = runs.run_path(model_dir)  # a Path, or a URL (gs://...)
     if is_saved_model(model_dir):
         raise EvalInputError(f"{model_dir} is a SavedModel: pass it as --saved_model")
     try:
@@ -194,10 +194,10 @@ def any_size_backbone(spec: runs.RunSpec, trained: keras.Model) -> keras.Model:
 def read_saved_model_metadata(path: str | Path) -> dict[str, Any]:
     """The export metadata beside a SavedModel (see :data:`METADATA_PATHS`), or ``{}``."""
     for relative in METADATA_PATHS:
-        candidate = Path(path) / relative
-        if candidate.is_file():
+        candidate = runs.join(path, relative)
+        if runs.is_file(candidate):
             try:
-                return json.loads(candidate.read_text())
+                return json.loads(runs.read_text(candidate))
             except json.JSONDecodeError as error:
                 raise EvalInputError(f"{candidate} is not valid JSON ({error})") from None
     return {}
@@ -235,17 +235,21 @@ def from_saved_model(path: str | Path, image_size: int | None = None) -> Encoder
         EvalInputError: Not a SavedModel, no suitable signature, or an unknown/conflicting
             image size.
     """
-    path = Path(path)
-    if not path.is_dir():
+    path = runs.run_path(path)  # a Path, or a URL (gs://...)
+    if not runs.is_dir(path):
         raise EvalInputError(f"SavedModel directory not found: {path}")
     notes = []
     if not is_saved_model(path):
         # An export base directory (TF Serving's model_base_path): take its highest version.
-        versions = [p for p in path.iterdir() if p.name.isdigit() and is_saved_model(p)]
+        versions = [
+            p for p in runs.glob(path, "*") if runs.base_name(p).isdigit() and is_saved_model(p)
+        ]
         if not versions:
             raise EvalInputError(f"{path} is not a SavedModel: no {SAVED_MODEL_FILE} in it")
-        path = max(versions, key=lambda p: int(p.name))
-        notes.append(f"evaluated version {path.name}, the highest in {path.parent}")
+        path = max(versions, key=lambda p: int(runs.base_name(p)))
+        notes.append(
+            f"evaluated version {runs.base_name(path)}, the highest in {runs.parent(path)}"
+        )
     metadata = read_saved_model_metadata(path)
     loaded = tf.saved_model.load(str(path))
     serving = _signature(loaded, SERVING_SIGNATURE)

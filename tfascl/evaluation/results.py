@@ -21,6 +21,7 @@ import os
 from pathlib import Path
 from typing import Any
 
+from tfascl import runs
 from tfascl.evaluation.encoders import EvalInputError
 from tfascl.runs import RESULTS_FILE, atomic_write_json
 
@@ -49,11 +50,11 @@ def read_results(directory: str | Path) -> dict[str, Any]:
     Raises:
         EvalInputError: The file exists but is not a JSON object.
     """
-    path = Path(directory) / RESULTS_FILE
-    if not path.is_file():
+    path = runs.join(directory, RESULTS_FILE)
+    if not runs.is_file(path):
         return {}
     try:
-        contents = json.loads(path.read_text())
+        contents = json.loads(runs.read_text(path))
     except json.JSONDecodeError as error:
         raise EvalInputError(
             f"{path} is not valid JSON ({error}); move it away to start anew"
@@ -63,7 +64,7 @@ def read_results(directory: str | Path) -> dict[str, Any]:
     return contents
 
 
-def update_results(directory: str | Path, key: str, entry: dict[str, Any]) -> Path:
+def update_results(directory: str | Path, key: str, entry: dict[str, Any]) -> runs.RunPath:
     """Sets ``results[key] = entry`` in ``directory/results.json``, keeping the other keys.
 
     Args:
@@ -74,10 +75,9 @@ def update_results(directory: str | Path, key: str, entry: dict[str, Any]) -> Pa
     Returns:
         The file's path.
     """
-    directory = Path(directory)
     results = read_results(directory)
     results[key] = entry
-    return atomic_write_json(directory / RESULTS_FILE, results)
+    return atomic_write_json(runs.join(directory, RESULTS_FILE), results)
 
 
 def now_iso() -> str:
