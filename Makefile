@@ -10,6 +10,10 @@ BIN := $(VENV)/bin
 TF_EXTRA := $(shell nvidia-smi >/dev/null 2>&1 && echo gpu || \
 	{ [ "$$(uname -s)" = Darwin ] && echo tensorflow || echo cpu; })
 MODEL_DIR ?= runs/default
+# pytest-xdist processes for `make test`: a test keeps about one core busy (TensorFlow's
+# small ops), so two workers use both of a 2-core machine; each test file stays on one
+# worker (--dist loadfile), so module fixtures are made once.
+TEST_WORKERS ?= 2
 
 .PHONY: install run test lint format clean
 
@@ -39,7 +43,7 @@ format: install
 	$(BIN)/ruff format .
 
 test: lint $(VENV)/.installed-test
-	$(BIN)/python -m pytest -q --durations=12 tests
+	$(BIN)/python -m pytest -q -n $(TEST_WORKERS) --dist loadfile --durations=12 tests
 
 clean:
 	rm -rf $(VENV) runs .pytest_cache .ruff_cache
