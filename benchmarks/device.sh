@@ -93,7 +93,7 @@ if [ -f "$SCRATCH/ascl/summary.json" ]; then
   "$PYTHON" -m benchmarks.device_report learning "$JSONL" "$SCRATCH/ascl" "$EPOCHS" 200
 fi
 
-# benchmark_data prints one JSON object a line among its other output.
+# benchmarks.input_pipeline prints one JSON object a line among its other output.
 run_step data "${CAPS[3]}" "$PYTHON" -m benchmarks.input_pipeline "${PIPELINE[@]}"
 grep '^{' "$OUT/logs/data.log" | sed 's/^{/{"kind": "data_pipeline", /' >>"$JSONL"
 

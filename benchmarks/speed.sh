@@ -48,7 +48,7 @@ for table in "${tables[@]}"; do
       PYTHONPATH=. "$PYTHON" -m benchmarks.split_bn >"$R/logs/split_bn.log" 2>&1
       grep '^{' "$R/logs/split_bn.log" >"$R/split_bn.jsonl" ;;
     data)
-      # benchmark_data does not repeat the data: 3 warm-up + 20 batches need 23·256 images.
+      # benchmarks.input_pipeline does not repeat the data: 3 warm-up + 20 batches need 23·256 images.
       PYTHONPATH=. "$PYTHON" -m benchmarks.input_pipeline --max_examples=10000 --batches=20 \
         >"$R/logs/data_pipeline.log" 2>&1
       grep '^{' "$R/logs/data_pipeline.log" >"$R/data_pipeline.jsonl" ;;
