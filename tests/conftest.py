@@ -52,27 +52,19 @@ def two_cpus():
 
 # The flags of the shared tiny run: 64 digits, batches of 16, one epoch (4 steps),
 # checkpoints at steps 0, 2, 4 and the best (kNN every epoch), no export.
-SHARED_RUN_FLAGS = (
-    "--max_train_examples=64",
-    "--warmup_epochs=0",
-    "--log_every=1",
-    "--knn_every=1",
-    "--noexport",
-    "--epochs=1",
-    "--checkpoint_every=2",
-)
+SHARED_RUN_FLAGS = ("--noexport", "--epochs=1", "--checkpoint_every=2")
 
 
 @pytest.fixture(scope="session")
 def trained_run(tmp_path_factory):
     """One tiny finished run (ASCL, digits, 16 px, width 4, 4 steps), trained once per
     session. Read-only: a test that writes into it works on a copy (``shutil.copytree``)."""
-    from helpers import TINY_RUN_FLAGS, train_in_process
+    from helpers import FOUR_STEP_EPOCH_FLAGS, train_in_process
 
     from tfascl import runs
 
     model_dir = tmp_path_factory.mktemp("shared") / "run"
-    result = train_in_process(*TINY_RUN_FLAGS, *SHARED_RUN_FLAGS, f"--model_dir={model_dir}")
+    result = train_in_process(*FOUR_STEP_EPOCH_FLAGS, *SHARED_RUN_FLAGS, f"--model_dir={model_dir}")
     assert result.exit_code == 0 and result.summary["steps"] == 4
     assert runs.best_checkpoint(model_dir).endswith("best-4")
     return model_dir

@@ -25,6 +25,16 @@ TINY_RUN_FLAGS = (
     "--noprogress_bar",
 )
 
+# A tiny run whose epoch is 4 steps (64 digits in batches of 16), logged and monitored by
+# kNN at every step or epoch, without warm-up: the fault, resume and remote-folder tests.
+FOUR_STEP_EPOCH_FLAGS = (
+    *TINY_RUN_FLAGS,
+    "--max_train_examples=64",
+    "--warmup_epochs=0",
+    "--log_every=1",
+    "--knn_every=1",
+)
+
 
 def tiny_spec(**overrides: object) -> runs.RunSpec:
     """The `RunSpec` of a tiny ASCL model (16 px, width 4, queue 16), with ``overrides``."""

@@ -13,20 +13,13 @@ from pathlib import Path
 
 import pytest
 import tensorflow as tf
-from helpers import TINY_RUN_FLAGS, logged_steps, python_env, train_in_process
+from helpers import FOUR_STEP_EPOCH_FLAGS, logged_steps, python_env, train_in_process
 
 from tfascl import callbacks, runs, train
 from tfascl.evaluation import encoders
 
 STEPS_PER_EPOCH = 4  # 64 digits in batches of 16
-ARGS = (
-    *TINY_RUN_FLAGS,
-    "--max_train_examples=64",
-    "--warmup_epochs=0",
-    "--log_every=1",
-    "--knn_every=1",
-    "--noexport",
-)
+ARGS = (*FOUR_STEP_EPOCH_FLAGS, "--noexport")
 
 
 def run(model_dir, *args):

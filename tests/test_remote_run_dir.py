@@ -10,22 +10,14 @@ import numpy as np
 import pytest
 import tensorflow as tf
 from absl import flags
-from helpers import TINY_RUN_FLAGS, train_in_process
+from helpers import FOUR_STEP_EPOCH_FLAGS, train_in_process
 
 from tfascl import cli, export, plots, runs
 from tfascl.evaluation import api, encoders, results
 
 gfile = tf.io.gfile
 STEPS_PER_EPOCH = 4  # 64 digits in batches of 16
-ARGS = (
-    *TINY_RUN_FLAGS,
-    "--max_train_examples=64",
-    "--warmup_epochs=0",
-    "--log_every=1",
-    "--knn_every=1",
-    "--checkpoint_every=2",
-    "--noexport",
-)
+ARGS = (*FOUR_STEP_EPOCH_FLAGS, "--checkpoint_every=2", "--noexport")
 
 
 def ram(name: str) -> str:
