@@ -91,3 +91,15 @@ def test_native_size_evaluation_embeds_without_resizing(tmp_path):
     np.testing.assert_allclose(got, direct, rtol=1e-5, atol=1e-5)
     resized = embed_images(encoder, images, batch_size=4)  # the model's size: different
     assert np.abs(resized - got).max() > 1e-3
+
+
+def test_check_labels_refuses_unlabelled_splits_for_memory_and_stream_alike():
+    from tfascl.evaluation import EvalInputError
+    from tfascl.evaluation.protocols import check_labels
+
+    check_labels("stl10", "train", True, np.array([0, 3, 9]))
+    check_labels("stl10", "train", True, None)  # a TFDS stream: checked as records are read
+    with pytest.raises(EvalInputError, match="'unlabelled' has no labels"):
+        check_labels("stl10", "unlabelled", False, None)
+    with pytest.raises(EvalInputError, match=r"holds unlabelled images \(label -1\)"):
+        check_labels("stl10", "train+unlabelled", True, np.array([0, -1, 2]))

@@ -215,13 +215,7 @@ def load_labelled(
         data = load_images(source, split, data_dir=data_dir, max_examples=max_examples, seed=seed)
     except ValueError as error:  # DatasetNotFoundError is a ValueError too
         raise EvalInputError(str(error).splitlines()[0]) from None
-    if data.labels is None:
-        raise EvalInputError(f"{source} split {split!r} has no labels; this protocol needs them")
-    if np.any(data.labels < 0):
-        raise EvalInputError(
-            f"{source} split {split!r} holds unlabelled images (label -1); pick a labelled split "
-            "(for STL-10: --train_split=train_labelled)"
-        )
+    check_labels(source, split, data.labels is not None, data.labels)
     return data
 
 
@@ -246,14 +240,26 @@ def open_labelled(
         files = open_images(source, split, data_dir=data_dir, max_examples=max_examples, seed=seed)
     except ValueError as error:
         raise EvalInputError(str(error).splitlines()[0]) from None
-    if not files.labelled:
+    check_labels(source, split, files.labelled, files.labels)
+    return files
+
+
+def check_labels(source: str, split: str, labelled: bool, labels: np.ndarray | None) -> None:
+    """Raises ``EvalInputError`` for a split without labels or with unlabelled (-1) images.
+
+    Args:
+        source: The data set, for the message.
+        split: The split, for the message.
+        labelled: Whether the split has labels at all.
+        labels: [N] int labels when known before reading (None: checked as records are read).
+    """
+    if not labelled:
         raise EvalInputError(f"{source} split {split!r} has no labels; this protocol needs them")
-    if files.labels is not None and np.any(files.labels < 0):
+    if labels is not None and np.any(labels < 0):
         raise EvalInputError(
             f"{source} split {split!r} holds unlabelled images (label -1); pick a labelled split "
             "(for STL-10: --train_split=train_labelled)"
         )
-    return files
 
 
 def num_classes_of(train: ImageSet | ImageFiles, test: ImageSet | ImageFiles) -> int:
