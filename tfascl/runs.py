@@ -33,6 +33,7 @@ import keras
 import tensorflow as tf
 from tensorflow.core.protobuf import trackable_object_graph_pb2
 
+from tfascl.models.options import MethodOptions, set_options
 from tfascl.models.registry import build_backbone, build_model, method_spec
 
 # The names of a run folder (``model_dir``), here only: every module takes them from here.
@@ -343,12 +344,13 @@ def read_json_record(path: str | Path, damaged_note: str = "ignored") -> dict[st
 
 
 @dataclasses.dataclass
-class RunSpec:
+class RunSpec(MethodOptions):
     """The model-defining settings of a run (not the optimizer or the schedule).
 
-    ``target_temperature``, ``symmetric``, ``momentum_schedule`` and ``projector_bn`` of
-    ``None`` take the method's defaults (its ``tfascl.models.MethodSpec``); ``key_norm``
-    of ``None`` gives the momentum backbone the same normalisation as the online one.
+    ``temperature``, ``target_temperature``, ``num_neighbors``, ``symmetric``,
+    ``momentum_schedule``, ``projector_bn`` and the ``MethodOptions`` fields (relabel,
+    consistency_weight, ...) of ``None`` take the method's defaults (its
+    ``tfascl.models.MethodSpec``); ``key_norm`` of ``None`` gives the momentum backbone the same normalisation as the online one.
 
     These defaults are also ``TrainConfig``'s (``tfascl-train``'s flags read them from
     here), so ``RunSpec(method=m)`` builds the model ``tfascl-train --method=m`` builds
@@ -367,9 +369,9 @@ class RunSpec:
     projector_dims: tuple[int, int] = (2048, 128)
     projector_bn: bool | None = None
     queue_size: int = 1024
-    temperature: float = 0.1
+    temperature: float | None = None
     target_temperature: float | None = None
-    num_neighbors: int = 1
+    num_neighbors: int | None = None
     sce_lambda: float = 0.5
     symmetric: bool | None = None
     momentum: float = 0.99
@@ -382,32 +384,30 @@ class RunSpec:
     num_classes: int | None = None
 
     def model_options(self) -> dict[str, Any]:
-        """Keyword arguments of ``build_model`` for this method."""
-        spec = method_spec(self.method)
+        """Keyword arguments of ``build_model`` for this method (``build_model`` drops
+        those its model class does not take)."""
+        method_spec(self.method)
         options: dict[str, Any] = {
             "momentum": self.momentum,
             "total_steps": self.total_steps,
             # The training statistics: model.embed and model.export normalise with them.
             "normalization": (tuple(self.mean), tuple(self.std)),
+            "queue_size": self.queue_size,
+            "sce_lambda": self.sce_lambda,
+            "batch_size": self.batch_size,
+            # Shuffle BN: across replicas ("shuffle"), or inside the batch for
+            # split BN; it does nothing for BN over the whole (synced) batch.
+            "shuffle_keys": self.norm in ("split", "shuffle") or self.key_norm == "split",
+            **set_options(self),
         }
-        if self.momentum_schedule is not None:
-            options["momentum_schedule"] = self.momentum_schedule
-        if self.target_temperature is not None:
-            options["target_temperature"] = self.target_temperature
-        if self.symmetric is not None:
-            options["symmetric"] = self.symmetric
-        if spec.relabel is not None:
-            options["num_neighbors"] = self.num_neighbors
-        if spec.uses_queue:  # MomentumContrast's own arguments
-            options.update(
-                queue_size=self.queue_size,
-                temperature=self.temperature,
-                sce_lambda=self.sce_lambda,
-                batch_size=self.batch_size,
-                # Shuffle BN: across replicas ("shuffle"), or inside the batch for
-                # split BN; it does nothing for BN over the whole (synced) batch.
-                shuffle_keys=self.norm in ("split", "shuffle") or self.key_norm == "split",
-            )
+        unset_means_default = {
+            "temperature": self.temperature,
+            "target_temperature": self.target_temperature,
+            "num_neighbors": self.num_neighbors,
+            "symmetric": self.symmetric,
+            "momentum_schedule": self.momentum_schedule,
+        }
+        options.update({k: v for k, v in unset_means_default.items() if v is not None})
         return options
 
     def build_backbone(self, norm: str | None = None) -> keras.Model:

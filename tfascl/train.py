@@ -37,6 +37,7 @@ from tfascl.cli import (
     run_app,
 )
 from tfascl.distribute import fit_loop, make_strategy
+from tfascl.models.options import OPTION_NAMES
 from tfascl.optim import build_optimizer, scaled_learning_rate, warmup_cosine
 from tfascl.runs import (
     EXPORT_SUBDIR,
@@ -236,6 +237,7 @@ def make_spec(config: TrainConfig, run_data: RunData, total_steps: int) -> Any:
               "momentum", "momentum_schedule", "batch_size", "dataset", "key_norm")  # fmt: skip
     return RunSpec(
         **{name: getattr(config, name) for name in shared},
+        **{name: getattr(config, name) for name in OPTION_NAMES},
         projector_dims=tuple(config.projector_dims),
         target_temperature=config.relabel_temperature,
         symmetric=config.uses_symmetric_loss,

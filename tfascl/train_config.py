@@ -27,7 +27,8 @@ from tfascl.data.augment import KEY_AUGMENTS
 from tfascl.data.pipeline import AUGMENT_ON, INPUT_MODES
 from tfascl.models.backbones import RESNETS, STEMS, default_stem
 from tfascl.models.batchnorm import KEY_NORMS, NORMS
-from tfascl.models.registry import METHODS, MethodSpec
+from tfascl.models.options import METHOD_OPTIONS, RELABEL_MODES, MethodOptions
+from tfascl.models.registry import METHODS, MethodSpec, relabel_kind
 from tfascl.optim import OPTIMIZER_NAMES
 from tfascl.runs import FLAGS_FILE, RunFileError, RunSpec, read_json_file
 
@@ -63,16 +64,27 @@ def _flag(default: Any, help_text: str) -> Any:
 
 
 @dataclasses.dataclass
-class TrainConfig:
-    """Everything a run needs: each field is the flag of the same name, default and help."""
+class TrainConfig(MethodOptions):
+    """Everything a run needs: each field is the flag of the same name, default and help.
+
+    The methods' own options (relabel, consistency_weight, ...) are the fields of
+    ``MethodOptions``, declared once in ``tfascl.models.options``.
+    """
 
     method: str = _flag(RunSpec.method, "Self-supervised method.")
-    temperature: float = _flag(RunSpec.temperature, "τ of the query logits (ReSSL's τ_s).")
+    temperature: float | None = _flag(
+        RunSpec.temperature,
+        "τ of the query logits (ReSSL's τ_s). Default: the method's (0.1; SimCLR, DCL 0.5).",
+    )
     relabel_temperature: float | None = _flag(
         None,
         "τ′ of the key-to-queue similarities (SCE's τ_m, ReSSL's τ_t). Default: the method's.",
     )
-    num_neighbors: int = _flag(RunSpec.num_neighbors, "K of ASCL/AHCL/hard relabelling.")
+    num_neighbors: int | None = _flag(
+        RunSpec.num_neighbors,
+        "K of ASCL/AHCL/hard relabelling; k of MSF's neighbours. Default: the method's (1; "
+        "MSF 5).",
+    )
     sce_lambda: float = _flag(RunSpec.sce_lambda, "λ of SCE: the weight of the one-hot target.")
     symmetric: bool | None = _flag(
         None,
@@ -80,7 +92,8 @@ class TrainConfig:
     )
     queue_size: int = _flag(
         RunSpec.queue_size,
-        "Keys in the queue: a multiple of the global batch (twice it if symmetric).",
+        "Keys in the queue (MoCo's negatives, NNCLR's support set, MSF's memory bank): a "
+        "multiple of the global batch (twice it if symmetric).",
     )
     momentum: float = _flag(RunSpec.momentum, "m₀ of the momentum (EMA) encoder.")
     momentum_schedule: str | None = _flag(
@@ -215,6 +228,7 @@ class TrainConfig:
 
 ENUMS = {
     "method": list(METHODS),
+    "relabel": list(RELABEL_MODES),
     "momentum_schedule": ["constant", "cosine"],
     "augment_on": list(AUGMENT_ON),
     "input": list(INPUT_MODES),
@@ -315,7 +329,9 @@ def validate(config: TrainConfig) -> None:
         "knn_k", "keep_checkpoints", "log_every",
     )  # fmt: skip
     for name in at_least_one:
-        require(getattr(c, name) >= 1, f"--{name}={getattr(c, name)}: must be >= 1")
+        value = getattr(c, name)
+        require(value is None or value >= 1, f"--{name}={value}: must be >= 1")
+    validate_method_options(c)
     require(0 < c.eval_crop <= 1, f"--eval_crop={c.eval_crop}: must be in (0, 1]")
     for name in ("memory_budget_gb", "knn_bank_size"):
         value = getattr(c, name)
@@ -355,10 +371,13 @@ def validate(config: TrainConfig) -> None:
             f"--queue_size={c.queue_size}: must be a multiple of the keys enqueued per step, "
             f"{keys} (--batch_size{' x2 for --symmetric' if c.uses_symmetric_loss else ''})",
         )
-        if c.method_spec.relabel == "hard":  # targets on the top-K keys of the queue
+        # Targets on the top-K keys of the queue (AHCL, hard), MSF's k nearest bank rows.
+        top_k = relabel_kind(c.method_spec.relabel_mode(c.relabel)) == "hard" or c.method == "msf"
+        k = c.num_neighbors or c.method_spec.defaults.get("num_neighbors", 1)
+        if top_k:
             require(
-                c.num_neighbors <= c.queue_size,
-                f"--num_neighbors={c.num_neighbors}: must be <= --queue_size={c.queue_size}",
+                k <= c.queue_size,
+                f"--num_neighbors={k}: must be <= --queue_size={c.queue_size}",
             )
     validate_image_size(c.image_size, c.stem)
     require(
@@ -367,6 +386,29 @@ def validate(config: TrainConfig) -> None:
     )
     check_dataset(c.dataset, c.data_dir)
     check_writable(resolve_model_dir(c))
+
+
+def validate_method_options(config: TrainConfig) -> None:
+    """The ``MethodOptions`` a run sets: valid values, and only those its method takes."""
+    spec = config.method_spec
+    for option in METHOD_OPTIONS:
+        value = getattr(config, option.name)
+        if value is None:
+            continue
+        problem = option.problem(value)
+        require(problem is None, f"--{option.name}={value}: {problem}")
+        takers = [name for name, other in METHODS.items() if other.takes(option.name)]
+        require(
+            spec.takes(option.name),
+            f"--{option.name}={value}: --method={config.method} does not use it "
+            f"({', '.join(takers)} do)",
+        )
+    if config.relabel is not None:
+        require(
+            config.relabel in spec.relabels,
+            f"--relabel={config.relabel}: --method={config.method} takes "
+            f"{', '.join(spec.relabels)}",
+        )
 
 
 def validate_image_size(image_size: int, stem: str | None) -> None:
@@ -421,9 +463,10 @@ def check_replicas(config: TrainConfig, replicas: int) -> TrainConfig:
         f"--batch_size={c.batch_size}: must be divisible by the {replicas} replicas",
     )
     # MoCo's shuffle BN for the queue methods; BYOL has no negatives to cheat with.
-    norm = c.norm or ("split" if replicas == 1 else "shuffle" if c.is_queue_method else "sync")
+    shuffles = c.method_spec.shuffles_keys
+    norm = c.norm or ("split" if replicas == 1 else "shuffle" if shuffles else "sync")
     require(
-        norm != "shuffle" or (c.is_queue_method and replicas > 1),
+        norm != "shuffle" or (shuffles and replicas > 1),
         f"--norm=shuffle: shuffles the keys of queue methods across replicas, here "
         f"{replicas} replica(s) of --method={c.method}; use split on one device",
     )

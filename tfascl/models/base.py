@@ -1,7 +1,10 @@
-"""The one base model: an online encoder and its momentum (EMA) copy.
+"""The base models: an online encoder (``EncoderModel``) and, for the methods that have
+one, its momentum (EMA) copy (``MomentumModel``).
 
-Methods (``contrastive.MomentumContrast``, ``byol.BYOL``) add a loss and a
-``train_step``; everything they share lives here and nowhere else.
+Methods add a loss and a ``train_step``: ``simclr.SimCLR`` and ``simclr.NNCLR`` on
+``EncoderModel``; ``contrastive.MomentumContrast``, ``byol.BYOL`` and
+``meanshift.MeanShift`` on ``MomentumModel``. Everything they share lives here and
+nowhere else.
 """
 
 from __future__ import annotations
@@ -65,26 +68,18 @@ def _deserialize(value: Any) -> Any:
     return None if value is None else keras.saving.deserialize_keras_object(value)
 
 
-class MomentumModel(keras.Model):
-    """Backbone + projector (query/online encoder) and their EMA copy (key/target encoder).
+class EncoderModel(keras.Model):
+    """Backbone + projector: the online encoder that every method trains.
 
-    The momentum encoder starts from the online encoder's weights and follows
-    ``θ_k ← m·θ_k + (1 − m)·θ_q`` over the trainable weights only: BN moving
-    statistics are its own, as in the reference code. ``call`` returns the
-    online backbone's features, so ``model.predict`` gives what kNN and linear
-    probes use.
+    ``call`` returns the online backbone's features, so ``model.predict`` gives what
+    kNN and linear probes use; ``embed`` and ``export`` apply the evaluation transform.
 
     Args:
         backbone: any ``keras.Model`` mapping images [B, H, W, 3] to features [B, F].
         projector: ``keras.Model`` mapping [B, F] to [B, D].
-        momentum: m₀, the EMA coefficient (0.99 in the ASCL CIFAR recipes).
-        momentum_schedule: ``"constant"``, or ``"cosine"`` from m₀ to 1 over
-            ``total_steps`` (BYOL).
-        total_steps: length of the cosine momentum schedule.
         views: optional callable (e.g. ``tfascl.data.TwoViews``) turning a batch of
             raw images into ``(strong, weak)`` inside the train step, for
             augmentation on the accelerator.
-        key_backbone: the momentum backbone, when ``backbone`` cannot be cloned.
         normalization: ``(mean, std)``, the per-channel statistics in [0, 1] units
             the training images were normalised with (``ImageSet.mean``/``.std``);
             ``embed`` and ``export`` apply them to raw pixels. Defaults to those of
@@ -102,37 +97,14 @@ class MomentumModel(keras.Model):
         backbone: keras.Model,
         projector: keras.Model,
         *,
-        momentum: float = 0.99,
-        momentum_schedule: str = "constant",
-        total_steps: int | None = None,
         views: Callable[[tf.Tensor], tuple[tf.Tensor, tf.Tensor]] | None = None,
-        key_backbone: keras.Model | None = None,
         replica_jit_compile: bool = False,
         normalization: tuple[Sequence[float], Sequence[float]] | None = None,
         **kwargs,
     ):
         super().__init__(**kwargs)
-        if not 0.0 <= momentum <= 1.0:
-            raise ValueError(f"momentum must be in [0, 1], got {momentum}")
-        if momentum_schedule not in MOMENTUM_SCHEDULES:
-            raise ValueError(
-                f"momentum_schedule must be one of {MOMENTUM_SCHEDULES}, got {momentum_schedule!r}"
-            )
-        if momentum_schedule == "cosine" and not total_steps:
-            raise ValueError("momentum_schedule='cosine' needs total_steps")
         self.backbone = backbone
         self.projector = projector
-        # Serialised only when given: otherwise from_config clones the backbone again.
-        self.key_backbone_given = key_backbone is not None
-        if key_backbone is None:
-            key_backbone = clone_encoder(backbone)
-        else:
-            key_backbone.set_weights(backbone.get_weights())
-        self.key_backbone = key_backbone
-        self.key_projector = clone_encoder(projector)
-        self.base_momentum = momentum
-        self.momentum_schedule = momentum_schedule
-        self.total_steps = total_steps
         self.views = views
         if normalization is None and hasattr(views, "mean") and hasattr(views, "std"):
             normalization = (views.mean, views.std)
@@ -140,7 +112,6 @@ class MomentumModel(keras.Model):
         self.replica_jit_compile = replica_jit_compile
         self._replica_functions: dict[str, Callable] = {}
         self.loss_tracker = keras.metrics.Mean(name="loss")
-        self.momentum_tracker = keras.metrics.Mean(name="momentum")
         self.confidence_tracker = keras.metrics.Mean(name="confidence")
         self.positive_tracker = keras.metrics.Mean(name="positive_weight")
         self.purity_tracker = keras.metrics.Mean(name="purity")
@@ -155,7 +126,6 @@ class MomentumModel(keras.Model):
     def metrics(self) -> list[keras.metrics.Metric]:
         return [
             self.loss_tracker,
-            self.momentum_tracker,
             self.confidence_tracker,
             self.positive_tracker,
             self.purity_tracker,
@@ -167,24 +137,23 @@ class MomentumModel(keras.Model):
         """Creates the encoders' weights for images of ``input_shape`` [B, H, W, 3].
 
         Only needed for a backbone built on first use (a subclassed model, or a
-        ``Sequential`` without ``Input``): it is run once on zeros, the key
-        backbone too, and the key backbone takes the online weights. ``fit`` does
-        this in its first step; call it yourself to save weights before any step.
-        A ``(strong, weak)`` pair of shapes uses the first.
+        ``Sequential`` without ``Input``): it is run once on zeros (and a momentum
+        backbone takes the online weights). ``fit`` does this in its first step;
+        call it yourself to save weights before any step. A ``(strong, weak)`` pair
+        of shapes uses the first.
         """
         if isinstance(input_shape, (tuple, list)) and isinstance(input_shape[0], (tuple, list)):
             input_shape = input_shape[0]
         batch, *rest = tuple(input_shape)
         # Eagerly, also when called while a train step or compute_output_spec traces.
         with tf.init_scope():
-            zeros = tf.zeros([batch or 1, *rest], self.compute_dtype)
-            copy_weights = not (self.backbone.built and self.key_backbone.built)
-            for encoder in (self.backbone, self.key_backbone):
-                if not encoder.built:
-                    encoder(zeros, training=False)
-            if copy_weights:
-                self.key_backbone.set_weights(self.backbone.get_weights())
+            self.build_encoders(tf.zeros([batch or 1, *rest], self.compute_dtype))
         self.built = True
+
+    def build_encoders(self, zeros: tf.Tensor) -> None:
+        """Runs the unbuilt encoders once on ``zeros`` [B, H, W, 3] (eagerly)."""
+        if not self.backbone.built:
+            self.backbone(zeros, training=False)
 
     def compile(self, optimizer: Any = "rmsprop", *args: Any, **kwargs: Any) -> None:
         """``keras.Model.compile``, then the optimizer is built on ``online_weights``.
@@ -210,10 +179,6 @@ class MomentumModel(keras.Model):
             "trainable": self.trainable,
             "backbone": _serialize(self.backbone),
             "projector": _serialize(self.projector),
-            "key_backbone": _serialize(self.key_backbone) if self.key_backbone_given else None,
-            "momentum": self.base_momentum,
-            "momentum_schedule": self.momentum_schedule,
-            "total_steps": self.total_steps,
             "views": _serialize(self.views),
             "replica_jit_compile": self.replica_jit_compile,
             "normalization": None
@@ -222,7 +187,7 @@ class MomentumModel(keras.Model):
         }
 
     @classmethod
-    def from_config(cls, config: dict[str, Any]) -> MomentumModel:
+    def from_config(cls, config: dict[str, Any]) -> EncoderModel:
         config = dict(config)
         for name in ("backbone", "projector", "key_backbone", "views", "predictor"):
             if name in config:
@@ -392,35 +357,11 @@ class MomentumModel(keras.Model):
         """θ_q: what the optimizer trains (subclasses add their heads)."""
         return self.backbone.trainable_weights + self.projector.trainable_weights
 
-    @property
-    def momentum_pairs(self) -> tuple[list[keras.Variable], list[keras.Variable]]:
-        """``(θ_k, θ_q)``: the EMA's target and source variables, in matching order."""
-        target = self.key_backbone.trainable_weights + self.key_projector.trainable_weights
-        source = self.backbone.trainable_weights + self.projector.trainable_weights
-        return target, source
-
-    def current_momentum(self) -> tf.Tensor:
-        """m at the optimizer's current step."""
-        if self.momentum_schedule == "cosine":
-            return cosine_momentum(self.optimizer.iterations, self.total_steps, self.base_momentum)
-        return tf.constant(self.base_momentum, tf.float32)
-
-    def update_momentum_encoder(self) -> tf.Tensor:
-        """Applies the EMA step and returns the m used."""
-        momentum = self.current_momentum()
-        ema_update(*self.momentum_pairs, momentum)
-        return momentum
-
     def encode_query(self, images: tf.Tensor, training: bool = True) -> tf.Tensor:
         """q = normalize(projector(backbone(x))): [B, H, W, 3] → [B, D] float32."""
         return l2_normalize(
             self.projector(self.backbone(images, training=training), training=training)
         )
-
-    def encode_key(self, images: tf.Tensor) -> tf.Tensor:
-        """k of the momentum encoder, BN in training mode as the reference: [B, D], no gradient."""
-        features = self.key_backbone(images, training=True)
-        return tf.stop_gradient(l2_normalize(self.key_projector(features, training=True)))
 
     def unpack(self, data) -> tuple[tf.Tensor, tf.Tensor, tf.Tensor | None]:  # noqa: ANN001
         """``(strong, weak, labels)`` from what ``fit`` feeds.
@@ -506,7 +447,7 @@ class MomentumModel(keras.Model):
     def update_monitors(
         self,
         loss: tf.Tensor,
-        momentum: tf.Tensor,
+        momentum: tf.Tensor | None = None,
         *,
         confidence: tf.Tensor | None = None,
         positive_weight: tf.Tensor | None = None,
@@ -518,7 +459,7 @@ class MomentumModel(keras.Model):
 
         Args:
             loss: scalar loss (not scaled for replicas).
-            momentum: m used this step.
+            momentum: m used this step (None: the model has no momentum encoder).
             confidence: c [B] of the relabelling, if any.
             positive_weight: target weight of the positive [B], if any.
             neighbor_targets: target mass [B, N] on the neighbours (queue entries
@@ -530,8 +471,10 @@ class MomentumModel(keras.Model):
             ``{name: value}`` for ``fit``'s logs.
         """
         self.loss_tracker.update_state(loss)
-        self.momentum_tracker.update_state(momentum)
-        results = {"loss": self.loss_tracker, "momentum": self.momentum_tracker}
+        results = {"loss": self.loss_tracker}
+        if momentum is not None:
+            self.momentum_tracker.update_state(momentum)
+            results["momentum"] = self.momentum_tracker
         if confidence is not None:
             self.confidence_tracker.update_state(confidence)
             results["confidence"] = self.confidence_tracker
@@ -554,3 +497,102 @@ class MomentumModel(keras.Model):
             self.purity_tracker.update_state(purity, sample_weight=mass)
             results["purity"] = self.purity_tracker
         return {name: tracker.result() for name, tracker in results.items()}
+
+
+class MomentumModel(EncoderModel):
+    """``EncoderModel`` and its EMA copy (the key/target encoder).
+
+    The momentum encoder starts from the online encoder's weights and follows
+    ``θ_k ← m·θ_k + (1 − m)·θ_q`` over the trainable weights only: BN moving
+    statistics are its own, as in the reference code.
+
+    Args:
+        backbone: any ``keras.Model`` mapping images [B, H, W, 3] to features [B, F].
+        projector: ``keras.Model`` mapping [B, F] to [B, D].
+        momentum: m₀, the EMA coefficient (0.99 in the ASCL CIFAR recipes).
+        momentum_schedule: ``"constant"``, or ``"cosine"`` from m₀ to 1 over
+            ``total_steps`` (BYOL).
+        total_steps: length of the cosine momentum schedule.
+        key_backbone: the momentum backbone, when ``backbone`` cannot be cloned.
+        **kwargs: ``EncoderModel`` arguments (views, normalization, replica_jit_compile).
+    """
+
+    def __init__(
+        self,
+        backbone: keras.Model,
+        projector: keras.Model,
+        *,
+        momentum: float = 0.99,
+        momentum_schedule: str = "constant",
+        total_steps: int | None = None,
+        key_backbone: keras.Model | None = None,
+        **kwargs,
+    ):
+        super().__init__(backbone, projector, **kwargs)
+        if not 0.0 <= momentum <= 1.0:
+            raise ValueError(f"momentum must be in [0, 1], got {momentum}")
+        if momentum_schedule not in MOMENTUM_SCHEDULES:
+            raise ValueError(
+                f"momentum_schedule must be one of {MOMENTUM_SCHEDULES}, got {momentum_schedule!r}"
+            )
+        if momentum_schedule == "cosine" and not total_steps:
+            raise ValueError("momentum_schedule='cosine' needs total_steps")
+        # Serialised only when given: otherwise from_config clones the backbone again.
+        self.key_backbone_given = key_backbone is not None
+        if key_backbone is None:
+            key_backbone = clone_encoder(backbone)
+        else:
+            key_backbone.set_weights(backbone.get_weights())
+        self.key_backbone = key_backbone
+        self.key_projector = clone_encoder(projector)
+        self.base_momentum = momentum
+        self.momentum_schedule = momentum_schedule
+        self.total_steps = total_steps
+        self.momentum_tracker = keras.metrics.Mean(name="momentum")
+
+    @property
+    def metrics(self) -> list[keras.metrics.Metric]:
+        return [self.loss_tracker, self.momentum_tracker, *super().metrics[1:]]
+
+    def build_encoders(self, zeros: tf.Tensor) -> None:
+        """Builds both backbones; the key backbone then takes the online weights."""
+        copy_weights = not (self.backbone.built and self.key_backbone.built)
+        for encoder in (self.backbone, self.key_backbone):
+            if not encoder.built:
+                encoder(zeros, training=False)
+        if copy_weights:
+            self.key_backbone.set_weights(self.backbone.get_weights())
+
+    def get_config(self) -> dict[str, Any]:
+        return {
+            **super().get_config(),
+            "key_backbone": _serialize(self.key_backbone) if self.key_backbone_given else None,
+            "momentum": self.base_momentum,
+            "momentum_schedule": self.momentum_schedule,
+            "total_steps": self.total_steps,
+        }
+
+    @property
+    def momentum_pairs(self) -> tuple[list[keras.Variable], list[keras.Variable]]:
+        """``(θ_k, θ_q)``: the EMA's target and source variables, in matching order."""
+        target = self.key_backbone.trainable_weights + self.key_projector.trainable_weights
+        source = self.backbone.trainable_weights + self.projector.trainable_weights
+        return target, source
+
+    def current_momentum(self) -> tf.Tensor:
+        """m at the optimizer's current step."""
+        if self.momentum_schedule == "cosine":
+            return cosine_momentum(self.optimizer.iterations, self.total_steps, self.base_momentum)
+        return tf.constant(self.base_momentum, tf.float32)
+
+    def update_momentum_encoder(self) -> tf.Tensor:
+        """Applies the EMA step and returns the m used."""
+        momentum = self.current_momentum()
+        ema_update(*self.momentum_pairs, momentum)
+        return momentum
+
+    def encode_key(self, images: tf.Tensor) -> tf.Tensor:
+        """k of the momentum encoder, BN in training mode as the reference: [B, D], no gradient."""
+        features = self.key_backbone(images, training=True)
+        return tf.stop_gradient(l2_normalize(self.key_projector(features, training=True)))
+

@@ -1,4 +1,4 @@
-"""The queue family: MoCo v2, ASCL, AHCL, hard relabelling, SCE and ReSSL.
+"""The queue family: MoCo v2, ASCL, AHCL, hard relabelling, SCE, ReSSL, Co2 and MoCo+DCL.
 
 One model, one ``train_step``; the methods differ only in the targets that the
 momentum encoder's key of the weak view sets over ``[positive, queue]``:
@@ -12,7 +12,12 @@ ahcl       1 and ``c`` on the top-K, normalised          soft CE
 hard       1 and 1 on the top-K, normalised              soft CE
 sce        ``λ·onehot + (1−λ)·softmax(k·queue/τ_m)``     soft CE
 ressl      ``softmax(k·queue/τ_t)`` (queue only)         relation CE
+co2        as ``--relabel`` (one-hot by default)         soft CE + α·consistency
+moco_dcl   one-hot on the positive                       debiased InfoNCE (τ⁺)
 =========  ============================================  ============
+
+Co2's relabelling is a plug-in: ``relabel`` applies to the contrastive and Co2
+objectives alike (Co2+ASCL).
 """
 
 from __future__ import annotations
@@ -27,7 +32,9 @@ from tfascl.distribute import gather_across_replicas, replica_count, replica_off
 from tfascl.models.base import MomentumModel
 from tfascl.models.queue import KeyQueue
 
-OBJECTIVES = ("contrastive", "sce", "ressl")
+OBJECTIVES = ("contrastive", "sce", "ressl", "co2", "debiased")
+# Objectives whose targets are contrastive_targets(relabel): one-hot, or relabelled.
+RELABELLED_OBJECTIVES = ("contrastive", "co2")
 # Relabel modes whose targets sit on the K nearest queue keys only: K <= queue_size.
 TOP_K_RELABELS = ("ahcl", "hard")
 # First word of the stateless seed of the key permutations (the second is the step).
@@ -64,8 +71,50 @@ def shuffled_encode(
     return tf.gather(keys, inverse[offset : offset + rows])
 
 
+class ShuffleKeys:
+    """MoCo's shuffle BN for a ``MomentumModel`` with a ``shuffle_keys`` attribute: the key
+    encoder normalises a random regrouping of the (global) batch, so a key cannot find
+    its query through shared BN statistics. Used by ``MomentumContrast`` and
+    ``meanshift.MeanShift`` (whose official code shuffles its targets the same way)."""
+
+    shuffle_keys: bool
+    optimizer: keras.optimizers.Optimizer | None
+
+    def key_permutation(self, size: tf.Tensor, salt: int = 0) -> tf.Tensor:
+        """The shuffle-BN permutation [size] of this step: identical on every replica.
+
+        Args:
+            size: N, the global batch.
+            salt: tells apart the permutations of one step (the symmetric loss's
+                second view).
+        """
+        step = tf.constant(0, tf.int64)
+        if self.optimizer is not None:
+            step = tf.cast(self.optimizer.iterations, tf.int64)
+        seed = tf.stack([tf.constant(SHUFFLE_SEED + salt, tf.int64), step])
+        return tf.argsort(tf.random.stateless_uniform(tf.reshape(size, [1]), seed))
+
+    def encode_key(self, images: tf.Tensor, salt: int = 0) -> tf.Tensor:
+        """k [b, D] of the momentum encoder, through shuffle BN when ``shuffle_keys``."""
+        if not self.shuffle_keys:
+            return super().encode_key(images)  # type: ignore[misc]
+        # BN statistics of a random regrouping of the (global) batch: keys cannot
+        # find their query through shared BN statistics.
+        size = tf.shape(images)[0] * replica_count()
+        encode = super().encode_key  # type: ignore[misc]
+        if replica_count() > 1:
+            # The gathers stay outside XLA; the key encoder itself may be compiled.
+            encode = self.replica_function(self.unshuffled_key)
+        return shuffled_encode(encode, images, self.key_permutation(size, salt))
+
+    def unshuffled_key(self, images: tf.Tensor) -> tf.Tensor:
+        """``MomentumModel.encode_key``: the key encoder on the images as given."""
+        return super().encode_key(images)  # type: ignore[misc]
+
+
+
 @keras.saving.register_keras_serializable(package="tfascl")
-class MomentumContrast(MomentumModel):
+class MomentumContrast(ShuffleKeys, MomentumModel):
     """Queue-based contrastive learning with soft targets (ASCL and its baselines).
 
     The query encoder sees the strong view, the momentum encoder the weak one.
@@ -76,14 +125,20 @@ class MomentumContrast(MomentumModel):
     Args:
         backbone: images [B, H, W, 3] → features [B, F].
         projector: features [B, F] → [B, D] (e.g. ``heads.mlp_head(F, 2048, 128)``).
-        objective: ``"contrastive"`` (with ``relabel``), ``"sce"`` or ``"ressl"``.
-        relabel: ``"none"`` (MoCo v2), ``"ascl"``, ``"ahcl"`` or ``"hard"``.
+        objective: ``"contrastive"`` (with ``relabel``), ``"sce"``, ``"ressl"``, ``"co2"``
+            (the contrastive loss plus α times Co2's consistency) or ``"debiased"``
+            (DCL's debiased InfoNCE over the queue).
+        relabel: ``"none"`` (MoCo v2), ``"ascl"``, ``"ahcl"`` or ``"hard"``; used by the
+            contrastive and the Co2 objectives (``RELABELLED_OBJECTIVES``).
         queue_size: M.
         temperature: τ of the query logits (τ_s of ReSSL).
         target_temperature: temperature of the key-to-queue similarities:
             τ′ for relabelling, τ_m for SCE, τ_t for ReSSL.
         num_neighbors: K of ASCL/AHCL/hard.
         sce_lambda: λ of SCE.
+        consistency_weight: α of Co2.
+        consistency_temperature: τ_con of Co2's similarity distributions.
+        debias_prior: τ⁺ of DCL, the probability that a queue key shares the query's class.
         symmetric: average the loss with the views swapped (both keys enqueued).
         shuffle_keys: shuffle BN. Under several replicas the key encoder runs on the
             global batch gathered from all replicas and shuffled by one permutation,
@@ -108,6 +163,9 @@ class MomentumContrast(MomentumModel):
         target_temperature: float = 0.05,
         num_neighbors: int = 1,
         sce_lambda: float = 0.5,
+        consistency_weight: float = 0.3,
+        consistency_temperature: float = 0.04,
+        debias_prior: float = 0.1,
         symmetric: bool = False,
         shuffle_keys: bool = True,
         batch_size: int | None = None,
@@ -118,9 +176,17 @@ class MomentumContrast(MomentumModel):
             raise ValueError(f"objective must be one of {OBJECTIVES}, got {objective!r}")
         if relabel not in losses.RELABEL_MODES:
             raise ValueError(f"relabel must be one of {losses.RELABEL_MODES}, got {relabel!r}")
+        if relabel != "none" and objective == "debiased":
+            # (SCE and ReSSL set their own targets and ignore relabel, as they always have.)
+            raise ValueError(f"relabel={relabel!r}: DCL's debiased loss has no targets to relabel")
+        if not 0.0 <= debias_prior < 1.0:
+            raise ValueError(f"debias_prior must be in [0, 1), got {debias_prior}")
+        if consistency_weight < 0:
+            raise ValueError(f"consistency_weight must be >= 0, got {consistency_weight}")
         for name, value in (
             ("temperature", temperature),
             ("target_temperature", target_temperature),
+            ("consistency_temperature", consistency_temperature),
         ):
             if value <= 0:
                 raise ValueError(f"{name} must be > 0, got {value}")
@@ -131,6 +197,9 @@ class MomentumContrast(MomentumModel):
         self.objective, self.relabel = objective, relabel
         self.temperature, self.target_temperature = temperature, target_temperature
         self.num_neighbors, self.sce_lambda = num_neighbors, sce_lambda
+        self.consistency_weight = consistency_weight
+        self.consistency_temperature = consistency_temperature
+        self.debias_prior = debias_prior
         self.symmetric, self.shuffle_keys = symmetric, shuffle_keys
         key_dim = projector.output_shape[-1]
         keys_per_step = None if batch_size is None else batch_size * (2 if symmetric else 1)
@@ -147,41 +216,13 @@ class MomentumContrast(MomentumModel):
             "target_temperature": self.target_temperature,
             "num_neighbors": self.num_neighbors,
             "sce_lambda": self.sce_lambda,
+            "consistency_weight": self.consistency_weight,
+            "consistency_temperature": self.consistency_temperature,
+            "debias_prior": self.debias_prior,
             "symmetric": self.symmetric,
             "shuffle_keys": self.shuffle_keys,
             "batch_size": self.batch_size,
         }
-
-    def key_permutation(self, size: tf.Tensor, salt: int = 0) -> tf.Tensor:
-        """The shuffle-BN permutation [size] of this step: identical on every replica.
-
-        Args:
-            size: N, the global batch.
-            salt: tells apart the permutations of one step (the symmetric loss's
-                second view).
-        """
-        step = tf.constant(0, tf.int64)
-        if self.optimizer is not None:
-            step = tf.cast(self.optimizer.iterations, tf.int64)
-        seed = tf.stack([tf.constant(SHUFFLE_SEED + salt, tf.int64), step])
-        return tf.argsort(tf.random.stateless_uniform(tf.reshape(size, [1]), seed))
-
-    def encode_key(self, images: tf.Tensor, salt: int = 0) -> tf.Tensor:
-        """k [b, D] of the momentum encoder, through shuffle BN when ``shuffle_keys``."""
-        if not self.shuffle_keys:
-            return super().encode_key(images)
-        # BN statistics of a random regrouping of the (global) batch: keys cannot
-        # find their query through shared BN statistics.
-        size = tf.shape(images)[0] * replica_count()
-        encode = super().encode_key
-        if replica_count() > 1:
-            # The gathers stay outside XLA; the key encoder itself may be compiled.
-            encode = self.replica_function(self.unshuffled_key)
-        return shuffled_encode(encode, images, self.key_permutation(size, salt))
-
-    def unshuffled_key(self, images: tf.Tensor) -> tf.Tensor:
-        """``MomentumModel.encode_key``: the key encoder on the images as given."""
-        return super().encode_key(images)
 
     def encode_keys(self, strong: tf.Tensor, weak: tf.Tensor) -> list[tf.Tensor]:
         """Keys [b, D]: of the weak view, then (symmetric) of the strong one."""
@@ -211,7 +252,17 @@ class MomentumContrast(MomentumModel):
         """The scalar float32 loss of queries [B, D] against the targets."""
         if self.objective == "ressl":
             return losses.relation_loss(query, queue, targets, self.temperature)
-        return losses.soft_contrastive_loss(query, key, queue, targets, self.temperature)
+        if self.objective == "debiased":
+            return losses.debiased_contrastive_loss(
+                query, key, queue, self.temperature, self.debias_prior
+            )
+        loss = losses.soft_contrastive_loss(query, key, queue, targets, self.temperature)
+        if self.objective == "co2":
+            consistency = losses.co2_consistency_loss(
+                query, key, queue, self.consistency_temperature
+            )
+            loss = loss + self.consistency_weight * consistency
+        return loss
 
     def forward_backward(
         self,
@@ -265,7 +316,7 @@ class MomentumContrast(MomentumModel):
         for key in keys:
             self.queue.enqueue(key, labels)
         ressl = self.objective == "ressl"
-        moco = self.objective == "contrastive" and self.relabel == "none"
+        moco = self.objective != "sce" and not ressl and self.relabel == "none"
         return self.update_monitors(
             loss,
             momentum,
