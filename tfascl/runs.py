@@ -350,7 +350,8 @@ class RunSpec(MethodOptions):
     ``temperature``, ``target_temperature``, ``num_neighbors``, ``symmetric``,
     ``momentum_schedule``, ``projector_bn`` and the ``MethodOptions`` fields (relabel,
     consistency_weight, ...) of ``None`` take the method's defaults (its
-    ``tfascl.models.MethodSpec``); ``key_norm`` of ``None`` gives the momentum backbone the same normalisation as the online one.
+    ``tfascl.models.MethodSpec``); ``key_norm`` of ``None`` gives the momentum backbone
+    the same normalisation as the online one.
 
     These defaults are also ``TrainConfig``'s (``tfascl-train``'s flags read them from
     here), so ``RunSpec(method=m)`` builds the model ``tfascl-train --method=m`` builds

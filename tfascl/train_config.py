@@ -82,8 +82,7 @@ class TrainConfig(MethodOptions):
     )
     num_neighbors: int | None = _flag(
         RunSpec.num_neighbors,
-        "K of ASCL/AHCL/hard relabelling; k of MSF's neighbours. Default: the method's (1; "
-        "MSF 5).",
+        "K of ASCL/AHCL/hard relabelling; k of MSF's neighbours. Default: the method's (1; MSF 5).",
     )
     sce_lambda: float = _flag(RunSpec.sce_lambda, "λ of SCE: the weight of the one-hot target.")
     symmetric: bool | None = _flag(

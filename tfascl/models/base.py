@@ -595,4 +595,3 @@ class MomentumModel(EncoderModel):
         """k of the momentum encoder, BN in training mode as the reference: [B, D], no gradient."""
         features = self.key_backbone(images, training=True)
         return tf.stop_gradient(l2_normalize(self.key_projector(features, training=True)))
-

@@ -112,7 +112,6 @@ class ShuffleKeys:
         return super().encode_key(images)  # type: ignore[misc]
 
 
-
 @keras.saving.register_keras_serializable(package="tfascl")
 class MomentumContrast(ShuffleKeys, MomentumModel):
     """Queue-based contrastive learning with soft targets (ASCL and its baselines).
