@@ -57,22 +57,27 @@ def test_each_method_builds_as_its_spec_says(method):
     assert method_name(model) == method
     for option, value in {**spec.fixed, **spec.defaults}.items():
         assert getattr(model, option) == value, option
-    assert model.symmetric is spec.symmetric
-    assert model.momentum_schedule == spec.momentum_schedule
+    if hasattr(model, "symmetric"):  # the MoCo family and BYOL; SimCLR's loss is symmetric
+        assert model.symmetric is spec.symmetric
+    assert hasattr(model, "momentum_schedule") is spec.has_momentum_encoder
+    if spec.has_momentum_encoder:
+        assert model.momentum_schedule == spec.momentum_schedule
     projector_norms = [layer.name for layer in model.projector.layers if "_bn" in layer.name]
     assert bool(projector_norms) is spec.projector_bn
     assert hasattr(model, "queue") is spec.uses_queue
-    if spec.uses_queue:  # MomentumContrast: a relabel mode of the contrastive objective
+    if isinstance(model, tfascl.MomentumContrast):  # a relabel mode of the contrastive loss
         relabels = model.objective == "contrastive" and model.relabel != "none"
-    else:  # BYOL: in-batch soft targets or none
+    elif isinstance(model, tfascl.BYOL):  # in-batch soft targets or none
         relabels = model.relabel and spec.relabel == "soft"
+    else:  # SimCLR relabels only as a plug-in; NNCLR and MSF have no targets to relabel
+        relabels = getattr(model, "relabel", "none") != "none"
     assert relabels is (spec.relabel is not None)
     if spec.uses_queue:
         # "hard" relabelling puts targets on the top-K queue keys only: the class then
         # refuses K larger than the queue; the others take any K.
         too_many = {**queue_options(spec), "num_neighbors": QUEUE + 1}
         build = lambda: build_model(method, tiny_backbone(), projector_dims=(16, 8), **too_many)  # noqa: E731
-        if spec.relabel == "hard":
+        if spec.relabel == "hard" or method == "msf":  # MSF: its k nearest bank rows
             with pytest.raises(ValueError, match="num_neighbors"):
                 build()
         else:
@@ -143,9 +148,11 @@ def test_validation_applies_queue_rules_to_exactly_the_queue_methods(method, tmp
         # A symmetric loss enqueues both views' keys: the queue must hold twice the batch.
         assert error(queue_size=16, symmetric=True).startswith("--queue_size=16:")
     too_many = error(queue_size=32, num_neighbors=33)
-    assert (too_many is not None) is (spec.relabel == "hard")
+    assert (too_many is not None) is (spec.relabel == "hard" or method == "msf")
     if too_many:
         assert too_many.startswith("--num_neighbors=33:")
-    # Shuffle BN across replicas is the queue family's default; BYOL synchronises BN.
+    # Shuffle BN across replicas is the default of a momentum encoder with a queue (the
+    # MoCo family, MSF); BYOL, SimCLR and NNCLR synchronise BN.
     norm = check_replicas(TrainConfig(**common), replicas=2).norm
-    assert norm == ("shuffle" if spec.uses_queue else "sync")
+    assert norm == ("shuffle" if spec.shuffles_keys else "sync")
+    assert spec.shuffles_keys is (spec.uses_queue and spec.has_momentum_encoder)
