@@ -3,7 +3,8 @@
 Every function here is stateless, computes in float32 whatever dtype comes in
 (so mixed precision never reaches a softmax), and is XLA-compilable. Targets
 are wrapped in ``tf.stop_gradient``: no gradient ever reaches the key encoder
-or the queue through them.
+or the queue through them. The gathered banks of ``nt_xent_loss`` and ``nnclr_loss``
+are the exception: they are this step's online embeddings and carry gradient.
 
 Shapes and symbols, as in the papers:
 
