@@ -3,7 +3,8 @@
 Every function here is stateless, computes in float32 whatever dtype comes in
 (so mixed precision never reaches a softmax), and is XLA-compilable. Targets
 are wrapped in ``tf.stop_gradient``: no gradient ever reaches the key encoder
-or the queue through them.
+or the queue through them. The gathered banks of ``nt_xent_loss`` and ``nnclr_loss``
+are the exception: they are this step's online embeddings and carry gradient.
 
 Shapes and symbols, as in the papers:
 
@@ -564,7 +565,9 @@ def nnclr_loss(
     ``L_i = −log( exp(NN(z_i,Q)·p_i⁺/τ) / Σ_k exp(NN(z_i,Q)·p_k⁺/τ) )``: the nearest
     neighbour of a view's projection is the anchor, the other view's prediction of the
     same image the positive, and the other view's predictions of the rest of the global
-    batch the negatives. The model symmetrises (``½(L(nn₁, p₂) + L(nn₂, p₁))``).
+    batch the negatives. The model symmetrises (``½(L(nn₁, p₂) + L(nn₂, p₁))``). This is
+    solo-learn's ``nnclr_loss_func``; lightly's NNCLR example instead feeds the pair to
+    its ``NTXentLoss`` (τ = 0.5), which adds the same-view columns as negatives.
 
     Under a multi-replica strategy ``bank`` is the other view's predictions gathered
     from every replica (carrying gradient), with this replica's rows at ``offset``.
@@ -613,8 +616,9 @@ def mean_shift_loss(
 
     ``loss = mean_b (1/k)·Σ_{j∈NN_k(t_b)} (2 − 2·q_b·bank_j)``: the query is pulled to
     the k bank entries nearest its target (the momentum encoder's embedding of the
-    other view). As in the official code, the bank already holds this step's targets
-    (they are enqueued before the loss), so each target is among its own neighbours.
+    other view). As in the official code (UMBCvision/MSF ``train_msf.py``,
+    ``MeanShift.forward``), the bank already holds this step's targets (they are
+    enqueued before the loss), so each target is its own nearest neighbour.
 
     Args:
         query: [b, D] L2-normalised predictions of the online network.
