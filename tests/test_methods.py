@@ -56,7 +56,7 @@ def data(steps=STEPS, seed=0):
 def fit(model, steps=STEPS, seed=0):
     views, labels = data(steps, seed)
     dataset = tf.data.Dataset.from_tensor_slices((views, labels)).batch(BATCH)
-    return model.fit(dataset, epochs=1, verbose=0).history
+    return model.fit(dataset, epochs=1, verbose=0, shuffle=False).history
 
 
 def trained_weights(model):
@@ -64,6 +64,11 @@ def trained_weights(model):
     if hasattr(model, "momentum_pairs"):
         weights += model.momentum_pairs[0]
     return [np.asarray(w.numpy() if hasattr(w, "numpy") else w) for w in weights]
+
+
+def per_replica(variable):
+    value = variable.value
+    return list(getattr(value, "values", (value,)))
 
 
 def first_batch():
@@ -84,7 +89,9 @@ def test_simclr_step_is_nt_xent_of_its_two_views_and_dcl_debiases_it():
         got = fit(model, steps=1)["loss"][0]
         assert got == pytest.approx(expected, rel=1e-5)
         # The other method's loss on the same embeddings differs: the objective is wired.
-        other = float(losses.nt_xent_loss(z_a, z_b, options["temperature"], debias_prior=0.1 - prior))
+        other = float(
+            losses.nt_xent_loss(z_a, z_b, options["temperature"], debias_prior=0.1 - prior)
+        )
         assert abs(other - expected) > 1e-3
 
 
@@ -124,7 +131,7 @@ def test_simclr_with_ascl_targets_is_ascls_formula_on_the_in_batch_keys():
     expected = 0.5 * (
         soft_loss(z_a, z_a, z_b, ascl_targets(z_b)) + soft_loss(z_b, z_b, z_a, ascl_targets(z_a))
     )
-    targets, confidence = model.relabel_targets(
+    targets, _ = model.relabel_targets(
         tf.constant(z_b, tf.float32), tf.constant(z_b, tf.float32), 0
     )
     np.testing.assert_allclose(targets.numpy(), ascl_targets(z_b), atol=2e-5)
@@ -147,9 +154,7 @@ def test_nnclr_step_uses_the_support_sets_nearest_neighbour_and_fills_it():
     # The neighbour is the support row of largest cosine (float64 NumPy).
     cosine = np.asarray(z_a, np.float64) @ np.asarray(support, np.float64).T
     np.testing.assert_array_equal(rows.numpy(), cosine.argmax(axis=1))
-    expected = 0.5 * float(
-        losses.nnclr_loss(nn_a, p_b, 0.2) + losses.nnclr_loss(nn_b, p_a, 0.2)
-    )
+    expected = 0.5 * float(losses.nnclr_loss(nn_a, p_b, 0.2) + losses.nnclr_loss(nn_b, p_a, 0.2))
     logs = fit(model, steps=1)
     assert logs["loss"][0] == pytest.approx(expected, rel=1e-5)
     # View a's projections entered the support set, with their labels; the accuracy of the
@@ -190,7 +195,11 @@ def test_queue_objectives_are_moco_plus_consistency_and_debiased_moco(method):
     strong, weak, _ = first_batch()
     query, key = model.encode_query(strong), model.encode_key(weak)
     queue = tf.constant(model.queue.keys.numpy())
-    infonce = float(losses.soft_contrastive_loss(query, key, queue, losses.contrastive_targets(key, queue, "none"), 0.2))
+    infonce = float(
+        losses.soft_contrastive_loss(
+            query, key, queue, losses.contrastive_targets(key, queue, "none"), 0.2
+        )
+    )
     if method == "co2":
         consistency = float(losses.co2_consistency_loss(query, key, queue, 0.05))
         expected = infonce + 0.7 * consistency
@@ -209,7 +218,10 @@ def test_relabel_plug_in_builds_the_registered_methods_exactly():
     # same first step; --method=byol --relabel=ascl is BYOL+ASCL.
     plug, ascl = make("moco", relabel="ascl"), make("ascl")
     assert method_name(plug) == "ascl"
-    assert plug.get_config() == ascl.get_config()
+    nested = ("name", "backbone", "projector")  # layer names differ by instance
+    assert {k: v for k, v in plug.get_config().items() if k not in nested} == {
+        k: v for k, v in ascl.get_config().items() if k not in nested
+    }
     assert fit(plug, steps=1)["loss"] == fit(ascl, steps=1)["loss"]
     assert method_name(make("co2", relabel="hard")) == "co2"
     with pytest.raises(ValueError, match="relabel='ascl': method 'sce' takes none"):
@@ -229,10 +241,12 @@ def test_validation_names_options_a_method_does_not_take(tmp_path):
     assert error(method="moco", consistency_weight=1.0) == (
         "--consistency_weight=1.0: --method=moco does not use it (co2 do)"
     )
-    assert error(method="sce", relabel="ascl").startswith("--relabel=ascl: --method=sce takes")
+    assert error(method="sce", relabel="ascl").startswith(
+        "--relabel=ascl: --method=sce does not use it (moco, ascl, "
+    )
     assert error(method="simclr", relabel="hard").startswith("--relabel=hard: --method=simclr")
     assert error(method="dcl", debias_prior=1.0) == "--debias_prior=1.0: must be < 1"
-    assert error(method="msf", queue_size=32, num_neighbors=40).startswith("--num_neighbors=40")
+    assert error(method="msf", queue_size=128, num_neighbors=200).startswith("--num_neighbors=200")
 
 
 # --- Two replicas equal one device ---------------------------------------------------------
@@ -248,16 +262,14 @@ def test_two_replicas_match_one_device(method, options, two_cpus):
     # 2 replicas does with BN over its 8: the two runs compute the same steps. Shuffle BN
     # draws one permutation per step on both.
     single = make(method, norm="split", **options)
-    initial = single.get_weights()
+    initial, start = single.get_weights(), trained_weights(single)
     single_logs = fit(single)
     with two_cpus.scope():
         mirrored = make(method, norm="batch", **options)
         mirrored.set_weights(initial)
     mirrored_logs = fit(mirrored)
     assert mirrored_logs["loss"][0] == pytest.approx(single_logs["loss"][0], rel=1e-4)
-    moved = max(
-        float(np.abs(a - b).max()) for a, b in zip(trained_weights(single), initial)
-    )
+    moved = max(float(np.abs(a - b).max()) for a, b in zip(trained_weights(single), start))
     diff = max(
         float(np.abs(a - b).max())
         for a, b in zip(trained_weights(single), trained_weights(mirrored))
@@ -266,10 +278,10 @@ def test_two_replicas_match_one_device(method, options, two_cpus):
     # gradient, a missing 1/R) changes them by a sizeable share of that.
     assert moved > 1e-3 and diff < 1e-5, (moved, diff)
     if hasattr(single, "queue"):
-        copies = [v.numpy() for v in mirrored.queue.keys.values]
+        copies = [v.numpy() for v in per_replica(mirrored.queue.keys)]
         assert len(copies) == 2 and np.array_equal(copies[0], copies[1])
         np.testing.assert_allclose(copies[0], single.queue.keys.numpy(), atol=1e-5)
-        pointers = [int(v.numpy()) for v in mirrored.queue.pointer.values]
+        pointers = [int(v.numpy()) for v in per_replica(mirrored.queue.pointer)]
         assert pointers == [int(single.queue.pointer.numpy())] * 2
 
 
@@ -313,7 +325,9 @@ def test_keras_file_round_trip(method, tmp_path):
     for a, b in zip(model.get_weights(), loaded.get_weights()):
         np.testing.assert_array_equal(a, b)
     strong, _, _ = first_batch()
-    np.testing.assert_allclose(loaded.predict(strong, verbose=0), model.predict(strong, verbose=0), atol=1e-6)
+    np.testing.assert_allclose(
+        loaded.predict(strong, verbose=0), model.predict(strong, verbose=0), atol=1e-6
+    )
 
 
 # --- The command line ----------------------------------------------------------------------

@@ -187,7 +187,7 @@ def test_queue_size_must_be_a_multiple_of_the_batch():
 
 def test_bad_options_are_clear_errors():
     with pytest.raises(ValueError, match="method must be one of"):
-        tiny_model("simclr")
+        tiny_model("swav")
     with pytest.raises(ValueError, match="temperature must be > 0"):
         tiny_model("ascl", temperature=0.0)
 

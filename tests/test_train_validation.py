@@ -22,7 +22,7 @@ def config(tmp_path, **changes):
 @pytest.mark.parametrize(
     "changes, flag",
     [
-        ({"method": "simclr"}, "--method"),
+        ({"method": "swav"}, "--method"),
         ({"temperature": 0.0}, "--temperature"),
         ({"relabel_temperature": -0.05}, "--relabel_temperature"),
         ({"knn_t": 0.0}, "--knn_t"),
@@ -110,7 +110,7 @@ def test_the_default_config_is_valid(tmp_path):
 @pytest.mark.parametrize(
     "args, flag",
     [
-        (["--method=simclr"], "--method"),
+        (["--method=swav"], "--method"),
         (["--projector_dims=2048"], "--projector_dims"),
         (["--batch_size=abc"], "--batch_size"),
     ],
