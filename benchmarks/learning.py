@@ -62,6 +62,14 @@ for _name in ("backbone_width", "epochs", "batch_size", "queue_size", "warmup_ep
 for _name in ("learning_rate", "weight_decay"):
     _help = f"tfascl-train's --{_name}."
     flags.DEFINE_float(_name, getattr(DEFAULTS, _name), _help, flag_values=FLAGS)
+flags.DEFINE_enum(
+    "key_augment",
+    DEFAULTS.key_augment,
+    ["weak", "strong"],
+    "tfascl-train's --key_augment: strong for the methods published with two strong views "
+    "(SimCLR, DCL, NNCLR; benchmarks/learning.sh passes it).",
+    flag_values=FLAGS,
+)
 flags.DEFINE_string(
     "results_dir", "benchmarks/results", "Where the JSON result goes.", flag_values=FLAGS
 )
@@ -108,6 +116,7 @@ def protocol_config(dataset: Path, model_dir: Path) -> TrainConfig:
     return TrainConfig(
         **values,
         method="moco" if FLAGS.method == "random" else FLAGS.method,
+        key_augment=FLAGS.key_augment,
         seed=FLAGS.seed,
         dataset=str(dataset),
         knn_every=FLAGS.knn_every,
@@ -193,6 +202,8 @@ def main(argv: list[str]) -> None:
         "knn_top1": curve[-1][1],
         **measured,
         "settings": {name: FLAGS[name].value for name in SETTINGS},
+        # Outside "settings" (the protocol shared by every method): the method's key view.
+        "key_augment": FLAGS.key_augment,
         "train_examples": train_examples,
         "test_examples": len(open_images(data, "test")),
         "command": "python -m benchmarks.learning " + " ".join(argv[1:]),
