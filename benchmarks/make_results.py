@@ -84,12 +84,13 @@ def _table(rows: list[list[Any]], header: list[str]) -> list[str]:
     return lines
 
 
-def _mean_sd(values: list[float]) -> str:
-    """``"mean ± s.d."`` (sample standard deviation; just the mean for one value)."""
-    mean = statistics.mean(values)
+def _mean_sd(values: list[float], sign: str = "") -> str:
+    """``"mean ± s.d."`` (sample standard deviation; just the mean for one value); ``sign="+"``
+    writes the mean's sign (differences)."""
+    mean = f"{statistics.mean(values):{sign}.2f}"
     if len(values) < 2:
-        return f"{mean:.2f}"
-    return f"{mean:.2f} ± {statistics.stdev(values):.2f}"
+        return mean
+    return f"{mean} ± {statistics.stdev(values):.2f}"
 
 
 def _loads(records: list[dict]) -> str:
@@ -516,6 +517,20 @@ def _input_pipeline_lines(path: Path) -> list[str]:
     return lines
 
 
+# The learning table's row order: the baselines, then the registry's order of methods.
+LEARNING_ORDER = (
+    "random", "moco", "ascl", "ahcl", "hard", "sce", "ressl", "co2", "moco_dcl", "byol",
+    "byol_ascl", "simclr", "dcl", "nnclr", "msf",
+)  # fmt: skip
+
+
+def _method_order(method: str) -> tuple[int, str]:
+    return (
+        LEARNING_ORDER.index(method) if method in LEARNING_ORDER else len(LEARNING_ORDER),
+        method,
+    )
+
+
 def learning_section(results: Path) -> list[str]:
     runs = [_load(p) for p in sorted(results.glob("learning_*.json"))]
     if not runs:
@@ -542,31 +557,58 @@ def learning_section(results: Path) -> list[str]:
     by_method: dict[str, list[dict]] = {}
     for run in runs:
         by_method.setdefault(run["method"], []).append(run)
+    # Runs of one seed share the subset, the initial weights and the data order, so the
+    # per-seed difference is the paired comparison of the methods.
+    by_seed = {m: {r["seed"]: r["knn_top1"] for r in group} for m, group in by_method.items()}
+
+    def paired(method: str, reference: str) -> str:
+        seeds = sorted(set(by_seed[method]) & set(by_seed.get(reference, {})))
+        if method in (reference, "random") or not seeds:
+            return ""
+        return _mean_sd([by_seed[method][s] - by_seed[reference][s] for s in seeds], "+")
+
     rows = []
-    for method in sorted(
-        by_method,
-        key=lambda m: ("random", "moco", "ascl").index(m) if m in ("random", "moco", "ascl") else 9,
-    ):
+    for method in sorted(by_method, key=_method_order):
         group = sorted(by_method[method], key=lambda r: r["seed"])
         values = [r["knn_top1"] for r in group]
         rows.append(
             [
                 method,
+                group[0].get("key_augment", "weak") if method != "random" else "",
                 len(values),
                 _mean_sd(values),
-                ", ".join(f"{v:.2f} (seed {r['seed']})" for v, r in zip(values, group)),
-                "; ".join(" → ".join(f"e{e}: {a}" for e, a in r["knn_curve"]) for r in group),
+                paired(method, "random"),
+                paired(method, "moco"),
+                paired(method, "ascl"),
+                ", ".join(f"{v:.2f}" for v in values),
                 ", ".join(f"{r['seconds'] / 60:.0f}" for r in group),
             ]
         )
     lines += _table(
         rows,
-        ["method", "seeds", "kNN top-1 % (mean ± s.d.)", "per seed", "curve", "minutes"],
-    )
+        [
+            "method", "key view", "seeds", "kNN top-1 % (mean ± s.d.)", "− random",
+            "− MoCo", "− ASCL", "per seed", "minutes",
+        ],
+    )  # fmt: skip
+    lines += [
+        "",
+        "The three difference columns are paired by seed (same subset, initial weights and "
+        "data order), mean ± s.d. of the per-seed differences in kNN points, over the seeds "
+        "both methods have. Curves (epoch: kNN top-1 %):",
+        "",
+    ]
+    lines += [
+        f"* {method}: "
+        + "; ".join(" → ".join(f"e{e}: {a}" for e, a in r["knn_curve"]) for r in group)
+        for method, group in sorted(by_method.items(), key=lambda item: _method_order(item[0]))
+        if method != "random"
+    ]
     relabelled = [r for r in runs if "purity" in r.get("history", {})]
     if relabelled:
         last = {
-            key: [r["history"][key][-1] for r in relabelled] for key in ("confidence", "purity")
+            key: [r["history"][key][-1] for r in relabelled if key in r["history"]]
+            for key in ("confidence", "purity")
         }
         methods = ", ".join(sorted({r["method"] for r in relabelled}))
         confidence, purity = (statistics.mean(last[key]) for key in ("confidence", "purity"))
@@ -575,23 +617,6 @@ def learning_section(results: Path) -> list[str]:
             f"Relabelling at the last epoch ({methods}, mean over {len(relabelled)} runs): "
             f"confidence c {confidence:.2f}, purity {purity:.3f} (the share of the target mass "
             "moved to neighbours that lands on the query's class; chance is 1/classes).",
-        ]
-    # Runs of one seed share the subset, the initial weights and the data order, so the
-    # per-seed difference is the paired comparison of the methods.
-    by_seed = {m: {r["seed"]: r["knn_top1"] for r in group} for m, group in by_method.items()}
-    for method in ("moco", "ascl"):
-        if method not in by_seed or (method == "ascl" and "moco" not in by_seed):
-            continue
-        reference = "moco" if method == "ascl" else "random"
-        seeds = sorted(set(by_seed[method]) & set(by_seed.get(reference, {})))
-        if not seeds:
-            continue
-        diffs = [by_seed[method][seed] - by_seed[reference][seed] for seed in seeds]
-        lines += [
-            "",
-            f"{method} − {reference}, paired by seed: "
-            + ", ".join(f"{d:+.2f} (seed {seed})" for d, seed in zip(diffs, seeds))
-            + f"; mean {_mean_sd(diffs)} points.",
         ]
     lines += [
         "",

@@ -53,11 +53,11 @@ def test_learning_table_and_paired_differences(tmp_path):
             write(tmp_path / f"learning_{method}_seed{seed}.json", learning_run(method, seed, top1))
     page = make_results.render(tmp_path)
     # Means and sample standard deviations: (30, 31) -> 30.50 ± 0.71, (31, 33) -> 32.00 ± 1.41.
-    assert "| moco | 2 | 30.50 ± 0.71 |" in page
-    assert "| ascl | 2 | 32.00 ± 1.41 |" in page
-    # ASCL − MoCo by seed: +1, +2 -> mean 1.50 ± 0.71.
-    assert "ascl − moco, paired by seed: +1.00 (seed 0), +2.00 (seed 1); mean 1.50 ± 0.71" in page
-    assert "moco − random, paired by seed: +10.00 (seed 0), +9.00 (seed 1)" in page
+    # Paired by seed: MoCo − random (10, 9) -> +9.50 ± 0.71; ASCL − random (11, 11) -> +11.00
+    # ± 0.00; ASCL − MoCo (1, 2) -> +1.50 ± 0.71, and MoCo − ASCL its negative.
+    assert "| moco | weak | 2 | 30.50 ± 0.71 | +9.50 ± 0.71 |  | -1.50 ± 0.71 |" in page
+    assert "| ascl | weak | 2 | 32.00 ± 1.41 | +11.00 ± 0.00 | +1.50 ± 0.71 |  |" in page
+    assert "| random |  | 2 | 21.00 ± 1.41 |  |  |  | 20.00, 22.00 |" in page
     # The last epoch's relabelling monitors of the ASCL runs: c (0.2, 0.4), purity (0.15, 0.25).
     assert "(ascl, mean over 2 runs): confidence c 0.30, purity 0.200" in page
 
