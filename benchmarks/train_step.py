@@ -67,7 +67,9 @@ from tfascl.runs import RunSpec
 
 PRECISIONS = ("float32", "mixed_bfloat16", "mixed_float16")
 TABLES = ("overhead", "batch", "queue", "precision", "steps_per_execution", "device", "loss_head")
-LOSS_HEAD_METHODS = ("none", "ascl", "ahcl", "hard")  # MoCo v2 and the relabelling variants
+# MoCo v2 ("none"), the relabelling variants, and the heads of the methods ASCL is measured
+# against (the head: what the step computes after the encoders; see loss_head_ms).
+LOSS_HEAD_METHODS = ("none", "ascl", "ahcl", "hard", "co2", "moco_dcl", "msf", "nnclr", "simclr")
 # CIFAR-10 channel statistics: only the arithmetic matters here, not the values.
 MEAN, STD = (0.4914, 0.4822, 0.4465), (0.247, 0.243, 0.261)
 
@@ -339,24 +341,52 @@ def measure(
     return records
 
 
+def _loss_head(method: str, key: tf.Tensor, queue: tf.Tensor):  # noqa: ANN202
+    """The loss of ``method``'s head as a function of the query [B, D] (see loss_head_ms)."""
+    if method in ("none", "ascl", "ahcl", "hard", "co2"):
+        relabel = "none" if method == "co2" else method
+        targets = losses.contrastive_targets(key, queue, relabel=relabel)
+
+        def head(query: tf.Tensor) -> tf.Tensor:
+            loss = losses.soft_contrastive_loss(query, key, queue, targets)
+            if method == "co2":  # α·consistency: two softmaxes over the queue more
+                loss += 0.3 * losses.co2_consistency_loss(query, key, queue)
+            return loss
+
+        return head
+    if method == "moco_dcl":
+        return lambda query: losses.debiased_contrastive_loss(query, key, queue)
+    if method == "msf":  # the target's 5 nearest bank rows (the bank is M entries)
+        return lambda query: losses.mean_shift_loss(query, key, queue, 5)
+    if method == "nnclr":  # the key's nearest support row (M entries), NT-Xent on the batch
+        neighbours, _ = losses.nearest_neighbors(key, queue)
+        return lambda query: losses.nnclr_loss(neighbours, query)
+    if method == "simclr":  # in-batch: no queue, 2B−2 negatives
+        return lambda query: losses.nt_xent_loss(query, key)
+    raise ValueError(f"no loss head for {method!r}")
+
+
 def loss_head_ms(
-    relabel: str,
+    method: str,
     batch_size: int,
     queue_size: int,
     dim: int = 128,
     repeats: int = 30,
     jit_compile: bool = False,
 ) -> tuple[float, list[float]]:
-    """Milliseconds of one MoCo-family loss head: forward and the query's gradient.
+    """Milliseconds of one method's loss head: forward and the query's gradient.
 
-    The head is what ``MomentumContrast`` computes after the encoders: logits
-    ``[q·k, q·queueᵀ]/τ`` [B, 1+M], the targets of ``relabel`` (``"none"`` is MoCo v2's
-    one-hot), the soft cross-entropy and ∂loss/∂q [B, D].
+    For the MoCo family the head is what ``MomentumContrast`` computes after the encoders:
+    logits ``[q·k, q·queueᵀ]/τ`` [B, 1+M], the targets of the relabelling (``"none"`` is
+    MoCo v2's one-hot), the soft cross-entropy and ∂loss/∂q [B, D]. Co2 adds its
+    consistency term; MoCo+DCL replaces the cross-entropy by the debiased loss; MSF
+    finds the target's k = 5 nearest of M bank rows; NNCLR the key's nearest of M
+    support rows, then NT-Xent on the batch; SimCLR NT-Xent on the batch (M unused).
 
     Args:
-        relabel: ``"none"``, ``"ascl"``, ``"ahcl"`` or ``"hard"``.
+        method: one of ``LOSS_HEAD_METHODS`` (``"none"``: MoCo v2).
         batch_size: B, the batch size.
-        queue_size: M, the queue size.
+        queue_size: M, the queue (bank, support set) size.
         dim: D, the projection size.
         repeats: timed calls after two warm-up calls.
         jit_compile: compile the head with XLA.
@@ -371,13 +401,13 @@ def loss_head_ms(
         return tf.constant(x / np.linalg.norm(x, axis=1, keepdims=True))
 
     query, key, queue = unit(batch_size), unit(batch_size), unit(queue_size)
+    loss_of = _loss_head(method, key, queue)
 
     @tf.function(jit_compile=jit_compile)
     def head(query: tf.Tensor) -> tf.Tensor:
         with tf.GradientTape() as tape:
             tape.watch(query)
-            targets = losses.contrastive_targets(key, queue, relabel=relabel)
-            loss = losses.soft_contrastive_loss(query, key, queue, targets)
+            loss = loss_of(query)
         return tape.gradient(loss, query)
 
     for _ in range(2):

@@ -71,13 +71,18 @@ def test_unknown_table_is_a_clear_error():
 def test_loss_head_times_each_call_and_compares_with_moco(monkeypatch):
     median, calls = benchmark.loss_head_ms("ascl", batch_size=4, queue_size=16, dim=8, repeats=3)
     assert len(calls) == 3 and median == sorted(calls)[1] and min(calls) > 0
+    # Every method's head runs (its loss and the query's gradient).
+    for method in benchmark.LOSS_HEAD_METHODS:
+        assert benchmark.loss_head_ms(method, 4, 16, dim=8, repeats=1)[0] > 0
 
     # The table: every relabelling at both queue sizes, extra time relative to MoCo's median.
-    fake = {"none": [1.0, 2.0, 3.0], "ascl": [2.5], "ahcl": [4.0], "hard": [2.0]}
-    monkeypatch.setattr(benchmark, "loss_head_ms", lambda relabel, *a, **k: (0.0, fake[relabel][:]))
+    fake = {m: [2.0] for m in benchmark.LOSS_HEAD_METHODS}
+    fake.update({"none": [1.0, 2.0, 3.0], "ascl": [2.5], "ahcl": [4.0]})
+    monkeypatch.setattr(benchmark, "loss_head_ms", lambda method, *a, **k: (0.0, fake[method][:]))
     records = benchmark.loss_head_table(batch_size=4)
+    methods = ("moco", "ascl", "ahcl", "hard", "co2", "moco_dcl", "msf", "nnclr", "simclr")
     assert [(r["method"], r["queue_size"]) for r in records] == [
-        (m, q) for q in (4096, 65536) for m in ("moco", "ascl", "ahcl", "hard")
+        (m, q) for q in (4096, 65536) for m in methods
     ]
     by_method = {r["method"]: r for r in records if r["queue_size"] == 4096}
     assert by_method["moco"]["loss_head_ms"] == 2.0 and by_method["moco"]["calls"] == 9
