@@ -357,3 +357,30 @@ def test_tfascl_train_runs_each_method_for_an_epoch(args, tmp_path):
     assert spec["method"] == method and spec["relabel"] == (
         "ascl" if "--relabel=ascl" in args else None
     )
+
+
+# --- Mixed precision ------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("method", ["simclr", "nnclr", "msf"])
+def test_mixed_precision_keeps_float32_losses_and_banks(method):
+    keras.mixed_precision.set_global_policy("mixed_bfloat16")
+    try:
+        model = make(method)
+        strong, weak, _ = first_batch()
+        assert model.backbone(strong).dtype == tf.bfloat16  # really computing in 16 bits
+        if method == "simclr":
+            loss = model.forward_backward(strong, weak)[0]
+        elif method == "nnclr":
+            loss = model.forward_backward(strong, weak, tf.constant(model.queue.keys.numpy()))[0]
+        else:
+            target = model.encode_key(weak)
+            assert target.dtype == tf.float32
+            loss = model.forward_backward(strong, target, tf.constant(model.queue.keys.numpy()))[0]
+        assert loss.dtype == tf.float32
+        logs = fit(model, steps=1)
+        assert np.isfinite(logs["loss"][0])
+        if hasattr(model, "queue"):
+            assert model.queue.keys.dtype == "float32"
+    finally:
+        keras.mixed_precision.set_global_policy("float32")
