@@ -384,3 +384,14 @@ def test_mixed_precision_keeps_float32_losses_and_banks(method):
             assert model.queue.keys.dtype == "float32"
     finally:
         keras.mixed_precision.set_global_policy("float32")
+
+
+def test_reports_name_a_plugged_in_relabelling():
+    from tfascl.models.registry import method_label, run_method
+
+    assert run_method("simclr", "ascl") == "simclr+ascl"
+    assert method_label("simclr+ascl") == "SimCLR + ASCL"
+    # The method's own mode (or none given) is the method: ASCL is not "ASCL + ASCL".
+    assert run_method("ascl", "ascl") == "ascl" and run_method("moco", None) == "moco"
+    assert run_method("moco", "none") == "moco" and method_label("co2+hard") == "Co2 + hard"
+    assert method_label("simclr+nope") == "simclr+nope" and method_label(None) == "None"

@@ -30,6 +30,7 @@ import tensorflow as tf
 
 from tfascl import runs
 from tfascl.models.backbones import default_stem, resnet
+from tfascl.models.registry import run_method
 
 SAVED_MODEL_FILE = "saved_model.pb"
 SERVING_SIGNATURE = "serving_default"
@@ -161,7 +162,7 @@ def from_model_dir(model_dir: str | Path, checkpoint: str = "latest") -> Encoder
         mean=mean,
         std=std,
         feature_dim=int(backbone.output_shape[-1]),
-        method=spec.method,
+        method=run_method(spec.method, spec.relabel),
         dataset=spec.dataset,
         kind="checkpoint",
         source=str(model_dir),

@@ -307,10 +307,26 @@ def method_spec(method: str) -> MethodSpec:
     return METHODS[method]
 
 
+RELABEL_LABELS = {"none": "no relabelling", "ascl": "ASCL", "ahcl": "AHCL", "hard": "hard"}
+
+
+def run_method(method: str, relabel: str | None = None) -> str:
+    """A run's method as reports name it: ``method``, or ``"method+relabel"`` when the
+    plug-in sets a relabel mode other than the method's own (e.g. ``"simclr+ascl"``)."""
+    spec = METHODS.get(method)
+    if relabel is None or spec is None or relabel == spec.relabel_mode(None):
+        return method
+    return f"{method}+{relabel}"
+
+
 def method_label(method: str | None) -> str:
-    """The display label of a method; an unknown name (or None) as it is."""
-    spec = METHODS.get(method or "")
-    return spec.label if spec else str(method)
+    """The display label of a method (``run_method``'s ``"simclr+ascl"`` reads
+    ``"SimCLR + ASCL"``); an unknown name (or None) as it is."""
+    name, _, relabel = (method or "").partition("+")
+    spec = METHODS.get(name)
+    if spec is None or (relabel and relabel not in RELABEL_LABELS):
+        return str(method)
+    return f"{spec.label} + {RELABEL_LABELS[relabel]}" if relabel else spec.label
 
 
 def build_model(
