@@ -17,7 +17,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from tfascl.distribute import replica_count
+from tfascl.distribute import gather_across_replicas, replica_count, replica_offset
 from tfascl.models.ema import cosine_momentum, ema_update
 
 MOMENTUM_SCHEDULES = ("constant", "cosine")
@@ -443,6 +443,36 @@ class EncoderModel(keras.Model):
         Call inside the tape.
         """
         return self.optimizer.scale_loss(loss / replica_count())
+
+    def update_batch_relabel_monitors(
+        self,
+        loss: tf.Tensor,
+        momentum: tf.Tensor | None,
+        targets: tf.Tensor,
+        confidence: tf.Tensor,
+        labels: tf.Tensor | None,
+    ) -> dict[str, tf.Tensor]:
+        """``update_monitors`` for in-batch relabelling (BYOL+ASCL, SimCLR+ASCL).
+
+        Args:
+            loss: scalar loss.
+            momentum: m used this step, or None.
+            targets: [b, N] this replica's targets over the global batch, its own rows
+                at ``replica_offset(b)``.
+            confidence: c [b].
+            labels: [b] this replica's labels, or None.
+        """
+        rows = tf.shape(targets)[0]
+        own = tf.one_hot(tf.range(rows) + replica_offset(rows), tf.shape(targets)[1])
+        return self.update_monitors(
+            loss,
+            momentum,
+            confidence=confidence,
+            positive_weight=tf.reduce_sum(targets * own, axis=1),
+            neighbor_targets=targets * (1.0 - own),
+            neighbor_labels=None if labels is None else gather_across_replicas(labels),
+            labels=labels,
+        )
 
     def update_monitors(
         self,

@@ -158,13 +158,4 @@ class BYOL(MomentumModel):
         targets, confidence = losses.batch_relabel_targets(
             keys[0], self.target_temperature, self.num_neighbors, banks[0], offset
         )  # [b, N]
-        own = tf.one_hot(tf.range(tf.shape(targets)[0]) + offset, tf.shape(targets)[1])
-        return self.update_monitors(
-            loss,
-            momentum,
-            confidence=confidence,
-            positive_weight=tf.reduce_sum(targets * own, axis=1),
-            neighbor_targets=targets * (1.0 - own),
-            neighbor_labels=None if labels is None else gather_across_replicas(labels),
-            labels=labels,
-        )
+        return self.update_batch_relabel_monitors(loss, momentum, targets, confidence, labels)

@@ -164,16 +164,7 @@ class SimCLR(EncoderModel):
         self.apply_gradients(gradients)
         if targets is None:
             return self.update_monitors(loss)
-        offset = replica_offset(tf.shape(targets)[0])
-        own = tf.one_hot(tf.range(tf.shape(targets)[0]) + offset, tf.shape(targets)[1])
-        return self.update_monitors(
-            loss,
-            confidence=confidence,
-            positive_weight=tf.reduce_sum(targets * own, axis=1),
-            neighbor_targets=targets * (1.0 - own),
-            neighbor_labels=None if labels is None else gather_across_replicas(labels),
-            labels=labels,
-        )
+        return self.update_batch_relabel_monitors(loss, None, targets, confidence, labels)
 
 
 @keras.saving.register_keras_serializable(package="tfascl")
