@@ -122,7 +122,7 @@ def test_compared_methods_recipes_carry_their_published_values():
         assert recipe(dataset, "dcl").debias_prior == prior, dataset
         assert recipe(dataset, "moco_dcl").debias_prior == prior, dataset
 
-    simclr = recipe("imagenet", "simclr")  # SimCLR paper B.1, tf2/run.py
+    simclr = recipe("imagenet", "simclr")  # SimCLR paper, tf2/run.py
     assert (simclr.optimizer, simclr.batch_size, simclr.learning_rate) == ("lars", 4096, 0.3)
     assert (simclr.weight_decay, simclr.warmup_epochs, simclr.temperature) == (1e-6, 10, 0.1)
     nnclr = recipe("imagenet", "nnclr")  # NNCLR paper
@@ -361,13 +361,13 @@ LARS_RECIPE = {  # SimCLR (and DCL on it) and NNCLR: LARS at batch 4096, global 
     "optimizer": ("lars", f"{SIMCLR_RUN} --optimizer lars; NNCLR paper"),
     "learning_rate": (0.3, f"{SIMCLR_RUN} --learning_rate 0.3; NNCLR paper base lr"),
     "scale_lr": (True, f"{SIMCLR_RUN} --learning_rate_scaling linear"),
-    "weight_decay": (1e-6, "SimCLR paper B.1; NNCLR paper"),
+    "weight_decay": (1e-6, "tf2/run.py --weight_decay 1e-6; NNCLR paper"),
     "exclude_bn_bias": (True, "simclr tf2/model.py LARS exclude_from_weight_decay"),
     "warmup_epochs": (10, f"{SIMCLR_RUN} --warmup_epochs 10; NNCLR paper"),
     "key_augment": ("strong", "SimCLR, NNCLR: two strong views"),
     "symmetric": (True, "SimCLR, NNCLR: the loss over both views"),
 }
-SIMCLR_HEAD = {"projector_dims": ((2048, 128), "SimCLR paper B.1 head 2048-2048-128")}
+SIMCLR_HEAD = {"projector_dims": ((2048, 128), "SimCLR paper: head 2048-2048-128")}
 IMAGENET_METHODS = {
     "moco": {
         **MOCO_V2_RECIPE,
