@@ -12,6 +12,9 @@ from tfascl.models import METHODS
 FLAGS_DIR = Path(__file__).resolve().parents[1] / "flags"
 RECIPES = sorted(p for p in FLAGS_DIR.glob("*.flags") if not p.name.startswith("base_"))
 DATASETS = ("cifar10", "cifar100", "stl10", "tinyimagenet")
+# The methods ASCL is measured against (issue 21): a recipe for every dataset and ImageNet.
+COMPARED_METHODS = ("simclr", "dcl", "nnclr", "msf", "co2", "moco_dcl")
+IMAGENET_RECIPES = ("ascl", "moco", *COMPARED_METHODS)
 
 
 def parse(*args):
@@ -22,7 +25,7 @@ def parse(*args):
 def test_there_is_a_recipe_for_every_dataset_and_method():
     names = {p.stem for p in RECIPES}
     expected = {f"{d}_{m}" for d in DATASETS for m in METHODS}
-    expected |= {"imagenet_ascl", "imagenet_moco", "cpu_smoke"}
+    expected |= {f"imagenet_{m}" for m in IMAGENET_RECIPES} | {"cpu_smoke"}
     assert expected <= names, sorted(expected - names)
 
 
@@ -91,6 +94,52 @@ def test_recipes_carry_the_papers_settings():
         0.05,
         1,
     )
+
+
+def test_compared_methods_recipes_carry_their_published_values():
+    def recipe(dataset, method):
+        return parse(f"--flagfile={FLAGS_DIR / f'{dataset}_{method}.flags'}")
+
+    for dataset in DATASETS:
+        simclr = recipe(dataset, "simclr")  # SimCLR README CIFAR-10 command
+        assert (simclr.temperature, simclr.key_augment, simclr.relabel) == (0.5, "strong", None)
+        dcl = recipe(dataset, "dcl")  # DCL main.py; τ⁺ the class prior
+        assert (dcl.temperature, dcl.projector_dims, dcl.projector_bn) == (0.5, (512, 128), True)
+        nnclr = recipe(dataset, "nnclr")  # solo-learn scripts/pretrain/cifar/nnclr.yaml
+        assert (nnclr.temperature, nnclr.queue_size, nnclr.predictor_hidden) == (0.2, 65536, 4096)
+        assert nnclr.projector_dims == (2048, 256)
+        msf = recipe(dataset, "msf")  # train_msf.py --topk 5, get_mlp sizes for ResNet-18
+        assert (msf.num_neighbors, msf.momentum, msf.key_augment) == (5, 0.99, "weak")
+        assert (msf.projector_dims, msf.predictor_hidden) == ((1024, 128), 1024)
+        assert msf.queue_size == 4096
+        co2 = recipe(dataset, "co2")  # Co2 paper, MoCo v2 + Co2
+        assert (co2.consistency_weight, co2.consistency_temperature) == (0.3, 0.04)
+        # The protocol shared with ASCL and MoCo: the base file's optimiser and length.
+        for config in (simclr, dcl, nnclr, msf, co2, recipe(dataset, "moco_dcl")):
+            assert (config.optimizer, config.learning_rate, config.batch_size) == ("sgd", 0.03, 256)
+            assert (config.epochs, config.weight_decay, config.backbone) == (200, 5e-4, "resnet18")
+    for dataset, prior in {**DCL_PRIORS, "imagenet": 0.001}.items():
+        assert recipe(dataset, "dcl").debias_prior == prior, dataset
+        assert recipe(dataset, "moco_dcl").debias_prior == prior, dataset
+
+    simclr = recipe("imagenet", "simclr")  # SimCLR paper, tf2/run.py
+    assert (simclr.optimizer, simclr.batch_size, simclr.learning_rate) == ("lars", 4096, 0.3)
+    assert (simclr.weight_decay, simclr.warmup_epochs, simclr.temperature) == (1e-6, 10, 0.1)
+    nnclr = recipe("imagenet", "nnclr")  # NNCLR paper
+    assert (nnclr.queue_size, nnclr.temperature, nnclr.predictor_hidden) == (98304, 0.1, 4096)
+    assert nnclr.projector_dims == (2048, 256)
+    msf = recipe("imagenet", "msf")  # train_msf.py and the MSF README's command
+    assert (msf.queue_size, msf.num_neighbors, msf.momentum, msf.learning_rate) == (
+        128000,
+        5,
+        0.99,
+        0.05,
+    )
+    assert (msf.projector_dims, msf.predictor_hidden) == ((4096, 512), 4096)
+    assert msf.key_augment == "weak"
+    co2 = recipe("imagenet", "co2")  # MoCo v2 + Co2
+    assert (co2.consistency_weight, co2.consistency_temperature) == (0.3, 0.04)
+    assert (co2.temperature, co2.queue_size, co2.momentum) == (0.2, 65536, 0.999)
 
 
 def test_flags_after_a_flagfile_override_it():
@@ -205,6 +254,63 @@ METHOD_SOURCES = {
         "temperature": (0.1, "ReSSL paper τ_s"),
     },
 }
+# The methods ASCL is measured against keep the ASCL code's optimiser, batch, length and
+# backbone (ASCL_CODE) and take their own values from these sources.
+SIMCLR_README = "google-research/simclr README, CIFAR-10 command"
+IN_BATCH = {  # SimCLR, DCL and NNCLR: no momentum encoder, two strong views, global BN
+    "norm": ("sync", "simclr tf2/run.py --global_bn True (one device: the batch)"),
+    "key_augment": ("strong", "SimCLR, DCL utils.py, NNCLR: two strong views"),
+    "symmetric": (True, "SimCLR, DCL, NNCLR: the loss over both views"),
+    "projector_bn": (True, "simclr tf2/model.py, DCL model.py, solo-learn nnclr.py"),
+}
+NNCLR_CONFIG = "solo-learn scripts/pretrain/cifar/nnclr.yaml"
+MSF_CODE = "UMBCvision/MSF train_msf.py"
+METHOD_SOURCES |= {
+    "simclr": {
+        **IN_BATCH,
+        "method": ("simclr", "SimCLR paper"),
+        "relabel": (None, "plain SimCLR (--relabel=ascl is the plug-in)"),
+        "temperature": (0.5, f"{SIMCLR_README} --temperature=0.5"),
+        "projector_dims": ((512, 128), "simclr tf2/model.py ProjectionHead, --proj_out_dim 128"),
+    },
+    "dcl": {
+        **IN_BATCH,
+        "method": ("dcl", "DCL main.py --debiased True"),
+        "temperature": (0.5, "DCL main.py --temperature 0.5"),
+        "projector_dims": ((512, 128), "DCL model.py g: 2048-512 (BN)-128"),
+    },
+    "nnclr": {
+        **IN_BATCH,
+        "method": ("nnclr", "NNCLR paper"),
+        "temperature": (0.2, f"{NNCLR_CONFIG} temperature"),
+        "queue_size": (65536, f"{NNCLR_CONFIG} queue_size"),
+        "projector_dims": ((2048, 256), f"{NNCLR_CONFIG} proj_hidden_dim, proj_output_dim"),
+        "predictor_hidden": (4096, f"{NNCLR_CONFIG} pred_hidden_dim"),
+    },
+    "msf": {
+        "method": ("msf", MSF_CODE),
+        "num_neighbors": (5, f"{MSF_CODE} --topk 5"),
+        "queue_size": (4096, "tfascl: the ASCL code's memory (MSF's 128000: ImageNet's tenth)"),
+        "projector_dims": ((1024, 128), f"{MSF_CODE} get_mlp(512, 2 x 512, 512 // 4)"),
+        "projector_bn": (True, f"{MSF_CODE} get_mlp"),
+        "predictor_hidden": (1024, f"{MSF_CODE} predictor hidden 2 x 512"),
+        "key_augment": ("weak", f"{MSF_CODE} --weak_strong"),
+        "momentum": (0.99, f"{MSF_CODE} --momentum 0.99"),
+    },
+    "co2": {
+        "method": ("co2", "Co2 paper"),
+        "relabel": (None, "plain Co2 (--relabel is the plug-in)"),
+        "consistency_weight": (0.3, "Co2 paper α (MoCo v2 + Co2)"),
+        "consistency_temperature": (0.04, "Co2 paper τ_con"),
+        "key_augment": ("weak", "the ASCL code's MoCo, which Co2 extends here"),
+    },
+    "moco_dcl": {
+        "method": ("moco_dcl", "MoCo v2 with DCL's loss"),
+        "key_augment": ("weak", "the ASCL code's MoCo, which DCL's loss replaces here"),
+    },
+}
+# τ⁺ of DCL is the class prior (DCL main.py --tau_plus 0.1 on 10 classes): 1/classes.
+DCL_PRIORS = {"cifar10": 0.1, "cifar100": 0.01, "stl10": 0.1, "tinyimagenet": 0.005}
 OVERRIDES = {
     ("cifar100", "ascl"): {"num_neighbors": (5, "ASCL README: the CIFAR-100 example runs --K 5")},
     **{
@@ -214,19 +320,30 @@ OVERRIDES = {
         }
         for d in ("stl10", "tinyimagenet")
     },
+    **{
+        (d, m): {"debias_prior": (prior, f"DCL main.py --tau_plus, the class prior: {prior:g}")}
+        for d, prior in DCL_PRIORS.items()
+        for m in ("dcl", "moco_dcl")
+    },
 }
 MOCO_V2 = "MoCo v2 main_moco.py"
-IMAGENET_SOURCES = {
+IMAGENET_SOURCES = {  # every ImageNet recipe
     "dataset": ("imagenet2012", "TFDS ImageNet-1k"),
+    "input": ("stream", "tfascl: 1.28 M images streamed"),
+    "eval_crop": (0.875, "Resize(256) + CenterCrop(224); SimCLR CROP_PROPORTION"),
     "backbone": ("resnet50", MOCO_V2),
     "backbone_width": (64, "torchvision resnet50"),
     "stem": ("imagenet", "torchvision resnet50"),
     "image_size": (224, f"{MOCO_V2} RandomResizedCrop(224)"),
+    "epochs": (200, "MoCo v2 / ASCL paper: the ImageNet comparison's length"),
+    "knn_every": (0, "tfascl: kNN at the end only"),
+}
+MOCO_V2_RECIPE = {  # MoCo v2, ASCL, Co2 and MoCo+DCL
     "projector_dims": ((2048, 128), f"{MOCO_V2} --mlp --moco-dim 128"),
     "projector_bn": (False, f"{MOCO_V2} --mlp"),
     "norm": (None, f"{MOCO_V2}: shuffle BN across GPUs (tfascl's default on several replicas)"),
     "batch_size": (256, f"{MOCO_V2} --batch-size 256"),
-    "epochs": (200, "MoCo v2 / ASCL paper"),
+    "optimizer": ("sgd", f"{MOCO_V2} SGD(momentum=0.9)"),
     "learning_rate": (0.03, f"{MOCO_V2} --lr 0.03"),
     "scale_lr": (True, "MoCo README: linear lr scaling"),
     "weight_decay": (1e-4, f"{MOCO_V2} --wd 1e-4"),
@@ -236,15 +353,94 @@ IMAGENET_SOURCES = {
     "momentum": (0.999, f"{MOCO_V2} --moco-m 0.999"),
     "symmetric": (False, f"{MOCO_V2}: one direction"),
 }
+SIMCLR_RUN = "google-research/simclr tf2/run.py"
+LARS_RECIPE = {  # SimCLR (and DCL on it) and NNCLR: LARS at batch 4096, global BN
+    "norm": ("sync", f"{SIMCLR_RUN} --global_bn True"),
+    "projector_bn": (True, "simclr tf2/model.py; NNCLR paper"),
+    "batch_size": (4096, "SimCLR and NNCLR papers"),
+    "optimizer": ("lars", f"{SIMCLR_RUN} --optimizer lars; NNCLR paper"),
+    "learning_rate": (0.3, f"{SIMCLR_RUN} --learning_rate 0.3; NNCLR paper base lr"),
+    "scale_lr": (True, f"{SIMCLR_RUN} --learning_rate_scaling linear"),
+    "weight_decay": (1e-6, "tf2/run.py --weight_decay 1e-6; NNCLR paper"),
+    "exclude_bn_bias": (True, "simclr tf2/model.py LARS exclude_from_weight_decay"),
+    "warmup_epochs": (10, f"{SIMCLR_RUN} --warmup_epochs 10; NNCLR paper"),
+    "key_augment": ("strong", "SimCLR, NNCLR: two strong views"),
+    "symmetric": (True, "SimCLR, NNCLR: the loss over both views"),
+}
+SIMCLR_HEAD = {"projector_dims": ((2048, 128), "SimCLR paper: head 2048-2048-128")}
 IMAGENET_METHODS = {
-    "moco": {"method": ("moco", MOCO_V2), "temperature": (0.2, f"{MOCO_V2} --moco-t 0.2")},
+    "moco": {
+        **MOCO_V2_RECIPE,
+        "method": ("moco", MOCO_V2),
+        "temperature": (0.2, f"{MOCO_V2} --moco-t 0.2"),
+        "key_augment": ("strong", f"{MOCO_V2} aug+ for both crops"),
+    },
     "ascl": {
+        **MOCO_V2_RECIPE,
         "method": ("ascl", "ASCL paper, ImageNet-1k"),
         "temperature": (0.1, "ASCL ImageNet-1K/builder.py T1=0.1"),
         "relabel_temperature": (0.05, "ASCL ImageNet-1K/builder.py T2=0.05"),
         "num_neighbors": (1, "ASCL ImageNet-1K/builder.py nn_num = 1"),
+        "key_augment": ("weak", "ASCL dataloader.py (small data): weak key view"),
+    },
+    "co2": {
+        **MOCO_V2_RECIPE,
+        "method": ("co2", "Co2 paper: MoCo v2 + Co2"),
+        "temperature": (0.2, f"{MOCO_V2} --moco-t 0.2"),
+        "consistency_weight": (0.3, "Co2 paper α"),
+        "consistency_temperature": (0.04, "Co2 paper τ_con"),
+        "key_augment": ("strong", f"{MOCO_V2} aug+ for both crops"),
+    },
+    "moco_dcl": {
+        **MOCO_V2_RECIPE,
+        "method": ("moco_dcl", "MoCo v2 with DCL's loss"),
+        "temperature": (0.2, f"{MOCO_V2} --moco-t 0.2"),
+        "debias_prior": (0.001, "DCL main.py --tau_plus, the prior of 1,000 classes"),
+        "key_augment": ("strong", f"{MOCO_V2} aug+ for both crops"),
+    },
+    "simclr": {
+        **LARS_RECIPE,
+        **SIMCLR_HEAD,
+        "method": ("simclr", "SimCLR paper"),
+        "temperature": (0.1, f"{SIMCLR_RUN} --temperature 0.1"),
+    },
+    "dcl": {
+        **LARS_RECIPE,
+        **SIMCLR_HEAD,
+        "method": ("dcl", "DCL on SimCLR's ImageNet recipe"),
+        "temperature": (0.1, f"{SIMCLR_RUN} --temperature 0.1"),
+        "debias_prior": (0.001, "DCL main.py --tau_plus, the prior of 1,000 classes"),
+    },
+    "nnclr": {
+        **LARS_RECIPE,
+        "method": ("nnclr", "NNCLR paper"),
+        "temperature": (0.1, "NNCLR paper τ"),
+        "queue_size": (98304, "NNCLR paper support set"),
+        "projector_dims": ((2048, 256), "NNCLR paper projection MLP"),
+        "predictor_hidden": (4096, "NNCLR paper prediction MLP"),
+    },
+    "msf": {
+        "method": ("msf", MSF_CODE),
+        "norm": (None, f"{MSF_CODE} get_shuffle_ids (tfascl's shuffle on several replicas)"),
+        "projector_dims": ((4096, 512), f"{MSF_CODE} get_mlp(2048, 4096, 512)"),
+        "projector_bn": (True, f"{MSF_CODE} get_mlp"),
+        "predictor_hidden": (4096, f"{MSF_CODE} predictor hidden 2 x 2048"),
+        "batch_size": (256, f"{MSF_CODE} --batch_size 256"),
+        "optimizer": ("sgd", f"{MSF_CODE} SGD(momentum=0.9)"),
+        "learning_rate": (0.05, "MSF README --learning_rate 0.05"),
+        "scale_lr": (False, f"{MSF_CODE}: no scaling"),
+        "weight_decay": (1e-4, f"{MSF_CODE} --weight_decay 1e-4"),
+        "exclude_bn_bias": (False, f"{MSF_CODE} SGD(params)"),
+        "warmup_epochs": (0, "MSF util.py adjust_learning_rate"),
+        "queue_size": (128000, "MSF README --mem_bank_size 128000"),
+        "num_neighbors": (5, f"{MSF_CODE} --topk 5"),
+        "momentum": (0.99, "MSF README --momentum 0.99"),
+        "momentum_schedule": ("constant", f"{MSF_CODE} _momentum_update_target_encoder"),
+        "key_augment": ("weak", "MSF README --weak_strong"),
+        "symmetric": (False, f"{MSF_CODE}: one direction"),
     },
 }
+assert set(IMAGENET_METHODS) == set(IMAGENET_RECIPES)
 
 
 def expected_values(stem):
@@ -291,3 +487,19 @@ def test_recipes_that_carry_values_over_say_so():
             assert "shuffle_momentum_base.py" in text, path.name
             if not path.stem.startswith("cifar10_"):
                 assert "publishes no" in text and "carried over" in text, path.name
+        dataset, method = path.stem.split("_", 1)
+        if method not in COMPARED_METHODS:
+            continue
+        if dataset != "imagenet":
+            # The shared protocol is kept, and the method's own optimiser named beside it.
+            assert "Protocol (as for every method compared here)" in text, path.name
+        if method in ("nnclr", "co2"):
+            assert "No official code was released" in text or "no official" in text, path.name
+        if method == "simclr" and dataset not in ("cifar10", "imagenet"):
+            assert "SimCLR published no" in text and "carried over" in text, path.name
+        if method == "nnclr" and dataset in ("stl10", "tinyimagenet"):
+            assert "publishes no" in text and "carried over" in text, path.name
+        # A value no source gives for this data (MSF's bank, τ⁺ from the class count).
+        derived_prior = method in ("dcl", "moco_dcl") and dataset not in ("cifar10", "stl10")
+        if derived_prior or (method == "msf" and dataset != "imagenet"):
+            assert "# tfascl: " in text, path.name
