@@ -364,11 +364,12 @@ def validate(config: TrainConfig) -> None:
             f"{c.batch_size} (incomplete batches are dropped)",
         )
     if c.is_queue_method:
-        keys = c.batch_size * (2 if c.uses_symmetric_loss else 1)
+        both_views = c.method_spec.queue_keys(c.uses_symmetric_loss) == 2
+        keys = c.batch_size * (2 if both_views else 1)
         require(
             c.queue_size >= keys and c.queue_size % keys == 0,
             f"--queue_size={c.queue_size}: must be a multiple of the keys enqueued per step, "
-            f"{keys} (--batch_size{' x2 for --symmetric' if c.uses_symmetric_loss else ''})",
+            f"{keys} (--batch_size{' x2 for --symmetric' if both_views else ''})",
         )
         # Targets on the top-K keys of the queue (AHCL, hard), MSF's k nearest bank rows.
         top_k = relabel_kind(c.method_spec.relabel_mode(c.relabel)) == "hard" or c.method == "msf"

@@ -106,6 +106,13 @@ class MethodSpec:
     def has_momentum_encoder(self) -> bool:
         return issubclass(self.model_class, MomentumModel)
 
+    def queue_keys(self, symmetric: bool) -> int:
+        """Keys a queue method enqueues per image: 2 when a ``symmetric`` loss enqueues both
+        views' keys (the MoCo family); 1 otherwise (NNCLR enqueues one view's projections,
+        MSF its targets, whatever the loss direction)."""
+        takes_symmetric = "symmetric" in accepted_arguments(self.model_class)
+        return 2 if symmetric and takes_symmetric else 1
+
     @property
     def shuffles_keys(self) -> bool:
         """A momentum encoder with a queue, whose keys shuffle BN across replicas."""
