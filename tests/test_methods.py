@@ -246,6 +246,9 @@ def test_validation_names_options_a_method_does_not_take(tmp_path):
     )
     assert error(method="simclr", relabel="hard").startswith("--relabel=hard: --method=simclr")
     assert error(method="dcl", debias_prior=1.0) == "--debias_prior=1.0: must be < 1"
+    assert error(method="nnclr", key_norm="split") == (
+        "--key_norm=split: --method=nnclr has no momentum encoder"
+    )
     assert error(method="msf", queue_size=128, num_neighbors=200).startswith("--num_neighbors=200")
 
 

@@ -331,6 +331,10 @@ def validate(config: TrainConfig) -> None:
         value = getattr(c, name)
         require(value is None or value >= 1, f"--{name}={value}: must be >= 1")
     validate_method_options(c)
+    require(
+        c.key_norm is None or c.method_spec.has_momentum_encoder,
+        f"--key_norm={c.key_norm}: --method={c.method} has no momentum encoder",
+    )
     require(0 < c.eval_crop <= 1, f"--eval_crop={c.eval_crop}: must be in (0, 1]")
     for name in ("memory_budget_gb", "knn_bank_size"):
         value = getattr(c, name)
