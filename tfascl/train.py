@@ -37,7 +37,6 @@ from tfascl.cli import (
     run_app,
 )
 from tfascl.distribute import fit_loop, make_strategy
-from tfascl.models.options import OPTION_NAMES
 from tfascl.optim import build_optimizer, scaled_learning_rate, warmup_cosine
 from tfascl.runs import (
     EXPORT_SUBDIR,
@@ -231,13 +230,16 @@ def training_stream(
 
 
 def make_spec(config: TrainConfig, run_data: RunData, total_steps: int) -> Any:
-    """The ``RunSpec`` (run.json) of this run: what rebuilds its model."""
-    shared = ("method", "backbone", "backbone_width", "image_size", "stem", "norm", "num_splits",
-              "projector_bn", "queue_size", "temperature", "num_neighbors", "sce_lambda",
-              "momentum", "momentum_schedule", "batch_size", "dataset", "key_norm")  # fmt: skip
-    return RunSpec(
-        **{name: getattr(config, name) for name in shared},
-        **{name: getattr(config, name) for name in OPTION_NAMES},
+    """The ``RunSpec`` (run.json) of this run: what rebuilds its model.
+
+    Every ``RunSpec`` field that is also a flag (``TrainConfig`` field) of the same name is
+    copied; the rest are resolved here: τ′ (the flag ``--relabel_temperature``), the loss
+    direction, the schedule's length and the data's statistics.
+    """
+    flags = {field.name for field in dataclasses.fields(TrainConfig)}
+    names = [field.name for field in dataclasses.fields(RunSpec) if field.name in flags]
+    shared = {name: getattr(config, name) for name in names}
+    resolved = dict(
         projector_dims=tuple(config.projector_dims),
         target_temperature=config.relabel_temperature,
         symmetric=config.uses_symmetric_loss,
@@ -246,6 +248,7 @@ def make_spec(config: TrainConfig, run_data: RunData, total_steps: int) -> Any:
         std=tuple(float(v) for v in run_data.train.std),
         num_classes=run_data.num_classes,
     )
+    return RunSpec(**{**shared, **resolved})
 
 
 def learning_rate_schedule(config: TrainConfig, steps_per_epoch: int) -> Any:
