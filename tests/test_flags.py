@@ -306,6 +306,8 @@ METHOD_SOURCES |= {
     },
     "moco_dcl": {
         "method": ("moco_dcl", "MoCo v2 with DCL's loss"),
+        # Not MoCo's 0.1: there the debiased estimate sits at its clamp and the features collapse.
+        "temperature": (0.5, "DCL main.py --temperature 0.5"),
         "key_augment": ("weak", "the ASCL code's MoCo, which DCL's loss replaces here"),
     },
 }

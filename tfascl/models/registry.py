@@ -251,12 +251,16 @@ METHODS: dict[str, MethodSpec] = {
             options=("relabel", "consistency_weight", "consistency_temperature"),
             reference="Co2 (Wei et al. ICLR 2021); lightly loss/regularizer/co2.py",
         ),
-        # DCL (Chuang et al. 2020) on MoCo's queue: τ⁺ = 0.1 as its CIFAR runs.
+        # DCL (Chuang et al. 2020) on MoCo's queue: τ⁺ = 0.1 and τ = 0.5 as its CIFAR runs.
+        # Not MoCo's τ = 0.1: the debiased estimate falls below its clamp M·e^{−1/τ} once
+        # pos/mean(neg) > 1/τ⁺, a cosine gap of only τ·ln 10 = 0.23 at τ = 0.1; the
+        # negatives then get no gradient and the embeddings collapse (measured: kNN at
+        # random-init level, the loss rising towards log(M + 1)).
         _queue_method(
             "moco_dcl",
             "MoCo v2 + DCL",
             {"objective": "debiased", "relabel": "none"},
-            {"debias_prior": 0.1},
+            {"debias_prior": 0.1, "temperature": 0.5},
             options=("debias_prior",),
             reference="chingyaoc/DCL main.py (on the queue)",
         ),
