@@ -92,6 +92,12 @@ class EncoderModel(keras.Model):
             ``compile(jit_compile=True)``, which also compiles those.
     """
 
+    # A model's METHODS name (None when no method describes it), for the metadata of
+    # ``export``. The registry knows the methods and imports this module, so it sets this
+    # to its ``method_name`` when it loads (``import tfascl.models`` always loads it):
+    # importing it here would be an import cycle.
+    method_namer: Callable[[keras.Model], str | None] = staticmethod(lambda model: None)
+
     def __init__(
         self,
         backbone: keras.Model,
@@ -312,7 +318,7 @@ class EncoderModel(keras.Model):
         The SavedModel has the uint8 ``serving_default`` and the float32
         ``preprocessed`` signatures (``embedding`` and ``projection``), with the
         training ``normalization`` inside, plus ``assets.extra/`` (the backbone as
-        ``.keras`` and ``metadata.json``); see ``tfascl.export``. For TF Serving
+        ``.keras`` and ``metadata.json``); see ``tfascl.serving``. For TF Serving
         export to ``<base>/<version>``.
 
         Args:
@@ -326,7 +332,7 @@ class EncoderModel(keras.Model):
         Returns:
             The directory written.
         """
-        from tfascl import export  # tfascl.export imports the models
+        from tfascl import serving  # TensorFlow and Keras only: it knows no model
 
         if format != "tf_saved_model" or input_signature is not None or kwargs:
             raise ValueError(
@@ -335,7 +341,9 @@ class EncoderModel(keras.Model):
             )
         mean, std = self._training_normalization("export")
         size = self._resolve_image_size(image_size, "export")
-        path = export.export_model(self, filepath, image_size=size, mean=mean, std=std)
+        path = serving.export_model(
+            self, filepath, image_size=size, mean=mean, std=std, method=self.method_namer(self)
+        )
         if verbose:
             print(f"Saved the serving SavedModel at {path}")
         return path

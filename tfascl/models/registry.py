@@ -15,7 +15,7 @@ from typing import Any
 import keras
 
 from tfascl.models.backbones import default_stem, resnet
-from tfascl.models.base import MomentumModel
+from tfascl.models.base import EncoderModel, MomentumModel
 from tfascl.models.byol import BYOL
 from tfascl.models.contrastive import TOP_K_RELABELS, MomentumContrast
 from tfascl.models.heads import mlp_head
@@ -425,3 +425,7 @@ def method_name(model: keras.Model) -> str | None:
         ):
             return name
     return None
+
+
+# model.export writes the method's name into the metadata (see EncoderModel.method_namer).
+EncoderModel.method_namer = staticmethod(method_name)
