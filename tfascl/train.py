@@ -265,9 +265,11 @@ def build_model(config: TrainConfig, spec: Any, steps_per_epoch: int, strategy: 
     with strategy.scope():
         overrides = {}
         if config.augment_on == "device":
+            # The key view as --key_augment says, as on the host (MoCo v2's aug+ key).
             overrides["views"] = data.TwoViews(
-                config.image_size, spec.mean, spec.std, seed=config.seed
-            )
+                config.image_size, spec.mean, spec.std, seed=config.seed,
+                key_augment=config.key_augment,
+            )  # fmt: skip
         if config.jit_compile and strategy.num_replicas_in_sync > 1:
             # Keras cannot jit a step that spans replicas: compile each replica's part.
             overrides["replica_jit_compile"] = True
