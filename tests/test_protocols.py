@@ -1,6 +1,8 @@
 """Faithful protocols (issue 23): the device path's key view, the evaluation crop taken from
 the run and the protocol, the kNN monitor's image size and MoCo's per-epoch cosine."""
 
+import json
+
 import numpy as np
 import pytest
 import tensorflow as tf
@@ -64,3 +66,82 @@ def test_device_key_view_has_the_host_key_views_distribution(key_augment):
         assert 0.1 < host_grey < 0.3 and 0.1 < device_grey < 0.3
     # The colour statistics agree between the paths (other draws, same distribution).
     assert colour_spread(device_key) == pytest.approx(colour_spread(host_key), rel=0.15)
+
+
+# --- E: tfascl-eval's crop comes from the run and the protocol -----------------------------
+
+
+def write_folder(root, sizes, classes=("a", "b"), per_class=3):
+    """root/{train,test}/<class>/<i>.jpg, JPEGs of the given (height, width) sizes in turn."""
+    from PIL import Image
+
+    n = 0
+    for split in ("train", "test"):
+        for c, name in enumerate(classes):
+            folder = root / split / name
+            folder.mkdir(parents=True)
+            for i in range(per_class):
+                height, width = sizes[n % len(sizes)]
+                n += 1
+                pixels = colourful_images(1, max(height, width), seed=n)[0][:height, :width]
+                pixels = np.clip(pixels.astype(int) + 40 * c, 0, 255).astype(np.uint8)
+                Image.fromarray(pixels).save(folder / f"{i}.jpg", quality=95)
+    return root
+
+
+def saved_run(model_dir, dataset, flags=None):
+    """A run folder: run.json, one (untrained) checkpoint, and flags.json if given."""
+    import json
+
+    import keras
+    from helpers import tiny_spec
+
+    from tfascl import runs
+
+    spec = tiny_spec(image_size=16, dataset=str(dataset), num_classes=2)
+    runs.save_spec(spec, model_dir)
+    model = spec.build_model()
+    model.compile(optimizer=keras.optimizers.SGD(0.1))
+    model.checkpoint().save(str(runs.checkpoint_dir(model_dir) / "ckpt"))
+    if flags is not None:
+        (model_dir / runs.FLAGS_FILE).write_text(json.dumps(flags))
+    return model_dir
+
+
+@pytest.fixture(scope="module")
+def imagenet_like(tmp_path_factory):
+    """A folder the ImageNet protocol applies to (its name starts with 'imagenet')."""
+    return write_folder(tmp_path_factory.mktemp("data") / "imagenet_toy", [(40, 40)])
+
+
+@pytest.mark.parametrize(
+    ("flags", "given", "want"),
+    [
+        (None, None, (0.875, "protocol imagenet")),  # no flags.json: MoCo main_lincls.py
+        ({"eval_crop": 0.875}, None, (0.875, "run")),  # the imagenet recipes' run
+        ({"eval_crop": 0.5}, None, (0.5, "run")),  # the run's own choice, with a note
+        ({"eval_crop": 0.5}, 1.0, (1.0, "--eval_crop")),  # the flag overrides both
+    ],
+)
+def test_eval_crop_comes_from_the_flag_the_run_or_the_protocol(
+    imagenet_like, tmp_path, flags, given, want
+):
+    from tfascl.evaluation import evaluate
+
+    model_dir = saved_run(tmp_path / "run", imagenet_like, flags)
+    entry = evaluate("knn", model_dir=model_dir, knn_k=3, eval_crop=given, write=True)
+    assert (entry["eval_crop"]["value"], entry["eval_crop"]["source"]) == want
+    assert entry["settings"]["eval_crop"] == want[0]  # what the eval transform used
+    recorded = json.loads((model_dir / "results.json").read_text())["knn"]
+    assert recorded["eval_crop"] == {"value": want[0], "source": want[1]}
+    disagree = [note for note in entry["notes"] if "not the imagenet protocol's" in note]
+    assert bool(disagree) == (want == (0.5, "run"))
+
+
+def test_eval_crop_on_another_dataset_is_that_datasets_protocols(imagenet_like, tmp_path):
+    from tfascl.evaluation import evaluate
+
+    cifar_like = write_folder(tmp_path / "cifar_toy", [(40, 40)])
+    model_dir = saved_run(tmp_path / "run", imagenet_like, {"eval_crop": 0.875})
+    entry = evaluate("knn", model_dir=model_dir, dataset=str(cifar_like), knn_k=3, write=False)
+    assert entry["eval_crop"] == {"value": 1.0, "source": "protocol ascl_code"}

@@ -76,6 +76,8 @@ class DatasetProtocol:
             images' own side rather than the model's training size.
         linear_lr: Base learning rate of the step schedule.
         nesterov: Nesterov momentum in the linear probe's SGD.
+        eval_crop: The eval transform's central crop over the shorter side (ImageNet's
+            Resize(256) + CenterCrop(224): 0.875; the small data sets: 1, the image as is).
     """
 
     name: str
@@ -83,6 +85,7 @@ class DatasetProtocol:
     native_size: bool
     linear_lr: float
     nesterov: bool
+    eval_crop: float = 1.0
 
 
 DATASET_PROTOCOLS = {
@@ -109,6 +112,7 @@ DATASET_PROTOCOLS = {
         native_size=False,
         linear_lr=30.0,
         nesterov=False,
+        eval_crop=224 / 256,
     ),
 }
 
@@ -966,6 +970,7 @@ def neighbors_protocol(
         "seed": seed,
         "similarity": "cosine of backbone features",
         "image_size": eval_size,
+        "eval_crop": crop_fraction,
     }
     rows = [
         {
