@@ -145,3 +145,36 @@ def test_eval_crop_on_another_dataset_is_that_datasets_protocols(imagenet_like, 
     model_dir = saved_run(tmp_path / "run", imagenet_like, {"eval_crop": 0.875})
     entry = evaluate("knn", model_dir=model_dir, dataset=str(cifar_like), knn_k=3, write=False)
     assert entry["eval_crop"] == {"value": 1.0, "source": "protocol ascl_code"}
+
+
+# --- G: the kNN monitor evaluates at the recipe's evaluation size --------------------------
+
+
+@pytest.mark.parametrize(("name", "want"), [("stl10_toy", 24), ("cifar_toy", 16)])
+def test_knn_monitor_embeds_at_the_final_evaluations_size(tmp_path, name, want):
+    # STL-10's protocol: bank and test images at their native side (96 px; 24 here), not
+    # the 64 px (16 here) crops the model trains on, as the ASCL code's online_test.
+    folder = write_folder(tmp_path / name, [(24, 24)], per_class=4)
+    args = [*TINY_RUN_FLAGS, f"--dataset={folder}", "--batch_size=8", "--queue_size=16"]
+    config = train.check_replicas(train.config_from_args(args), 1)
+    run_data = train.load_data(config)
+    monitor = train.knn_monitor(config, run_data, None, None, tmp_path / "run")
+    for batches in (monitor.bank, monitor.test):
+        assert tuple(batches.element_spec[0].shape[1:3]) == (want, want)
+    spec = train.make_spec(config, run_data, total_steps=4)
+    model = train.build_model(config, spec, 1, tf.distribute.get_strategy())
+    monitor.set_model(model)
+    result = monitor.evaluate()
+    assert 0.0 <= result["knn_top1"] <= 1.0
+    from tfascl.callbacks import monitored_model
+
+    embed = monitored_model(model, monitor.test)
+    if want == 16:
+        assert embed is model
+        return
+    # The trained backbone's own weights (not a copy), on images of any side.
+    assert all(a is b for a, b in zip(embed.weights, model.backbone.weights))
+    small = tf.random.uniform([2, 16, 16, 3])
+    np.testing.assert_allclose(
+        embed(small, training=False), model.backbone(small, training=False), atol=1e-6
+    )

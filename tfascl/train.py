@@ -627,13 +627,19 @@ def knn_monitor(
     model_dir: runs.RunPath | None,
     write_dir: runs.RunPath,
 ) -> Any:
-    """The kNN monitor over the eval transform of the bank and test images, or None."""
+    """The kNN monitor over the eval transform of the bank and test images, or None; at
+    the final evaluation's size (STL-10: the native 96 px, ``monitor_image_size``)."""
+    from tfascl.evaluation.protocols import monitor_image_size
+
     if run_data.bank is None:
         return None
     batch = 256
+    size = monitor_image_size(config.dataset, config.image_size, run_data.bank, run_data.test)
+    if size != config.image_size:
+        print(f"kNN monitor: bank and test images at their own {size} px, as tfascl-eval.")
     return cbs.KnnMonitor(
-        data.eval_dataset(run_data.bank, batch, config.image_size, crop_fraction=config.eval_crop),
-        data.eval_dataset(run_data.test, batch, config.image_size, crop_fraction=config.eval_crop),
+        data.eval_dataset(run_data.bank, batch, size, crop_fraction=config.eval_crop),
+        data.eval_dataset(run_data.test, batch, size, crop_fraction=config.eval_crop),
         run_data.num_classes,
         every=config.knn_every,
         last_epoch=config.epochs - 1,

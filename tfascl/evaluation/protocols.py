@@ -164,6 +164,30 @@ def eval_image_size(
     return int(height), None
 
 
+def monitor_image_size(dataset: str, image_size: int, *splits: ImageSet | ImageFiles) -> int:
+    """The side tfascl-train's kNN monitor embeds its bank and test images at: the final
+    evaluation's (:func:`eval_image_size`), so the monitor and the best checkpoint it picks
+    see what ``tfascl-eval`` sees.
+
+    STL-10's protocol evaluates the native 96 px images (the ASCL code's ``online_test``
+    uses the same ``memory_loader``/``test_loader`` as the final evaluation: ``main.py``
+    121, 135; ``dataloader.py`` 345–347); the others the model's ``image_size``.
+
+    Args:
+        dataset: The run's ``--dataset`` (its name picks the protocol).
+        image_size: The run's ``--image_size``.
+        *splits: The bank and test images; their own side is used when they all share one
+            square size.
+    """
+    if not dataset_protocol(dataset).native_size:
+        return image_size
+    shapes = {image_shape(split) for split in splits}
+    if len(shapes) != 1:
+        return image_size
+    shape = shapes.pop()
+    return int(shape[0]) if shape is not None and shape[0] == shape[1] else image_size
+
+
 # --------------------------------------------------------------------------------------
 # Data
 
