@@ -236,9 +236,22 @@ IMAGENET_SOURCES = {
     "momentum": (0.999, f"{MOCO_V2} --moco-m 0.999"),
     "symmetric": (False, f"{MOCO_V2}: one direction"),
 }
+# The MoCo v2 pipeline both ImageNet recipes run (the ASCL README, 65-66, runs its
+# builder.py in the MoCo code): aug+ on both views, the cosine stepped per epoch.
+MOCO_V2_PIPELINE = {
+    "key_augment": ("strong", f"{MOCO_V2} 247-249 TwoCropsTransform(aug+)"),
+    "schedule": ("cosine", f"{MOCO_V2} --cos"),
+    "schedule_per": ("epoch", f"{MOCO_V2} 263, 372-376 adjust_learning_rate per epoch"),
+    "eval_crop": (0.875, "MoCo main_lincls.py 268-269 Resize(256) + CenterCrop(224)"),
+}
 IMAGENET_METHODS = {
-    "moco": {"method": ("moco", MOCO_V2), "temperature": (0.2, f"{MOCO_V2} --moco-t 0.2")},
+    "moco": {
+        "method": ("moco", MOCO_V2),
+        "temperature": (0.2, f"{MOCO_V2} --moco-t 0.2"),
+        **MOCO_V2_PIPELINE,
+    },
     "ascl": {
+        **MOCO_V2_PIPELINE,
         "method": ("ascl", "ASCL paper, ImageNet-1k"),
         "temperature": (0.1, "ASCL ImageNet-1K/builder.py T1=0.1"),
         "relabel_temperature": (0.05, "ASCL ImageNet-1K/builder.py T2=0.05"),

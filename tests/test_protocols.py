@@ -178,3 +178,40 @@ def test_knn_monitor_embeds_at_the_final_evaluations_size(tmp_path, name, want):
     np.testing.assert_allclose(
         embed(small, training=False), model.backbone(small, training=False), atol=1e-6
     )
+
+
+# --- C: MoCo's per-epoch cosine --------------------------------------------------------------
+
+
+def test_per_epoch_cosine_is_mocos_adjust_learning_rate():
+    import math
+
+    import keras
+
+    from tfascl.optim import PerEpoch
+
+    args = [*TINY_RUN_FLAGS, "--schedule_per=epoch", "--warmup_epochs=0", "--epochs=10"]
+    config = train.config_from_args([*args, "--learning_rate=0.03"])
+    steps_per_epoch = 7
+    schedule = train.learning_rate_schedule(config, steps_per_epoch)
+    assert isinstance(schedule, PerEpoch)
+    rates = [float(schedule(step)) for step in range(10 * steps_per_epoch)]
+    # main_moco.py adjust_learning_rate, called once at the start of each epoch.
+    moco = [0.03 * 0.5 * (1 + math.cos(math.pi * e / 10)) for e in range(10)]
+    np.testing.assert_allclose(rates, np.repeat(moco, steps_per_epoch), rtol=1e-5)
+    # Per step (the default) the rate changes within an epoch.
+    per_step = train.learning_rate_schedule(train.config_from_args(args[:-3]), steps_per_epoch)
+    assert float(per_step(8)) != float(per_step(9))
+    # Saved with an optimizer, it comes back the same.
+    again = keras.optimizers.schedules.deserialize(keras.optimizers.schedules.serialize(schedule))
+    assert [float(again(s)) for s in (0, 6, 7, 20)] == [rates[s] for s in (0, 6, 7, 20)]
+
+
+def test_per_epoch_schedule_refuses_a_warm_up():
+    from tfascl.cli import FlagError
+
+    config = train.config_from_args(
+        [*TINY_RUN_FLAGS, "--schedule_per=epoch", "--warmup_epochs=1", "--epochs=3"]
+    )
+    with pytest.raises(FlagError, match=r"--warmup_epochs=1(\.0)?: --schedule_per=epoch holds"):
+        train.validate(config)

@@ -38,7 +38,7 @@ from tfascl.cli import (
 )
 from tfascl.distribute import fit_loop, make_strategy
 from tfascl.models.options import OPTION_NAMES
-from tfascl.optim import build_optimizer, scaled_learning_rate, warmup_cosine
+from tfascl.optim import PerEpoch, build_optimizer, scaled_learning_rate, warmup_cosine
 from tfascl.runs import (
     EXPORT_SUBDIR,
     FLAGS_FILE,
@@ -249,14 +249,16 @@ def make_spec(config: TrainConfig, run_data: RunData, total_steps: int) -> Any:
 
 
 def learning_rate_schedule(config: TrainConfig, steps_per_epoch: int) -> Any:
-    """Linear warm-up from 0, then cosine to 0 or constant, per step: Keras's CosineDecay."""
+    """Linear warm-up from 0, then cosine to 0 or constant, per step: Keras's CosineDecay;
+    with ``--schedule_per=epoch`` held for each epoch at its first step's rate (MoCo)."""
     peak = config.learning_rate
     if config.scale_lr:
         peak = scaled_learning_rate(peak, config.batch_size)
     total = config.epochs * steps_per_epoch
     warmup = round(config.warmup_epochs * steps_per_epoch)
     final = peak if config.schedule == "constant" else 0.0
-    return warmup_cosine(peak, total, warmup, final_lr=final)
+    schedule = warmup_cosine(peak, total, warmup, final_lr=final)
+    return PerEpoch(schedule, steps_per_epoch) if config.schedule_per == "epoch" else schedule
 
 
 def build_model(config: TrainConfig, spec: Any, steps_per_epoch: int, strategy: Any) -> Any:
