@@ -215,3 +215,13 @@ def test_per_epoch_schedule_refuses_a_warm_up():
     )
     with pytest.raises(FlagError, match=r"--warmup_epochs=1(\.0)?: --schedule_per=epoch holds"):
         train.validate(config)
+
+
+def test_citations_name_the_official_ascl_repository():
+    from helpers import REPO
+
+    wrong = "MrChenFeng/" + "ASCL"  # not a repository: the code is the one below
+    right = "MrChenFeng/Adaptive-Soft-Contrastive-Learning_ICPR2022"
+    files = [*(REPO / "flags").glob("*.flags"), *(REPO / "docs").glob("*.md")]
+    assert not [str(p) for p in files if wrong in p.read_text()]
+    assert right in (REPO / "flags" / "base_ascl_code.flags").read_text()

@@ -2,7 +2,7 @@
 
 Examples::
 
-    tfascl-eval --protocol=knn --model_dir=runs/ascl --checkpoint=best
+    tfascl-eval --protocol=knn --model_dir=runs/ascl                 # the final encoder
     tfascl-eval --protocol=linear --model_dir=runs/ascl              # the ASCL protocol
     tfascl-eval --protocol=linear --linear_fast --model_dir=runs/ascl  # cached features
     tfascl-eval --protocol=knn --saved_model=runs/ascl/export/1
