@@ -667,7 +667,7 @@ KNOWN_DEPARTURES_FILE = Path(__file__).resolve().parents[1] / "docs" / "known_de
 def known_departures_section(path: Path = KNOWN_DEPARTURES_FILE) -> list[str]:
     """The "Known departures" section: docs/known_departures.md, as written (the table of
     what tfascl still does differently from the official code, and what was matched)."""
-    return path.read_text().rstrip().splitlines() + [""]
+    return [*path.read_text().rstrip().splitlines(), ""]
 
 
 def render(results: Path) -> str:
