@@ -54,7 +54,7 @@ class EvalConfig:
         max_train_examples: Stratified subset of the training split (quick looks).
         max_test_examples: Stratified subset of the test split.
         input: ``"memory"`` (decode both splits into RAM), ``"stream"`` (read and decode the
-            files as features are computed: kNN and ``linear_fast`` on data sets of any size)
+            files as they are needed: kNN and both linear probes on data sets of any size)
             or ``"auto"``: memory when twice the decoded splits fit ``memory_budget_gb``
             (``tfascl.data.choose_input``, the rule of ``tfascl-train``).
         memory_budget_gb: RAM the decoded images may take with ``input="auto"``; None:
@@ -176,11 +176,11 @@ def eval_crop(
 def check_streamable(protocol: str, fast: bool) -> None:
     """Refuses the protocols that need the images decoded in memory, when streamed.
 
+    The linear probe streams, augmented or not (``protocols.streamed_linear_batches``).
+
     Raises:
-        EvalInputError: The augmented linear probe or neighbours, streamed.
+        EvalInputError: Neighbours, streamed.
     """
-    if protocol == "linear" and not fast:
-        raise EvalInputError(protocols.STREAMED_LINEAR_ERROR)
     if protocol == "neighbors":
         raise EvalInputError(protocols.STREAMED_NEIGHBORS_ERROR)
 
@@ -273,9 +273,8 @@ def prepare(config: EvalConfig, say: Callable[[str], None]) -> Prepared:
             check_streamable(config.protocol, config.linear.fast)
         except EvalInputError:
             raise EvalInputError(
-                f"--input=auto: {why}; --protocol={config.protocol}"
-                f"{'' if config.protocol != 'linear' else ' without --linear_fast'} needs the "
-                "images in memory: lower --max_train_examples, or force --input=memory"
+                f"--input=auto: {why}; --protocol={config.protocol} needs the images in "
+                "memory: lower --max_train_examples, or force --input=memory"
             ) from None
     say(f"input: {mode} ({why})")
     load = protocols.open_labelled if mode == "stream" else protocols.load_labelled

@@ -64,9 +64,9 @@ def define_flags(flag_values: flags.FlagValues = flags.FLAGS) -> flags.FlagValue
         "input",
         "auto",
         ["auto", "memory", "stream"],
-        "memory: decode both splits into RAM; stream: read and decode the files as features "
-        "are computed (knn, linear_fast); auto: memory when the decoded splits fit "
-        "--memory_budget_gb.",
+        "memory: decode both splits into RAM; stream: read and decode the files as they are "
+        "needed (knn, linear: memory flat in the number of images); auto: memory when the "
+        "decoded splits fit --memory_budget_gb and share one size.",
     )
     f.DEFINE_float(
         "memory_budget_gb",
