@@ -661,6 +661,15 @@ def literature_section() -> list[str]:
     return lines
 
 
+KNOWN_DEPARTURES_FILE = Path(__file__).resolve().parents[1] / "docs" / "known_departures.md"
+
+
+def known_departures_section(path: Path = KNOWN_DEPARTURES_FILE) -> list[str]:
+    """The "Known departures" section: docs/known_departures.md, as written (the table of
+    what tfascl still does differently from the official code, and what was matched)."""
+    return [*path.read_text().rstrip().splitlines(), ""]
+
+
 def render(results: Path) -> str:
     """The whole page."""
     lines = [
@@ -680,6 +689,7 @@ def render(results: Path) -> str:
     lines += device_section(results)
     lines += learning_section(results)
     lines += literature_section()
+    lines += known_departures_section()
     return "\n".join(lines).rstrip() + "\n"
 
 

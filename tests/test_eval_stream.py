@@ -120,9 +120,10 @@ def test_auto_input_streams_over_a_tiny_budget(run_dir, cifar10_dir, tmp_path, c
     # ...and with the default budget (half the RAM) the same folder is decoded in memory.
     entry = knn(run_dir, folder, knn_k=5, max_train_examples=20)
     assert entry["input"]["mode"] == "memory" and "fits" in entry["input"]["why"]
-    # The augmented linear probe cannot stream: auto says so rather than decoding.
-    with pytest.raises(EvalInputError, match="without --linear_fast needs the images"):
-        evaluate("linear", model_dir=run_dir, dataset=str(folder), memory_budget_gb=1e-5)
+    # Neighbours pictures training images, so it cannot stream: auto says so rather than
+    # decoding (the augmented linear probe streams: tests/test_linear_stream.py).
+    with pytest.raises(EvalInputError, match="--protocol=neighbors needs the images in memory"):
+        evaluate("neighbors", model_dir=run_dir, dataset=str(folder), memory_budget_gb=1e-5)
 
 
 def captured_sizes(dataset):
@@ -173,13 +174,13 @@ def test_eval_pixels_never_become_graph_constants():
     np.testing.assert_array_equal(batch_labels.numpy(), labels.repeat(4)[rows])
 
 
-def test_streamed_augmented_linear_probe_is_a_one_line_usage_error(run_dir):
+def test_streamed_neighbors_is_a_one_line_usage_error(run_dir):
     process = run_python(
-        "-m", "tfascl.evaluation.cli", "--protocol=linear", "--input=stream",
+        "-m", "tfascl.evaluation.cli", "--protocol=neighbors", "--input=stream",
         f"--model_dir={run_dir}", cwd=REPO,
     )  # fmt: skip
     assert process.returncode == 2, process.stderr[-2000:]
     errors = [line for line in process.stderr.splitlines() if "tfascl-eval: error" in line]
-    assert errors == [f"tfascl-eval: error: {protocols.STREAMED_LINEAR_ERROR}"]
+    assert errors == [f"tfascl-eval: error: {protocols.STREAMED_NEIGHBORS_ERROR}"]
     assert "Traceback" not in process.stderr
     assert not Path(run_dir, "results.json").exists()

@@ -355,6 +355,14 @@ MOCO_V2_RECIPE = {  # MoCo v2, ASCL, Co2 and MoCo+DCL
     "momentum": (0.999, f"{MOCO_V2} --moco-m 0.999"),
     "symmetric": (False, f"{MOCO_V2}: one direction"),
 }
+# The MoCo v2 pipeline the ImageNet recipes on MoCo run (the ASCL README, 65-66, runs its
+# builder.py in the MoCo code): aug+ on both views, the cosine stepped per epoch.
+MOCO_V2_PIPELINE = {
+    "key_augment": ("strong", f"{MOCO_V2} 247-249 TwoCropsTransform(aug+)"),
+    "schedule": ("cosine", f"{MOCO_V2} --cos"),
+    "schedule_per": ("epoch", f"{MOCO_V2} 263, 372-376 adjust_learning_rate per epoch"),
+    "eval_crop": (0.875, "MoCo main_lincls.py 268-269 Resize(256) + CenterCrop(224)"),
+}
 SIMCLR_RUN = "google-research/simclr tf2/run.py"
 LARS_RECIPE = {  # SimCLR (and DCL on it) and NNCLR: LARS at batch 4096, global BN
     "norm": ("sync", f"{SIMCLR_RUN} --global_bn True"),
@@ -375,15 +383,15 @@ IMAGENET_METHODS = {
         **MOCO_V2_RECIPE,
         "method": ("moco", MOCO_V2),
         "temperature": (0.2, f"{MOCO_V2} --moco-t 0.2"),
-        "key_augment": ("strong", f"{MOCO_V2} aug+ for both crops"),
+        **MOCO_V2_PIPELINE,
     },
     "ascl": {
         **MOCO_V2_RECIPE,
+        **MOCO_V2_PIPELINE,
         "method": ("ascl", "ASCL paper, ImageNet-1k"),
         "temperature": (0.1, "ASCL ImageNet-1K/builder.py T1=0.1"),
         "relabel_temperature": (0.05, "ASCL ImageNet-1K/builder.py T2=0.05"),
         "num_neighbors": (1, "ASCL ImageNet-1K/builder.py nn_num = 1"),
-        "key_augment": ("weak", "ASCL dataloader.py (small data): weak key view"),
     },
     "co2": {
         **MOCO_V2_RECIPE,
@@ -391,14 +399,14 @@ IMAGENET_METHODS = {
         "temperature": (0.2, f"{MOCO_V2} --moco-t 0.2"),
         "consistency_weight": (0.3, "Co2 paper α"),
         "consistency_temperature": (0.04, "Co2 paper τ_con"),
-        "key_augment": ("strong", f"{MOCO_V2} aug+ for both crops"),
+        **MOCO_V2_PIPELINE,
     },
     "moco_dcl": {
         **MOCO_V2_RECIPE,
         "method": ("moco_dcl", "MoCo v2 with DCL's loss"),
         "temperature": (0.2, f"{MOCO_V2} --moco-t 0.2"),
         "debias_prior": (0.001, "DCL main.py --tau_plus, the prior of 1,000 classes"),
-        "key_augment": ("strong", f"{MOCO_V2} aug+ for both crops"),
+        **MOCO_V2_PIPELINE,
     },
     "simclr": {
         **LARS_RECIPE,
@@ -480,9 +488,10 @@ def test_recipes_that_carry_values_over_say_so():
     for path in SOURCED:
         text = path.read_text()
         if path.stem.endswith("_ressl"):
-            # ReSSL's code for small datasets is not public: the file must say whose values
-            # the optimiser and head are.
-            assert "not public" in text and "Carried over from the ASCL code" in text, path.name
+            # ReSSL's code for small datasets is not in its repository (a separate download,
+            # README.md 10-11): the file must say whose values the optimiser and head are.
+            outside = "not public" in text or "distributed separately" in text
+            assert outside and "Carried over from the ASCL code" in text, path.name
             assert "ReSSL's ImageNet code" in text, path.name
         if path.stem.endswith("_sce"):
             assert "resnet18_cifar10.yaml" in text and "projector_resnet18_mlp2_bn1.yaml" in text

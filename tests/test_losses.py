@@ -120,13 +120,15 @@ def test_one_hot_loss_is_infonce(qkq):
 def test_sce_loss_matches_reference_formula(qkq):
     query, key, queue = qkq
     tau, tau_m, lam = 0.1, 0.05, 0.4
-    # SCE's compute_sce_loss: the positive masked out of the key distribution
-    # with a large constant, then mixed with the one-hot.
+    # SCE's code (CEA-LIST/SCE sce/models/siamese/sce.py 101-121, eztorch sce_loss.py with
+    # use_keys=False): the positive's key similarity is 0 and it is not masked out of the
+    # key distribution, which is then mixed with the one-hot (and L1-normalised: sums to 1).
     sim_k = np.concatenate([np.zeros((B, 1)), key @ queue.T], 1) / tau_m
     mask = np.zeros((B, 1 + M))
     mask[:, 0] = 1
-    prob_k = np_softmax(sim_k - 1e9 * mask)
+    prob_k = np_softmax(sim_k)
     targets = lam * mask + (1 - lam) * prob_k
+    assert np.all(targets[:, 0] > lam)  # the positive gets λ + (1 − λ)·s₀
     want = -(targets * np_log_softmax(np_logits(query, key, queue, tau))).sum(1).mean()
     got = losses.sce_loss(query, key, queue, tau=tau, tau_m=tau_m, lam=lam)
     np.testing.assert_allclose(got.numpy(), want, rtol=1e-5)

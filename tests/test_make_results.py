@@ -98,3 +98,16 @@ def test_loss_head_share_of_the_measured_moco_step(tmp_path):
     assert "queue 4096: +0.5% meets the ≤ 5% target" in page  # the whole-step overhead
     # 5 ms of extra head time against MoCo's 20 s step is 0.025%.
     assert "| ascl | 256 | 4096 | 15.0 | +5.00 | +0.025% |" in page
+
+
+def test_known_departures_table_is_in_the_page(tmp_path):
+    page = make_results.render(tmp_path)
+    section = page[page.index("## Known departures from the official code") :]
+    header = "| what | official (file:line) | why tfascl differs | expected effect |"
+    assert header in section and "### Matched to the official code (issue 23)" in section
+    table = section[section.index(header) : section.index("### Matched")]
+    rows = [line for line in table.splitlines() if line.startswith("| ")][1:]
+    assert len(rows) >= 8
+    for row in rows:  # four cells, none empty
+        cells = [cell.strip() for cell in row.strip("|").split(" | ")]
+        assert len(cells) == 4 and all(cells), row

@@ -490,7 +490,8 @@ class KnnMonitor(keras.callbacks.Callback):
         """kNN top-1 (and top-5) now."""
         start = time.perf_counter()
         if self._extract is None:
-            self._extract = knn.feature_extractor(self.model, name="kNN monitor")
+            embed = monitored_model(self.model, self.bank)
+            self._extract = knn.feature_extractor(embed, name="kNN monitor")
         bank_features, bank_labels = self._extract(self.bank, "bank images")
         test_features, test_labels = self._extract(self.test, "test images")
         result = knn.knn_accuracy(
@@ -532,6 +533,20 @@ class KnnMonitor(keras.callbacks.Callback):
         if previous and previous != name:
             for path in runs.glob(self.write_dir, f"{previous}.*"):
                 runs.remove(path)
+
+
+def monitored_model(model: keras.Model, batches: tf.data.Dataset) -> keras.Model:
+    """What the kNN monitor embeds: the model, or, when the batches' images are not the
+    side its backbone was built for (STL-10's 96 px images of a run on 64 px crops), the
+    backbone's own layers on images of any side (``tfascl.models.backbones.any_size``)."""
+    backbone = getattr(model, "backbone", None)
+    spec = batches.element_spec
+    images = spec[0] if isinstance(spec, (tuple, list)) else spec
+    if backbone is None or tuple(images.shape[1:3]) == tuple(backbone.inputs[0].shape[1:3]):
+        return model
+    from tfascl.models.backbones import any_size
+
+    return any_size(backbone)
 
 
 def read_best(model_dir: str | Path) -> dict[str, Any]:

@@ -151,10 +151,13 @@ def soft_contrastive_loss(
 def sce_targets(
     key: tf.Tensor, queue: tf.Tensor, tau_m: float = 0.05, lam: float = 0.5
 ) -> tf.Tensor:
-    """SCE's targets (Denize et al., WACV 2023): ``λ·onehot + (1−λ)·s``.
+    """SCE's targets (Denize et al., WACV 2023) as its code computes them:
+    ``λ·onehot + (1−λ)·s``.
 
-    ``s`` is the softmax of ``k·queueᵀ/τ_m`` over the queue, the positive
-    excluded (weight 0 in ``s``).
+    ``s = softmax([0, k·queueᵀ] / τ_m)`` over the positive's slot and the queue: the
+    official code (CEA-LIST/SCE ``sce/models/siamese/sce.py`` 101–121; eztorch
+    ``sce_loss.py``, the queue path) gives the positive a similarity of 0 and does not mask
+    it, so the positive's target is ``λ + (1−λ)·s₀``, slightly above the paper's λ.
 
     Args:
         key: [B, D] L2-normalised keys.
@@ -165,9 +168,12 @@ def sce_targets(
     Returns:
         targets [B, 1+M] float32, rows summing to 1, without gradient.
     """
-    _, s, _ = neighbor_distribution(key, queue, tau_m)  # [B, M]
-    positive = tf.fill([tf.shape(s)[0], 1], lam)
-    return tf.stop_gradient(tf.concat([positive, (1.0 - lam) * s], axis=1))
+    key, queue = tf.stop_gradient(_f32(key)), tf.stop_gradient(_f32(queue))
+    similarities = tf.matmul(key, queue, transpose_b=True)  # [B, M]
+    positive = tf.zeros_like(similarities[:, :1])  # the official code's sim_k_ktarget
+    s = tf.nn.softmax(tf.concat([positive, similarities], axis=1) / tau_m, axis=1)
+    one_hot = tf.one_hot(tf.zeros(tf.shape(s)[:1], tf.int32), tf.shape(s)[1], dtype=tf.float32)
+    return tf.stop_gradient(lam * one_hot + (1.0 - lam) * s)
 
 
 def sce_loss(

@@ -9,6 +9,8 @@ Contents:
 * :func:`warmup_cosine` -- per-step linear warm-up, then cosine decay (Keras ``CosineDecay``).
 * :func:`multistep_decay` -- PyTorch's ``MultiStepLR`` per step (Keras
   ``PiecewiseConstantDecay``).
+* :class:`PerEpoch` -- any schedule held for a whole epoch at its value at the epoch's first
+  step (MoCo's ``adjust_learning_rate``, called once per epoch).
 * :func:`scaled_learning_rate` -- the linear scaling rule ``lr = base * batch / 256``.
 * :func:`build_optimizer` -- builds one of ``sgd``, ``lars``, ``adamw``, ``lamb``.
 
@@ -37,6 +39,7 @@ __all__ = [
     "LARS",
     "OPTIMIZER_NAMES",
     "CoupledSGD",
+    "PerEpoch",
     "build_optimizer",
     "multistep_decay",
     "scaled_learning_rate",
@@ -437,6 +440,46 @@ def multistep_decay(
     if not boundaries:  # Keras needs one boundary; a constant rate is two equal pieces
         boundaries, values = [0], values * 2
     return keras.optimizers.schedules.PiecewiseConstantDecay(boundaries, values)
+
+
+@keras.saving.register_keras_serializable(package="tfascl")
+class PerEpoch(keras.optimizers.schedules.LearningRateSchedule):
+    """``schedule`` stepped once per epoch: ``lr(s) = schedule(s // E * E)``, ``E`` the
+    steps of an epoch.
+
+    MoCo's ``main_moco.py`` sets the learning rate at the start of each epoch
+    (``adjust_learning_rate(optimizer, epoch, args)``: ``lr · ½(1 + cos(π·epoch/epochs))``)
+    and keeps it for the epoch; with :func:`warmup_cosine` without warm-up over
+    ``epochs · E`` steps this is that schedule exactly, since the per-step cosine at step
+    ``e · E`` is ``½(1 + cos(π·e/epochs))``.
+
+    Args:
+        schedule: A per-step schedule (or a float: then constant).
+        steps_per_epoch: ``E >= 1``.
+    """
+
+    def __init__(
+        self, schedule: keras.optimizers.schedules.LearningRateSchedule, steps_per_epoch: int
+    ) -> None:
+        if steps_per_epoch < 1:
+            raise ValueError(f"steps_per_epoch must be >= 1, got {steps_per_epoch}")
+        self.schedule = schedule
+        self.steps_per_epoch = int(steps_per_epoch)
+
+    def __call__(self, step: tf.Tensor) -> tf.Tensor:
+        epoch_start = (ops.convert_to_tensor(step) // self.steps_per_epoch) * self.steps_per_epoch
+        return self.schedule(epoch_start) if callable(self.schedule) else self.schedule
+
+    def get_config(self) -> dict:
+        return {
+            "schedule": keras.optimizers.schedules.serialize(self.schedule),
+            "steps_per_epoch": self.steps_per_epoch,
+        }
+
+    @classmethod
+    def from_config(cls, config: dict) -> PerEpoch:
+        schedule = keras.optimizers.schedules.deserialize(config["schedule"])
+        return cls(schedule, config["steps_per_epoch"])
 
 
 @keras.saving.register_keras_serializable(package="tfascl", name="WarmupCosine")

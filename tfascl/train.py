@@ -37,7 +37,7 @@ from tfascl.cli import (
     run_app,
 )
 from tfascl.distribute import fit_loop, make_strategy
-from tfascl.optim import build_optimizer, scaled_learning_rate, warmup_cosine
+from tfascl.optim import PerEpoch, build_optimizer, scaled_learning_rate, warmup_cosine
 from tfascl.runs import (
     EXPORT_SUBDIR,
     FLAGS_FILE,
@@ -252,14 +252,16 @@ def make_spec(config: TrainConfig, run_data: RunData, total_steps: int) -> Any:
 
 
 def learning_rate_schedule(config: TrainConfig, steps_per_epoch: int) -> Any:
-    """Linear warm-up from 0, then cosine to 0 or constant, per step: Keras's CosineDecay."""
+    """Linear warm-up from 0, then cosine to 0 or constant, per step: Keras's CosineDecay;
+    with ``--schedule_per=epoch`` held for each epoch at its first step's rate (MoCo)."""
     peak = config.learning_rate
     if config.scale_lr:
         peak = scaled_learning_rate(peak, config.batch_size)
     total = config.epochs * steps_per_epoch
     warmup = round(config.warmup_epochs * steps_per_epoch)
     final = peak if config.schedule == "constant" else 0.0
-    return warmup_cosine(peak, total, warmup, final_lr=final)
+    schedule = warmup_cosine(peak, total, warmup, final_lr=final)
+    return PerEpoch(schedule, steps_per_epoch) if config.schedule_per == "epoch" else schedule
 
 
 def build_model(config: TrainConfig, spec: Any, steps_per_epoch: int, strategy: Any) -> Any:
@@ -268,9 +270,11 @@ def build_model(config: TrainConfig, spec: Any, steps_per_epoch: int, strategy: 
     with strategy.scope():
         overrides = {}
         if config.augment_on == "device":
+            # The key view as --key_augment says, as on the host (MoCo v2's aug+ key).
             overrides["views"] = data.TwoViews(
-                config.image_size, spec.mean, spec.std, seed=config.seed
-            )
+                config.image_size, spec.mean, spec.std, seed=config.seed,
+                key_augment=config.key_augment,
+            )  # fmt: skip
         if config.jit_compile and strategy.num_replicas_in_sync > 1:
             # Keras cannot jit a step that spans replicas: compile each replica's part.
             overrides["replica_jit_compile"] = True
@@ -628,13 +632,19 @@ def knn_monitor(
     model_dir: runs.RunPath | None,
     write_dir: runs.RunPath,
 ) -> Any:
-    """The kNN monitor over the eval transform of the bank and test images, or None."""
+    """The kNN monitor over the eval transform of the bank and test images, or None; at
+    the final evaluation's size (STL-10: the native 96 px, ``monitor_image_size``)."""
+    from tfascl.evaluation.protocols import monitor_image_size
+
     if run_data.bank is None:
         return None
     batch = 256
+    size = monitor_image_size(config.dataset, config.image_size, run_data.bank, run_data.test)
+    if size != config.image_size:
+        print(f"kNN monitor: bank and test images at their own {size} px, as tfascl-eval.")
     return cbs.KnnMonitor(
-        data.eval_dataset(run_data.bank, batch, config.image_size, crop_fraction=config.eval_crop),
-        data.eval_dataset(run_data.test, batch, config.image_size, crop_fraction=config.eval_crop),
+        data.eval_dataset(run_data.bank, batch, size, crop_fraction=config.eval_crop),
+        data.eval_dataset(run_data.test, batch, size, crop_fraction=config.eval_crop),
         run_data.num_classes,
         every=config.knn_every,
         last_epoch=config.epochs - 1,

@@ -177,7 +177,12 @@ class TrainConfig(MethodOptions):
         True, "Exempt BN parameters and biases from weight decay (and LARS)."
     )
     warmup_epochs: float = _flag(1, "Linear warm-up epochs (may be fractional).")
-    schedule: str = _flag("cosine", "Learning rate after the warm-up, per step.")
+    schedule: str = _flag("cosine", "Learning rate after the warm-up.")
+    schedule_per: str = _flag(
+        "step",
+        "Step the learning rate every step, or once per epoch at the epoch's first step's "
+        "value (MoCo main_moco.py's adjust_learning_rate; needs --warmup_epochs=0).",
+    )
     model_dir: str | None = _flag(None, "Run folder (default runs/<method>_<dataset>).")
     checkpoint_every: int = _flag(500, "Save every N steps (0: at epoch ends only).")
     keep_checkpoints: int = _flag(3, "Recent checkpoints kept (plus the best).")
@@ -238,6 +243,7 @@ ENUMS = {
     "key_norm": list(KEY_NORMS),
     "optimizer": list(OPTIMIZER_NAMES),
     "schedule": ["cosine", "constant"],
+    "schedule_per": ["step", "epoch"],
     "strategy": ["auto", "one_device", "mirrored", "multi_worker", "tpu"],
     "precision": list(PRECISIONS),
 }
@@ -360,6 +366,11 @@ def validate(config: TrainConfig) -> None:
     require(
         0 <= c.warmup_epochs <= c.epochs,
         f"--warmup_epochs={c.warmup_epochs}: must be in [0, --epochs={c.epochs}]",
+    )
+    require(
+        c.schedule_per == "step" or c.warmup_epochs == 0,
+        f"--warmup_epochs={c.warmup_epochs}: --schedule_per=epoch holds each epoch's first "
+        "rate, 0 for a warm-up's first epoch; use --warmup_epochs=0 (MoCo has none)",
     )
     if c.max_train_examples is not None:
         require(

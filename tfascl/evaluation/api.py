@@ -8,6 +8,7 @@ results entry, merged into results.json).
 from __future__ import annotations
 
 import dataclasses
+import os
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -53,13 +54,15 @@ class EvalConfig:
         max_train_examples: Stratified subset of the training split (quick looks).
         max_test_examples: Stratified subset of the test split.
         input: ``"memory"`` (decode both splits into RAM), ``"stream"`` (read and decode the
-            files as features are computed: kNN and ``linear_fast`` on data sets of any size)
+            files as they are needed: kNN and both linear probes on data sets of any size)
             or ``"auto"``: memory when twice the decoded splits fit ``memory_budget_gb``
             (``tfascl.data.choose_input``, the rule of ``tfascl-train``).
         memory_budget_gb: RAM the decoded images may take with ``input="auto"``; None:
             half of this machine's.
         eval_crop: The eval transform's central crop, as a fraction of the shorter side
             (1: the whole central square; ImageNet's Resize(256) + CenterCrop(224) is 0.875).
+            ``None`` (the default): the run's own ``--eval_crop`` when it is evaluated on
+            its pretraining data set, else the data set's protocol's (:func:`eval_crop`).
         image_size: Only for SavedModels that do not record their input size.
         batch_size: Images per forward pass when computing features.
         knn_k: kNN neighbours.
@@ -87,7 +90,7 @@ class EvalConfig:
     max_test_examples: int | None = None
     input: str = "auto"
     memory_budget_gb: float | None = None
-    eval_crop: float = 1.0
+    eval_crop: float | None = None
     image_size: int | None = None
     batch_size: int = 256
     knn_k: int = 200
@@ -122,20 +125,62 @@ class EvalConfig:
             raise EvalInputError(f"--input={self.input}: must be one of {INPUT_MODES}")
         if self.memory_budget_gb is not None and not self.memory_budget_gb > 0:
             raise EvalInputError(f"--memory_budget_gb={self.memory_budget_gb}: must be > 0")
-        if not 0 < self.eval_crop <= 1:
+        if self.eval_crop is not None and not 0 < self.eval_crop <= 1:
             raise EvalInputError(f"--eval_crop={self.eval_crop}: must be in (0, 1]")
         if self.input == "stream":
             check_streamable(self.protocol, self.linear.fast)
 
 
+def same_dataset(a: str | None, b: str | None) -> bool:
+    """Whether two ``--dataset`` values name the same data (a TFDS name, or one folder)."""
+    if not a or not b:
+        return False
+    if a == b:
+        return True
+    paths = [os.path.realpath(os.path.expanduser(name)) for name in (a, b)]
+    return os.path.isdir(paths[0]) and paths[0] == paths[1]
+
+
+def eval_crop(
+    given: float | None,
+    encoder: Encoder,
+    source: str,
+    reference: protocols.DatasetProtocol,
+) -> tuple[float, str, str | None]:
+    """The evaluation crop, where it comes from, and a note when run and protocol disagree.
+
+    ``--eval_crop`` when given; else the run's recorded crop (its ``flags.json``, an
+    export's metadata) when the model is evaluated on its pretraining data set, which its
+    kNN monitor used too; else the data set's protocol's (ImageNet: 0.875, MoCo
+    ``main_lincls.py``'s Resize(256) + CenterCrop(224); the others: 1).
+
+    Returns:
+        ``(crop, source, note)``: ``source`` is ``"--eval_crop"``, ``"run"`` or
+        ``"protocol <name>"``; ``note`` says when the run's crop is not its protocol's.
+    """
+    if given is not None:
+        return float(given), "--eval_crop", None
+    protocol_source = f"protocol {reference.name}"
+    if encoder.eval_crop is not None and same_dataset(encoder.dataset, source):
+        crop = encoder.eval_crop
+        note = None
+        if abs(crop - reference.eval_crop) > 1e-9:
+            note = (
+                f"eval crop {crop:g} from the run (its --eval_crop), not the {reference.name} "
+                f"protocol's {reference.eval_crop:g}; pass --eval_crop to choose"
+            )
+        return crop, "run", note
+    return reference.eval_crop, protocol_source, None
+
+
 def check_streamable(protocol: str, fast: bool) -> None:
     """Refuses the protocols that need the images decoded in memory, when streamed.
 
+    The linear probe streams, augmented or not (``protocols.streamed_linear_batches``).
+
     Raises:
-        EvalInputError: The augmented linear probe or neighbours, streamed.
+        EvalInputError: Neighbours, streamed.
     """
-    if protocol == "linear" and not fast:
-        raise EvalInputError(protocols.STREAMED_LINEAR_ERROR)
     if protocol == "neighbors":
         raise EvalInputError(protocols.STREAMED_NEIGHBORS_ERROR)
 
@@ -192,6 +237,8 @@ class Prepared:
     protocol: str
     input_mode: str = "memory"
     input_why: str = ""
+    eval_crop: float = 1.0
+    eval_crop_source: str = "protocol"
 
     @property
     def name(self) -> str:
@@ -226,9 +273,8 @@ def prepare(config: EvalConfig, say: Callable[[str], None]) -> Prepared:
             check_streamable(config.protocol, config.linear.fast)
         except EvalInputError:
             raise EvalInputError(
-                f"--input=auto: {why}; --protocol={config.protocol}"
-                f"{'' if config.protocol != 'linear' else ' without --linear_fast'} needs the "
-                "images in memory: lower --max_train_examples, or force --input=memory"
+                f"--input=auto: {why}; --protocol={config.protocol} needs the images in "
+                "memory: lower --max_train_examples, or force --input=memory"
             ) from None
     say(f"input: {mode} ({why})")
     load = protocols.open_labelled if mode == "stream" else protocols.load_labelled
@@ -240,19 +286,21 @@ def prepare(config: EvalConfig, say: Callable[[str], None]) -> Prepared:
     reference = protocols.dataset_protocol(train.name or source)
     linear = config.linear.for_dataset(reference)
     eval_size, size_note = protocols.eval_image_size(reference, encoder, test)
-    notes = list(encoder.notes) + ([size_note] if size_note else [])
+    crop, crop_source, crop_note = eval_crop(config.eval_crop, encoder, source, reference)
+    notes = list(encoder.notes) + [note for note in (size_note, crop_note) if note]
     # The eval transform takes the test images, and kNN's bank or linear_fast's training
     # images, to eval_size; the augmented linear probe random-resized-crops its own.
     transformed = [train, test] if config.protocol != "linear" or linear.fast else [test]
     for split in transformed:
-        note = protocols.resize_note(split, eval_size, config.eval_crop)
+        note = protocols.resize_note(split, eval_size, crop)
         if note and note not in notes:
             notes.append(note)
     for note in notes:
         say(f"note: {note}")
+    say(f"eval crop: {crop:g} ({crop_source})")
     return Prepared(
         encoder, source, train, test, linear, reference, eval_size, notes, config.protocol,
-        mode, why,
+        mode, why, crop, crop_source,
     )  # fmt: skip
 
 
@@ -260,7 +308,7 @@ def run_protocol(config: EvalConfig, p: Prepared, say: Callable[[str], None]) ->
     """Runs the protocol on the prepared splits; its timed outcome (metrics, settings)."""
     encoder, train, test = p.encoder, p.train, p.test
     say(f"{p.name}: {len(train)} train / {len(test)} test images, model {encoder.checkpoint}")
-    common = {"eval_size": p.eval_size, "crop_fraction": config.eval_crop}
+    common = {"eval_size": p.eval_size, "crop_fraction": p.eval_crop}
     if config.protocol == "knn":
         outcome = protocols.timed(
             protocols.knn_protocol, encoder, train, test, k=config.knn_k,
@@ -309,6 +357,7 @@ def record(config: EvalConfig, p: Prepared, outcome: dict[str, Any]) -> dict[str
         "normalisation": {"mean": list(p.encoder.mean), "std": list(p.encoder.std)},
         **outcome,
         "input": {"mode": p.input_mode, "why": p.input_why},
+        "eval_crop": {"value": p.eval_crop, "source": p.eval_crop_source},
         "notes": p.notes,
         "date": results.now_iso(),
         "tfascl_version": __version__,

@@ -2,12 +2,12 @@
 
 Examples::
 
-    tfascl-eval --protocol=knn --model_dir=runs/ascl --checkpoint=best
+    tfascl-eval --protocol=knn --model_dir=runs/ascl                 # the final encoder
     tfascl-eval --protocol=linear --model_dir=runs/ascl              # the ASCL protocol
     tfascl-eval --protocol=linear --linear_fast --model_dir=runs/ascl  # cached features
     tfascl-eval --protocol=knn --saved_model=runs/ascl/export/1
     tfascl-eval --protocol=knn --model_dir=runs/in1k --dataset=/data/imagenet \\
-        --input=stream --eval_crop=0.875     # any size: files decoded as needed
+        --input=stream     # any size: files decoded as needed; ImageNet's crop 0.875
     tfascl-eval --protocol=neighbors --model_dir=runs/ascl   # runs/ascl/plots/neighbors.png
     tfascl-eval --protocol=plots --model_dir=runs/ascl --compare_model_dir=runs/moco \\
         --plots_dir=docs/images
@@ -64,9 +64,9 @@ def define_flags(flag_values: flags.FlagValues = flags.FLAGS) -> flags.FlagValue
         "input",
         "auto",
         ["auto", "memory", "stream"],
-        "memory: decode both splits into RAM; stream: read and decode the files as features "
-        "are computed (knn, linear_fast); auto: memory when the decoded splits fit "
-        "--memory_budget_gb.",
+        "memory: decode both splits into RAM; stream: read and decode the files as they are "
+        "needed (knn, linear: memory flat in the number of images); auto: memory when the "
+        "decoded splits fit --memory_budget_gb and share one size.",
     )
     f.DEFINE_float(
         "memory_budget_gb",
@@ -76,9 +76,10 @@ def define_flags(flag_values: flags.FlagValues = flags.FLAGS) -> flags.FlagValue
     )
     f.DEFINE_float(
         "eval_crop",
-        1.0,
+        None,
         "Eval transform: the central square of this fraction of the shorter side, resized "
-        "(0.875: ImageNet's Resize(256) + CenterCrop(224)).",
+        "(0.875: ImageNet's Resize(256) + CenterCrop(224)). Default: the run's --eval_crop "
+        "on its own data set, else the data set's protocol's (ImageNet 0.875, others 1).",
     )
     f.DEFINE_integer("seed", 0, "Seed of subsets, linear init/shuffling/augmentation, t-SNE.")
     f.DEFINE_integer("image_size", None, "Input size, only for SavedModels that do not record it.")
@@ -266,6 +267,7 @@ def run_with(values: flags.FlagValues) -> None:
     entry = evaluate(config, log=absl_logging.info)
     print(format_table(entry))
     print(f"input: {entry['input']['mode']} ({entry['input']['why']})")
+    print(f"eval crop: {entry['eval_crop']['value']:g} ({entry['eval_crop']['source']})")
     for note in entry["notes"]:
         print(f"note: {note}")
     if "picture" in entry:

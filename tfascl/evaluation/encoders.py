@@ -68,6 +68,8 @@ class Encoder:
         notes: Human-readable remarks recorded with the results.
         any_size: ``embed`` takes square images of any side, not only ``image_size``
             (checkpoints: the backbone is fully convolutional with global pooling).
+        eval_crop: The evaluation crop the run recorded (``flags.json``'s ``--eval_crop``,
+            or an export's metadata), or ``None`` when it recorded none.
     """
 
     embed: Callable[[tf.Tensor], tf.Tensor]
@@ -85,6 +87,7 @@ class Encoder:
     backbone: keras.Model | None = None
     notes: list[str] = dataclasses.field(default_factory=list)
     any_size: bool = False
+    eval_crop: float | None = None
     _compiled: dict[int, Callable[[tf.Tensor], tf.Tensor]] = dataclasses.field(
         default_factory=dict, init=False, repr=False
     )
@@ -170,7 +173,16 @@ def from_model_dir(model_dir: str | Path, checkpoint: str = "latest") -> Encoder
         results_dir=model_dir,
         backbone=backbone,
         any_size=True,
+        eval_crop=recorded_eval_crop(runs.read_json_record(runs.join(model_dir, runs.FLAGS_FILE))),
     )
+
+
+def recorded_eval_crop(record: dict[str, Any]) -> float | None:
+    """The ``eval_crop`` of a run's ``flags.json`` or an export's metadata, if valid."""
+    value = record.get("eval_crop")
+    if isinstance(value, (int, float)) and not isinstance(value, bool) and 0 < value <= 1:
+        return float(value)
+    return None
 
 
 def any_size_backbone(spec: runs.RunSpec, trained: keras.Model) -> keras.Model:
@@ -322,6 +334,7 @@ def from_saved_model(path: str | Path, image_size: int | None = None) -> Encoder
         results_dir=path,
         normalized_features=True,
         notes=notes,
+        eval_crop=recorded_eval_crop(metadata),
     )
 
 

@@ -4,7 +4,8 @@ Both take an :class:`~tfascl.evaluation.encoders.Encoder` and two labelled split
 training split and the test split) and return a JSON-ready dict. The encoder stays frozen
 and in inference mode throughout. A split is a decoded :class:`~tfascl.data.ImageSet` or, for
 data sets of any size, :class:`~tfascl.data.ImageFiles` streamed from its files through the
-same eval transform (kNN and ``linear_fast``: only the ``[N, F]`` features are held).
+same eval transform (kNN and ``linear_fast``: only the ``[N, F]`` features are held); the
+augmented linear probe streams too, cropping each original image as it is read.
 
 * :func:`knn_protocol`: the training split through the eval transform is the memory bank
   (L2-normalised backbone features); every test image is classified by its ``k`` most similar
@@ -38,8 +39,22 @@ import numpy as np
 import tensorflow as tf
 
 from tfascl import knn
-from tfascl.data import ImageFiles, ImageSet, eval_transform, folders, load_images, open_images
-from tfascl.data.augment import CROP_ATTEMPTS, FLIP_PROB, resized_crop, sample_crop_boxes
+from tfascl.data import (
+    ImageFiles,
+    ImageSet,
+    eval_transform,
+    folders,
+    load_images,
+    open_images,
+    stream,
+)
+from tfascl.data.augment import (
+    CROP_ATTEMPTS,
+    CROP_RATIO,
+    FLIP_PROB,
+    resized_crop,
+    sample_crop_boxes,
+)
 from tfascl.data.host import host_variable
 from tfascl.data.stream import SkippedFiles, sample_sizes, stream_eval_dataset
 from tfascl.evaluation.encoders import Encoder, EvalInputError
@@ -48,10 +63,6 @@ from tfascl.optim import build_optimizer, multistep_decay, warmup_cosine
 # The encoder normalises; the data side produces [0, 1] pixels.
 _NO_NORM = ((0.0, 0.0, 0.0), (1.0, 1.0, 1.0))
 
-STREAMED_LINEAR_ERROR = (
-    "--input=stream: the augmented linear probe needs the training images decoded in memory; "
-    "stream with --linear_fast (cached features), or use --input=memory"
-)
 STREAMED_NEIGHBORS_ERROR = (
     "--input=stream: --protocol=neighbors pictures training images, so it needs them decoded "
     "in memory; use --input=memory (with --max_train_examples for a large split)"
@@ -76,6 +87,8 @@ class DatasetProtocol:
             images' own side rather than the model's training size.
         linear_lr: Base learning rate of the step schedule.
         nesterov: Nesterov momentum in the linear probe's SGD.
+        eval_crop: The eval transform's central crop over the shorter side (ImageNet's
+            Resize(256) + CenterCrop(224): 0.875; the small data sets: 1, the image as is).
     """
 
     name: str
@@ -83,6 +96,7 @@ class DatasetProtocol:
     native_size: bool
     linear_lr: float
     nesterov: bool
+    eval_crop: float = 1.0
 
 
 DATASET_PROTOCOLS = {
@@ -109,6 +123,7 @@ DATASET_PROTOCOLS = {
         native_size=False,
         linear_lr=30.0,
         nesterov=False,
+        eval_crop=224 / 256,
     ),
 }
 
@@ -158,6 +173,30 @@ def eval_image_size(
             f"{encoder.kind} takes {encoder.image_size} px only"
         )
     return int(height), None
+
+
+def monitor_image_size(dataset: str, image_size: int, *splits: ImageSet | ImageFiles) -> int:
+    """The side tfascl-train's kNN monitor embeds its bank and test images at: the final
+    evaluation's (:func:`eval_image_size`), so the monitor and the best checkpoint it picks
+    see what ``tfascl-eval`` sees.
+
+    STL-10's protocol evaluates the native 96 px images (the ASCL code's ``online_test``
+    uses the same ``memory_loader``/``test_loader`` as the final evaluation: ``main.py``
+    121, 135; ``dataloader.py`` 345–347); the others the model's ``image_size``.
+
+    Args:
+        dataset: The run's ``--dataset`` (its name picks the protocol).
+        image_size: The run's ``--image_size``.
+        *splits: The bank and test images; their own side is used when they all share one
+            square size.
+    """
+    if not dataset_protocol(dataset).native_size:
+        return image_size
+    shapes = {image_shape(split) for split in splits}
+    if len(shapes) != 1:
+        return image_size
+    shape = shapes.pop()
+    return int(shape[0]) if shape is not None and shape[0] == shape[1] else image_size
 
 
 # --------------------------------------------------------------------------------------
@@ -400,18 +439,22 @@ def embed_split(
             f"{data.where or data.name} holds unlabelled images (label -1); pick a labelled "
             "split (for STL-10: --train_split=train_labelled)"
         )
-    names: list[str] = []
-    if skipped is not None:
-        missing = np.flatnonzero(skipped.first_decoded.numpy() == SkippedFiles.NEVER)
-        names = [str(data.paths[i]) for i in missing]
+    names = _never_decoded(data, skipped) if skipped is not None else []
+    return features, labels, names
+
+
+def _never_decoded(files: ImageFiles, skipped: SkippedFiles) -> list[str]:
+    """The files of a streamed split that did not decode in its first pass, named once."""
+    missing = np.flatnonzero(skipped.first_decoded.numpy() == SkippedFiles.NEVER)
+    names = [str(files.paths[i]) for i in missing]
     if names:
-        shown = ", ".join(os.path.relpath(name, data.where) for name in names[:20])
+        shown = ", ".join(os.path.relpath(name, files.where) for name in names[:20])
         more = f" and {len(names) - 20} more" if len(names) > 20 else ""
         _note(
-            f"skipped {len(names)} of {len(data)} files of {data.where} that could not be "
+            f"skipped {len(names)} of {len(files)} files of {files.where} that could not be "
             f"decoded: {shown}{more}"
         )
-    return features, labels, names
+    return names
 
 
 def _note(line: str) -> None:
@@ -696,6 +739,164 @@ def _augmented_batches(
     return batches.map(load, num_parallel_calls=tf.data.AUTOTUNE).prefetch(tf.data.AUTOTUNE)
 
 
+# --- The streamed linear probe: each original image, cropped by torchvision's rule -----------
+
+# Uniform draws of one training image's crop and flip: area, log-ratio, top and left for
+# each of torchvision's ten tries, then the flip.
+LINEAR_DRAWS = 4 * CROP_ATTEMPTS + 1
+_LINEAR_SALT = 0x11CE  # keeps the probe's draws apart from pretraining's for the same seed
+
+
+def torchvision_crop_boxes(
+    uniforms: tf.Tensor,
+    height: tf.Tensor,
+    width: tf.Tensor,
+    scale: tuple[float, float] = LINEAR_CROP_SCALE,
+    ratio: tuple[float, float] = CROP_RATIO,
+) -> tf.Tensor:
+    """torchvision's ``RandomResizedCrop.get_params``, whole pixels, driven by uniforms.
+
+    Per image, up to ten tries: area ``H·W·U(scale)``, aspect ratio ``exp(U(log ratio))``,
+    ``w = round(√(area·r))``, ``h = round(√(area/r))`` (round half to even, as Python's
+    ``round``); the first with ``0 < w ≤ W`` and ``0 < h ≤ H`` is kept, its top and left
+    drawn uniformly among the ``H − h + 1`` and ``W − w + 1`` whole-pixel positions
+    (``torch.randint``). Otherwise torchvision's fallback: the whole image, its aspect ratio
+    clamped to ``ratio`` (the long side cut to ``round``), centred by floor division.
+    Computed in float64, so the rounding is the rule's.
+
+    Args:
+        uniforms: ``[n, 4 * CROP_ATTEMPTS]`` in [0, 1): area, log-ratio, top and left
+            draws, ``CROP_ATTEMPTS`` columns each.
+        height: ``[n]`` or scalar image heights in pixels.
+        width: ``[n]`` or scalar widths.
+        scale: Area range, as a fraction of the image.
+        ratio: Aspect-ratio (width / height) range.
+
+    Returns:
+        ``[n, 4]`` float64 boxes (top, left, height, width) of whole pixels.
+    """
+    u = tf.cast(uniforms, tf.float64)
+    count = tf.shape(u)[0]
+    height = tf.broadcast_to(tf.cast(height, tf.float64), [count])[:, None]
+    width = tf.broadcast_to(tf.cast(width, tf.float64), [count])[:, None]
+    tries = slice(0, CROP_ATTEMPTS)
+    area = height * width * (scale[0] + (scale[1] - scale[0]) * u[:, tries])
+    log_lo, log_hi = math.log(ratio[0]), math.log(ratio[1])
+    aspect = tf.exp(log_lo + (log_hi - log_lo) * u[:, CROP_ATTEMPTS : 2 * CROP_ATTEMPTS])
+    w = tf.round(tf.sqrt(area * aspect))  # tf.round: half to even, as Python's round
+    h = tf.round(tf.sqrt(area / aspect))
+    fits = (w > 0) & (w <= width) & (h > 0) & (h <= height)
+    first = tf.argmax(tf.cast(fits, tf.int32), axis=1, output_type=tf.int32)[:, None]
+
+    def pick(values: tf.Tensor) -> tf.Tensor:
+        return tf.gather(values, first, batch_dims=1)
+
+    h, w = pick(h), pick(w)
+    top = tf.floor(pick(u[:, 2 * CROP_ATTEMPTS : 3 * CROP_ATTEMPTS]) * (height - h + 1))
+    left = tf.floor(pick(u[:, 3 * CROP_ATTEMPTS : 4 * CROP_ATTEMPTS]) * (width - w + 1))
+    boxes = tf.concat([top, left, h, w], axis=1)
+    image_ratio = width / height
+    fallback_w = tf.where(image_ratio > ratio[1], tf.round(height * ratio[1]), width)
+    fallback_h = tf.where(image_ratio < ratio[0], tf.round(width / ratio[0]), height)
+    fallback = tf.concat(
+        [
+            tf.math.floordiv(height - fallback_h, 2.0),
+            tf.math.floordiv(width - fallback_w, 2.0),
+            fallback_h,
+            fallback_w,
+        ],
+        axis=1,
+    )
+    return tf.where(tf.reduce_any(fits, axis=1, keepdims=True), boxes, fallback)
+
+
+def linear_draws(seed: int, epoch: Any, position: Any) -> tf.Tensor:
+    """The ``[LINEAR_DRAWS]`` uniforms of one training image's crop and flip: a function of
+    (seed, epoch, the image's index: file number, or record position for TFDS) only."""
+    base = tf.constant([seed, _LINEAR_SALT], tf.int64)
+    mixed = tf.random.experimental.stateless_fold_in(base, tf.cast(epoch, tf.int64), alg="philox")
+    mixed = tf.random.experimental.stateless_fold_in(
+        mixed, tf.cast(position, tf.int64), alg="philox"
+    )
+    return tf.random.stateless_uniform([LINEAR_DRAWS], mixed, dtype=tf.float64, alg="philox")
+
+
+def linear_epoch_order(count: int, seed: int, epoch: Any) -> tf.Tensor:
+    """The ``[count]`` file indices of one epoch of the streamed probe, shuffled."""
+    epoch_seed = tf.stack([tf.constant(seed, tf.int64), tf.cast(epoch, tf.int64)])
+    return tf.random.experimental.stateless_shuffle(tf.range(count, dtype=tf.int64), epoch_seed)
+
+
+def streamed_linear_batches(
+    files: ImageFiles,
+    batch_size: int,
+    image_size: int,
+    seed: int,
+    epoch: int,
+    scale: tuple[float, float] = LINEAR_CROP_SCALE,
+    skipped: SkippedFiles | None = None,
+) -> tf.data.Dataset:
+    """One epoch of the linear probe's training batches, read and decoded from the files.
+
+    MoCo ``main_lincls.py`` 251–252: ``RandomResizedCrop(S)`` of each original image, then
+    a horizontal flip. The box is drawn by torchvision's rule (:func:`torchvision_crop_boxes`)
+    on the image's own size, read from its header; a JPEG decodes only that window (libjpeg's
+    accurate IDCT, as Pillow), resized to ``S`` (antialiased bilinear). Only the file list is
+    held: memory does not grow with the number of images. Files that fail to decode are left
+    out (``skipped`` records the others).
+
+    Args:
+        files: The labelled training split (a folder, or TFDS records).
+        batch_size: Images per batch; the last batch of the epoch may be smaller.
+        image_size: ``S``, the model's size.
+        seed: Seed of the order and the draws.
+        epoch: The epoch (a new order and new crops each).
+        scale: RandomResizedCrop's area range.
+        skipped: Records the files that decode (folders).
+
+    Returns:
+        ``(pixels [B, S, S, 3] float32 in [0, 1], labels [B] int64)`` batches.
+    """
+
+    def crop(contents: tf.Tensor, position: tf.Tensor) -> tf.Tensor:
+        draws = linear_draws(seed, epoch, position)
+
+        def boxes_for(height: tf.Tensor, width: tf.Tensor) -> tf.Tensor:
+            box = torchvision_crop_boxes(draws[None, :-1], height, width, scale)
+            return tf.cast(box, tf.float32)  # whole pixels: kept exactly by decode_crops
+
+        pixels = stream.decode_crops(contents, boxes_for, image_size, "INTEGER_ACCURATE")[0]
+        pixels = tf.where(draws[-1] < FLIP_PROB, tf.reverse(pixels, axis=[1]), pixels)
+        return pixels / 255.0
+
+    if files.tfds is not None:
+        epoch_seed = tf.constant([seed, epoch], tf.int64)
+        records = stream._tfds_records(files, None, shuffle_files=True)
+        records = stream.block_shuffle(records, epoch_seed, stream.TFDS_SHUFFLE_BLOCK)
+
+        def decode_record(position: tf.Tensor, record: tuple) -> tuple[tf.Tensor, tf.Tensor]:
+            contents, label = record
+            return crop(contents, position), label
+
+        examples = records.enumerate().map(decode_record, num_parallel_calls=tf.data.AUTOTUNE)
+    else:
+        paths, labels = files.host_arrays()
+        order = tf.data.Dataset.from_tensor_slices(linear_epoch_order(files.count, seed, epoch))
+
+        def decode_file(index: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
+            pixels = crop(tf.io.read_file(tf.gather(paths, index)), index)
+            if skipped is not None:  # marked once the decode has succeeded
+                with tf.control_dependencies([pixels]):
+                    marked = skipped.mark(index, tf.constant(epoch, tf.int64))
+                with tf.control_dependencies([marked]):
+                    pixels = tf.identity(pixels)
+            return pixels, tf.gather(labels, index)
+
+        examples = order.map(decode_file, num_parallel_calls=tf.data.AUTOTUNE)
+    examples = examples.ignore_errors()
+    return examples.batch(batch_size).prefetch(tf.data.AUTOTUNE)
+
+
 def _feature_batches(
     features: np.ndarray, labels: np.ndarray, batch_size: int, seed: int
 ) -> tf.data.Dataset:
@@ -734,8 +935,9 @@ def linear_protocol(
 
     Args:
         encoder: The frozen model.
-        train: Labelled training split; streamed files (:class:`ImageFiles`) only with
-            ``config.fast`` (the augmented probe needs the decoded images).
+        train: Labelled training split, decoded or streamed: streamed, the augmented probe
+            crops each original image by torchvision's rule as it is read
+            (:func:`streamed_linear_batches`), so memory is flat in the number of images.
         test: Labelled test split, decoded or streamed.
         config: :class:`LinearConfig` (defaults: the ASCL protocol).
         embed_batch_size: Images per forward pass when caching features.
@@ -750,8 +952,7 @@ def linear_protocol(
         accuracies are fractions. ``classifier`` is not JSON (pop it before writing).
     """
     config = config or LinearConfig()
-    if isinstance(train, ImageFiles) and not config.fast:
-        raise EvalInputError(STREAMED_LINEAR_ERROR)
+    streamed = isinstance(train, ImageFiles) and not config.fast
     eval_size = eval_size or encoder.image_size
     test_features, test_labels, test_skipped = embed_split(
         encoder, test, embed_batch_size, eval_size, crop_fraction
@@ -762,6 +963,12 @@ def linear_protocol(
             encoder, train, embed_batch_size, eval_size, crop_fraction
         )
         dataset = _feature_batches(train_features, train_labels, config.batch_size, config.seed)
+    elif streamed:
+        # TFDS records bring their labels as they are read: the class names count them.
+        known = train.labels if train.labels is not None else np.zeros(0)
+        train_labels = known.astype(np.int64)
+        skipped = SkippedFiles(train) if train.paths is not None else None
+        count = len(train)
     else:
         train_labels = train.labels.astype(np.int64)
         dataset = _augmented_batches(
@@ -773,7 +980,7 @@ def linear_protocol(
             config.crop_scale,
         )
     num_classes = _num_classes(train, test, train_labels, test_labels)
-    steps_per_epoch = math.ceil(len(train_labels) / config.batch_size)
+    steps_per_epoch = math.ceil((count if streamed else len(train_labels)) / config.batch_size)
     classifier = build_classifier(encoder.feature_dim, num_classes, config.init_std, config.seed)
     optimizer = build_optimizer(
         "sgd",
@@ -806,7 +1013,14 @@ def linear_protocol(
     best, best_epoch, final5 = -1.0, 0, None
     for epoch in range(1, config.epochs + 1):
         lr = float(optimizer.learning_rate)  # the rate of the epoch's first step
+        if streamed:
+            dataset = streamed_linear_batches(
+                train, config.batch_size, encoder.image_size, config.seed, epoch,
+                config.crop_scale, skipped,
+            )  # fmt: skip
         losses = [float(train_step(inputs, labels)) for inputs, labels in dataset]
+        if streamed and epoch == 1 and skipped is not None:
+            train_skipped = _never_decoded(train, skipped)
         record: dict[str, Any] = {
             "epoch": epoch,
             "loss": float(np.mean(losses)),
@@ -839,6 +1053,11 @@ def linear_protocol(
         "test_image_size": eval_size,
         "eval_crop": crop_fraction,
     }
+    if streamed:
+        settings["train_crops"] = (
+            "streamed: torchvision's RandomResizedCrop rule on each original image (whole-pixel "
+            "box from its own size, only that window decoded), then the flip"
+        )
     result = {"metrics": metrics, "settings": settings, "history": history}
     return {**_with_skipped(result, train_skipped, test_skipped), "classifier": classifier}
 
@@ -966,6 +1185,7 @@ def neighbors_protocol(
         "seed": seed,
         "similarity": "cosine of backbone features",
         "image_size": eval_size,
+        "eval_crop": crop_fraction,
     }
     rows = [
         {

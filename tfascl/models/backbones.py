@@ -127,3 +127,14 @@ def default_stem(image_size: int) -> str:
     if image_size <= 96:
         return "cifar_pool"
     return "imagenet"
+
+
+def any_size(backbone: keras.Model) -> keras.Model:
+    """``backbone``'s own layers (the same weights, not a copy) on inputs of any side.
+
+    The ResNets are fully convolutional with global pooling, but a functional model built
+    for S px refuses other sides; this one takes them. What it computes at S px is exactly
+    ``backbone``'s, and training ``backbone`` changes it too.
+    """
+    inputs = keras.Input((None, None, backbone.inputs[0].shape[-1]), name="images")
+    return keras.models.clone_model(backbone, input_tensors=inputs, clone_function=lambda x: x)
