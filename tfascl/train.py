@@ -400,9 +400,10 @@ def train(config: TrainConfig) -> RunResult:
         return RunResult(0, summary)
 
     try:
-        strategy = make_strategy(config.strategy)
+        strategy = make_strategy(config.strategy, config.cluster, config.cluster_port)
     except ValueError as error:
-        raise FlagError(f"--strategy={config.strategy}: {error}") from None
+        flag = f"--strategy={config.strategy} --cluster={config.cluster}"
+        raise FlagError(f"{flag}: {error}") from None
     config = check_replicas(config, strategy.num_replicas_in_sync)
     run_data = load_data(config)
     steps_per_epoch = len(run_data.train) // config.batch_size
@@ -672,7 +673,7 @@ def run_epochs(
         schedule = epoch_schedule(config, run_data.train, strategy, start_step, steps_per_epoch)
         report = [SkippedFilesReport(skipped, schedule)]
     per_execution = config.steps_per_execution or 1
-    multi_worker = config.strategy == "multi_worker"
+    multi_worker = isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy)
     if steps_per_epoch % per_execution and not multi_worker:
         # fit runs whole executions: the last of an epoch would run into the next epoch's
         # batches unless the epoch's dataset ends with it (then it runs what is left).
