@@ -119,7 +119,13 @@ def choose_input(config: TrainConfig) -> tuple[str, str]:
         config.dataset, [(config.train_split, config.max_train_examples)], mode=config.input,
         data_dir=config.data_dir, load_size=config.load_size,
         memory_budget_gb=config.memory_budget_gb, seed=config.seed,
+        tfrecord_keys=tfrecord_keys(config),
     )  # fmt: skip
+
+
+def tfrecord_keys(config: TrainConfig) -> tuple[str | None, str | None]:
+    """The feature names of TFRecord shards (None: the shards' index's, else Model Garden's)."""
+    return config.tfrecord_image_key, config.tfrecord_label_key
 
 
 def load_data(config: TrainConfig) -> RunData:
@@ -135,7 +141,7 @@ def load_data(config: TrainConfig) -> RunData:
         if mode == "stream":
             return data.open_images(
                 config.dataset, split, data_dir=config.data_dir,
-                max_examples=max_examples, seed=config.seed,
+                max_examples=max_examples, seed=config.seed, tfrecord_keys=tfrecord_keys(config),
             )  # fmt: skip
         return data.load_images(
             config.dataset,
@@ -144,6 +150,7 @@ def load_data(config: TrainConfig) -> RunData:
             max_examples=max_examples,
             seed=config.seed,
             image_size=config.load_size,
+            tfrecord_keys=tfrecord_keys(config),
         )
 
     try:
@@ -668,7 +675,10 @@ def run_epochs(
         parts.append((epoch, config.epochs, 0))
     verbose = (1 if config.progress_bar else 2) if is_chief(strategy) else 0
     skipped, report = None, []
-    if isinstance(run_data.train, data.ImageFiles) and run_data.train.paths is not None:
+    if isinstance(run_data.train, data.TFRecordFiles):
+        skipped, report = skipped_records_report(config, run_data.train, strategy, start_step,
+                                                 steps_per_epoch)  # fmt: skip
+    elif isinstance(run_data.train, data.ImageFiles) and run_data.train.paths is not None:
         skipped = data.SkippedFiles(run_data.train)
         schedule = epoch_schedule(config, run_data.train, strategy, start_step, steps_per_epoch)
         report = [SkippedFilesReport(skipped, schedule)]
@@ -714,6 +724,23 @@ def epoch_schedule(
         return np.concatenate([indices.numpy() for _, _, indices in shares])
 
     return schedule
+
+
+def skipped_records_report(
+    config: TrainConfig, files: Any, strategy: Any, start_step: int, steps_per_epoch: int
+) -> tuple[Any, list]:
+    """For TFRecord shards: the ``SkippedRecords`` of this worker's records and the callback
+    naming those that did not decode, once per epoch (``epoch_schedule``'s, for shards)."""
+    resolver = getattr(strategy, "cluster_resolver", None)
+    workers = max(1, strategy.extended._num_workers if resolver and resolver.task_type else 1)
+    worker = resolver.task_id if resolver and resolver.task_type and workers > 1 else 0
+    context = tf.distribute.InputContext(workers, worker, strategy.num_replicas_in_sync)
+    first_epoch, skip = divmod(start_step, steps_per_epoch)
+    schedule = data.tfrecord.epoch_schedule(
+        files, config.batch_size, config.seed, context, first_epoch, skip
+    )
+    skipped = data.SkippedRecords(files)
+    return skipped, [SkippedFilesReport(skipped, schedule)]
 
 
 def _percent(value: float | None) -> str:
