@@ -412,16 +412,29 @@ def _class_names(index: ShardIndex) -> list[str]:
     return [str(label) for label in range(index.num_classes)]
 
 
+def stats_names(root: str) -> list[str]:
+    """Names that may name a TFRecord folder's data set: its own; without a `tfrecords` or
+    `shards` ending (`imagenet-tfrecords`); its parent's when it is only such a word
+    (`imagenet/tfrecords`)."""
+    path = os.path.normpath(os.path.abspath(root))
+    name = os.path.basename(path)
+    bare = re.sub(r"[-_. ]*(tf_?records?|shards?)$", "", name, flags=re.IGNORECASE)
+    if not bare:
+        return [name, os.path.basename(os.path.dirname(path))]
+    return [name, bare] if bare != name else [name]
+
+
 def split_stats(root: str, split: str, keys: tuple | None = None) -> Stats:
-    """Published statistics when the folder's name is known; otherwise an estimate from the
-    first `loading.STATS_SAMPLE` records of the train split (this split when there is none),
-    decoded at `loading.STATS_SIZE` px once and cached."""
+    """Published statistics when the folder's name is known (`stats_names`); otherwise an
+    estimate from the first `loading.STATS_SAMPLE` records of the train split (this split
+    when there is none), decoded at `loading.STATS_SIZE` px once and cached."""
     from tfascl.data import decode
     from tfascl.data.loading import STATS_SAMPLE, STATS_SIZE
 
-    known = stats_for_name(os.path.basename(os.path.normpath(root)))
-    if known is not None:
-        return known
+    for name in stats_names(root):
+        known = stats_for_name(name)
+        if known is not None:
+            return known
     try:
         shards, index = _split_index(root, "train", keys)
     except ValueError:
