@@ -54,6 +54,13 @@ def test_auto_is_slurm_in_a_job_step_else_tf_config_else_one_machine(environment
     with pytest.raises(ValueError, match=r"TF_CONFIG .* is not set"):
         distribute.cluster_resolver("tf_config")
 
+    # A one-worker TF_CONFIG is one machine for --strategy=auto (no cluster to join).
+    alone = {"cluster": {"worker": ["h0:2222"]}, "task": {"type": "worker", "index": 0}}
+    environment(TF_CONFIG=json.dumps(alone))
+    assert distribute.cluster_workers(distribute.cluster_resolver("auto")) == 1
+    strategy = distribute.make_strategy("auto")
+    assert not isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy)
+
     environment(TF_CONFIG=json.dumps(TF_CONFIG))
     resolver = distribute.cluster_resolver("auto")
     assert isinstance(resolver, tf.distribute.cluster_resolver.TFConfigClusterResolver)

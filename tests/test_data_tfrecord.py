@@ -77,6 +77,9 @@ def test_written_shards_read_back_equal_the_images_and_labels(folder, shards):
         files = data.open_images(str(root), split)
         assert isinstance(files, data.TFRecordFiles) and len(files) == count
         assert files.labelled and files.class_names == list(CLASSES)
+    # Streamed, max_examples keeps the first records in shard order (as TFDS's [:n]).
+    first = data.open_images(str(root), "train", max_examples=20)
+    assert first.count == 20 and first.counts == (9, 9, 2) and len(first.shards) == 3
 
 
 def test_index_is_rebuilt_when_missing_or_stale_and_the_script_writes_folders(folder, tmp_path):

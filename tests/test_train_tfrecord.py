@@ -7,11 +7,13 @@ import time
 
 import numpy as np
 import pytest
+import tensorflow as tf
 from helpers import logged_steps
 from test_train_multiworker import ARGS, start_workers, wait_for
 
 from benchmarks.image_folder import write_image_folder
 from tfascl import data
+from tfascl.data import tfrecord
 
 BAD = "c0/zz_broken.jpg"
 
@@ -70,6 +72,14 @@ def test_two_workers_read_their_own_shards_and_resume_exactly_after_a_kill(tmp_p
     for worker in range(2):
         assert set(shard_of[sorted(read[worker])]) == {worker, worker + 2}
     assert not read[0] & read[1] and len(read[0] | read[1]) == 63
+    # The resumed epoch read exactly the records its last step trains on: those the epoch's
+    # order puts after the 3 steps done (24 of each worker's 32), none of the first 24.
+    files = data.open_images(str(shards), "train")
+    for worker in range(2):
+        context = tf.distribute.InputContext(2, worker, 2)
+        rest = set(tfrecord.epoch_schedule(files, 16, 0, context, first_epoch=0, skip=3)(0))
+        decoded = set(np.flatnonzero(records[worker]["first_decoded"] == 0))
+        assert len(rest) == 8 and decoded <= rest and len(rest - decoded) <= 1
     # The bad record: named by the worker whose shard holds it, in epoch 2; never by
     # the other. (Its number in the split: the writer's order, recovered from the shards.)
     (bad,) = set(range(64)) - read[0] - read[1]
