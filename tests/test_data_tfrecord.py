@@ -100,6 +100,16 @@ def test_index_is_rebuilt_when_missing_or_stale_and_the_script_writes_folders(fo
     index.unlink()
     assert data.open_images(str(out), "test").count == 12  # or tfascl-train counts them
     assert json.loads(index.read_text())["shards"] == written["shards"]
+    # Asked for a label feature the records lack: unlabelled, and counted once for it.
+    unlabelled = data.open_images(str(out), "test", tfrecord_keys=(None, "label"))
+    assert not unlabelled.labelled and unlabelled.class_names == []
+    stamp = index.stat().st_mtime_ns
+    assert not data.open_images(str(out), "test", tfrecord_keys=(None, "label")).labelled
+    assert index.stat().st_mtime_ns == stamp  # not counted again
+    assert not data.open_images(str(out), "test").labelled  # no key given: the index's
+    labels = (None, "image/class/label")
+    assert data.open_images(str(out), "test", tfrecord_keys=labels).labelled  # counted again
+    assert data.open_images(str(out), "test").labelled
     # A shard rewritten with fewer records makes the index stale: counted again.
     shard = out / "test" / "test-00002-of-00003.tfrecord"
     first = next(iter(tf.data.TFRecordDataset(str(shard)))).numpy()

@@ -168,6 +168,8 @@ class ShardIndex:
         label_key: Feature of the int64 label, or None (unlabelled).
         num_classes: Largest label + 1 (0 when no record has a label).
         class_names: Class names in label order, when the writer knew them.
+        looked_for: The label feature the records were read for ("" for none): an index
+            of unlabelled records answers for it without counting again.
     """
 
     counts: tuple[int, ...]
@@ -175,6 +177,7 @@ class ShardIndex:
     label_key: str | None
     num_classes: int
     class_names: tuple[str, ...] = ()
+    looked_for: str = ""
 
 
 def _shard_records(paths: Sequence[str]) -> list[dict]:
@@ -191,6 +194,7 @@ def _index_json(shards: Shards, index: ShardIndex) -> dict:
         "split": shards.split,
         "image_key": index.image_key,
         "label_key": index.label_key,
+        "label_key_looked_for": index.looked_for or index.label_key or "",
         "num_classes": index.num_classes,
         "class_names": list(index.class_names),
         "shards": records,
@@ -211,6 +215,7 @@ def _from_json(record: dict, shards: Shards) -> ShardIndex | None:
             label_key=record["label_key"],
             num_classes=int(record["num_classes"]),
             class_names=tuple(record.get("class_names") or ()),
+            looked_for=record.get("label_key_looked_for") or record["label_key"] or "",
         )
     except (KeyError, TypeError, ValueError):
         return None
@@ -320,6 +325,7 @@ def build_index(
         label_key=label_key if labelled else None,
         num_classes=largest + 1 if labelled else 0,
         class_names=tuple(class_names),
+        looked_for=label_key or "",
     )
     write_index(shards, index)
     return index
@@ -340,7 +346,8 @@ def load_index(
     if found is not None:
         same_image = image_key is None or image_key == found.image_key
         same_label = label_key is None or (label_key or None) == found.label_key
-        # An index of an unlabelled split answers for any label key it was built with.
+        # Records without the label asked for: counted for that key, not again.
+        same_label = same_label or (found.label_key is None and label_key == found.looked_for)
         if same_image and same_label:
             return found
     wanted_image = image_key or (found.image_key if found else IMAGE_KEY)
