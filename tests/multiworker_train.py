@@ -1,4 +1,5 @@
-"""Run as a script: one worker of a multi-worker tfascl-train run (TF_CONFIG set by the caller).
+"""Run as a script: one worker of a multi-worker tfascl-train run (TF_CONFIG, or SLURM's
+variables, set by the caller).
 
     python tests/multiworker_train.py OUT.npz --strategy=multi_worker --flag=value ...
 
@@ -28,15 +29,29 @@ class RecordedSkippedFiles(data.SkippedFiles):
         self.made.append(self)
 
 
+class RecordedSkippedRecords(data.SkippedRecords):
+    """The same for TFRecord shards: which records this worker decoded."""
+
+    made: ClassVar[list] = []
+
+    def __init__(self, files) -> None:
+        super().__init__(files)
+        self.made.append(self)
+
+
 def main() -> None:
     out, args = sys.argv[1], sys.argv[2:]
     config = train.config_from_args(args)
     data.SkippedFiles = RecordedSkippedFiles  # train.py looks it up at run time
+    data.SkippedRecords = RecordedSkippedRecords
     result = train.train(config)
     decoded = {}
     if RecordedSkippedFiles.made:  # streamed: the first epoch each file was decoded in
         decoded["first_decoded"] = RecordedSkippedFiles.made[0].first_decoded.numpy()
         decoded["paths"] = RecordedSkippedFiles.made[0].files.paths.astype(str)
+    if RecordedSkippedRecords.made:  # TFRecord shards: the same per record, and the shards
+        decoded["first_decoded"] = RecordedSkippedRecords.made[0].first_decoded.numpy()
+        decoded["shard_starts"] = RecordedSkippedRecords.made[0].files.starts
     model = result.model
     weights = {
         f"{i:03d}_{w.path.replace('/', '.')}": np.asarray(w) for i, w in enumerate(model.weights)

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import json
 import os
+import subprocess
 from collections.abc import Sequence
 
 import keras
@@ -22,6 +23,9 @@ import numpy as np
 import tensorflow as tf
 
 STRATEGIES = ("auto", "one_device", "mirrored", "multi_worker", "tpu")
+CLUSTERS = ("auto", "tf_config", "slurm")
+# The first port of the workers of a node under SLURM (SlurmClusterResolver's default).
+SLURM_PORT = 8888
 
 
 # --- Inside a replica: who am I, and everyone's values -----------------------------------
@@ -62,25 +66,158 @@ def _local_devices() -> list[str]:
     return [d.name for d in gpus] or [d.name for d in tf.config.list_logical_devices("CPU")]
 
 
-def make_strategy(name: str = "auto") -> tf.distribute.Strategy:
+# --- Clusters: who are the workers ---------------------------------------------------------
+
+
+def in_slurm_step() -> bool:
+    """Whether this process is a task of a SLURM job step (started by ``srun``)."""
+    return "SLURM_PROCID" in os.environ and "SLURM_STEP_NUM_TASKS" in os.environ
+
+
+def _gpus_on_node() -> int:
+    """GPUs this task may use: ``CUDA_VISIBLE_DEVICES`` when set, else ``nvidia-smi``'s list
+    (0 without it). Read without TensorFlow, which must not see the GPUs before the SLURM
+    resolver has set ``CUDA_VISIBLE_DEVICES``."""
+    visible = os.environ.get("CUDA_VISIBLE_DEVICES")
+    if visible is not None:
+        devices = [d.strip() for d in visible.split(",") if d.strip()]
+        return 0 if not devices or devices[0].startswith("-") else len(devices)
+    try:
+        listed = subprocess.run(
+            ["nvidia-smi", "--list-gpus"], capture_output=True, text=True, timeout=60
+        )
+    except (OSError, subprocess.SubprocessError):
+        return 0
+    if listed.returncode:
+        return 0
+    return sum(line.startswith("GPU ") for line in listed.stdout.splitlines())
+
+
+class _CpuSlurmClusterResolver(tf.distribute.cluster_resolver.SlurmClusterResolver):
+    """``SlurmClusterResolver`` on nodes without GPUs.
+
+    TensorFlow's resolver deals each task of a node its own GPUs and cannot deal none (it
+    steps through the node's GPUs by the count per task). Here every task is dealt one
+    placeholder, never made visible (``auto_set_gpu=False``) and never reported: the
+    strategy sees no accelerator and runs each worker on its CPU.
+    """
+
+    def num_accelerators(
+        self, task_type: str | None = None, task_id: int | None = None, config_proto: object = None
+    ) -> dict[str, int]:
+        del task_type, task_id, config_proto
+        return {}
+
+
+def slurm_resolver(port: int = SLURM_PORT) -> tf.distribute.cluster_resolver.ClusterResolver:
+    """TensorFlow's ``SlurmClusterResolver`` for this job step: one worker per task, at
+    ``<node>:<port + i>`` for the node's i-th task, worker 0 (the chief) the first task.
+
+    On GPU nodes the resolver gives each task its share of the node's GPUs (it sets
+    ``CUDA_VISIBLE_DEVICES``); the usual layout is one task per node with all its GPUs.
+
+    Raises:
+        ValueError: Not in a SLURM job step, or more tasks on a node than it has GPUs.
+    """
+    from tensorflow.python.distribute.cluster_resolver import slurm_cluster_resolver as slurm
+
+    if not in_slurm_step():
+        raise ValueError(
+            "not inside a SLURM job step (SLURM_PROCID and SLURM_STEP_NUM_TASKS are unset): "
+            "start one task per node with srun"
+        )
+    try:
+        tasks = int(os.environ["SLURM_STEP_NUM_TASKS"])
+        per_node = max(slurm.expand_tasks_per_node(os.environ["SLURM_STEP_TASKS_PER_NODE"]))
+        gpus = _gpus_on_node()
+        if gpus:
+            if gpus < per_node:
+                raise ValueError(
+                    f"SLURM runs {per_node} tasks on a node with {gpus} GPU(s): give each task "
+                    "at least one (usually one task per node, with all its GPUs)"
+                )
+            return tf.distribute.cluster_resolver.SlurmClusterResolver(
+                port_base=port, gpus_per_node=gpus
+            )
+        return _CpuSlurmClusterResolver(
+            port_base=port, gpus_per_node=tasks, gpus_per_task=1, auto_set_gpu=False
+        )
+    except (KeyError, RuntimeError) as error:  # a SLURM variable missing or malformed
+        raise ValueError(f"cannot read the SLURM job step: {error}") from None
+
+
+def cluster_resolver(
+    cluster: str = "auto", port: int = SLURM_PORT
+) -> tf.distribute.cluster_resolver.ClusterResolver | None:
+    """The cluster this process is a worker of, as a TensorFlow cluster resolver.
+
+    Args:
+        cluster: ``"slurm"`` (``SlurmClusterResolver``, the job step's tasks),
+            ``"tf_config"`` (``TFConfigClusterResolver``, the ``TF_CONFIG`` variable), or
+            ``"auto"``: SLURM inside a job step, else ``TF_CONFIG`` when set, else none.
+        port: The first port of a node's workers under SLURM.
+
+    Returns:
+        The resolver, or None (``"auto"`` outside any cluster: one machine).
+
+    Raises:
+        ValueError: An unknown name, or the cluster named is not there (or ``TF_CONFIG``
+            is not JSON).
+    """
+    if cluster not in CLUSTERS:
+        raise ValueError(f"cluster must be one of {CLUSTERS}, got {cluster!r}")
+    if cluster == "slurm" or (cluster == "auto" and in_slurm_step()):
+        return slurm_resolver(port)
+    if cluster == "tf_config" or (cluster == "auto" and "TF_CONFIG" in os.environ):
+        if "TF_CONFIG" not in os.environ:
+            raise ValueError("TF_CONFIG (cluster and task) is not set")
+        try:
+            json.loads(os.environ["TF_CONFIG"])  # fail here, clearly, on malformed JSON
+        except json.JSONDecodeError as error:
+            raise ValueError(f"TF_CONFIG is not JSON ({error})") from None
+        return tf.distribute.cluster_resolver.TFConfigClusterResolver()
+    return None
+
+
+def cluster_workers(resolver: tf.distribute.cluster_resolver.ClusterResolver) -> int:
+    """The chief and worker tasks of a resolver's cluster (0 without a cluster)."""
+    if isinstance(resolver, tf.distribute.cluster_resolver.SlurmClusterResolver):
+        return int(os.environ["SLURM_STEP_NUM_TASKS"])  # without dealing GPUs yet
+    jobs = resolver.cluster_spec().as_dict()
+    return sum(len(jobs.get(job, ())) for job in ("chief", "worker"))
+
+
+def make_strategy(
+    name: str = "auto", cluster: str = "auto", port: int = SLURM_PORT
+) -> tf.distribute.Strategy:
     """A ``tf.distribute`` strategy by name.
 
     Args:
-        name: ``"auto"`` (all local GPUs if more than one, else the default
-            strategy), ``"one_device"``, ``"mirrored"`` (all local GPUs, or
-            logical CPUs), ``"multi_worker"`` (``MultiWorkerMirroredStrategy``
-            from ``TF_CONFIG``) or ``"tpu"``.
+        name: ``"auto"`` (``MultiWorkerMirroredStrategy`` when ``cluster`` resolves to
+            several workers; else all local GPUs if more than one, else the default
+            strategy), ``"one_device"``, ``"mirrored"`` (all local GPUs, or logical CPUs),
+            ``"multi_worker"`` (``MultiWorkerMirroredStrategy`` over ``cluster``, which
+            must resolve) or ``"tpu"``.
+        cluster: How the workers are found (``cluster_resolver``); for ``"auto"`` and
+            ``"multi_worker"`` only.
+        port: The first port of a node's workers under SLURM.
 
     Returns:
         The strategy; create the model and compile it inside ``strategy.scope()``.
     """
     if name not in STRATEGIES:
         raise ValueError(f"strategy must be one of {STRATEGIES}, got {name!r}")
-    if name == "multi_worker":
-        if "TF_CONFIG" not in os.environ:
-            raise ValueError("strategy 'multi_worker' needs TF_CONFIG (cluster and task) set")
-        json.loads(os.environ["TF_CONFIG"])  # fail here, clearly, on malformed JSON
-        return tf.distribute.MultiWorkerMirroredStrategy()
+    if name in ("auto", "multi_worker"):
+        resolver = cluster_resolver(cluster, port)
+        if name == "multi_worker" and resolver is None:
+            raise ValueError(
+                "strategy 'multi_worker' needs a cluster: TF_CONFIG (cluster and task) set, "
+                "or a SLURM job step (srun)"
+            )
+        if resolver is not None and (name == "multi_worker" or cluster_workers(resolver) > 1):
+            return tf.distribute.MultiWorkerMirroredStrategy(cluster_resolver=resolver)
+    elif cluster != "auto":
+        raise ValueError(f"cluster {cluster!r} is for strategies auto and multi_worker")
     if name == "tpu":
         resolver = tf.distribute.cluster_resolver.TPUClusterResolver()
         tf.config.experimental_connect_to_cluster(resolver)

@@ -118,7 +118,13 @@ def choose_input(config: TrainConfig) -> tuple[str, str]:
         config.dataset, [(config.train_split, config.max_train_examples)], mode=config.input,
         data_dir=config.data_dir, load_size=config.load_size,
         memory_budget_gb=config.memory_budget_gb, seed=config.seed,
+        tfrecord_keys=tfrecord_keys(config),
     )  # fmt: skip
+
+
+def tfrecord_keys(config: TrainConfig) -> tuple[str | None, str | None]:
+    """The feature names of TFRecord shards (None: the shards' index's, else Model Garden's)."""
+    return config.tfrecord_image_key, config.tfrecord_label_key
 
 
 def load_data(config: TrainConfig) -> RunData:
@@ -134,7 +140,7 @@ def load_data(config: TrainConfig) -> RunData:
         if mode == "stream":
             return data.open_images(
                 config.dataset, split, data_dir=config.data_dir,
-                max_examples=max_examples, seed=config.seed,
+                max_examples=max_examples, seed=config.seed, tfrecord_keys=tfrecord_keys(config),
             )  # fmt: skip
         return data.load_images(
             config.dataset,
@@ -143,6 +149,7 @@ def load_data(config: TrainConfig) -> RunData:
             max_examples=max_examples,
             seed=config.seed,
             image_size=config.load_size,
+            tfrecord_keys=tfrecord_keys(config),
         )
 
     try:
@@ -407,9 +414,10 @@ def train(config: TrainConfig) -> RunResult:
         return RunResult(0, summary)
 
     try:
-        strategy = make_strategy(config.strategy)
+        strategy = make_strategy(config.strategy, config.cluster, config.cluster_port)
     except ValueError as error:
-        raise FlagError(f"--strategy={config.strategy}: {error}") from None
+        flag = f"--strategy={config.strategy} --cluster={config.cluster}"
+        raise FlagError(f"{flag}: {error}") from None
     config = check_replicas(config, strategy.num_replicas_in_sync)
     run_data = load_data(config)
     steps_per_epoch = len(run_data.train) // config.batch_size
@@ -680,12 +688,15 @@ def run_epochs(
         parts.append((epoch, config.epochs, 0))
     verbose = (1 if config.progress_bar else 2) if is_chief(strategy) else 0
     skipped, report = None, []
-    if isinstance(run_data.train, data.ImageFiles) and run_data.train.paths is not None:
+    if isinstance(run_data.train, data.TFRecordFiles):
+        skipped, report = skipped_records_report(config, run_data.train, strategy, start_step,
+                                                 steps_per_epoch)  # fmt: skip
+    elif isinstance(run_data.train, data.ImageFiles) and run_data.train.paths is not None:
         skipped = data.SkippedFiles(run_data.train)
         schedule = epoch_schedule(config, run_data.train, strategy, start_step, steps_per_epoch)
         report = [SkippedFilesReport(skipped, schedule)]
     per_execution = config.steps_per_execution or 1
-    multi_worker = config.strategy == "multi_worker"
+    multi_worker = isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy)
     if steps_per_epoch % per_execution and not multi_worker:
         # fit runs whole executions: the last of an epoch would run into the next epoch's
         # batches unless the epoch's dataset ends with it (then it runs what is left).
@@ -726,6 +737,23 @@ def epoch_schedule(
         return np.concatenate([indices.numpy() for _, _, indices in shares])
 
     return schedule
+
+
+def skipped_records_report(
+    config: TrainConfig, files: Any, strategy: Any, start_step: int, steps_per_epoch: int
+) -> tuple[Any, list]:
+    """For TFRecord shards: the ``SkippedRecords`` of this worker's records and the callback
+    naming those that did not decode, once per epoch (``epoch_schedule``'s, for shards)."""
+    resolver = getattr(strategy, "cluster_resolver", None)
+    workers = max(1, strategy.extended._num_workers if resolver and resolver.task_type else 1)
+    worker = resolver.task_id if resolver and resolver.task_type and workers > 1 else 0
+    context = tf.distribute.InputContext(workers, worker, strategy.num_replicas_in_sync)
+    first_epoch, skip = divmod(start_step, steps_per_epoch)
+    schedule = data.tfrecord.epoch_schedule(
+        files, config.batch_size, config.seed, context, first_epoch, skip
+    )
+    skipped = data.SkippedRecords(files)
+    return skipped, [SkippedFilesReport(skipped, schedule)]
 
 
 def _percent(value: float | None) -> str:

@@ -25,6 +25,7 @@ from tfascl.callbacks import profile_range
 from tfascl.cli import EXIT_FAILED, FlagError, expand_flagfiles, require
 from tfascl.data.augment import KEY_AUGMENTS
 from tfascl.data.pipeline import AUGMENT_ON, INPUT_MODES
+from tfascl.distribute import CLUSTERS, SLURM_PORT
 from tfascl.models.backbones import RESNETS, STEMS, default_stem
 from tfascl.models.batchnorm import KEY_NORMS, NORMS
 from tfascl.models.options import METHOD_OPTIONS, RELABEL_MODES, MethodOptions
@@ -100,7 +101,18 @@ class TrainConfig(MethodOptions):
     )
     dataset: str = _flag(
         RunSpec.dataset,
-        "'digits', a TFDS name prepared under --data_dir, or a folder root/<split>/<class>/.",
+        "'digits', a TFDS name prepared under --data_dir, a folder root/<split>/<class>/, or "
+        "a folder of TFRecord shards (root/<split>-*-of-*, root/<split>/*.tfrecord).",
+    )
+    tfrecord_image_key: str | None = _flag(
+        None,
+        "TFRecord shards: the feature holding the encoded image. Default: the one the "
+        "shards' index names, else Model Garden's image/encoded.",
+    )
+    tfrecord_label_key: str | None = _flag(
+        None,
+        "TFRecord shards: the int64 label feature ('' for none). Default: the index's, else "
+        "Model Garden's image/class/label.",
     )
     data_dir: str | None = _flag(None, "TFDS data directory (default: TFDS's own).")
     input: str = _flag(
@@ -195,7 +207,19 @@ class TrainConfig(MethodOptions):
     knn_every: int = _flag(1, "kNN monitor every N epochs and at the last (0: the last only).")
     knn_k: int = _flag(200, "Neighbours of the kNN monitor.")
     knn_t: float = _flag(0.1, "Temperature of the kNN monitor.")
-    strategy: str = _flag("auto", "tf.distribute strategy; multi_worker reads TF_CONFIG.")
+    strategy: str = _flag(
+        "auto",
+        "tf.distribute strategy; auto: multi_worker when --cluster finds several workers, "
+        "else every local GPU.",
+    )
+    cluster: str = _flag(
+        "auto",
+        "How multi_worker finds its workers: slurm (the srun job step's tasks), tf_config "
+        "(TF_CONFIG), auto (SLURM inside a job step, else TF_CONFIG, else one machine).",
+    )
+    cluster_port: int = _flag(
+        SLURM_PORT, "Under SLURM, the port of a node's first worker (its i-th: port + i)."
+    )
     precision: str = _flag("float32", "Keras dtype policy.")
     jit_compile: bool | None = _flag(
         None, "XLA-compile the train step. Default: on with one GPU, off on CPU (docs/CLI.md)."
@@ -245,6 +269,7 @@ ENUMS = {
     "schedule": ["cosine", "constant"],
     "schedule_per": ["step", "epoch"],
     "strategy": ["auto", "one_device", "mirrored", "multi_worker", "tpu"],
+    "cluster": list(CLUSTERS),
     "precision": list(PRECISIONS),
 }
 
@@ -363,6 +388,12 @@ def validate(config: TrainConfig) -> None:
                 "writes and saves only between executions)",
             )
     require(profile_range(c.profile_steps), f"--profile_steps={c.profile_steps}: give A,B, 1<=A<=B")
+    require(
+        c.cluster == "auto" or c.strategy in ("auto", "multi_worker"),
+        f"--cluster={c.cluster}: finds the workers of --strategy=auto or multi_worker, "
+        f"not of {c.strategy}",
+    )
+    require(0 < c.cluster_port < 65536, f"--cluster_port={c.cluster_port}: must be a port")
     require(
         0 <= c.warmup_epochs <= c.epochs,
         f"--warmup_epochs={c.warmup_epochs}: must be in [0, --epochs={c.epochs}]",

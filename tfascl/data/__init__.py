@@ -1,7 +1,8 @@
 """Data for contrastive pretraining: loading images, augmenting them, and tf.data pipelines.
 
 `load_images` reads "digits", a TFDS dataset or a folder into an in-memory `ImageSet`;
-`open_images` lists a folder or TFDS split as `ImageFiles`, streamed and decoded as needed;
+`open_images` lists a folder or TFDS split as `ImageFiles`, streamed and decoded as needed
+(a folder of TFRecord shards, `tfrecord`, either way);
 `augment` holds the batched, per-image random augmentations (also usable on the device via
 the `TwoViews` layer); `pretrain_dataset` and `eval_dataset` build the input pipelines.
 """
@@ -27,6 +28,7 @@ from tfascl.data.loading import (
 from tfascl.data.pipeline import INPUT_MODES, eval_dataset, pretrain_dataset
 from tfascl.data.stats import DATASET_STATS, Stats, estimate_stats, stats_for_name
 from tfascl.data.stream import ImageFiles, SkippedFiles, estimated_decoded_bytes
+from tfascl.data.tfrecord import SkippedRecords, TFRecordFiles, write_tfrecords
 
 __all__ = [
     "DATASET_STATS",
@@ -36,7 +38,9 @@ __all__ = [
     "ImageFiles",
     "ImageSet",
     "SkippedFiles",
+    "SkippedRecords",
     "Stats",
+    "TFRecordFiles",
     "TwoViews",
     "choose_input",
     "estimate_stats",
@@ -54,4 +58,5 @@ __all__ = [
     "strong_augment",
     "two_views",
     "weak_augment",
+    "write_tfrecords",
 ]

@@ -26,6 +26,7 @@ def choose_input(
     memory_budget_gb: float | None = None,
     seed: int = 0,
     load_size_flag: bool = True,
+    tfrecord_keys: tuple[str | None, str | None] | None = None,
 ) -> tuple[str, str]:
     """(mode, why): ``"memory"`` or ``"stream"``, decided before any image is decoded.
 
@@ -43,6 +44,7 @@ def choose_input(
         memory_budget_gb: RAM the decoded images may take; None: half of this machine's.
         seed: Seed of the ``max_examples`` subsets.
         load_size_flag: The program has ``--load_size`` (named in the message).
+        tfrecord_keys: Feature names of TFRecord shards (``open_images``).
 
     Returns:
         ``(mode, why)``; ``why`` is one clause for the log line.
@@ -56,7 +58,10 @@ def choose_input(
         return mode, f"--input={mode}"
     count, decoded, sizes = 0, 0, set()
     for split, max_examples in splits:
-        files = open_images(source, split, data_dir=data_dir, max_examples=max_examples, seed=seed)
+        files = open_images(
+            source, split, data_dir=data_dir, max_examples=max_examples, seed=seed,
+            tfrecord_keys=tfrecord_keys,
+        )  # fmt: skip
         sampled = sample_sizes(files)
         count += len(files)
         decoded += estimated_decoded_bytes(files, load_size, sampled)

@@ -345,12 +345,13 @@ def _load_folder(
 
 
 def source_kind(source: str) -> str:
-    """What an image source names: "digits", "folder" (an existing one) or "tfds".
+    """What an image source names: "digits", "folder" (an existing one), "tfrecord" (an
+    existing folder of TFRecord shards, `tfascl.data.tfrecord`) or "tfds".
 
     The one rule `load_images`, `open_images` and the command line's checks share: an
-    existing folder is a folder; a path that does not exist (absolute, or starting with
-    ".", "~") is an error; anything else is a TFDS name, configs included
-    ("imagenette/160px-v2").
+    existing folder is a folder (of shards when it holds any); a path that does not exist
+    (absolute, or starting with ".", "~") is an error; anything else is a TFDS name,
+    configs included ("imagenette/160px-v2").
 
     Raises:
         ValueError: A path to a folder that does not exist.
@@ -359,7 +360,9 @@ def source_kind(source: str) -> str:
         return "digits"
     path = os.path.expanduser(source)
     if os.path.isdir(path):
-        return "folder"
+        from tfascl.data.tfrecord import holds_shards
+
+        return "tfrecord" if holds_shards(path) else "folder"
     if os.path.isabs(path) or source.startswith((".", "~")):
         raise ValueError(f"Image folder not found: {path}")
     return "tfds"
@@ -537,6 +540,7 @@ def open_images(
     max_examples: int | None = None,
     fraction: float | None = None,
     seed: int = 0,
+    tfrecord_keys: tuple[str | None, str | None] | None = None,
 ) -> ImageFiles:
     """Opens a split for streaming: lists its files (or TFDS records), decodes nothing.
 
@@ -549,6 +553,8 @@ def open_images(
             first ones, `split[:n]`).
         fraction: Keep this fraction of the images (folders only).
         seed: Seed of the subset draw.
+        tfrecord_keys: For TFRecord shards, (image feature, label feature) names; None
+            for either: the shards' index's, else Model Garden's (`tfascl.data.tfrecord`).
 
     Returns:
         An `ImageFiles` with the split's statistics (published, or estimated once from a
@@ -562,6 +568,12 @@ def open_images(
     if kind == "digits":
         raise ValueError("'digits' is held in memory; use load_images")
     path = os.path.expanduser(source)
+    if kind == "tfrecord":
+        from tfascl.data.tfrecord import open_tfrecords
+
+        return open_tfrecords(
+            path, split, max_examples=max_examples, fraction=fraction, keys=tfrecord_keys
+        )
     if kind == "folder":
         listing = _scan_splits(path, split)
         labels = None if listing.labels is None else np.asarray(listing.labels, np.int64)
@@ -620,6 +632,7 @@ def load_images(
     fraction: float | None = None,
     seed: int = 0,
     image_size: int | None = None,
+    tfrecord_keys: tuple[str | None, str | None] | None = None,
 ) -> ImageSet:
     """Loads a dataset split into memory as RGB uint8 images with labels and statistics.
 
@@ -635,6 +648,7 @@ def load_images(
         image_size: Resize every image to image_size x image_size (aspect ratio kept by
             centre-cropping). When None, folder images of the most common size are kept and
             the rest fitted to it; digits become 32 px.
+        tfrecord_keys: As in `open_images`.
 
     Returns:
         An `ImageSet`.
@@ -653,6 +667,13 @@ def load_images(
         )
         names = [str(d) for d in range(10)]
         return ImageSet(images[indices], labels[indices], names, stats.mean, stats.std, "digits")
+    if kind == "tfrecord":
+        from tfascl.data.tfrecord import load_tfrecords
+
+        return load_tfrecords(
+            os.path.expanduser(source), split, max_examples=max_examples, fraction=fraction,
+            seed=seed, image_size=image_size, keys=tfrecord_keys,
+        )  # fmt: skip
     if kind == "folder":
         return _load_folder(os.path.expanduser(source), split, size, max_examples, fraction, seed)
     return _load_tfds(source, split, data_dir, size, max_examples, fraction, seed)

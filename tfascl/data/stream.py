@@ -109,6 +109,10 @@ def sample_sizes(files: ImageFiles, sample: int = 64) -> list[tuple[int, int]]:
     Folders: the file headers (Pillow opens lazily). TFDS: the image feature's static shape
     when it has one, else the first 16 records, decoded.
     """
+    if getattr(files, "shards", None) is not None:  # TFRecord shards
+        from tfascl.data import tfrecord
+
+        return tfrecord.sample_sizes(files)
     sizes: list[tuple[int, int]] = []
     if files.paths is not None:
         step = max(1, files.count // sample)
@@ -447,6 +451,14 @@ def stream_pretrain_dataset(
         [per-replica batch] int64 labels (-1 unlabelled), or `(query, key)` for an
         unlabelled split.
     """
+    if getattr(files, "shards", None) is not None:  # TFRecord shards: read by shard
+        from tfascl.data import tfrecord
+
+        return tfrecord.pretrain_dataset(
+            files, global_batch, image_size, seed=seed, epochs=epochs, skip=skip,
+            input_context=input_context, key_augment=key_augment, jit_compile=jit_compile,
+            skipped=skipped, colour=colour,
+        )  # fmt: skip
     if key_augment not in KEY_AUGMENTS:
         raise ValueError(f"key_augment must be one of {KEY_AUGMENTS}, got {key_augment!r}")
     replicas, pipeline, pipelines = 1, 0, 1
@@ -567,6 +579,12 @@ def stream_eval_dataset(
         `(images, labels)` batches, images [B, S, S, 3] float32, labels [B] int64 (-1 where
         unlabelled). Undecodable files are left out, with their labels.
     """
+    if getattr(files, "shards", None) is not None:  # TFRecord shards, in shard order
+        from tfascl.data import tfrecord
+
+        return tfrecord.eval_dataset(
+            files, batch_size, image_size, crop_fraction, indices, normalise=normalise
+        )
     no_index = tf.constant(-1, tf.int64)
     if files.tfds is not None:
         records = _tfds_records(files, None, shuffle_files=False)
