@@ -23,14 +23,31 @@ from absl import logging
 
 from tfascl.data import cache, decode, folders
 from tfascl.data.host import host_variable
-from tfascl.data.stats import Stats, estimate_stats, stats_for_name
+from tfascl.data.stats import STATS_SAMPLE, STATS_SIZE, Stats, estimate_stats, stats_for_name
 from tfascl.data.stream import ImageFiles
 
-# Images decoded to estimate a dataset's statistics when no published values exist: enough
-# for three decimals, and the same fixed subset whichever split or subset is being loaded.
-STATS_SAMPLE = 10_000
-# Side the images of that sample are decoded at for streamed data (any size would do).
-STATS_SIZE = 64
+
+@dataclass(frozen=True)
+class SourceFormat:
+    """An on-disk format of data sets besides image folders and TFDS (TFRecord shards).
+
+    Its module registers it in ``SOURCE_FORMATS`` when imported (``tfascl.data`` imports
+    ``tfascl.data.tfrecord``), so this module dispatches to it without importing it: the
+    format's module builds on this one (``ImageSet``, ``select_subset``), not the reverse.
+
+    Attributes:
+        detect: folder → whether it holds a data set of this format.
+        open: ``(root, split, *, max_examples, fraction, keys)`` → streamed ``ImageFiles``.
+        load: ``(root, split, *, max_examples, fraction, seed, image_size, keys)`` →
+            an in-memory ``ImageSet``.
+    """
+
+    detect: Callable[[str], bool]
+    open: Callable[..., ImageFiles]
+    load: Callable[..., ImageSet]
+
+
+SOURCE_FORMATS: dict[str, SourceFormat] = {}
 
 # The split names this library uses, per TFDS dataset. STL-10's "train" is what the
 # pretraining papers train on (its 5k labelled and 100k unlabelled images; unlabelled ones
@@ -360,9 +377,10 @@ def source_kind(source: str) -> str:
         return "digits"
     path = os.path.expanduser(source)
     if os.path.isdir(path):
-        from tfascl.data.tfrecord import holds_shards
-
-        return "tfrecord" if holds_shards(path) else "folder"
+        for kind, source_format in SOURCE_FORMATS.items():
+            if source_format.detect(path):
+                return kind
+        return "folder"
     if os.path.isabs(path) or source.startswith((".", "~")):
         raise ValueError(f"Image folder not found: {path}")
     return "tfds"
@@ -568,10 +586,8 @@ def open_images(
     if kind == "digits":
         raise ValueError("'digits' is held in memory; use load_images")
     path = os.path.expanduser(source)
-    if kind == "tfrecord":
-        from tfascl.data.tfrecord import open_tfrecords
-
-        return open_tfrecords(
+    if kind in SOURCE_FORMATS:
+        return SOURCE_FORMATS[kind].open(
             path, split, max_examples=max_examples, fraction=fraction, keys=tfrecord_keys
         )
     if kind == "folder":
@@ -667,10 +683,8 @@ def load_images(
         )
         names = [str(d) for d in range(10)]
         return ImageSet(images[indices], labels[indices], names, stats.mean, stats.std, "digits")
-    if kind == "tfrecord":
-        from tfascl.data.tfrecord import load_tfrecords
-
-        return load_tfrecords(
+    if kind in SOURCE_FORMATS:
+        return SOURCE_FORMATS[kind].load(
             os.path.expanduser(source), split, max_examples=max_examples, fraction=fraction,
             seed=seed, image_size=image_size, keys=tfrecord_keys,
         )  # fmt: skip

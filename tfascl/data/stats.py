@@ -7,6 +7,12 @@ from typing import NamedTuple
 
 import numpy as np
 
+# Images decoded to estimate a dataset's statistics when no published values exist: enough
+# for three decimals, and the same fixed subset whichever split or subset is being loaded.
+STATS_SAMPLE = 10_000
+# Side the images of that sample are decoded at for streamed data (any size would do).
+STATS_SIZE = 64
+
 
 class Stats(NamedTuple):
     """Per-channel mean and standard deviation of RGB pixels in [0, 1] units."""

@@ -109,10 +109,8 @@ def sample_sizes(files: ImageFiles, sample: int = 64) -> list[tuple[int, int]]:
     Folders: the file headers (Pillow opens lazily). TFDS: the image feature's static shape
     when it has one, else the first 16 records, decoded.
     """
-    if getattr(files, "shards", None) is not None:  # TFRecord shards
-        from tfascl.data import tfrecord
-
-        return tfrecord.sample_sizes(files)
+    if getattr(files, "shards", None) is not None:  # TFRecord shards read their own
+        return files.sample_sizes()
     sizes: list[tuple[int, int]] = []
     if files.paths is not None:
         step = max(1, files.count // sample)
@@ -452,10 +450,8 @@ def stream_pretrain_dataset(
         unlabelled split.
     """
     if getattr(files, "shards", None) is not None:  # TFRecord shards: read by shard
-        from tfascl.data import tfrecord
-
-        return tfrecord.pretrain_dataset(
-            files, global_batch, image_size, seed=seed, epochs=epochs, skip=skip,
+        return files.pretrain_dataset(
+            global_batch, image_size, seed=seed, epochs=epochs, skip=skip,
             input_context=input_context, key_augment=key_augment, jit_compile=jit_compile,
             skipped=skipped, colour=colour,
         )  # fmt: skip
@@ -580,10 +576,8 @@ def stream_eval_dataset(
         unlabelled). Undecodable files are left out, with their labels.
     """
     if getattr(files, "shards", None) is not None:  # TFRecord shards, in shard order
-        from tfascl.data import tfrecord
-
-        return tfrecord.eval_dataset(
-            files, batch_size, image_size, crop_fraction, indices, normalise=normalise
+        return files.eval_dataset(
+            batch_size, image_size, crop_fraction, indices, normalise=normalise
         )
     no_index = tf.constant(-1, tf.int64)
     if files.tfds is not None:

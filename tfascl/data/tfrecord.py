@@ -51,7 +51,8 @@ from PIL import Image
 
 from tfascl.data import augment, cache, folders
 from tfascl.data.augment import KEY_AUGMENTS
-from tfascl.data.stats import Stats, estimate_stats, stats_for_name
+from tfascl.data.loading import SOURCE_FORMATS, ImageSet, SourceFormat, _warn_skipped, select_subset
+from tfascl.data.stats import STATS_SAMPLE, STATS_SIZE, Stats, estimate_stats, stats_for_name
 from tfascl.data.stream import (
     ImageFiles,
     SkippedFiles,
@@ -373,6 +374,19 @@ class TFRecordFiles(ImageFiles):
     image_key: str = IMAGE_KEY
     label_key: str | None = LABEL_KEY
 
+    def sample_sizes(self, sample: int = 16) -> list[tuple[int, int]]:
+        """(height, width) of the first ``sample`` images (``tfrecord.sample_sizes``): how
+        ``stream.sample_sizes`` reads a split of shards without importing this module."""
+        return sample_sizes(self, sample)
+
+    def pretrain_dataset(self, global_batch: int, image_size: int, **options: Any) -> Any:
+        """``tfrecord.pretrain_dataset`` of this split: ``stream.pretrain_dataset`` for shards."""
+        return pretrain_dataset(self, global_batch, image_size, **options)
+
+    def eval_dataset(self, batch_size: int, image_size: int, *args: Any, **options: Any) -> Any:
+        """``tfrecord.eval_dataset`` of this split: ``stream.eval_dataset`` for shards."""
+        return eval_dataset(self, batch_size, image_size, *args, **options)
+
     @property
     def labelled(self) -> bool:
         return self.label_key is not None
@@ -433,10 +447,9 @@ def stats_names(root: str) -> list[str]:
 
 def split_stats(root: str, split: str, keys: tuple | None = None) -> Stats:
     """Published statistics when the folder's name is known (`stats_names`); otherwise an
-    estimate from the first `loading.STATS_SAMPLE` records of the train split (this split
-    when there is none), decoded at `loading.STATS_SIZE` px once and cached."""
+    estimate from the first `stats.STATS_SAMPLE` records of the train split (this split
+    when there is none), decoded at `stats.STATS_SIZE` px once and cached."""
     from tfascl.data import decode
-    from tfascl.data.loading import STATS_SAMPLE, STATS_SIZE
 
     for name in stats_names(root):
         known = stats_for_name(name)
@@ -548,7 +561,6 @@ def load_tfrecords(
     decode are left out and named in one warning.
     """
     from tfascl.data import decode
-    from tfascl.data.loading import ImageSet, _warn_skipped, select_subset
 
     files = open_tfrecords(root, split, keys=keys)
     records = tf.data.TFRecordDataset(list(files.shards))
@@ -1011,3 +1023,8 @@ def main(argv: Sequence[str] | None = None) -> None:
     )  # fmt: skip
     for split, names in written.items():
         print(f"{split}: {len(names)} records -> {find_shards(args.out, split).where}")
+
+
+# tfascl.data.loading reads a folder of shards through its format registry (and stream.py
+# through TFRecordFiles's own methods): neither imports this module.
+SOURCE_FORMATS["tfrecord"] = SourceFormat(holds_shards, open_tfrecords, load_tfrecords)
