@@ -551,7 +551,7 @@ def learning_section(results: Path) -> list[str]:
         f"{settings['warmup_epochs']} epoch, cosine), wd {settings['weight_decay']}. "
         f"Weighted kNN (k=200, t=0.1): the subset as memory bank, all "
         f"{first['test_examples']} test images as queries. `random` is the untrained "
-        f"backbone of the same seed. Device: {first['device']}.",
+        f"backbone of the same seed. Devices: {', '.join(sorted({r['device'] for r in runs}))}.",
         "",
     ]
     by_method: dict[str, list[dict]] = {}
@@ -604,7 +604,9 @@ def learning_section(results: Path) -> list[str]:
         for method, group in sorted(by_method.items(), key=lambda item: _method_order(item[0]))
         if method != "random"
     ]
-    relabelled = [r for r in runs if "purity" in r.get("history", {})]
+    # Purity and confidence of the relabelling methods (MSF logs a purity of its k
+    # neighbours but has no confidence: it is not relabelling).
+    relabelled = [r for r in runs if "confidence" in r.get("history", {})]
     if relabelled:
         last = {
             key: [r["history"][key][-1] for r in relabelled if key in r["history"]]
