@@ -213,6 +213,7 @@ def training_stream(
             seed=config.seed,
             jit_compile=config.jit_augment,
             key_augment=config.key_augment,
+            recipe=config.augment_recipe,
             epochs=(first_epoch, last_epoch),
             skip=skip,
             input_context=context,
@@ -264,7 +265,12 @@ def build_model(config: TrainConfig, spec: Any, steps_per_epoch: int, strategy: 
         overrides = {}
         if config.augment_on == "device":
             overrides["views"] = data.TwoViews(
-                config.image_size, spec.mean, spec.std, seed=config.seed
+                config.image_size,
+                spec.mean,
+                spec.std,
+                seed=config.seed,
+                key_augment=config.key_augment,
+                recipe=config.augment_recipe,
             )
         if config.jit_compile and strategy.num_replicas_in_sync > 1:
             # Keras cannot jit a step that spans replicas: compile each replica's part.

@@ -23,7 +23,7 @@ from absl import flags
 from tfascl import cli, runs
 from tfascl.callbacks import profile_range
 from tfascl.cli import EXIT_FAILED, FlagError, expand_flagfiles, require
-from tfascl.data.augment import KEY_AUGMENTS
+from tfascl.data.augment import KEY_AUGMENTS, STANDARD_RECIPE, AugmentRecipe
 from tfascl.data.pipeline import AUGMENT_ON, INPUT_MODES
 from tfascl.models.backbones import RESNETS, STEMS, default_stem
 from tfascl.models.batchnorm import KEY_NORMS, NORMS
@@ -122,6 +122,20 @@ class TrainConfig:
     key_augment: str = _flag(
         "weak", "Key view: weak (crop, flip: ASCL, SCE, ReSSL) or strong (MoCo v2 aug+)."
     )
+    crop_scale: tuple[float, float] = _flag(
+        STANDARD_RECIPE.crop_scale,
+        "RandomResizedCrop's range of crop area over image area, low,high (both views).",
+    )
+    flip_prob: float = _flag(STANDARD_RECIPE.flip_prob, "Probability of a horizontal flip.")
+    jitter_prob: float = _flag(
+        STANDARD_RECIPE.jitter_prob, "Probability of colour jitter (strong view; 0: off)."
+    )
+    grayscale_prob: float = _flag(
+        STANDARD_RECIPE.gray_prob, "Probability of grayscale (strong view; 0: off)."
+    )
+    blur_prob: float = _flag(
+        STANDARD_RECIPE.blur_prob, "Probability of Gaussian blur (strong view; 0: off)."
+    )
     eval_crop: float = _flag(
         1.0,
         "Evaluation crop: the central square of this fraction of the shorter side, resized "
@@ -202,6 +216,17 @@ class TrainConfig:
     @property
     def is_queue_method(self) -> bool:
         return self.method_spec.uses_queue
+
+    @property
+    def augment_recipe(self) -> AugmentRecipe:
+        """The augmentation knobs of ``--crop_scale``, ``--flip_prob``, ... (after ``validate``)."""
+        return AugmentRecipe(
+            crop_scale=tuple(self.crop_scale),
+            flip_prob=self.flip_prob,
+            jitter_prob=self.jitter_prob,
+            gray_prob=self.grayscale_prob,
+            blur_prob=self.blur_prob,
+        )
 
     @property
     def uses_symmetric_loss(self) -> bool:
@@ -294,6 +319,16 @@ def config_from_flags(flag_values: flags.FlagValues = FLAGS) -> TrainConfig:
             "give two positive sizes, hidden,output (e.g. 2048,128)"
         )
     values["projector_dims"] = dims
+    try:
+        scale = tuple(float(v) for v in values["crop_scale"])
+    except ValueError:
+        scale = ()
+    if len(scale) != 2 or not 0 < scale[0] <= scale[1] <= 1:
+        raise FlagError(
+            f"--crop_scale={','.join(map(str, values['crop_scale']))}: give low,high with "
+            "0 < low <= high <= 1 (e.g. 0.2,1)"
+        )
+    values["crop_scale"] = scale
     return TrainConfig(**values)
 
 
@@ -317,6 +352,14 @@ def validate(config: TrainConfig) -> None:
     for name in at_least_one:
         require(getattr(c, name) >= 1, f"--{name}={getattr(c, name)}: must be >= 1")
     require(0 < c.eval_crop <= 1, f"--eval_crop={c.eval_crop}: must be in (0, 1]")
+    for name in ("flip_prob", "jitter_prob", "grayscale_prob", "blur_prob"):
+        value = getattr(c, name)
+        require(0 <= value <= 1, f"--{name}={value}: must be in [0, 1]")
+    low, high = (*tuple(c.crop_scale), 0.0, 0.0)[:2]
+    require(
+        len(c.crop_scale) == 2 and 0 < low <= high <= 1,
+        f"--crop_scale={','.join(map(str, c.crop_scale))}: give low,high with 0 < low <= high <= 1",
+    )
     for name in ("memory_budget_gb", "knn_bank_size"):
         value = getattr(c, name)
         require(value is None or value > 0, f"--{name}={value}: must be > 0")

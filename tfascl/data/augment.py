@@ -30,12 +30,21 @@ without `jit_compile`.
 
 Pixel values enter as uint8 or float in [0, 255] and leave as float32 normalised by
 `(x / 255 - mean) / std`.
+
+The recipe's knobs (crop scale, flip, colour jitter, grayscale and blur probabilities) are
+plain values in an `AugmentRecipe`; the default is the recipe above. A part whose
+probability is 0 is not computed at all, and one with probability 1 is always applied
+(`flags/digits_ascl.flags` turns flips, jitter, grayscale and blur off for grey 8x8 digits).
+Every recipe draws from the same uniform columns, so a seed gives the same crops whatever
+the probabilities.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from collections.abc import Sequence
+from typing import Any
 
 import keras
 import numpy as np
@@ -71,7 +80,77 @@ _NUM_UNIFORMS = _GRAY + 3
 SeedLike = int | tf.Tensor | None
 
 
-def blur_kernel_size(size: int) -> int:
+@dataclasses.dataclass(frozen=True)
+class AugmentRecipe:
+    """The knobs of the strong and weak views, as plain values (torchvision semantics).
+
+    The default is the ASCL / MoCo v2 CIFAR recipe of the module doc. The weak (key) view
+    uses `crop_scale`, `crop_ratio` and `flip_prob`; the strong view all of them.
+
+    Attributes:
+        crop_scale: RandomResizedCrop's range of the crop area over the image area.
+        crop_ratio: RandomResizedCrop's range of the crop aspect ratio (width / height).
+        flip_prob: Probability of a horizontal flip.
+        jitter_prob: Probability of ColorJitter(`jitter_strength`).
+        jitter_strength: Brightness, contrast, saturation and hue strengths.
+        gray_prob: Probability of converting to grayscale.
+        blur_prob: Probability of a Gaussian blur with sigma uniform in `blur_sigma`.
+        blur_sigma: Range of the blur's sigma, in pixels.
+    """
+
+    crop_scale: tuple[float, float] = CROP_SCALE
+    crop_ratio: tuple[float, float] = CROP_RATIO
+    flip_prob: float = FLIP_PROB
+    jitter_prob: float = JITTER_PROB
+    jitter_strength: tuple[float, float, float, float] = JITTER_STRENGTH
+    gray_prob: float = GRAY_PROB
+    blur_prob: float = BLUR_PROB
+    blur_sigma: tuple[float, float] = BLUR_SIGMA
+
+    def __post_init__(self) -> None:
+        for name in ("crop_scale", "crop_ratio", "jitter_strength", "blur_sigma"):
+            object.__setattr__(self, name, tuple(float(v) for v in getattr(self, name)))
+        for name in ("flip_prob", "jitter_prob", "gray_prob", "blur_prob"):
+            value = float(getattr(self, name))
+            if not 0.0 <= value <= 1.0:
+                raise ValueError(f"{name} must be in [0, 1], got {value}")
+            object.__setattr__(self, name, value)
+        low, high = self.crop_scale
+        if not 0.0 < low <= high <= 1.0:
+            raise ValueError(f"crop_scale must satisfy 0 < low <= high <= 1, got {self.crop_scale}")
+        if not 0.0 < self.crop_ratio[0] <= self.crop_ratio[1]:
+            raise ValueError(f"crop_ratio must satisfy 0 < low <= high, got {self.crop_ratio}")
+        if not 0.0 <= self.blur_sigma[0] <= self.blur_sigma[1]:
+            raise ValueError(f"blur_sigma must satisfy 0 <= low <= high, got {self.blur_sigma}")
+
+    def to_config(self) -> dict[str, Any]:
+        """The fields as JSON-friendly lists and floats (a Keras layer's config)."""
+        fields = dataclasses.asdict(self).items()
+        return {k: list(v) if isinstance(v, tuple) else v for k, v in fields}
+
+    @classmethod
+    def from_config(cls, config: dict[str, Any] | None) -> AugmentRecipe:
+        return cls(**(config or {}))
+
+    def describe(self) -> str:
+        """One line for a run's start: what the views do."""
+        parts = [f"crop scale {self.crop_scale[0]:g}-{self.crop_scale[1]:g}"]
+        parts.append(f"flip p={self.flip_prob:g}" if self.flip_prob else "no flip")
+        parts.append(f"colour jitter p={self.jitter_prob:g}" if self.jitter_prob else "no jitter")
+        if self.gray_prob:
+            parts.append(f"grayscale p={self.gray_prob:g}")
+        parts.append(f"blur p={self.blur_prob:g}" if self.blur_prob else "no blur")
+        return ", ".join(parts)
+
+
+STANDARD_RECIPE = AugmentRecipe()
+
+
+def _recipe(recipe: AugmentRecipe | None) -> AugmentRecipe:
+    return STANDARD_RECIPE if recipe is None else recipe
+
+
+def blur_kernel_size(size: int, max_sigma: float = BLUR_SIGMA[1]) -> int:
     """Odd Gaussian kernel length used for images of `size` pixels.
 
     SimCLR/BYOL use 10% of the image side (23 taps at 224 px), while ASCL, ReSSL and MoCo v2
@@ -81,12 +160,13 @@ def blur_kernel_size(size: int) -> int:
 
     Args:
         size: Side of the (square) image being blurred, in pixels.
+        max_sigma: The largest sigma drawn.
 
     Returns:
         Odd kernel length, at most `2 * size - 1` so reflect padding stays inside the image.
     """
     ten_percent = int(0.1 * size) // 2 * 2 + 1
-    three_sigma = 2 * math.ceil(3 * BLUR_SIGMA[1]) + 1
+    three_sigma = 2 * math.ceil(3 * max_sigma) + 1
     return max(1, min(max(ten_percent, three_sigma), 2 * size - 1))
 
 
@@ -353,7 +433,11 @@ def gaussian_blur(images: tf.Tensor, sigma: tf.Tensor, kernel_size: int) -> tf.T
 
 
 def sample_params(
-    batch: tf.Tensor, height: tf.Tensor, width: tf.Tensor, seed: SeedLike
+    batch: tf.Tensor,
+    height: tf.Tensor,
+    width: tf.Tensor,
+    seed: SeedLike,
+    recipe: AugmentRecipe | None = None,
 ) -> dict[str, tf.Tensor]:
     """Draws every random parameter of the strong recipe, independently per image.
 
@@ -364,6 +448,7 @@ def sample_params(
         height: Source height in pixels (float32 scalar).
         width: Source width in pixels (float32 scalar).
         seed: int, [2] integer tensor (stateless seed) or None for a fresh random seed.
+        recipe: The knobs (default: the standard recipe).
 
     Returns:
         Dict of tensors: `boxes` [B, 4] (top, left, h, w in pixels), `flip` [B] bool,
@@ -374,23 +459,27 @@ def sample_params(
     # The generator is pinned rather than left to TF's automatic choice. Note that XLA
     # implements it differently from the TF kernels, so a seed reproduces the same draws
     # within one mode (XLA or not), not across them.
+    r = _recipe(recipe)
     u = tf.random.stateless_uniform(
         tf.stack([batch, _NUM_UNIFORMS]), _seed_pair(seed), alg="philox"
     )
-    strength = tf.constant(JITTER_STRENGTH[:3], tf.float32)
+    strength = tf.constant(r.jitter_strength[:3], tf.float32)
     low = tf.maximum(0.0, 1.0 - strength)
     factors = low + (1.0 + strength - low) * u[:, _JITTER_FACTORS][:, :3]
-    hue = JITTER_STRENGTH[3] * (2.0 * u[:, _JITTER_FACTORS][:, 3:] - 1.0)
+    hue = r.jitter_strength[3] * (2.0 * u[:, _JITTER_FACTORS][:, 3:] - 1.0)
+    boxes = sample_crop_boxes(
+        u[:, : 4 * CROP_ATTEMPTS], height, width, scale=r.crop_scale, ratio=r.crop_ratio
+    )
     return {
-        "boxes": sample_crop_boxes(u[:, : 4 * CROP_ATTEMPTS], height, width),
-        "flip": u[:, _FLIP] < FLIP_PROB,
-        "jitter": u[:, _JITTER_APPLY] < JITTER_PROB,
+        "boxes": boxes,
+        "flip": u[:, _FLIP] < r.flip_prob,
+        "jitter": u[:, _JITTER_APPLY] < r.jitter_prob,
         "jitter_factors": tf.concat([factors, hue], axis=1),
         # argsort of iid uniforms is a uniformly random permutation, as torch.randperm.
         "jitter_order": tf.argsort(u[:, _JITTER_ORDER], axis=1),
-        "gray": u[:, _GRAY] < GRAY_PROB,
-        "blur": u[:, _BLUR] < BLUR_PROB,
-        "sigma": BLUR_SIGMA[0] + (BLUR_SIGMA[1] - BLUR_SIGMA[0]) * u[:, _SIGMA],
+        "gray": u[:, _GRAY] < r.gray_prob,
+        "blur": u[:, _BLUR] < r.blur_prob,
+        "sigma": r.blur_sigma[0] + (r.blur_sigma[1] - r.blur_sigma[0]) * u[:, _SIGMA],
     }
 
 
@@ -399,21 +488,30 @@ def _where_batch(mask: tf.Tensor, yes: tf.Tensor, no: tf.Tensor) -> tf.Tensor:
     return tf.where(tf.reshape(mask, [-1, 1, 1, 1]), yes, no)
 
 
-def apply_strong(images: tf.Tensor, params: dict[str, tf.Tensor], size: int) -> tf.Tensor:
+def apply_strong(
+    images: tf.Tensor,
+    params: dict[str, tf.Tensor],
+    size: int,
+    recipe: AugmentRecipe | None = None,
+) -> tf.Tensor:
     """Applies the strong recipe with given parameters (before normalisation).
 
     Args:
         images: [B, H, W, 3] float32 in [0, 1].
         params: Parameters from `sample_params`.
         size: Output side in pixels.
+        recipe: The recipe `params` were drawn with (parts of probability 0 are skipped).
 
     Returns:
         [B, size, size, 3] float32 in [0, 1].
     """
-    return apply_colour(resized_crop(images, params["boxes"], params["flip"], size), params)
+    cropped = resized_crop(images, params["boxes"], params["flip"], size)
+    return apply_colour(cropped, params, recipe)
 
 
-def apply_colour(x: tf.Tensor, params: dict[str, tf.Tensor]) -> tf.Tensor:
+def apply_colour(
+    x: tf.Tensor, params: dict[str, tf.Tensor], recipe: AugmentRecipe | None = None
+) -> tf.Tensor:
     """The strong recipe after the crop: colour jitter, grayscale and blur.
 
     The streaming pipeline crops each image while decoding it and batches the crops, so the
@@ -422,21 +520,28 @@ def apply_colour(x: tf.Tensor, params: dict[str, tf.Tensor]) -> tf.Tensor:
     Args:
         x: [B, S, S, 3] float32 in [0, 1], already cropped (and flipped).
         params: Parameters from `sample_params` (`boxes` and `flip` are not used).
+        recipe: The recipe `params` were drawn with: a part of probability 0 is not
+            computed (the result is the same, at no cost).
 
     Returns:
         [B, S, S, 3] float32 in [0, 1].
     """
+    r = _recipe(recipe)
     size = x.shape[1]
-    jittered = color_jitter(x, params["jitter_factors"], params["jitter_order"])
-    x = _where_batch(params["jitter"], jittered, x)
-    # Grayscale is a saturation blend with factor 0; factor 1 keeps the colour image.
-    x = _blend(x, _grayscale(x), tf.where(params["gray"], 0.0, 1.0))
-    sigma = tf.where(params["blur"], params["sigma"], 0.0)
-    return gaussian_blur(x, sigma, blur_kernel_size(size))
+    if r.jitter_prob > 0:
+        jittered = color_jitter(x, params["jitter_factors"], params["jitter_order"])
+        x = _where_batch(params["jitter"], jittered, x)
+    if r.gray_prob > 0:
+        # Grayscale is a saturation blend with factor 0; factor 1 keeps the colour image.
+        x = _blend(x, _grayscale(x), tf.where(params["gray"], 0.0, 1.0))
+    if r.blur_prob > 0:
+        sigma = tf.where(params["blur"], params["sigma"], 0.0)
+        x = gaussian_blur(x, sigma, blur_kernel_size(size, r.blur_sigma[1]))
+    return x
 
 
 def strong_augment_with_params(
-    images: tf.Tensor, size: int, seed: SeedLike = None
+    images: tf.Tensor, size: int, seed: SeedLike = None, recipe: AugmentRecipe | None = None
 ) -> tuple[tf.Tensor, dict[str, tf.Tensor]]:
     """Strong recipe before normalisation, also returning the drawn parameters.
 
@@ -444,18 +549,19 @@ def strong_augment_with_params(
         images: [B, H, W, 3] uint8 or float pixels in [0, 255].
         size: Output side in pixels.
         seed: int, [2] integer tensor or None.
+        recipe: The knobs (default: the standard recipe).
 
     Returns:
         ([B, size, size, 3] float32 in [0, 1], parameter dict from `sample_params`).
     """
     x = _to_unit_float(images)
     height, width = _spatial_size(x)
-    params = sample_params(tf.shape(x)[0], height, width, seed)
-    return apply_strong(x, params, size), params
+    params = sample_params(tf.shape(x)[0], height, width, seed, recipe)
+    return apply_strong(x, params, size, recipe), params
 
 
 def weak_augment_with_params(
-    images: tf.Tensor, size: int, seed: SeedLike = None
+    images: tf.Tensor, size: int, seed: SeedLike = None, recipe: AugmentRecipe | None = None
 ) -> tuple[tf.Tensor, dict[str, tf.Tensor]]:
     """Weak recipe (crop and flip) before normalisation, with the drawn parameters.
 
@@ -463,13 +569,14 @@ def weak_augment_with_params(
         images: [B, H, W, 3] uint8 or float pixels in [0, 255].
         size: Output side in pixels.
         seed: int, [2] integer tensor or None.
+        recipe: The knobs (its crop and flip; default: the standard recipe).
 
     Returns:
         ([B, size, size, 3] float32 in [0, 1], dict with `boxes` [B, 4] and `flip` [B]).
     """
     x = _to_unit_float(images)
     height, width = _spatial_size(x)
-    params = sample_params(tf.shape(x)[0], height, width, seed)
+    params = sample_params(tf.shape(x)[0], height, width, seed, recipe)
     params = {"boxes": params["boxes"], "flip": params["flip"]}
     return resized_crop(x, params["boxes"], params["flip"], size), params
 
@@ -480,6 +587,7 @@ def strong_augment(
     mean: Sequence[float],
     std: Sequence[float],
     seed: SeedLike = None,
+    recipe: AugmentRecipe | None = None,
 ) -> tf.Tensor:
     """Strong contrastive view: crop, flip, colour jitter, grayscale, blur, normalise.
 
@@ -490,11 +598,12 @@ def strong_augment(
         std: Per-channel standard deviation in [0, 1] units.
         seed: int (deterministic), [2] integer tensor (stateless seed, e.g. from a
             `keras.random.SeedGenerator`) or None (fresh randomness on each call).
+        recipe: The knobs (default: the standard recipe).
 
     Returns:
         [B, size, size, 3] float32, normalised.
     """
-    return normalise(strong_augment_with_params(images, size, seed)[0], mean, std)
+    return normalise(strong_augment_with_params(images, size, seed, recipe)[0], mean, std)
 
 
 def weak_augment(
@@ -503,6 +612,7 @@ def weak_augment(
     mean: Sequence[float],
     std: Sequence[float],
     seed: SeedLike = None,
+    recipe: AugmentRecipe | None = None,
 ) -> tf.Tensor:
     """Weak contrastive view: crop (scale 0.2-1), flip, normalise.
 
@@ -512,11 +622,12 @@ def weak_augment(
         mean: Per-channel mean in [0, 1] units.
         std: Per-channel standard deviation in [0, 1] units.
         seed: int, [2] integer tensor or None, as in `strong_augment`.
+        recipe: The knobs (its crop and flip; default: the standard recipe).
 
     Returns:
         [B, size, size, 3] float32, normalised.
     """
-    return normalise(weak_augment_with_params(images, size, seed)[0], mean, std)
+    return normalise(weak_augment_with_params(images, size, seed, recipe)[0], mean, std)
 
 
 def eval_transform(
@@ -564,6 +675,7 @@ def two_views(
     std: Sequence[float],
     seed: SeedLike = None,
     key_augment: str = "weak",
+    recipe: AugmentRecipe | None = None,
 ) -> tuple[tf.Tensor, tf.Tensor]:
     """The (query, key) pair of views of every image, with independent randomness.
 
@@ -575,6 +687,7 @@ def two_views(
         seed: int, [2] integer tensor or None.
         key_augment: "weak" (crop and flip: the ASCL, SCE and ReSSL key view) or "strong"
             (MoCo v2's `TwoCropsTransform`: both views strong).
+        recipe: The knobs of both views (default: the standard recipe).
 
     Returns:
         (query, key), each [B, size, size, 3] float32, normalised; the query view is strong.
@@ -584,8 +697,8 @@ def two_views(
     seeds = tf.random.experimental.stateless_split(_seed_pair(seed), num=2, alg="philox")
     key_view = strong_augment if key_augment == "strong" else weak_augment
     return (
-        strong_augment(images, size, mean, std, seed=seeds[0]),
-        key_view(images, size, mean, std, seed=seeds[1]),
+        strong_augment(images, size, mean, std, seed=seeds[0], recipe=recipe),
+        key_view(images, size, mean, std, seed=seeds[1], recipe=recipe),
     )
 
 
@@ -603,6 +716,7 @@ class TwoViews(keras.layers.Layer):
         std: Per-channel standard deviation in [0, 1] units.
         seed: Optional int; None draws a random initial state.
         key_augment: "weak" or "strong" key view (see `two_views`).
+        recipe: An `AugmentRecipe` (or its `to_config()` dict); default: the standard one.
     """
 
     def __init__(
@@ -612,12 +726,16 @@ class TwoViews(keras.layers.Layer):
         std: Sequence[float],
         seed: int | None = None,
         key_augment: str = "weak",
+        recipe: AugmentRecipe | dict | None = None,
         **kwargs,
     ) -> None:
         super().__init__(**kwargs)
         if key_augment not in KEY_AUGMENTS:
             raise ValueError(f"key_augment must be one of {KEY_AUGMENTS}, got {key_augment!r}")
         self.key_augment = key_augment
+        if not isinstance(recipe, AugmentRecipe):
+            recipe = AugmentRecipe.from_config(recipe)
+        self.recipe = recipe
         self.size = int(size)
         self.mean = tuple(float(m) for m in mean)
         self.std = tuple(float(s) for s in std)
@@ -628,7 +746,9 @@ class TwoViews(keras.layers.Layer):
     def call(self, images: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
         """[B, H, W, 3] uint8/float in [0, 255] -> (strong, weak) [B, size, size, 3] float32."""
         seed = self.seed_generator.next()
-        return two_views(images, self.size, self.mean, self.std, seed, self.key_augment)
+        return two_views(
+            images, self.size, self.mean, self.std, seed, self.key_augment, self.recipe
+        )
 
     def compute_output_shape(self, input_shape: tuple) -> tuple[tuple, tuple]:
         shape = (input_shape[0], self.size, self.size, 3)
@@ -643,4 +763,6 @@ class TwoViews(keras.layers.Layer):
             seed=self.seed,
             key_augment=self.key_augment,
         )
+        if self.recipe != STANDARD_RECIPE:  # configs saved before recipes load as before
+            config["recipe"] = self.recipe.to_config()
         return config

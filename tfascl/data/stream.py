@@ -30,7 +30,7 @@ from absl import logging
 from PIL import Image
 
 from tfascl.data import augment
-from tfascl.data.augment import KEY_AUGMENTS, sample_crop_boxes
+from tfascl.data.augment import KEY_AUGMENTS, AugmentRecipe, sample_crop_boxes
 from tfascl.data.host import host_variable
 
 # Views whose crop box a pretraining example draws: query and key.
@@ -211,14 +211,20 @@ def decode_crops(
     return tf.ensure_shape(crops, [None, size, size, 3])
 
 
-def random_boxes(seed: tf.Tensor, views: int = _VIEWS) -> Callable:
-    """`boxes_for` drawing `views` RandomResizedCrop boxes (torchvision's rule) from `seed`."""
+def random_boxes(
+    seed: tf.Tensor, views: int = _VIEWS, recipe: AugmentRecipe | None = None
+) -> Callable:
+    """`boxes_for` drawing `views` RandomResizedCrop boxes (torchvision's rule) from `seed`,
+    with the crop scale and ratio of `recipe` (default: the standard recipe)."""
+    recipe = recipe or augment.STANDARD_RECIPE
 
     def boxes_for(height: tf.Tensor, width: tf.Tensor) -> tf.Tensor:
         uniforms = tf.random.stateless_uniform(
             [views, 4 * augment.CROP_ATTEMPTS], seed, alg="philox"
         )
-        return sample_crop_boxes(uniforms, height, width)
+        return sample_crop_boxes(
+            uniforms, height, width, scale=recipe.crop_scale, ratio=recipe.crop_ratio
+        )
 
     return boxes_for
 
@@ -418,6 +424,7 @@ def stream_pretrain_dataset(
     jit_compile: bool = True,
     skipped: SkippedFiles | None = None,
     colour: bool = True,
+    recipe: AugmentRecipe | None = None,
 ) -> tf.data.Dataset:
     """Pretraining batches of (query, key) views, decoded from the files as needed.
 
@@ -441,6 +448,7 @@ def stream_pretrain_dataset(
         skipped: Records the files that decode (folders only).
         colour: Apply the strong recipe's colour part (False leaves crop, flip and
             normalisation: the reading stage alone, for `benchmarks/stream.py`).
+        recipe: The augmentation's knobs (default: the standard recipe).
 
     Returns:
         Batches `((query, key), labels)` of [per-replica batch, S, S, 3] float32 views and
@@ -500,7 +508,7 @@ def stream_pretrain_dataset(
         example_seed = tf.random.experimental.stateless_fold_in(
             epoch_seed(seed, epoch), position, alg="philox"
         )
-        crops = decode_crops(contents, random_boxes(example_seed), image_size)
+        crops = decode_crops(contents, random_boxes(example_seed, recipe=recipe), image_size)
         if skipped is not None:  # marked only once the decode has succeeded
             with tf.control_dependencies([crops]):
                 marked = skipped.mark(index, epoch)
@@ -516,11 +524,11 @@ def stream_pretrain_dataset(
         seeds = tf.random.experimental.stateless_split(batch_seed, num=2, alg="philox")
         views = []
         for view in range(_VIEWS):
-            params = augment.sample_params(tf.shape(x)[0], size, size, seeds[view])
+            params = augment.sample_params(tf.shape(x)[0], size, size, seeds[view], recipe)
             flip = params["flip"][:, None, None, None]
             crop = tf.where(flip, tf.reverse(x[:, view], axis=[2]), x[:, view])
             if colour and (view == 0 or key_augment == "strong"):
-                crop = augment.apply_colour(crop, params)
+                crop = augment.apply_colour(crop, params, recipe)
             views.append(augment.normalise(crop, mean, std))
         return views[0], views[1]
 
