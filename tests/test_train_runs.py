@@ -3,6 +3,7 @@ precision, XLA with on-device augmentation, and a non-finite loss."""
 
 import json
 import math
+import re
 
 import numpy as np
 import pytest
@@ -31,7 +32,7 @@ def recipe(name):
     return f"--flagfile={FLAGS_DIR / name}.flags"
 
 
-def test_ascl_recipe_run_leaves_its_files(tmp_path):
+def test_ascl_recipe_run_leaves_its_files(tmp_path, capsys):
     result, model_dir = run(
         tmp_path, recipe("cifar10_ascl"), *TINY, "--checkpoint_every=1", "--profile_steps=2"
     )
@@ -63,6 +64,15 @@ def test_ascl_recipe_run_leaves_its_files(tmp_path):
     for key in ("loss", "learning_rate", "momentum", "confidence", "positive_weight", "purity"):
         assert math.isfinite(steps[-1][key]), key
     assert {"knn_top1", "knn_top5", "pairs_per_second"} <= set(epochs[-1])
+    # The randomly initialised encoder's kNN, before step 1: the baseline of the last line.
+    (initial,) = [r for r in records if r["kind"] == "initial"]
+    assert initial["step"] == 0 and initial["knn_top1"] == summary["initial_knn_top1"]
+    assert summary["knn_test_images"] == 360 and summary["knn_bank_images"] == 1437
+    out = capsys.readouterr().out
+    assert "kNN top-1 of the randomly initialised encoder: " in out
+    assert re.search(r"^kNN top-1 after epoch 1: \d+\.\d% \(random init", out, re.M), out
+    verdict = r"^pretraining: \d+\.\d% → \d+\.\d% kNN top-1 on the 360 test digits \([+-]"
+    assert re.search(verdict, out, re.M), out
 
     # Keras's TensorBoard callback: the step records' values at their steps (test_tensorboard
     # checks resumes and several steps an execution) and the profile of step 2.
@@ -176,3 +186,16 @@ def test_training_stream_epochs_are_the_seeded_pipeline(tmp_path):
     # Two views of one image differ, and a batch differs from its epoch's next one.
     assert not np.array_equal(want[0][0], want[0][1])
     assert not np.array_equal(want[0][0], want[1][0])
+
+
+def test_the_verdict_compares_the_final_knn_with_the_random_encoder():
+    config = train.TrainConfig()
+    summary = {"initial_knn_top1": 0.761, "final_knn_top1": 0.931, "knn_test_images": 360}
+    (line,) = train.verdict(summary, config)
+    assert line == (
+        "pretraining: 76.1% → 93.1% kNN top-1 on the 360 test digits "
+        "(+17.0 points over the randomly initialised encoder)"
+    )
+    worse = train.verdict({**summary, "final_knn_top1": 0.594}, config)
+    assert "(-16.7 points" in worse[0] and "flags/digits_ascl.flags" in worse[1]
+    assert train.verdict({**summary, "initial_knn_top1": None}, config) == []

@@ -190,6 +190,11 @@ class TrainConfig:
         "tensorboard/train/plugins/profile (TensorBoard's Profile tab). Empty: off.",
     )
     knn_every: int = _flag(1, "kNN monitor every N epochs and at the last (0: the last only).")
+    knn_at_start: bool = _flag(
+        True,
+        "kNN monitor of the randomly initialised encoder before the first step: the "
+        "baseline the run's last line compares the final accuracy with.",
+    )
     knn_k: int = _flag(200, "Neighbours of the kNN monitor.")
     knn_t: float = _flag(0.1, "Temperature of the kNN monitor.")
     strategy: str = _flag("auto", "tf.distribute strategy; multi_worker reads TF_CONFIG.")
@@ -214,10 +219,6 @@ class TrainConfig:
         return METHODS[self.method]
 
     @property
-    def is_queue_method(self) -> bool:
-        return self.method_spec.uses_queue
-
-    @property
     def augment_recipe(self) -> AugmentRecipe:
         """The augmentation knobs of ``--crop_scale``, ``--flip_prob``, ... (after ``validate``)."""
         return AugmentRecipe(
@@ -227,6 +228,10 @@ class TrainConfig:
             gray_prob=self.grayscale_prob,
             blur_prob=self.blur_prob,
         )
+
+    @property
+    def is_queue_method(self) -> bool:
+        return self.method_spec.uses_queue
 
     @property
     def uses_symmetric_loss(self) -> bool:
