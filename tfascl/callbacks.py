@@ -5,6 +5,8 @@ step, ``model.optimizer.iterations``, so that a resumed run continues the same
 curves instead of restarting them at zero:
 
 * ``NonFiniteLoss``: stops the run at the first non-finite loss.
+* ``InputRanOut``: stops the run when an epoch's input ends before its steps (a streamed
+  folder with too many files that cannot be decoded), and says so.
 * ``StopOnSignal``: turns Ctrl-C (SIGINT) and preemption (SIGTERM) into a clean stop
   after the current step, after one and the same step on every worker of a cluster
   (``StopAgreement``).
@@ -14,6 +16,8 @@ curves instead of restarting them at zero:
   epochs (and, with ``at_start``, of the randomly initialised encoder before the first
   step: the baseline), and a copy of the best checkpoint.
 * ``KnnReport``: one line per kNN evaluation, after the epoch's progress line.
+* ``ProgressBar``: Keras's progress bar, telling ``tfascl.console`` while its line is open,
+  so that reports written meanwhile start a line of their own.
 * ``MetricsLogger``: the logs (loss, learning rate, momentum, confidence, positive
   weight, purity, kNN) as JSON lines.
 * ``TensorBoard``: ``keras.callbacks.TensorBoard`` (scalars, the profiler) on the
@@ -53,7 +57,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from tfascl import knn, runs
+from tfascl import console, knn, runs
 from tfascl.runs import BEST_INFO_FILE, BEST_PREFIX, METRICS_FILE
 
 
@@ -159,6 +163,49 @@ class NonFiniteLoss(StepClock):
         if not math.isfinite(value):
             self.failed_step, self.failed_loss = step, value
             self.model.stop_training = True
+
+
+class InputRanOut(StepClock):
+    """Stops training when an epoch ends short of its steps with nothing asking it to stop.
+
+    That is the input running out of data: ``fit`` then warns, ends the epoch and would
+    start the next from a new iterator (the stream's first batches again). Put this
+    callback first: at the short epoch's end it sets ``model.stop_training`` (the kNN
+    monitor then skips the partial epoch), records ``ran_out_at`` (the global step) and
+    ``epoch``, and reports one line through ``announce``.
+
+    Args:
+        announce: takes the report (default: ``tfascl.console.warn``).
+    """
+
+    async_safe = False  # sets stop_training at the epoch end, before the others read it
+
+    def __init__(self, announce: Callable[[str], None] | None = None) -> None:
+        super().__init__()
+        self._announce = announce or console.warn
+        self.ran_out_at: int | None = None
+        self.epoch: int | None = None
+        self.steps_in_epoch: tuple[int, int] | None = None
+
+    def on_train_batch_end(self, batch: int, logs: dict | None = None) -> None:
+        self.advance(batch)
+
+    def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None:
+        steps = int((self.params or {}).get("steps") or 0)
+        if self._epoch_start is None or not steps or self.model.stop_training:
+            return
+        if self._step - self._epoch_start >= steps:
+            return
+        # Short: the optimizer's own count says how far it got (the call that met the end
+        # of the data may have counted a step its batch hooks never saw).
+        step = global_step(self.model)
+        done = step - self._epoch_start
+        self.ran_out_at, self.epoch, self.steps_in_epoch = step, epoch, (done, steps)
+        self.model.stop_training = True
+        self._announce(
+            f"the input ran out of data in epoch {epoch + 1} after {done} of its {steps} "
+            f"steps (at step {step}): stopping"
+        )
 
 
 EXIT_STATUS_BY_SIGNAL = {signal.SIGINT: "interrupted", signal.SIGTERM: "preempted"}
@@ -576,12 +623,7 @@ class KnnReport(keras.callbacks.Callback):
         self._initial_reported = False
 
     def announce(self, line: str) -> None:
-        if self._announce is not None:
-            self._announce(line)
-        else:
-            from tfascl import console
-
-            console.report(line)
+        (self._announce or console.report)(line)
 
     def on_train_begin(self, logs: dict | None = None) -> None:
         initial = self.monitor.initial.get("knn_top1")
@@ -605,6 +647,34 @@ class KnnReport(keras.callbacks.Callback):
         more = f" ({', '.join(notes)})" if notes else ""
         top1 = percent(self.monitor.last["knn_top1"])
         self.announce(f"kNN top-1 after epoch {epoch + 1}: {top1}{more}")
+
+
+class ProgressBar(keras.callbacks.ProgbarLogger):
+    """Keras's progress bar (``ProgbarLogger``) that marks its line open while it redraws it.
+
+    ``fit`` (and ``distribute.fit_loop``) use a ``ProgbarLogger`` found in the callbacks
+    instead of adding their own, at its place in the list: the callbacks before it add to
+    the epoch's logs it prints, those after it print below its finished line. Between two
+    redraws (verbose 1) the line has no line break; ``tfascl.console.report``, absl log
+    records and Python warnings (``console.keep_reports_on_their_own_lines``) end it first.
+    """
+
+    def on_epoch_begin(self, epoch: int, logs: dict | None = None) -> None:
+        console.end_progress_line()  # a line left open by a fit call that stopped early
+        super().on_epoch_begin(epoch, logs)
+
+    def on_train_batch_end(self, batch: int, logs: dict | None = None) -> None:
+        super().on_train_batch_end(batch, logs)
+        if self.verbose == 1:
+            console.set_progress_line_open(True)
+
+    def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None:
+        super().on_epoch_end(epoch, logs)  # the final redraw ends with a line break
+        console.set_progress_line_open(False)
+
+    def on_train_end(self, logs: dict | None = None) -> None:
+        super().on_train_end(logs)
+        console.end_progress_line()
 
 
 def percent(value: float | None) -> str:

@@ -27,7 +27,7 @@ import tensorflow as tf
 from absl import logging
 
 from tfascl import callbacks as cbs
-from tfascl import data, runs
+from tfascl import console, data, runs
 from tfascl.cli import (
     EXIT_FAILED,
     EXIT_INTERRUPTED,
@@ -173,14 +173,16 @@ def load_data(config: TrainConfig) -> RunData:
 
 class SkippedFilesReport(keras.callbacks.Callback):
     """After each epoch, names the files of that epoch that could not be decoded (streamed
-    folders): once per epoch, however often a file was read."""
+    folders): once per epoch, however often a file was read. An epoch stopped early is
+    not reported (its files were not all read), except one whose input ran out (``ran_out``:
+    every file was tried)."""
 
-    def __init__(self, skipped: Any, schedule: Any) -> None:
+    def __init__(self, skipped: Any, schedule: Any, ran_out: cbs.InputRanOut) -> None:
         super().__init__()
-        self.skipped, self.schedule = skipped, schedule
+        self.skipped, self.schedule, self.ran_out = skipped, schedule, ran_out
 
     def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None:
-        if not self.model.stop_training:
+        if not self.model.stop_training or self.ran_out.epoch == epoch:
             self.skipped.check(epoch, self.schedule(epoch))
 
 
@@ -389,6 +391,7 @@ def train(config: TrainConfig) -> RunResult:
         FlagError: a bad flag, dataset or model_dir, found before training starts.
     """
     started = time.time()
+    console.keep_reports_on_their_own_lines()  # nothing written into the progress line
     validate(config)
     model_dir = resolve_model_dir(config)
     absolute = model_dir.resolve() if runs.is_local(model_dir) else model_dir
@@ -438,6 +441,7 @@ class RunCallbacks:
 
     guard: cbs.NonFiniteLoss
     stopper: cbs.StopOnSignal
+    ran_out: cbs.InputRanOut
     saver: cbs.CheckpointSaver
     monitor: cbs.KnnMonitor | None
     logger: cbs.MetricsLogger
@@ -467,6 +471,7 @@ class RunCallbacks:
         return cls(
             guard=cbs.NonFiniteLoss(config.log_every),
             stopper=cbs.StopOnSignal(strategy=strategy),
+            ran_out=cbs.InputRanOut(),
             saver=cbs.CheckpointSaver(manager, config.checkpoint_every),
             monitor=monitor,
             logger=cbs.MetricsLogger(
@@ -479,7 +484,8 @@ class RunCallbacks:
     def in_order(self) -> list[keras.callbacks.Callback]:
         """The monitor and the logger add kNN and pairs/s to the logs before TensorBoard
         writes them; the logger writes a step before the saver saves it, so a resumed run
-        keeps its record. The kNN report comes after the progress bar (``run_epochs``)."""
+        keeps its record. ``run_epochs`` puts ``ran_out`` first and the kNN report after
+        the progress bar."""
         callbacks = [self.guard, self.stopper, self.monitor, self.logger, self.board]
         return [callback for callback in (*callbacks, self.saver) if callback is not None]
 
@@ -536,7 +542,7 @@ def _train_model(
     try:
         run_epochs(
             model, config, run_data, strategy, start_step, steps_per_epoch, run.in_order(),
-            after_progress_bar=run.after_progress_bar(),
+            after_progress_bar=run.after_progress_bar(), ran_out=run.ran_out,
         )  # fmt: skip
         if guard.failed_step is None:
             saver.save({"loss": 0.0})  # Ctrl-C between steps, or a finished run's last step
@@ -549,6 +555,8 @@ def _train_model(
         monitor.set_model(model)
         monitor.last = monitor.evaluate()  # a run resumed after its last step
     status = "completed" if step >= total_steps else (stopper.reason or "interrupted")
+    if run.ran_out.ran_out_at is not None and step < total_steps:
+        status = "out_of_data"
     if guard.failed_step is not None:
         status = "non_finite_loss"
     summary = run_summary(
@@ -596,6 +604,7 @@ def run_summary(
 
 EXIT_CODES = {
     "non_finite_loss": EXIT_FAILED,
+    "out_of_data": EXIT_FAILED,
     "interrupted": EXIT_INTERRUPTED,
     "preempted": EXIT_PREEMPTED,
     "save_failed": EXIT_SAVE_FAILED,
@@ -675,6 +684,7 @@ def run_epochs(
     steps_per_epoch: int,
     callbacks: list,
     after_progress_bar: list | None = None,
+    ran_out: cbs.InputRanOut | None = None,
 ) -> None:
     """Trains from ``start_step`` to the end: the rest of a partial epoch, then the others.
 
@@ -682,7 +692,9 @@ def run_epochs(
     part; one call cannot start mid-epoch, so a resumed partial epoch is its own call.
     With ``--steps_per_execution`` not dividing an epoch, ``fit`` gets one epoch a call.
     The progress bar is in the callbacks explicitly, after ``callbacks`` (whose epoch logs
-    it prints) and before ``after_progress_bar`` (which print below its line).
+    it prints) and before ``after_progress_bar`` (which print below its line). A part
+    whose input ran out (``ran_out`` saw it, or ``fit_loop`` hit the end of its dataset)
+    ends the run.
     """
     epoch, offset = divmod(start_step, steps_per_epoch)
     parts = []
@@ -693,10 +705,11 @@ def run_epochs(
         parts.append((epoch, config.epochs, 0))
     verbose = (1 if config.progress_bar else 2) if is_chief(strategy) else 0
     skipped, report = None, []
+    ran_out = ran_out or cbs.InputRanOut()
     if isinstance(run_data.train, data.ImageFiles) and run_data.train.paths is not None:
-        skipped = data.SkippedFiles(run_data.train)
+        skipped = data.SkippedFiles(run_data.train, announce=console.warn)
         schedule = epoch_schedule(config, run_data.train, strategy, start_step, steps_per_epoch)
-        report = [SkippedFilesReport(skipped, schedule)]
+        report = [SkippedFilesReport(skipped, schedule, ran_out)]
     per_execution = config.steps_per_execution or 1
     multi_worker = config.strategy == "multi_worker"
     if steps_per_epoch % per_execution and not multi_worker:
@@ -707,16 +720,25 @@ def run_epochs(
         dataset = training_stream(config, run_data.train, first, last, skip, strategy, skipped)
         steps = steps_per_epoch - skip
         common = {"epochs": last, "initial_epoch": first, "steps_per_epoch": steps}
-        bar = [keras.callbacks.ProgbarLogger()] if verbose else []
-        everything = [*report, *callbacks, *bar, *(after_progress_bar or [])]
+        bar = [cbs.ProgressBar()] if verbose else []
+        # ran_out first (it stops a short epoch), then the skipped-files report (it names
+        # the files of that epoch), the run's callbacks, the bar, what prints below it.
+        everything = [ran_out, *report, *callbacks, *bar, *(after_progress_bar or [])]
         common.update(callbacks=everything, verbose=verbose)
-        if multi_worker:
-            fit_loop(model, dataset, strategy=strategy, steps_per_execution=per_execution, **common)
-        else:  # shuffle=False: the stream is shuffled, per epoch, by its seed
-            model.fit(dataset, shuffle=False, **common)
-        if any(getattr(c, "failed_step", None) is not None for c in callbacks) or any(
-            getattr(c, "interrupted", False) for c in callbacks
-        ):
+        with warnings.catch_warnings():
+            # Keras's own note that the input ran out, written into the progress line:
+            # InputRanOut says it on a line of its own and stops the run.
+            warnings.filterwarnings("ignore", message="Your input ran out of data")
+            if multi_worker:
+                fit_loop(
+                    model, dataset, strategy=strategy, steps_per_execution=per_execution,
+                    **common,
+                )  # fmt: skip
+            else:  # shuffle=False: the stream is shuffled, per epoch, by its seed
+                model.fit(dataset, shuffle=False, **common)
+        stopped = [getattr(c, "failed_step", None) is not None for c in callbacks]
+        stopped += [getattr(c, "interrupted", False) for c in callbacks]
+        if any(stopped) or ran_out.ran_out_at is not None:
             return
 
 
@@ -758,6 +780,15 @@ def report(summary: dict[str, Any], guard: Any, config: TrainConfig) -> int:
             "Lower --learning_rate or use --precision=float32.",
             file=sys.stderr,
         )
+        return EXIT_FAILED
+    if summary["status"] == "out_of_data":
+        print(
+            f"Stopped: the input ran out of data at step {summary['steps']} of "
+            f"{summary['total_steps']} (too many files are unreadable: they are named "
+            "above); saved. Fix or remove them, then re-run the command to resume.",
+            file=sys.stderr,
+        )
+        print(where)
         return EXIT_FAILED
     if summary["status"] in ("interrupted", "preempted"):
         what = summary["status"].capitalize()

@@ -9,7 +9,8 @@ allows: for JPEG the RandomResizedCrop box is drawn from the header's size
 (`extract_jpeg_shape`) and only that window is decoded (`decode_and_crop_jpeg`); PNG, GIF
 (first frame) and BMP are decoded whole and cropped. Images keep their aspect ratio: the
 torchvision box (scale, log-ratio, ten tries, then the central fallback) is drawn per image
-on its own size. The crops are resized to the view size (bilinear, antialiased), batched,
+on its own size. TIFF, which TensorFlow does not decode, is decoded with Pillow (as in
+memory), whole. The crops are resized to the view size (bilinear, antialiased), batched,
 and the rest of the strong recipe (flip, colour jitter, grayscale, blur) runs batched, as in
 the in-memory pipeline.
 
@@ -29,7 +30,7 @@ import tensorflow as tf
 from absl import logging
 from PIL import Image
 
-from tfascl.data import augment
+from tfascl.data import augment, decode
 from tfascl.data.augment import KEY_AUGMENTS, AugmentRecipe, sample_crop_boxes
 from tfascl.data.host import host_variable
 
@@ -160,6 +161,33 @@ def _integer_boxes(boxes: tf.Tensor, height: tf.Tensor, width: tf.Tensor) -> tf.
     return tf.cast(tf.stack([top, left, h, w], axis=1), tf.int32)
 
 
+def _pillow_rgb(contents: bytes) -> np.ndarray:
+    """[H, W, 3] uint8 of an encoded image, by the in-memory loader's own decoder; an
+    unreadable one raises (and the streaming pipeline drops it, as a failed TF decode)."""
+    return decode.decode(bytes(contents))
+
+
+def pillow_only(contents: tf.Tensor) -> tf.Tensor:
+    """Whether an encoded image is in a format only Pillow decodes here (TIFF)."""
+    prefix = tf.strings.substr(contents, 0, 4)
+    return tf.reduce_any([tf.equal(prefix, magic) for magic in decode.PILLOW_ONLY_MAGIC])
+
+
+def decode_whole(contents: tf.Tensor) -> tf.Tensor:
+    """[H, W, 3] uint8 of a PNG, GIF (first frame), BMP, WebP or JPEG by TensorFlow, or of a
+    TIFF by Pillow (``tf.numpy_function``)."""
+
+    def by_pillow() -> tf.Tensor:
+        image = tf.numpy_function(_pillow_rgb, [contents], tf.uint8, stateful=False)
+        return tf.ensure_shape(image, [None, None, 3])
+
+    def by_tensorflow() -> tf.Tensor:
+        return tf.io.decode_image(contents, channels=3, expand_animations=False)
+
+    image = tf.cond(pillow_only(contents), by_pillow, by_tensorflow)
+    return tf.ensure_shape(image, [None, None, 3])
+
+
 def decode_crops(
     contents: tf.Tensor,
     boxes_for: Callable[[tf.Tensor, tf.Tensor], tf.Tensor],
@@ -169,7 +197,7 @@ def decode_crops(
     """Decodes one encoded image into crops resized to `size`, decoding only the crops of a JPEG.
 
     Args:
-        contents: Scalar string, an encoded JPEG, PNG, GIF or BMP.
+        contents: Scalar string, an encoded JPEG, PNG, GIF, BMP, WebP or TIFF.
         boxes_for: Maps the image's (height, width) float32 scalars to [n, 4] float32 boxes
             (top, left, h, w) in pixels.
         size: Side of the resized crops.
@@ -197,7 +225,7 @@ def decode_crops(
         )
 
     def other() -> tf.Tensor:
-        image = tf.io.decode_image(contents, channels=3, expand_animations=False)
+        image = decode_whole(contents)
         shape = tf.cast(tf.shape(image), tf.float32)
         boxes = _integer_boxes(boxes_for(shape[0], shape[1]), shape[0], shape[1])
         return tf.stack(
@@ -322,6 +350,10 @@ def share_seed(seed: tf.Tensor, step: tf.Tensor, replica: tf.Tensor) -> tf.Tenso
 class SkippedFiles:
     """Names the files that failed to decode, once per epoch.
 
+    The report is one line, given to `announce` (default: an absl warning; tfascl-train
+    passes `tfascl.console.warn`, which starts it on a line of its own below the progress
+    bar).
+
     Every example that decodes writes the first epoch it decoded in into a host variable
     (one int64 per file). Decoding is deterministic, so a file that never decoded by the
     end of an epoch it was scheduled in was dropped. The schedule is recomputed from the
@@ -330,8 +362,9 @@ class SkippedFiles:
 
     NEVER = np.iinfo(np.int64).max
 
-    def __init__(self, files: ImageFiles) -> None:
+    def __init__(self, files: ImageFiles, announce: Callable[[str], None] | None = None) -> None:
         self.files = files
+        self.announce = announce or logging.warning
         self.first_decoded = host_variable(np.full(files.count, self.NEVER), "first_decoded")
         self.reported: dict[int, list[str]] = {}
 
@@ -349,14 +382,9 @@ class SkippedFiles:
         if names:
             shown = ", ".join(os.path.relpath(n, self.files.where) for n in names[:20])
             more = f" and {len(names) - 20} more" if len(names) > 20 else ""
-            logging.warning(
-                "Epoch %d: skipped %d of %d files of %s that could not be decoded: %s%s",
-                epoch + 1,
-                len(names),
-                len(scheduled),
-                self.files.where,
-                shown,
-                more,
+            self.announce(
+                f"epoch {epoch + 1}: skipped {len(names)} of {len(scheduled)} files of "
+                f"{self.files.where} that could not be decoded: {shown}{more}"
             )
         return names
 
