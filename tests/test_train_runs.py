@@ -67,8 +67,11 @@ def test_ascl_recipe_run_leaves_its_files(tmp_path, capsys):
     # The randomly initialised encoder's kNN, before step 1: the baseline of the last line.
     (initial,) = [r for r in records if r["kind"] == "initial"]
     assert initial["step"] == 0 and initial["knn_top1"] == summary["initial_knn_top1"]
-    assert summary["knn_test_images"] == 360 and summary["knn_bank_images"] == 1437
+    # The bank is the training subset (--max_train_examples=32), and the run says so.
+    assert summary["knn_test_images"] == 360 and summary["knn_bank_images"] == 32
     out = capsys.readouterr().out
+    bank = "kNN monitor: bank = train (32 images, the training subset of --max_train_examples)"
+    assert f"{bank}, test = test (360)\n" in out
     assert "kNN top-1 of the randomly initialised encoder: " in out
     assert re.search(r"^kNN top-1 after epoch 1: \d+\.\d% \(random init", out, re.M), out
     verdict = r"^pretraining: \d+\.\d% → \d+\.\d% kNN top-1 on the 360 test digits \([+-]"
@@ -199,3 +202,23 @@ def test_the_verdict_compares_the_final_knn_with_the_random_encoder():
     worse = train.verdict({**summary, "final_knn_top1": 0.594}, config)
     assert "(-16.7 points" in worse[0] and "flags/digits_ascl.flags" in worse[1]
     assert train.verdict({**summary, "initial_knn_top1": None}, config) == []
+
+
+@pytest.mark.parametrize(
+    "args, line",
+    [
+        ([], "bank = train (1,437 images), test = test (360)"),
+        (["--max_train_examples=64"], "bank = train (64 images, the training subset of "),
+        (["--max_train_examples=64", "--knn_bank_size=200"], "bank = train (200 images, --knn_"),
+        (["--knn_bank_split=test"], "bank = test (360 images), test = test (360)"),
+    ],
+)
+def test_the_knn_bank_is_stated_and_follows_the_training_subset(args, line, capsys):
+    config = train.config_from_args(["--dataset=digits", "--batch_size=16", *args])
+    run_data = train.load_data(config)
+    out = capsys.readouterr().out
+    assert f"kNN monitor: {line}" in out
+    size = int(line.split("(")[1].split(" ")[0].replace(",", ""))
+    assert len(run_data.bank) == size
+    if "--max_train_examples=64" in args and len(args) == 1:
+        assert run_data.bank is run_data.train  # the very images trained on

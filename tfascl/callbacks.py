@@ -446,6 +446,16 @@ class KnnMonitor(keras.callbacks.Callback):
     Only an epoch-end hook: Keras has finished (and flushed) the epoch's steps then, so
     the monitor is ``async_safe``.
 
+    Under several workers (``MultiWorkerMirroredStrategy``) only the chief embeds the
+    bank and the queries; it sends top-1, top-5 and whether to keep a best copy to the
+    other workers through one small all-reduce (``share_from_chief``), so every worker
+    logs the same numbers and writes (its copy of) the best checkpoint at the same epochs,
+    while the others wait in that all-reduce instead of repeating the pass.
+
+    A best copy that cannot be written (a full disk) is one line on stderr and the run
+    goes on: the latest checkpoint, not the best copy, is what a resume needs. The
+    previous best copy and its record stay.
+
     Args:
         bank: ``(images, labels)`` batches of the training set, eval transform.
         test: ``(images, labels)`` batches of the test split.
@@ -463,6 +473,9 @@ class KnnMonitor(keras.callbacks.Callback):
             randomly initialised encoder, which training should beat. Recorded in
             ``model_dir``'s ``metrics.jsonl`` (``"kind": "initial"``), where a resumed
             run finds it again.
+        strategy: the run's strategy; a multi-worker one makes the pass the chief's alone.
+        chief: whether this process is the chief (computes the pass under several workers).
+        announce: takes the line of a failed best copy (default: ``tfascl.console.warn``).
     """
 
     def __init__(
@@ -479,10 +492,17 @@ class KnnMonitor(keras.callbacks.Callback):
         model_dir: str | Path | None = None,
         write_dir: str | Path | None = None,
         at_start: bool = False,
+        strategy: tf.distribute.Strategy | None = None,
+        chief: bool = True,
+        announce: Callable[[str], None] | None = None,
     ) -> None:
         super().__init__()
         self.async_safe = True
         self.at_start = at_start
+        self.chief = chief
+        self._strategy = strategy if is_multi_worker(strategy) else None
+        self._announce = announce or console.warn
+        self.passes = 0  # feature passes this process ran (0 on a worker that is not chief)
         self.bank, self.test, self.num_classes = bank, test, num_classes
         self.every, self.last_epoch = every, last_epoch
         self.k, self.temperature = k, temperature
@@ -545,8 +565,25 @@ class KnnMonitor(keras.callbacks.Callback):
         return last or (self.every > 0 and (epoch + 1) % self.every == 0)
 
     def evaluate(self) -> dict[str, float]:
-        """kNN top-1 (and top-5) now."""
+        """kNN top-1 (and top-5) now: computed here, or under several workers by the chief
+        and received from it (every worker must call this at the same points)."""
+        if self._strategy is None:
+            return self._compute()
+        return self._shared(self._compute() if self.chief else {})[0]
+
+    def _shared(self, result: dict[str, float], keep: bool = False) -> tuple[dict, bool]:
+        """The chief's ``result`` (and ``keep`` decision) on every worker."""
+        values = [result.get("knn_top1", math.nan), result.get("knn_top5", math.nan), keep]
+        top1, top5, keep_flag = share_from_chief(self._strategy, values)
+        shared = {"knn_top1": float(top1)}
+        if math.isfinite(top5):
+            shared["knn_top5"] = float(top5)
+        return shared, bool(keep_flag > 0.5)
+
+    def _compute(self) -> dict[str, float]:
+        """One feature pass over the bank and the queries, and the weighted kNN."""
         start = time.perf_counter()
+        self.passes += 1
         if self._extract is None:
             self._extract = knn.feature_extractor(self.model, name="kNN monitor")
         bank_features, bank_labels = self._extract(self.bank, "bank images")
@@ -564,7 +601,10 @@ class KnnMonitor(keras.callbacks.Callback):
         return {f"knn_{name}": value for name, value in result.items()}
 
     def on_train_begin(self, logs: dict | None = None) -> None:
-        if self.at_start and not self.initial and global_step(self.model) == 0:
+        # Under several workers the chief's record does not decide (the others have none):
+        # every worker takes part at step 0.
+        first = self.at_start and global_step(self.model) == 0
+        if first and (not self.initial or self._strategy is not None):
             self.evaluate_initial()
 
     def evaluate_initial(self) -> dict[str, float]:
@@ -579,30 +619,78 @@ class KnnMonitor(keras.callbacks.Callback):
         # A run that is stopping (Ctrl-C, non-finite loss) ends mid-epoch: no kNN.
         if self.model.stop_training or not self.due(epoch):
             return
-        self.last = self.evaluate()
+        result, keep = {}, False
+        if self._strategy is None or self.chief:
+            result = self._compute()
+            top1 = result["knn_top1"]
+            better = self.best_top1 is None or top1 > self.best_top1
+            keep = math.isfinite(top1) and better and state_is_finite(self.model)
+        if self._strategy is not None:  # the chief's numbers and decision, everywhere
+            result, keep = self._shared(result, keep)
+        self.last = result
         self.last_epoch_evaluated = epoch
         if logs is not None:
             logs.update(self.last)
-        top1 = self.last["knn_top1"]
-        better = self.best_top1 is None or top1 > self.best_top1
-        if math.isfinite(top1) and better and state_is_finite(self.model):
-            self._keep_best(epoch, top1)
+        if keep:
+            self._keep_best(epoch, self.last["knn_top1"])
 
     def _keep_best(self, epoch: int, top1: float) -> None:
         step = global_step(self.model)
         name = f"{BEST_PREFIX}-{step}"
         previous = self.best.get("checkpoint")
-        self.best = {"checkpoint": name, "knn_top1": top1, "epoch": epoch + 1, "step": step}
+        best = {"checkpoint": name, "knn_top1": top1, "epoch": epoch + 1, "step": step}
         if self.checkpoint is None or self.write_dir is None:
+            self.best = best
             return
         # The whole state, not a manager checkpoint: the manager would delete it
         # once it is older than the last few.
-        self.checkpoint.write(str(runs.join(self.write_dir, name)))
-        if self.model_dir is not None:
-            write_best(self.model_dir, self.best)
+        path = runs.join(self.write_dir, name)
+        try:
+            self.checkpoint.write(str(path))
+            if self.model_dir is not None:
+                write_best(self.model_dir, best)
+        except (tf.errors.OpError, OSError) as error:
+            try:  # what the write left: its temporary folder, a half of the copy
+                for part in runs.glob(self.write_dir, f"{name}_temp*"):
+                    runs.remove_tree(part)
+                for part in runs.glob(self.write_dir, f"{name}.*"):
+                    runs.remove(part)
+            except (tf.errors.OpError, OSError):
+                pass  # the disk may refuse even this: the line says what happened
+            kept = f"; {previous} stays the best copy" if previous else ""
+            self._announce(
+                f"could not keep the best checkpoint {name} (kNN top-1 {percent(top1)}) in "
+                f"{self.write_dir}: {runs.error_line(error)}{kept}; training goes on (the "
+                "latest checkpoint is what a resume needs)"
+            )
+            return
+        self.best = best
         if previous and previous != name:
-            for path in runs.glob(self.write_dir, f"{previous}.*"):
-                runs.remove(path)
+            for part in runs.glob(self.write_dir, f"{previous}.*"):
+                runs.remove(part)
+
+
+def share_from_chief(strategy: tf.distribute.Strategy, values: list[float]) -> np.ndarray:
+    """``values`` of the chief (global replica 0's process) on every worker: one all-reduce
+    in which replica 0 contributes them and every other replica zeros. Every worker must
+    call it at the same point."""
+    function = _SHARE_FUNCTIONS.get(id(strategy))
+    if function is None:
+
+        @tf.function(input_signature=[tf.TensorSpec([None], tf.float32)])
+        def function(local: tf.Tensor) -> tf.Tensor:
+            def replica_part() -> tf.Tensor:
+                first = tf.equal(tf.distribute.get_replica_context().replica_id_in_sync_group, 0)
+                return tf.where(first, local, tf.zeros_like(local))
+
+            parts = strategy.run(replica_part)
+            return strategy.reduce(tf.distribute.ReduceOp.SUM, parts, axis=None)
+
+        _SHARE_FUNCTIONS[id(strategy)] = function
+    return function(tf.constant(values, tf.float32)).numpy()
+
+
+_SHARE_FUNCTIONS: dict[int, Callable] = {}
 
 
 class KnnReport(keras.callbacks.Callback):

@@ -153,22 +153,50 @@ def load_data(config: TrainConfig) -> RunData:
         len(train) >= config.batch_size,
         f"--batch_size={config.batch_size}: larger than the {len(train)} training images",
     )
-    bank_split = config.knn_bank_split or (
-        "train_labelled" if config.dataset == "stl10" else config.train_split
-    )
+    bank_split, bank_size = knn_bank(config)
     try:
-        bank = load(bank_split, config.knn_bank_size)
+        # The training images themselves when the bank is the training subset.
+        same = bank_split == config.train_split and bank_size == config.max_train_examples
+        bank = train if same else load(bank_split, bank_size)
         test = load(config.test_split)
     except ValueError as error:
         print(f"kNN monitor off: {error}")
         return RunData(train, None, None, len(train.class_names) or None)
     bank = data.labelled_only(bank)
     if bank is None or len(bank) == 0 or not test.labelled:
+        print(f"kNN monitor off: no labelled images in --knn_bank_split={bank_split} or "
+              f"--test_split={config.test_split}")  # fmt: skip
         return RunData(train, None, None, len(train.class_names) or None)
     classes = max(len(train.class_names), len(bank.class_names))
     if bank.labels is not None:
         classes = max(classes, int(bank.labels.max()) + 1)
+    print(knn_bank_line(config, bank_split, bank_size, len(bank), len(test)))
     return RunData(train, bank, test, classes)
+
+
+def knn_bank(config: TrainConfig) -> tuple[str, int | None]:
+    """(split, size) of the kNN monitor's bank: ``--knn_bank_split`` (default the training
+    split; TFDS stl10: train_labelled) and ``--knn_bank_size``; without a size, a bank that
+    is the training split follows ``--max_train_examples`` (the images trained on)."""
+    split = config.knn_bank_split or (
+        "train_labelled" if config.dataset == "stl10" else config.train_split
+    )
+    size = config.knn_bank_size
+    if size is None and split == config.train_split:
+        size = config.max_train_examples
+    return split, size
+
+
+def knn_bank_line(config: TrainConfig, split: str, size: int | None, bank: int, test: int) -> str:
+    """The run's line on what the kNN monitor compares: ``kNN monitor: bank = train (50,000
+    images), test = test (10,000)``, with why the bank is a subset."""
+    why = ""
+    if config.knn_bank_size is not None:
+        why = ", --knn_bank_size"
+    elif size is not None:
+        why = ", the training subset of --max_train_examples"
+    queries = f"test = {config.test_split} ({test:,})"
+    return f"kNN monitor: bank = {split} ({bank:,} images{why}), {queries}"
 
 
 class SkippedFilesReport(keras.callbacks.Callback):
@@ -467,7 +495,9 @@ class RunCallbacks:
             board = cbs.TensorBoard(
                 runs.join(model_dir, runs.TENSORBOARD_SUBDIR), config.log_every, profile
             )
-        monitor = knn_monitor(config, run_data, checkpoint, model_dir if chief else None, write_dir)
+        monitor = knn_monitor(
+            config, run_data, checkpoint, model_dir if chief else None, write_dir, strategy, chief
+        )
         return cls(
             guard=cbs.NonFiniteLoss(config.log_every),
             stopper=cbs.StopOnSignal(strategy=strategy),
@@ -639,6 +669,7 @@ def knn_summary(monitor: Any) -> dict[str, Any]:
         "best_checkpoint": best.get("checkpoint"),
         "best_epoch": best.get("epoch"),
         "knn_time_s": round(monitor.seconds, 3) if monitor else 0.0,
+        "knn_passes": monitor.passes if monitor else 0,
     }
 
 
@@ -655,8 +686,11 @@ def knn_monitor(
     checkpoint: Any,
     model_dir: runs.RunPath | None,
     write_dir: runs.RunPath,
+    strategy: Any = None,
+    chief: bool = True,
 ) -> Any:
-    """The kNN monitor over the eval transform of the bank and test images, or None."""
+    """The kNN monitor over the eval transform of the bank and test images, or None.
+    Under several workers the chief alone runs its feature passes (``KnnMonitor``)."""
     if run_data.bank is None:
         return None
     batch = 256
@@ -672,6 +706,8 @@ def knn_monitor(
         model_dir=model_dir,
         write_dir=checkpoint_dir(write_dir),
         at_start=config.knn_at_start,
+        strategy=strategy,
+        chief=chief,
     )
 
 

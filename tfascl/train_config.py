@@ -108,9 +108,16 @@ class TrainConfig:
         None, "Labelled split of the kNN bank. Default: train (TFDS stl10: train_labelled)."
     )
     knn_bank_size: int | None = _flag(
-        None, "kNN monitor on a fixed stratified subset of this many bank images."
+        None,
+        "kNN monitor on a fixed stratified subset of this many bank images. Default: the "
+        "whole bank split, or with --max_train_examples (bank = training split) the "
+        "training subset.",
     )
-    max_train_examples: int | None = _flag(None, "Use at most this many training images.")
+    max_train_examples: int | None = _flag(
+        None,
+        "Use at most this many training images (a fixed stratified subset); the kNN bank, "
+        "when it is the training split, is the same subset unless --knn_bank_size is set.",
+    )
     test_split: str = _flag("test", "Split the kNN monitor evaluates on.")
     image_size: int = _flag(RunSpec.image_size, "Side of the augmented views, in pixels.")
     load_size: int | None = _flag(
