@@ -58,6 +58,7 @@ import numpy as np
 import tensorflow as tf
 
 from tfascl import console, knn, runs
+from tfascl.cli import profile_range  # noqa: F401  (re-exported: parsed without TensorFlow)
 from tfascl.runs import BEST_INFO_FILE, BEST_PREFIX, METRICS_FILE
 
 
@@ -927,28 +928,6 @@ class MetricsLogger(StepClock):
             return
         record["time"] = time.time()
         runs.append_text(runs.join(self.model_dir, METRICS_FILE), json.dumps(record) + "\n")
-
-
-def profile_range(text: str | None) -> tuple[int, int] | None:
-    """``--profile_steps`` as ``(first, last)`` global steps to profile.
-
-    Args:
-        text: ``"A,B"`` (steps A to B), ``"A"`` (step A alone) or empty (no profile).
-
-    Returns:
-        ``(A, B)`` with ``1 <= A <= B``; ``(0, 0)`` for an empty text; None if malformed.
-    """
-    if not text:
-        return (0, 0)
-    try:
-        steps = [int(part) for part in str(text).split(",")]
-    except ValueError:
-        return None
-    if len(steps) == 1:
-        steps *= 2
-    if len(steps) != 2 or not 1 <= steps[0] <= steps[1]:
-        return None
-    return steps[0], steps[1]
 
 
 class TensorBoard(keras.callbacks.TensorBoard):

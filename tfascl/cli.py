@@ -161,6 +161,28 @@ def run_app(
     app.run(main, flags_parser=flags_parser(program))
 
 
+def profile_range(text: str | None) -> tuple[int, int] | None:
+    """``--profile_steps`` as ``(first, last)`` global steps to profile.
+
+    Args:
+        text: ``"A,B"`` (steps A to B), ``"A"`` (step A alone) or empty (no profile).
+
+    Returns:
+        ``(A, B)`` with ``1 <= A <= B``; ``(0, 0)`` for an empty text; None if malformed.
+    """
+    if not text:
+        return (0, 0)
+    try:
+        steps = [int(part) for part in str(text).split(",")]
+    except ValueError:
+        return None
+    if len(steps) == 1:
+        steps *= 2
+    if len(steps) != 2 or not 1 <= steps[0] <= steps[1]:
+        return None
+    return steps[0], steps[1]
+
+
 def defined(flag_values: flags.FlagValues, names: Sequence[str]) -> bool:
     """Whether all of ``names`` are already flags of ``flag_values`` (defining twice fails)."""
     return all(name in flag_values for name in names)

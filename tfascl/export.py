@@ -53,6 +53,11 @@ then loads with plain Keras, without tfascl's custom layer.
 
 from __future__ import annotations
 
+if __name__ == "__main__":  # python -m tfascl.export: TensorFlow without its start-up lines
+    from tfascl._startup import quiet_tensorflow_import
+
+    quiet_tensorflow_import()
+
 import datetime
 import json
 import os

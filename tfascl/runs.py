@@ -29,11 +29,35 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
-import keras
-import tensorflow as tf
-from tensorflow.core.protobuf import trackable_object_graph_pb2
+from tfascl._lazy import LazyModule
 
-from tfascl.models.registry import build_backbone, build_model, method_spec
+# TensorFlow, Keras and the model registry load on first use: RunSpec, the file names and
+# the path helpers serve tfascl-train's flag definitions before TensorFlow starts.
+keras = LazyModule("keras")
+tf = LazyModule("tensorflow")
+trackable_object_graph_pb2 = LazyModule("tensorflow.core.protobuf.trackable_object_graph_pb2")
+
+
+def build_backbone(*args: Any, **kwargs: Any) -> Any:
+    """``tfascl.models.registry.build_backbone`` (imported when first called)."""
+    from tfascl.models.registry import build_backbone
+
+    return build_backbone(*args, **kwargs)
+
+
+def build_model(*args: Any, **kwargs: Any) -> Any:
+    """``tfascl.models.registry.build_model`` (imported when first called)."""
+    from tfascl.models.registry import build_model
+
+    return build_model(*args, **kwargs)
+
+
+def method_spec(*args: Any, **kwargs: Any) -> Any:
+    """``tfascl.models.registry.method_spec`` (imported when first called)."""
+    from tfascl.models.registry import method_spec
+
+    return method_spec(*args, **kwargs)
+
 
 # The names of a run folder (``model_dir``), here only: every module takes them from here.
 SPEC_FILE = "run.json"  # the RunSpec: what rebuilds the model
@@ -114,10 +138,11 @@ def base_name(path: str | Path) -> str:
     return Path(path).name if is_local(path) else posixpath.basename(str(path).rstrip("/"))
 
 
-_GFILE_ERRORS: tuple[tuple[type, type, int], ...] = (
-    (tf.errors.NotFoundError, FileNotFoundError, errno.ENOENT),
-    (tf.errors.AlreadyExistsError, FileExistsError, errno.EEXIST),
-    (tf.errors.PermissionDeniedError, PermissionError, errno.EACCES),
+# gfile's errors (by name in tf.errors) and the local errors they stand for.
+_GFILE_ERRORS: tuple[tuple[str, type, int], ...] = (
+    ("NotFoundError", FileNotFoundError, errno.ENOENT),
+    ("AlreadyExistsError", FileExistsError, errno.EEXIST),
+    ("PermissionDeniedError", PermissionError, errno.EACCES),
 )
 
 
@@ -128,7 +153,11 @@ def _gfile_errors(path: str | Path) -> Iterator[None]:
         yield
     except tf.errors.OpError as error:
         kind, code = next(
-            ((kind, code) for op, kind, code in _GFILE_ERRORS if isinstance(error, op)),
+            (
+                (kind, code)
+                for op, kind, code in _GFILE_ERRORS
+                if isinstance(error, getattr(tf.errors, op))
+            ),
             (OSError, errno.EIO),
         )
         raise kind(code, error_line(error), str(path)) from None

@@ -11,6 +11,11 @@ runs what they describe: data, model, strategy, checkpoints, callbacks and the r
 
 from __future__ import annotations
 
+if __name__ == "__main__":  # python -m tfascl.train: start as tfascl-train does
+    from tfascl._startup import train as _start
+
+    _start()  # flags parsed without TensorFlow, then tfascl.train.main; exits
+
 import dataclasses
 import os
 import shutil

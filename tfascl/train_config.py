@@ -15,21 +15,32 @@ import os
 import tempfile
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, NoReturn
+from typing import TYPE_CHECKING, Any, NoReturn
 
-import tensorflow as tf
 from absl import flags
 
+# Nothing here starts TensorFlow (tfascl.choices, tfascl.data.recipe, tfascl.runs' lazy
+# imports): tfascl-train defines and parses its flags, answering --help or a bad value,
+# before TensorFlow loads. The registry is imported where a method's spec is needed.
 from tfascl import cli, runs
-from tfascl.callbacks import profile_range
-from tfascl.cli import EXIT_FAILED, FlagError, expand_flagfiles, require
-from tfascl.data.augment import KEY_AUGMENTS, STANDARD_RECIPE, AugmentRecipe
-from tfascl.data.pipeline import AUGMENT_ON, INPUT_MODES
-from tfascl.models.backbones import RESNETS, STEMS, default_stem
-from tfascl.models.batchnorm import KEY_NORMS, NORMS
-from tfascl.models.registry import METHODS, MethodSpec
-from tfascl.optim import OPTIMIZER_NAMES
+from tfascl.choices import (
+    AUGMENT_ON,
+    INPUT_MODES,
+    KEY_AUGMENTS,
+    KEY_NORMS,
+    METHOD_NAMES,
+    NORMS,
+    OPTIMIZER_NAMES,
+    RESNET_NAMES,
+    STEMS,
+    default_stem,
+)
+from tfascl.cli import EXIT_FAILED, FlagError, expand_flagfiles, profile_range, require
+from tfascl.data.recipe import STANDARD_RECIPE, AugmentRecipe
 from tfascl.runs import FLAGS_FILE, RunFileError, RunSpec, read_json_file
+
+if TYPE_CHECKING:
+    from tfascl.models.registry import MethodSpec
 
 FLAGS = flags.FLAGS
 PROGRAM = "tfascl-train"
@@ -223,6 +234,8 @@ class TrainConfig:
     @property
     def method_spec(self) -> MethodSpec:
         """The registry's ``MethodSpec`` of ``--method`` (after ``validate``)."""
+        from tfascl.models.registry import METHODS
+
         return METHODS[self.method]
 
     @property
@@ -251,12 +264,12 @@ class TrainConfig:
 
 
 ENUMS = {
-    "method": list(METHODS),
+    "method": list(METHOD_NAMES),
     "momentum_schedule": ["constant", "cosine"],
     "augment_on": list(AUGMENT_ON),
     "input": list(INPUT_MODES),
     "key_augment": list(KEY_AUGMENTS),
-    "backbone": list(RESNETS),
+    "backbone": list(RESNET_NAMES),
     "stem": list(STEMS),
     "norm": list(NORMS),
     "key_norm": list(KEY_NORMS),
@@ -349,6 +362,8 @@ def config_from_flags(flag_values: flags.FlagValues = FLAGS) -> TrainConfig:
 
 def validate(config: TrainConfig) -> None:
     """Checks every flag before anything is built; raises ``FlagError`` (one line)."""
+    from tfascl.models.registry import METHODS  # TensorFlow: the flags are parsed by now
+
     c = config
     require(c.method in METHODS, f"--method={c.method}: must be one of {', '.join(METHODS)}")
     for name in ("temperature", "relabel_temperature", "knn_t", "learning_rate"):
@@ -489,6 +504,8 @@ def check_replicas(config: TrainConfig, replicas: int) -> TrainConfig:
             per_replica % c.num_splits == 0,
             f"--num_splits={c.num_splits}: must divide the per-replica batch {per_replica}",
         )
+    import tensorflow as tf
+
     jit = c.jit_compile
     if jit is None:
         jit = replicas == 1 and bool(tf.config.list_logical_devices("GPU"))

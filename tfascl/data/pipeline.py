@@ -12,6 +12,7 @@ from __future__ import annotations
 import numpy as np
 import tensorflow as tf
 
+from tfascl.choices import AUGMENT_ON, INPUT_MODES
 from tfascl.data.augment import AugmentRecipe, eval_transform, two_views
 from tfascl.data.loading import ImageSet
 from tfascl.data.stream import (
@@ -25,8 +26,7 @@ from tfascl.data.stream import (
     stream_pretrain_dataset,
 )
 
-AUGMENT_ON = ("host", "device")
-INPUT_MODES = ("auto", "memory", "stream")
+__all__ = ["AUGMENT_ON", "INPUT_MODES", "eval_dataset", "pretrain_dataset"]
 
 
 def memory_pretrain_dataset(

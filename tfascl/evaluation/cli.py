@@ -286,8 +286,11 @@ def main(argv: Sequence[str]) -> None:
 
 
 def run() -> None:
-    """Console script ``tfascl-eval``."""
-    cli.run_app(PROGRAM, define_flags, main)
+    """``tfascl-eval``: flags parsed before TensorFlow starts, which then starts quietly
+    (``tfascl._startup.evaluate``, what the console script runs)."""
+    from tfascl._startup import evaluate
+
+    evaluate()
 
 
 if __name__ == "__main__":
