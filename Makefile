@@ -10,6 +10,8 @@ BIN := $(VENV)/bin
 TF_EXTRA := $(shell nvidia-smi >/dev/null 2>&1 && echo gpu || \
 	{ [ "$$(uname -s)" = Darwin ] && echo tensorflow || echo cpu; })
 MODEL_DIR ?= runs/default
+# The recipe of `make run`: ASCL on the embedded digits, with augmentations that suit them.
+RUN_FLAGS ?= --flagfile=flags/digits_ascl.flags
 # pytest-xdist processes for `make test`: a test keeps about one core busy (TensorFlow's
 # small ops), so two workers use both of a 2-core machine; each test file stays on one
 # worker (--dist loadfile), so module fixtures are made once.
@@ -32,7 +34,7 @@ $(VENV)/.installed-test: $(VENV)/.installed
 	touch $@
 
 run: install
-	$(BIN)/tfascl-train --model_dir=$(MODEL_DIR)
+	$(BIN)/tfascl-train $(RUN_FLAGS) --model_dir=$(MODEL_DIR)
 
 lint: install
 	$(BIN)/ruff check .

@@ -5,7 +5,8 @@ variables, set by the caller).
 
 Trains through ``tfascl.train.train`` like the CLI, then writes this worker's view of the
 final state (every model weight, the queue included) and its step count to OUT.npz, so
-the test can check that the workers agree, and exits with the run's exit status.
+the test can check that the workers agree (and the kNN monitor's passes and numbers), and
+exits with the run's exit status.
 """
 
 import os
@@ -24,8 +25,8 @@ class RecordedSkippedFiles(data.SkippedFiles):
 
     made: ClassVar[list] = []
 
-    def __init__(self, files) -> None:
-        super().__init__(files)
+    def __init__(self, files, **options) -> None:
+        super().__init__(files, **options)
         self.made.append(self)
 
 
@@ -56,10 +57,14 @@ def main() -> None:
     weights = {
         f"{i:03d}_{w.path.replace('/', '.')}": np.asarray(w) for i, w in enumerate(model.weights)
     }
+    summary = result.summary
     np.savez(
         out,
         exit_code=result.exit_code,
         steps=int(model.optimizer.iterations.numpy()),
+        # The kNN monitor: feature passes this worker ran, and the numbers it logged.
+        knn_passes=summary.get("knn_passes", 0),
+        knn=[summary.get(k) or np.nan for k in ("initial_knn_top1", "final_knn_top1")],
         replicas=model.distribute_strategy.num_replicas_in_sync,
         **decoded,
         **weights,

@@ -29,7 +29,7 @@ MODEL_MAY_NOT_IMPORT = (
 # The serving library and the file layer under it import nothing else of tfascl.
 MAY_IMPORT_ONLY = {
     "tfascl.serving": {"tfascl._version", "tfascl.files"},
-    "tfascl.files": set(),
+    "tfascl.files": {"tfascl._lazy"},  # plain Python: TensorFlow on first remote use
     "tfascl._version": set(),
 }
 

@@ -190,3 +190,23 @@ def test_a_run_writes_flags_txt_that_replays_it(tmp_path):
     # The same run: re-running it finds it complete (a changed key flag would be refused).
     again = train.train(replayed)
     assert again.exit_code == 0 and again.model is None and again.summary["steps"] == 2
+
+
+def test_the_flag_choices_mirror_the_modules_that_implement_them():
+    # tfascl-train defines its flags from tfascl.choices before TensorFlow starts; the
+    # model names there mirror tfascl.models (a method added to the registry goes there too).
+    from tfascl import choices, models, optim
+    from tfascl.data import augment, pipeline
+    from tfascl.models import backbones, batchnorm
+
+    assert choices.METHOD_NAMES == tuple(models.METHODS), "add the method to tfascl/choices.py"
+    assert choices.RESNET_NAMES == tuple(backbones.RESNETS)
+    assert (choices.STEMS, choices.NORMS, choices.KEY_NORMS) == (
+        backbones.STEMS,
+        batchnorm.NORMS,
+        batchnorm.KEY_NORMS,
+    )
+    assert all(choices.default_stem(s) == backbones.default_stem(s) for s in range(8, 320, 8))
+    assert optim.OPTIMIZER_NAMES is choices.OPTIMIZER_NAMES
+    assert augment.KEY_AUGMENTS is choices.KEY_AUGMENTS
+    assert (pipeline.AUGMENT_ON, pipeline.INPUT_MODES) == (choices.AUGMENT_ON, choices.INPUT_MODES)

@@ -346,3 +346,44 @@ def test_two_views_layer_round_trips_its_config():
     layer = augment.TwoViews(24, MEAN, STD, seed=9)
     clone = augment.TwoViews.from_config(layer.get_config())
     assert (clone.size, clone.mean, clone.std, clone.seed) == (24, MEAN, STD, 9)
+
+
+# ------------------------------------------------------------------------------------
+# The recipe's knobs (flags/digits_ascl.flags: no flip, gentle crops, no colour).
+
+DIGITS_RECIPE = augment.AugmentRecipe(
+    crop_scale=(0.6, 1.0), flip_prob=0.0, jitter_prob=0.0, gray_prob=0.0, blur_prob=0.0
+)
+
+
+def test_recipe_sets_the_crop_scale_and_the_probabilities():
+    params = augment.sample_params(2000, 32.0, 32.0, seed=7, recipe=DIGITS_RECIPE)
+    area = np.prod(params["boxes"].numpy()[:, 2:], axis=1) / 32**2
+    assert area.min() >= 0.6 - 1e-5 and area.max() <= 1 + 1e-5
+    for key in ("flip", "jitter", "gray", "blur"):
+        assert not params[key].numpy().any(), key
+    # The same draws as the standard recipe: only the thresholds and ranges differ.
+    standard = augment.sample_params(2000, 32.0, 32.0, seed=7)
+    assert np.array_equal(standard["jitter_order"].numpy(), params["jitter_order"].numpy())
+
+
+def test_recipe_without_colour_leaves_grey_crops_grey_and_unflipped():
+    # A left-right ramp: a flip would reverse it, jitter or blur would change its values.
+    ramp = np.tile(np.linspace(0, 255, 16, dtype=np.float32)[None, :, None], (16, 1, 3))
+    images = tf.constant(np.stack([ramp] * 64))
+    recipe = augment.AugmentRecipe(crop_scale=(1.0, 1.0), crop_ratio=(1.0, 1.0), **{
+        name: 0.0 for name in ("flip_prob", "jitter_prob", "gray_prob", "blur_prob")
+    })  # fmt: skip
+    strong, _ = augment.strong_augment_with_params(images, 16, seed=3, recipe=recipe)
+    np.testing.assert_allclose(strong.numpy(), images.numpy() / 255.0, atol=1e-5)
+
+
+def test_recipe_is_checked_and_round_trips_through_the_two_views_layer():
+    with pytest.raises(ValueError, match="flip_prob"):
+        augment.AugmentRecipe(flip_prob=1.5)
+    with pytest.raises(ValueError, match="crop_scale"):
+        augment.AugmentRecipe(crop_scale=(0.8, 0.5))
+    layer = augment.TwoViews(24, MEAN, STD, seed=9, recipe=DIGITS_RECIPE)
+    clone = augment.TwoViews.from_config(layer.get_config())
+    assert clone.recipe == DIGITS_RECIPE
+    assert "recipe" not in augment.TwoViews(24, MEAN, STD).get_config()

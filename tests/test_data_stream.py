@@ -223,3 +223,41 @@ def test_streamed_files_cannot_be_augmented_on_the_device(folder):
     files = data.open_images(str(folder), "train")
     with pytest.raises(ValueError, match="augmented on the host"):
         data.pretrain_dataset(files, 8, 16, augment_on="device")
+
+
+def test_tiff_reads_in_both_modes_and_other_extensions_are_named_once_in_both(tmp_path, caplog):
+    import logging
+
+    from tfascl.data import loading
+
+    rng = np.random.default_rng(0)
+    pixels = rng.integers(0, 256, (2, 16, 16, 3), dtype=np.uint8)
+    split = tmp_path / "train"
+    for name, array in (("c0/a.tiff", pixels[0]), ("c1/b.tif", pixels[1])):
+        (split / name).parent.mkdir(parents=True, exist_ok=True)
+        Image.fromarray(array).save(split / name)
+    Image.fromarray(pixels[0]).save(split / "c0" / "a.png")
+    (split / "c1" / "x.heic").write_bytes(b"\x00\x00\x00\x18ftypheic")
+    (split / "c1" / "notes.txt").write_text("not an image")
+    # In memory (Pillow) and streamed (TensorFlow, Pillow for TIFF): the same pixels.
+    memory = data.load_images(str(tmp_path), "train", image_size=16)
+    files = data.open_images(str(tmp_path), "train")
+    assert sorted(os.path.basename(p) for p in files.paths) == ["a.png", "a.tiff", "b.tif"]
+    batch, labels = next(iter(stream.stream_eval_dataset(files, 8, 16, normalise=False)))
+    streamed = np.rint(batch.numpy() * 255).astype(np.uint8)
+    order = np.argsort([os.path.basename(p) for p in files.paths])
+    np.testing.assert_array_equal(streamed[order], pixels[[0, 0, 1]])
+    np.testing.assert_array_equal(memory.images, streamed)
+    np.testing.assert_array_equal(labels.numpy(), memory.labels)
+    # The two files tfascl does not read are named, once a process and folder, in both modes.
+    loading._REPORTED_IGNORED.clear()
+    for load in (data.load_images, data.open_images):
+        with caplog.at_level(logging.WARNING):
+            caplog.clear()
+            load(str(tmp_path), "train")
+            load(str(tmp_path), "train")
+        named = [r.getMessage() for r in caplog.records if "does not read" in r.getMessage()]
+        assert len(named) == 1, named
+        assert "ignored 2 files with an extension tfascl does not read" in named[0]
+        assert named[0].endswith(": c1/notes.txt, c1/x.heic")
+        loading._REPORTED_IGNORED.clear()

@@ -252,17 +252,24 @@ def launch(code, *args, level=None):
 
 
 def test_commands_start_without_tensorflow_startup_lines():
-    # The console script's body (setup.cfg points tfascl-train at tfascl_launch:train).
-    train = "import sys, tfascl_launch; sys.argv[0] = 'tfascl-train'; tfascl_launch.train()"
+    # The console script's body (setup.cfg points tfascl-train at tfascl_launch:train):
+    # --help answers from flags parsed before TensorFlow is imported.
+    train = (
+        "import sys, tfascl_launch; sys.argv[0] = 'tfascl-train'\n"
+        "try:\n    tfascl_launch.train()\n"
+        "finally:\n    print('tensorflow imported:', 'tensorflow' in sys.modules)\n"
+    )
     result = launch(train, "--helpshort")  # absl exits 1 after the help
     assert "USAGE: tfascl-train" in result.stdout
+    assert "tensorflow imported: False" in result.stdout
     assert not [m for m in STARTUP_MARKERS if m in result.stderr], result.stderr[-2000:]
-    # absl logging (--verbosity) still reaches stderr; a C++ level set by the user wins.
+    # absl logging (--verbosity) still reaches stderr; the start-up lines are held back
+    # whether or not the user chose a C++ level, and a level the user chose is kept.
     app = (
         "import sys\n"
         "sys.modules['tfascl'] = None  # the launcher imports TensorFlow alone\n"
-        "import tfascl_launch\n"
-        "tfascl_launch.quiet_tensorflow_import()\n"
+        "from tfascl_launch_body import quiet_tensorflow_import\n"
+        "quiet_tensorflow_import()\n"
         "import os, tensorflow as tf\n"
         "from absl import app, logging\n"
         "def main(argv):\n"
@@ -270,13 +277,49 @@ def test_commands_start_without_tensorflow_startup_lines():
         "    print(os.environ['TF_CPP_MIN_LOG_LEVEL'], int(tf.constant(2) + 1))\n"
         "app.run(main)\n"
     )
-    quiet = launch(app, "--verbosity=0")
+    # tfascl._startup is plain Python: loaded by path here, with tfascl itself blocked.
+    loader = (
+        "import importlib.util, sys\n"
+        f"spec = importlib.util.spec_from_file_location('tfascl_launch_body', "
+        f"{str(REPO / 'tfascl' / '_startup.py')!r})\n"
+        "module = importlib.util.module_from_spec(spec); spec.loader.exec_module(module)\n"
+        "sys.modules['tfascl_launch_body'] = module\n"
+    )
+    quiet = launch(loader + app, "--verbosity=0")
     assert quiet.returncode == 0, quiet.stderr[-2000:]
     assert quiet.stdout.split() == ["2", "3"]
     assert "the tool speaks" in quiet.stderr
     assert not [m for m in STARTUP_MARKERS if m in quiet.stderr], quiet.stderr[-2000:]
-    chosen = launch(app, "--verbosity=0", level="0")
+    chosen = launch(loader + app, "--verbosity=0", level="0")
     assert chosen.returncode == 0, chosen.stderr[-2000:]
     assert chosen.stdout.split() == ["0", "3"]
+    assert not [m for m in STARTUP_MARKERS if m in chosen.stderr], chosen.stderr[-2000:]
     if sys.platform == "linux":  # the lines exist here, so their absence above means something
-        assert [m for m in STARTUP_MARKERS if m in chosen.stderr]
+        plain = launch(app.replace("from tfascl_launch_body import", "quiet_tensorflow_import = "
+                                   "lambda: None  #"), "--verbosity=0", level="0")  # fmt: skip
+        assert [m for m in STARTUP_MARKERS if m in plain.stderr], plain.stderr[-2000:]
+
+
+def test_import_tfascl_and_python_m_answer_without_tensorflow():
+    lazy = launch(
+        "import sys, tfascl, tfascl.data, tfascl.evaluation, tfascl.train_config\n"
+        "print('tensorflow' in sys.modules, tfascl.__version__ == tfascl._version.__version__)\n"
+        "tfascl.build_model  # a model needs it: imported now\n"
+        "print('tensorflow' in sys.modules)\n"
+    )
+    assert lazy.stdout.split() == ["False", "True", "True"], lazy.stderr[-2000:]
+    for level in (None, "0", "3"):
+        for args in (["--helpfull"], ["--method=simclr"], ["--batch_size=abc"]):
+            code = (
+                "import runpy, sys\n"
+                f"sys.argv = ['tfascl-train', *{args!r}]\n"
+                "try:\n    runpy.run_module('tfascl.train', run_name='__main__')\n"
+                "finally:\n    print('tensorflow imported:', 'tensorflow' in sys.modules)\n"
+            )
+            result = launch(code, level=level)
+            assert "tensorflow imported: False" in result.stdout, (level, args, result.stderr)
+            assert result.returncode == (1 if args == ["--helpfull"] else 2), result.stderr
+            if args != ["--helpfull"]:
+                (line,) = result.stderr.strip().splitlines()
+                assert line.startswith("tfascl-train: error: "), line
+            assert not [m for m in STARTUP_MARKERS if m in result.stderr], result.stderr[-2000:]

@@ -158,6 +158,40 @@ def test_full_disk_while_saving_is_one_line_and_the_run_resumes(tmp_path, monkey
     assert logged_steps(model_dir) == list(range(1, STEPS_PER_EPOCH + 1))
 
 
+def test_full_disk_while_copying_the_best_checkpoint_is_one_line_and_the_run_goes_on(
+    tmp_path, monkeypatch, capsys
+):
+    model_dir = tmp_path / "run"
+    write = tf.train.Checkpoint.write
+
+    def write_on_a_full_disk(checkpoint, file_prefix, *args, **kwargs):
+        if "best-" not in str(file_prefix):
+            return write(checkpoint, file_prefix, *args, **kwargs)
+        # A real write error, as in the test above: EFBIG past 8 KiB, as ENOSPC.
+        limits = resource.getrlimit(resource.RLIMIT_FSIZE)
+        previous = signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+        resource.setrlimit(resource.RLIMIT_FSIZE, (8192, limits[1]))
+        try:
+            return write(checkpoint, file_prefix, *args, **kwargs)
+        finally:
+            resource.setrlimit(resource.RLIMIT_FSIZE, limits)
+            signal.signal(signal.SIGXFSZ, previous)
+
+    monkeypatch.setattr(tf.train.Checkpoint, "write", write_on_a_full_disk)
+    capsys.readouterr()
+    result = run(model_dir, "--epochs=1", "--noknn_at_start")
+    _, err = capsys.readouterr()
+    assert result.exit_code == 0 and result.summary["completed"]
+    (line,) = [line for line in err.splitlines() if line.strip()]
+    assert line.startswith("warning: could not keep the best checkpoint best-4 (kNN top-1 ")
+    assert "File too large" in line and "training goes on" in line
+    # No best copy and no half of one; the latest checkpoint is whole, as resume needs.
+    files = checkpoint_files(model_dir)
+    assert not [f for f in files if f.startswith("best")], files
+    assert "ckpt-4.index" in files and result.summary["best_checkpoint"] is None
+    assert not (model_dir / runs.BEST_FILE).exists()
+
+
 def test_damaged_run_files_are_one_line(tmp_path, capsys):
     model_dir = tmp_path / "run"
     runs.save_spec(runs.RunSpec(), model_dir)

@@ -465,7 +465,10 @@ def expected_values(stem):
     }
 
 
-SOURCED = [p for p in RECIPES if p.stem != "cpu_smoke"]
+# tfascl's own recipes, measured here rather than taken from a paper: the CPU smoke test and
+# the first run on digits (test_make_run_uses_the_digits_recipe...).
+OWN_RECIPES = ("cpu_smoke", "digits_ascl", "digits_moco")
+SOURCED = [p for p in RECIPES if p.stem not in OWN_RECIPES]
 
 
 @pytest.mark.parametrize("path", SOURCED, ids=lambda p: p.stem)
@@ -514,3 +517,15 @@ def test_recipes_that_carry_values_over_say_so():
         derived_prior = method in ("dcl", "moco_dcl") and dataset not in ("cifar10", "stl10")
         if derived_prior or (method == "msf" and dataset != "imagenet"):
             assert "# tfascl: " in text, path.name
+
+
+def test_make_run_uses_the_digits_recipe_whose_augmentations_suit_grey_digits():
+    makefile = (FLAGS_DIR.parent / "Makefile").read_text()
+    assert "RUN_FLAGS ?= --flagfile=flags/digits_ascl.flags" in makefile
+    for method in ("ascl", "moco"):
+        config = parse(f"--flagfile={FLAGS_DIR / f'digits_{method}.flags'}")
+        assert (config.dataset, config.method, config.image_size) == ("digits", method, 16)
+        # No flips (a mirrored 2 is no digit), no colour on grey images, crops keep the digit.
+        assert config.flip_prob == config.jitter_prob == config.grayscale_prob == 0
+        assert config.blur_prob == 0 and config.crop_scale[0] >= 0.5
+        assert config.knn_at_start

@@ -112,6 +112,12 @@ def test_two_workers_end_with_the_same_weights_and_queue(tmp_path):
     np.testing.assert_array_equal(queue_part(other, "labels"), expected)
     np.testing.assert_allclose(np.linalg.norm(queue_part(chief, "keys"), axis=1), 1.0, atol=1e-5)
 
+    # The kNN monitor's passes (at the start and after the epoch) ran on the chief alone;
+    # the other worker logged the same numbers, received from it.
+    assert int(chief["knn_passes"]) == 2 and int(other["knn_passes"]) == 0
+    assert np.isfinite(chief["knn"]).all()
+    np.testing.assert_array_equal(chief["knn"], other["knn"])
+
     # The chief wrote the run; the other worker's checkpoints went to a scratch folder.
     summary = json.loads((model_dir / "summary.json").read_text())
     assert summary["steps"] == 4 and summary["completed"]

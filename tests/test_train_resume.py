@@ -83,6 +83,9 @@ def test_sigkill_mid_epoch_then_resume_finish_and_rerun(tmp_path):
     assert f"at step {killed_at} (" in result.stdout
     summary = json.loads((model_dir / "summary.json").read_text())
     assert summary["resumed_from_step"] == killed_at
+    # The random encoder's kNN, recorded before step 1, still makes the verdict.
+    assert summary["initial_knn_top1"] is not None
+    assert "pretraining: " in result.stdout and "on the 360 test digits" in result.stdout
     assert summary["steps"] == summary["total_steps"] == TOTAL
     assert latest_step(model_dir) == TOTAL
     # Each step logged once: records after the resumed checkpoint were replaced.

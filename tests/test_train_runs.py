@@ -3,6 +3,7 @@ precision, XLA with on-device augmentation, and a non-finite loss."""
 
 import json
 import math
+import re
 
 import numpy as np
 import pytest
@@ -31,7 +32,7 @@ def recipe(name):
     return f"--flagfile={FLAGS_DIR / name}.flags"
 
 
-def test_ascl_recipe_run_leaves_its_files(tmp_path):
+def test_ascl_recipe_run_leaves_its_files(tmp_path, capsys):
     result, model_dir = run(
         tmp_path, recipe("cifar10_ascl"), *TINY, "--checkpoint_every=1", "--profile_steps=2"
     )
@@ -63,6 +64,18 @@ def test_ascl_recipe_run_leaves_its_files(tmp_path):
     for key in ("loss", "learning_rate", "momentum", "confidence", "positive_weight", "purity"):
         assert math.isfinite(steps[-1][key]), key
     assert {"knn_top1", "knn_top5", "pairs_per_second"} <= set(epochs[-1])
+    # The randomly initialised encoder's kNN, before step 1: the baseline of the last line.
+    (initial,) = [r for r in records if r["kind"] == "initial"]
+    assert initial["step"] == 0 and initial["knn_top1"] == summary["initial_knn_top1"]
+    # The bank is the training subset (--max_train_examples=32), and the run says so.
+    assert summary["knn_test_images"] == 360 and summary["knn_bank_images"] == 32
+    out = capsys.readouterr().out
+    bank = "kNN monitor: bank = train (32 images, the training subset of --max_train_examples)"
+    assert f"{bank}, test = test (360)\n" in out
+    assert "kNN top-1 of the randomly initialised encoder: " in out
+    assert re.search(r"^kNN top-1 after epoch 1: \d+\.\d% \(random init", out, re.M), out
+    verdict = r"^pretraining: \d+\.\d% → \d+\.\d% kNN top-1 on the 360 test digits \([+-]"
+    assert re.search(verdict, out, re.M), out
 
     # Keras's TensorBoard callback: the step records' values at their steps (test_tensorboard
     # checks resumes and several steps an execution) and the profile of step 2.
@@ -93,7 +106,8 @@ def test_ressl_recipe_in_mixed_bfloat16_with_on_device_augmentation(tmp_path):
     model = result.model
     assert model.backbone.get_layer("stem_conv").compute_dtype == "bfloat16"
     assert all(w.dtype == "float32" for w in model.backbone.trainable_weights)
-    losses = [json.loads(line)["loss"] for line in (model_dir / "metrics.jsonl").open()]
+    records = map(json.loads, (model_dir / "metrics.jsonl").open())
+    losses = [r["loss"] for r in records if r["kind"] != "initial"]  # initial: kNN only
     assert losses and all(math.isfinite(loss) for loss in losses)
 
 
@@ -176,3 +190,36 @@ def test_training_stream_epochs_are_the_seeded_pipeline(tmp_path):
     # Two views of one image differ, and a batch differs from its epoch's next one.
     assert not np.array_equal(want[0][0], want[0][1])
     assert not np.array_equal(want[0][0], want[1][0])
+
+
+def test_the_verdict_compares_the_final_knn_with_the_random_encoder():
+    config = train.TrainConfig()
+    summary = {"initial_knn_top1": 0.761, "final_knn_top1": 0.931, "knn_test_images": 360}
+    (line,) = train.verdict(summary, config)
+    assert line == (
+        "pretraining: 76.1% → 93.1% kNN top-1 on the 360 test digits "
+        "(+17.0 points over the randomly initialised encoder)"
+    )
+    worse = train.verdict({**summary, "final_knn_top1": 0.594}, config)
+    assert "(-16.7 points" in worse[0] and "flags/digits_ascl.flags" in worse[1]
+    assert train.verdict({**summary, "initial_knn_top1": None}, config) == []
+
+
+@pytest.mark.parametrize(
+    "args, line",
+    [
+        ([], "bank = train (1,437 images), test = test (360)"),
+        (["--max_train_examples=64"], "bank = train (64 images, the training subset of "),
+        (["--max_train_examples=64", "--knn_bank_size=200"], "bank = train (200 images, --knn_"),
+        (["--knn_bank_split=test"], "bank = test (360 images), test = test (360)"),
+    ],
+)
+def test_the_knn_bank_is_stated_and_follows_the_training_subset(args, line, capsys):
+    config = train.config_from_args(["--dataset=digits", "--batch_size=16", *args])
+    run_data = train.load_data(config)
+    out = capsys.readouterr().out
+    assert f"kNN monitor: {line}" in out
+    size = int(line.split("(")[1].split(" ")[0].replace(",", ""))
+    assert len(run_data.bank) == size
+    if "--max_train_examples=64" in args and len(args) == 1:
+        assert run_data.bank is run_data.train  # the very images trained on

@@ -3,10 +3,12 @@
 ImageNet and STL-10 recipes run on small stand-ins."""
 
 import json
+import re
 import signal
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import pytest
 from helpers import REPO, TINY_RUN_FLAGS, logged_steps, python_env, run_python
@@ -95,7 +97,7 @@ def test_killed_streaming_run_resumes_and_logs_each_step_once(tmp_path):
     # The broken file is named once per epoch trained after the resume, not once per read.
     named = [x for x in result.stderr.splitlines() if "could not be decoded" in x]
     assert named and all(x.endswith(": c0/broken.jpg") and "skipped 1 of" in x for x in named)
-    assert len(named) == len({x.split("Epoch ")[1].split(":")[0] for x in named})
+    assert len(named) == len({x.split("epoch ")[1].split(":")[0] for x in named})
 
 
 def recipe_flags(name, dataset, *extra):
@@ -170,3 +172,58 @@ def test_auto_input_decides_from_headers_size_and_budget(tmp_path):
     fitted = train.TrainConfig(dataset=str(tmp_path / "varied"), load_size=32)
     assert train.choose_input(fitted)[0] == "memory"
     assert train.choose_input(train.TrainConfig(input="memory"))[0] == "memory"
+
+
+@pytest.mark.slow
+def test_bad_and_ignored_files_are_named_on_lines_of_their_own_and_running_out_stops(tmp_path):
+    # 48 JPEGs, half of them bad (12 empty, 12 text named .jpg), and a file of an extension
+    # tfascl does not read. Batches of 16: 3 steps an epoch, 6 in all; the stream (two
+    # epochs and a spare) holds 72 good images, 4 batches: it runs out in epoch 2.
+    root = tmp_path / "data"
+    paths = write_image_folder(root, 48, [(40, 40)], classes=2)
+    write_image_folder(root, 16, [(40, 40)], classes=2, split="test", seed=1)
+    for number, path in enumerate(sorted(paths)[::2]):
+        Path(path).write_bytes(b"" if number < 12 else b"this is text, not a JPEG")
+    (root / "train" / "c1" / "x.heic").write_bytes(b"\x00\x00\x00\x18ftypheic")
+    flags = [f for f in TINY_RUN_FLAGS if f != "--noprogress_bar"]  # the bar, as a user sees it
+    flags += ["--input=stream", "--epochs=2", "--warmup_epochs=0", "--knn_every=1", "--knn_k=5",
+              "--noexport", f"--dataset={root}", f"--model_dir={tmp_path / 'run'}"]  # fmt: skip
+    result = subprocess.run(
+        [sys.executable, "-m", "tfascl.train", *flags],
+        env=python_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, timeout=300,
+    )  # fmt: skip
+    # stdout and stderr in the order they reach a terminal; bytes, so that the bar's "\r"
+    # redraws stay as they are (text mode would turn them into line breaks).
+    console = result.stdout.decode()
+    assert result.returncode == 1, console[-3000:]
+    lines = console.split("\n")
+    # Each report of ours starts a line: none is written into Keras's progress bar.
+    reports = {
+        "could not be decoded": "warning: epoch ",
+        "tfascl does not read": "warning: ",
+        "ran out of data in epoch": "warning: the input ran out of data",
+        "kNN top-1 after epoch": "kNN top-1 after epoch",
+        "randomly initialised encoder": "kNN top-1 of the randomly initialised encoder",
+    }
+    for marker, start in reports.items():
+        found = [line for line in lines if marker in line]
+        assert found, (marker, console[-3000:])
+        assert all(line.startswith(start) for line in found), (marker, found)
+    # Both epochs name the 24 bad files (20 by name); the ignored file is named once.
+    skipped = [line for line in lines if "could not be decoded" in line]
+    assert [line.split(":")[1] for line in skipped] == [" epoch 1", " epoch 2"]
+    assert all("skipped 24 of 48 files" in line and "and 4 more" in line for line in skipped)
+    (ignored,) = [line for line in lines if "tfascl does not read" in line]
+    assert "ignored 1 file with an extension" in ignored and ignored.endswith(": c1/x.heic")
+    # Running out is said, recorded and not "Done" (the optimizer's count of steps: the call
+    # that meets the end of the data may count one more than the four whole batches).
+    said = r"ran out of data in epoch 2 after \d of its 3 steps \(at step (\d)\)"
+    ran_out = re.search(said, console)
+    assert ran_out, console[-3000:]
+    steps = int(ran_out.group(1))
+    assert steps in (4, 5)
+    assert f"Stopped: the input ran out of data at step {steps} of 6" in console
+    assert "Done:" not in console and "Your input ran out of data" not in console
+    summary = json.loads((tmp_path / "run" / "summary.json").read_text())
+    assert (summary["status"], summary["completed"]) == ("out_of_data", False)
+    assert (summary["steps"], summary["total_steps"]) == (steps, 6)

@@ -37,6 +37,9 @@ def config(tmp_path, **changes):
         ({"image_size": 4}, "--image_size"),
         ({"image_size": 48, "stem": "imagenet"}, "--image_size"),
         ({"load_size": 16}, "--load_size"),
+        ({"flip_prob": 1.5}, "--flip_prob"),
+        ({"blur_prob": -0.1}, "--blur_prob"),
+        ({"crop_scale": (0.8, 0.5)}, "--crop_scale"),
         ({"dataset": "/no/such/folder"}, "--dataset"),
         ({"dataset": "no_such_dataset_xyz"}, "--dataset"),
         ({"dataset": "cifar10", "data_dir": "/nonexistent"}, "--dataset"),
@@ -112,6 +115,7 @@ def test_the_default_config_is_valid(tmp_path):
     [
         (["--method=swav"], "--method"),
         (["--projector_dims=2048"], "--projector_dims"),
+        (["--crop_scale=0.5,x"], "--crop_scale"),
         (["--batch_size=abc"], "--batch_size"),
     ],
 )

@@ -5,13 +5,19 @@ step, ``model.optimizer.iterations``, so that a resumed run continues the same
 curves instead of restarting them at zero:
 
 * ``NonFiniteLoss``: stops the run at the first non-finite loss.
+* ``InputRanOut``: stops the run when an epoch's input ends before its steps (a streamed
+  folder with too many files that cannot be decoded), and says so.
 * ``StopOnSignal``: turns Ctrl-C (SIGINT) and preemption (SIGTERM) into a clean stop
   after the current step, after one and the same step on every worker of a cluster
   (``StopAgreement``).
 * ``CheckpointSaver``: a checkpoint every N steps and at each epoch end, never of a
   non-finite state; a failed save (full disk) is one line (``SaveFailed``).
 * ``KnnMonitor``: weighted kNN top-1/top-5 of the backbone features every N
-  epochs, and a copy of the best checkpoint.
+  epochs (and, with ``at_start``, of the randomly initialised encoder before the first
+  step: the baseline), and a copy of the best checkpoint.
+* ``KnnReport``: one line per kNN evaluation, after the epoch's progress line.
+* ``ProgressBar``: Keras's progress bar, telling ``tfascl.console`` while its line is open,
+  so that reports written meanwhile start a line of their own.
 * ``MetricsLogger``: the logs (loss, learning rate, momentum, confidence, positive
   weight, purity, kNN) as JSON lines.
 * ``TensorBoard``: ``keras.callbacks.TensorBoard`` (scalars, the profiler) on the
@@ -51,7 +57,8 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from tfascl import knn, runs
+from tfascl import console, knn, runs
+from tfascl.cli import profile_range  # noqa: F401  (re-exported: parsed without TensorFlow)
 from tfascl.runs import BEST_INFO_FILE, BEST_PREFIX, METRICS_FILE
 
 
@@ -157,6 +164,49 @@ class NonFiniteLoss(StepClock):
         if not math.isfinite(value):
             self.failed_step, self.failed_loss = step, value
             self.model.stop_training = True
+
+
+class InputRanOut(StepClock):
+    """Stops training when an epoch ends short of its steps with nothing asking it to stop.
+
+    That is the input running out of data: ``fit`` then warns, ends the epoch and would
+    start the next from a new iterator (the stream's first batches again). Put this
+    callback first: at the short epoch's end it sets ``model.stop_training`` (the kNN
+    monitor then skips the partial epoch), records ``ran_out_at`` (the global step) and
+    ``epoch``, and reports one line through ``announce``.
+
+    Args:
+        announce: takes the report (default: ``tfascl.console.warn``).
+    """
+
+    async_safe = False  # sets stop_training at the epoch end, before the others read it
+
+    def __init__(self, announce: Callable[[str], None] | None = None) -> None:
+        super().__init__()
+        self._announce = announce or console.warn
+        self.ran_out_at: int | None = None
+        self.epoch: int | None = None
+        self.steps_in_epoch: tuple[int, int] | None = None
+
+    def on_train_batch_end(self, batch: int, logs: dict | None = None) -> None:
+        self.advance(batch)
+
+    def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None:
+        steps = int((self.params or {}).get("steps") or 0)
+        if self._epoch_start is None or not steps or self.model.stop_training:
+            return
+        if self._step - self._epoch_start >= steps:
+            return
+        # Short: the optimizer's own count says how far it got (the call that met the end
+        # of the data may have counted a step its batch hooks never saw).
+        step = global_step(self.model)
+        done = step - self._epoch_start
+        self.ran_out_at, self.epoch, self.steps_in_epoch = step, epoch, (done, steps)
+        self.model.stop_training = True
+        self._announce(
+            f"the input ran out of data in epoch {epoch + 1} after {done} of its {steps} "
+            f"steps (at step {step}): stopping"
+        )
 
 
 EXIT_STATUS_BY_SIGNAL = {signal.SIGINT: "interrupted", signal.SIGTERM: "preempted"}
@@ -397,6 +447,16 @@ class KnnMonitor(keras.callbacks.Callback):
     Only an epoch-end hook: Keras has finished (and flushed) the epoch's steps then, so
     the monitor is ``async_safe``.
 
+    Under several workers (``MultiWorkerMirroredStrategy``) only the chief embeds the
+    bank and the queries; it sends top-1, top-5 and whether to keep a best copy to the
+    other workers through one small all-reduce (``share_from_chief``), so every worker
+    logs the same numbers and writes (its copy of) the best checkpoint at the same epochs,
+    while the others wait in that all-reduce instead of repeating the pass.
+
+    A best copy that cannot be written (a full disk) is one line on stderr and the run
+    goes on: the latest checkpoint, not the best copy, is what a resume needs. The
+    previous best copy and its record stay.
+
     Args:
         bank: ``(images, labels)`` batches of the training set, eval transform.
         test: ``(images, labels)`` batches of the test split.
@@ -409,6 +469,14 @@ class KnnMonitor(keras.callbacks.Callback):
         model_dir: where ``best_checkpoint.txt`` goes (None: nowhere).
         write_dir: where the best copy's files go; defaults to ``model_dir``'s
             checkpoint folder (non-chief workers pass a scratch folder).
+        at_start: also evaluate the encoder before the first step (at ``on_train_begin``
+            when the optimizer has taken no step): ``initial``, the accuracy of the
+            randomly initialised encoder, which training should beat. Recorded in
+            ``model_dir``'s ``metrics.jsonl`` (``"kind": "initial"``), where a resumed
+            run finds it again.
+        strategy: the run's strategy; a multi-worker one makes the pass the chief's alone.
+        chief: whether this process is the chief (computes the pass under several workers).
+        announce: takes the line of a failed best copy (default: ``tfascl.console.warn``).
     """
 
     def __init__(
@@ -424,9 +492,18 @@ class KnnMonitor(keras.callbacks.Callback):
         checkpoint: tf.train.Checkpoint | None = None,
         model_dir: str | Path | None = None,
         write_dir: str | Path | None = None,
+        at_start: bool = False,
+        strategy: tf.distribute.Strategy | None = None,
+        chief: bool = True,
+        announce: Callable[[str], None] | None = None,
     ) -> None:
         super().__init__()
         self.async_safe = True
+        self.at_start = at_start
+        self.chief = chief
+        self._strategy = strategy if is_multi_worker(strategy) else None
+        self._announce = announce or console.warn
+        self.passes = 0  # feature passes this process ran (0 on a worker that is not chief)
         self.bank, self.test, self.num_classes = bank, test, num_classes
         self.every, self.last_epoch = every, last_epoch
         self.k, self.temperature = k, temperature
@@ -436,7 +513,9 @@ class KnnMonitor(keras.callbacks.Callback):
             write_dir = runs.checkpoint_dir(self.model_dir)
         self.write_dir = None if write_dir is None else runs.run_path(write_dir)
         self.best = read_best(self.model_dir) if self.model_dir else {}
+        self.initial: dict[str, float] = read_initial(self.model_dir) if self.model_dir else {}
         self.last: dict[str, float] = {}
+        self.last_epoch_evaluated: int | None = None
         self.seconds = 0.0
         self._extract: Callable | None = None
 
@@ -487,8 +566,25 @@ class KnnMonitor(keras.callbacks.Callback):
         return last or (self.every > 0 and (epoch + 1) % self.every == 0)
 
     def evaluate(self) -> dict[str, float]:
-        """kNN top-1 (and top-5) now."""
+        """kNN top-1 (and top-5) now: computed here, or under several workers by the chief
+        and received from it (every worker must call this at the same points)."""
+        if self._strategy is None:
+            return self._compute()
+        return self._shared(self._compute() if self.chief else {})[0]
+
+    def _shared(self, result: dict[str, float], keep: bool = False) -> tuple[dict, bool]:
+        """The chief's ``result`` (and ``keep`` decision) on every worker."""
+        values = [result.get("knn_top1", math.nan), result.get("knn_top5", math.nan), keep]
+        top1, top5, keep_flag = share_from_chief(self._strategy, values)
+        shared = {"knn_top1": float(top1)}
+        if math.isfinite(top5):
+            shared["knn_top5"] = float(top5)
+        return shared, bool(keep_flag > 0.5)
+
+    def _compute(self) -> dict[str, float]:
+        """One feature pass over the bank and the queries, and the weighted kNN."""
         start = time.perf_counter()
+        self.passes += 1
         if self._extract is None:
             embed = monitored_model(self.model, self.bank)
             self._extract = knn.feature_extractor(embed, name="kNN monitor")
@@ -506,33 +602,191 @@ class KnnMonitor(keras.callbacks.Callback):
         self.seconds += time.perf_counter() - start
         return {f"knn_{name}": value for name, value in result.items()}
 
+    def on_train_begin(self, logs: dict | None = None) -> None:
+        # Under several workers the chief's record does not decide (the others have none):
+        # every worker takes part at step 0.
+        first = self.at_start and global_step(self.model) == 0
+        if first and (not self.initial or self._strategy is not None):
+            self.evaluate_initial()
+
+    def evaluate_initial(self) -> dict[str, float]:
+        """kNN of the encoder as it is now, before training: ``initial``, recorded."""
+        self.initial = self.evaluate()
+        if self.model_dir is not None:
+            record = {"kind": "initial", "step": 0, **self.initial, "time": time.time()}
+            runs.append_text(runs.join(self.model_dir, METRICS_FILE), json.dumps(record) + "\n")
+        return self.initial
+
     def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None:
         # A run that is stopping (Ctrl-C, non-finite loss) ends mid-epoch: no kNN.
         if self.model.stop_training or not self.due(epoch):
             return
-        self.last = self.evaluate()
+        result, keep = {}, False
+        if self._strategy is None or self.chief:
+            result = self._compute()
+            top1 = result["knn_top1"]
+            better = self.best_top1 is None or top1 > self.best_top1
+            keep = math.isfinite(top1) and better and state_is_finite(self.model)
+        if self._strategy is not None:  # the chief's numbers and decision, everywhere
+            result, keep = self._shared(result, keep)
+        self.last = result
+        self.last_epoch_evaluated = epoch
         if logs is not None:
             logs.update(self.last)
-        top1 = self.last["knn_top1"]
-        better = self.best_top1 is None or top1 > self.best_top1
-        if math.isfinite(top1) and better and state_is_finite(self.model):
-            self._keep_best(epoch, top1)
+        if keep:
+            self._keep_best(epoch, self.last["knn_top1"])
 
     def _keep_best(self, epoch: int, top1: float) -> None:
         step = global_step(self.model)
         name = f"{BEST_PREFIX}-{step}"
         previous = self.best.get("checkpoint")
-        self.best = {"checkpoint": name, "knn_top1": top1, "epoch": epoch + 1, "step": step}
+        best = {"checkpoint": name, "knn_top1": top1, "epoch": epoch + 1, "step": step}
         if self.checkpoint is None or self.write_dir is None:
+            self.best = best
             return
         # The whole state, not a manager checkpoint: the manager would delete it
         # once it is older than the last few.
-        self.checkpoint.write(str(runs.join(self.write_dir, name)))
-        if self.model_dir is not None:
-            write_best(self.model_dir, self.best)
+        path = runs.join(self.write_dir, name)
+        try:
+            self.checkpoint.write(str(path))
+            if self.model_dir is not None:
+                write_best(self.model_dir, best)
+        except (tf.errors.OpError, OSError) as error:
+            try:  # what the write left: its temporary folder, a half of the copy
+                for part in runs.glob(self.write_dir, f"{name}_temp*"):
+                    runs.remove_tree(part)
+                for part in runs.glob(self.write_dir, f"{name}.*"):
+                    runs.remove(part)
+            except (tf.errors.OpError, OSError):
+                pass  # the disk may refuse even this: the line says what happened
+            kept = f"; {previous} stays the best copy" if previous else ""
+            self._announce(
+                f"could not keep the best checkpoint {name} (kNN top-1 {percent(top1)}) in "
+                f"{self.write_dir}: {runs.error_line(error)}{kept}; training goes on (the "
+                "latest checkpoint is what a resume needs)"
+            )
+            return
+        self.best = best
         if previous and previous != name:
-            for path in runs.glob(self.write_dir, f"{previous}.*"):
-                runs.remove(path)
+            for part in runs.glob(self.write_dir, f"{previous}.*"):
+                runs.remove(part)
+
+
+def share_from_chief(strategy: tf.distribute.Strategy, values: list[float]) -> np.ndarray:
+    """``values`` of the chief (global replica 0's process) on every worker: one all-reduce
+    in which replica 0 contributes them and every other replica zeros. Every worker must
+    call it at the same point."""
+    function = _SHARE_FUNCTIONS.get(id(strategy))
+    if function is None:
+
+        @tf.function(input_signature=[tf.TensorSpec([None], tf.float32)])
+        def function(local: tf.Tensor) -> tf.Tensor:
+            def replica_part() -> tf.Tensor:
+                first = tf.equal(tf.distribute.get_replica_context().replica_id_in_sync_group, 0)
+                return tf.where(first, local, tf.zeros_like(local))
+
+            parts = strategy.run(replica_part)
+            return strategy.reduce(tf.distribute.ReduceOp.SUM, parts, axis=None)
+
+        _SHARE_FUNCTIONS[id(strategy)] = function
+    return function(tf.constant(values, tf.float32)).numpy()
+
+
+_SHARE_FUNCTIONS: dict[int, Callable] = {}
+
+
+class KnnReport(keras.callbacks.Callback):
+    """Prints a ``KnnMonitor``'s result of each epoch it evaluated, on a line of its own
+    after the epoch's progress line (put it after the progress bar in the callbacks), and
+    the baseline before training: ``kNN top-1 after epoch 3: 84.2% (random init 61.2%,
+    best 84.2%)``.
+
+    Args:
+        monitor: the run's ``KnnMonitor``.
+        announce: takes each line (default: ``tfascl.console.report``).
+    """
+
+    def __init__(self, monitor: KnnMonitor, announce: Callable[[str], None] | None = None) -> None:
+        super().__init__()
+        self.monitor = monitor
+        self._announce = announce
+        self._initial_reported = False
+
+    def announce(self, line: str) -> None:
+        (self._announce or console.report)(line)
+
+    def on_train_begin(self, logs: dict | None = None) -> None:
+        initial = self.monitor.initial.get("knn_top1")
+        if initial is not None and not self._initial_reported:
+            self._initial_reported = True
+            top5 = self.monitor.initial.get("knn_top5")
+            more = f", top-5 {percent(top5)}" if top5 is not None else ""
+            self.announce(
+                f"kNN top-1 of the randomly initialised encoder: {percent(initial)}{more} "
+                "(the baseline pretraining should beat)"
+            )
+
+    def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None:
+        if self.monitor.last_epoch_evaluated != epoch or not self.monitor.last:
+            return
+        notes = []
+        if self.monitor.initial.get("knn_top1") is not None:
+            notes.append(f"random init {percent(self.monitor.initial['knn_top1'])}")
+        if self.monitor.best_top1 is not None:
+            notes.append(f"best {percent(self.monitor.best_top1)}")
+        more = f" ({', '.join(notes)})" if notes else ""
+        top1 = percent(self.monitor.last["knn_top1"])
+        self.announce(f"kNN top-1 after epoch {epoch + 1}: {top1}{more}")
+
+
+class ProgressBar(keras.callbacks.ProgbarLogger):
+    """Keras's progress bar (``ProgbarLogger``) that marks its line open while it redraws it.
+
+    ``fit`` (and ``distribute.fit_loop``) use a ``ProgbarLogger`` found in the callbacks
+    instead of adding their own, at its place in the list: the callbacks before it add to
+    the epoch's logs it prints, those after it print below its finished line. Between two
+    redraws (verbose 1) the line has no line break; ``tfascl.console.report``, absl log
+    records and Python warnings (``console.keep_reports_on_their_own_lines``) end it first.
+    """
+
+    def on_epoch_begin(self, epoch: int, logs: dict | None = None) -> None:
+        console.end_progress_line()  # a line left open by a fit call that stopped early
+        super().on_epoch_begin(epoch, logs)
+
+    def on_train_batch_end(self, batch: int, logs: dict | None = None) -> None:
+        super().on_train_batch_end(batch, logs)
+        if self.verbose == 1:
+            console.set_progress_line_open(True)
+
+    def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None:
+        super().on_epoch_end(epoch, logs)  # the final redraw ends with a line break
+        console.set_progress_line_open(False)
+
+    def on_train_end(self, logs: dict | None = None) -> None:
+        super().on_train_end(logs)
+        console.end_progress_line()
+
+
+def percent(value: float | None) -> str:
+    """A fraction as a percentage with one decimal (``n/a`` for None)."""
+    return "n/a" if value is None else f"{100 * value:.1f}%"
+
+
+def read_initial(model_dir: str | Path) -> dict[str, float]:
+    """The kNN of the randomly initialised encoder recorded in ``metrics.jsonl``, or {}."""
+    path = runs.join(model_dir, METRICS_FILE)
+    if not runs.is_file(path):
+        return {}
+    for line in runs.read_bytes(path).decode("utf-8", errors="replace").splitlines():
+        if '"initial"' not in line:
+            continue
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError:
+            continue
+        if isinstance(record, dict) and record.get("kind") == "initial":
+            return {k: v for k, v in record.items() if k.startswith("knn_")}
+    return {}
 
 
 def monitored_model(model: keras.Model, batches: tf.data.Dataset) -> keras.Model:
@@ -689,28 +943,6 @@ class MetricsLogger(StepClock):
             return
         record["time"] = time.time()
         runs.append_text(runs.join(self.model_dir, METRICS_FILE), json.dumps(record) + "\n")
-
-
-def profile_range(text: str | None) -> tuple[int, int] | None:
-    """``--profile_steps`` as ``(first, last)`` global steps to profile.
-
-    Args:
-        text: ``"A,B"`` (steps A to B), ``"A"`` (step A alone) or empty (no profile).
-
-    Returns:
-        ``(A, B)`` with ``1 <= A <= B``; ``(0, 0)`` for an empty text; None if malformed.
-    """
-    if not text:
-        return (0, 0)
-    try:
-        steps = [int(part) for part in str(text).split(",")]
-    except ValueError:
-        return None
-    if len(steps) == 1:
-        steps *= 2
-    if len(steps) != 2 or not 1 <= steps[0] <= steps[1]:
-        return None
-    return steps[0], steps[1]
 
 
 class TensorBoard(keras.callbacks.TensorBoard):

@@ -120,14 +120,38 @@ def no_arguments(program: str, argv: Sequence[str]) -> None:
         fail_usage(program, f"unexpected arguments {list(argv[1:])} (flags are --name=value)")
 
 
+class ReadableWarnings(python_logging.Formatter):
+    """The commands' format of absl log records: a warning or an error is one plain line,
+    ``warning: <message>``; other records (``--verbosity`` above 0) keep absl's format,
+    with its time, thread and source line."""
+
+    def __init__(self, fallback: python_logging.Formatter | None) -> None:
+        super().__init__()
+        self.fallback = fallback or python_logging.Formatter()
+
+    def format(self, record: python_logging.LogRecord) -> str:
+        if record.levelno >= python_logging.WARNING:
+            return f"{record.levelname.lower()}: {record.getMessage()}"
+        return self.fallback.format(record)
+
+
+def readable_warnings() -> None:
+    """Makes absl's handler write warnings as ``ReadableWarnings`` does (idempotent)."""
+    handler = absl_logging.get_absl_handler().python_handler
+    if not isinstance(handler.formatter, ReadableWarnings):
+        handler.setFormatter(ReadableWarnings(handler.formatter))
+
+
 def run_app(
     program: str,
     define: Callable[[], None],
     main: Callable[[list[str]], None],
 ) -> None:
-    """Defines the command's flags (now, not at import) and runs ``main`` under absl."""
+    """Defines the command's flags (now, not at import) and runs ``main`` under absl, its
+    warnings written as plain lines (``readable_warnings``)."""
     from absl import app
 
+    readable_warnings()
     before = set(flags.FLAGS)
     define()
     # --help lists the key flags of the program absl takes as main (sys.argv[0], here a
@@ -135,6 +159,28 @@ def run_app(
     for name in sorted(set(flags.FLAGS) - before):
         flags.FLAGS.register_key_flag_for_module(sys.argv[0], flags.FLAGS[name])
     app.run(main, flags_parser=flags_parser(program))
+
+
+def profile_range(text: str | None) -> tuple[int, int] | None:
+    """``--profile_steps`` as ``(first, last)`` global steps to profile.
+
+    Args:
+        text: ``"A,B"`` (steps A to B), ``"A"`` (step A alone) or empty (no profile).
+
+    Returns:
+        ``(A, B)`` with ``1 <= A <= B``; ``(0, 0)`` for an empty text; None if malformed.
+    """
+    if not text:
+        return (0, 0)
+    try:
+        steps = [int(part) for part in str(text).split(",")]
+    except ValueError:
+        return None
+    if len(steps) == 1:
+        steps *= 2
+    if len(steps) != 2 or not 1 <= steps[0] <= steps[1]:
+        return None
+    return steps[0], steps[1]
 
 
 def defined(flag_values: flags.FlagValues, names: Sequence[str]) -> bool:

@@ -22,10 +22,11 @@ import keras
 import numpy as np
 import tensorflow as tf
 
+from tfascl.choices import CLUSTERS, SLURM_PORT
+
 STRATEGIES = ("auto", "one_device", "mirrored", "multi_worker", "tpu")
-CLUSTERS = ("auto", "tf_config", "slurm")
-# The first port of the workers of a node under SLURM (SlurmClusterResolver's default).
-SLURM_PORT = 8888
+# The first port of the workers of a node under SLURM is SlurmClusterResolver's default,
+# tfascl.choices.SLURM_PORT (defined there with CLUSTERS: the flags need no TensorFlow).
 
 
 # --- Inside a replica: who am I, and everyone's values -----------------------------------
@@ -260,7 +261,8 @@ def fit_loop(
     count; unrolled under ``MultiWorkerMirroredStrategy``) and the batch hooks run once
     per call, with the index of its last batch.
     Unlike ``fit``, the last call of an epoch runs only the steps left in it, so an
-    epoch of any length ends where it should.
+    epoch of any length ends where it should. A dataset that runs out ends its epoch
+    early (``on_epoch_end`` after the last whole call), as under ``fit``.
 
     Args:
         model: a compiled tfascl model.
@@ -327,7 +329,12 @@ def fit_loop(
         for begin in range(0, steps_per_epoch, steps_per_execution):
             count = min(steps_per_execution, steps_per_epoch - begin)
             callback_list.on_train_batch_begin(begin)
-            train_steps(iterator, count if unroll else tf.constant(count))
+            try:
+                train_steps(iterator, count if unroll else tf.constant(count))
+            except tf.errors.OutOfRangeError:
+                # The input ran out: as fit does, the epoch ends short (callbacks such as
+                # tfascl.callbacks.InputRanOut see fewer steps than asked and stop the run).
+                break
             with strategy.scope():
                 # The one read of the device per call: the metrics of its last step.
                 logs = _global_results(model, names)

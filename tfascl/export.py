@@ -19,6 +19,11 @@ is the command: flags, the run and its checkpoint, version folders.
 
 from __future__ import annotations
 
+if __name__ == "__main__":  # python -m tfascl.export: TensorFlow without its start-up lines
+    import tfascl_launch  # the launcher above the package (see tfascl.train)
+
+    tfascl_launch.quiet_tensorflow_import()
+
 import json
 from collections.abc import Sequence
 from pathlib import Path

@@ -1,7 +1,8 @@
 """Files and folders on any file system: local paths, or whatever ``tf.io.gfile`` knows.
 
 The file layer of run folders (``tfascl.runs``) and of the serving export
-(``tfascl.serving``): a leaf that imports nothing of tfascl, so any layer may use it.
+(``tfascl.serving``): a leaf that imports nothing of tfascl but the plain-Python
+``_lazy``, so any layer may use it.
 ``tfascl.runs`` re-exports every name (``runs.join``, ``runs.exists``, ...), and run
 files are written through ``runs.atomic_write_text``, which is built on these.
 """
@@ -18,7 +19,11 @@ import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
-import tensorflow as tf
+from tfascl._lazy import LazyModule
+
+# TensorFlow loads when a remote (gfile) path is first used: local paths and the flag
+# checks of the commands never start it.
+tf = LazyModule("tensorflow")
 
 
 def error_line(error: BaseException) -> str:

@@ -25,6 +25,8 @@ import keras
 import numpy as np
 import tensorflow as tf
 
+from tfascl import console
+
 __all__ = ["feature_extractor", "knn_accuracy", "knn_predict", "top_k_accuracy"]
 
 
@@ -188,7 +190,7 @@ def top_k_accuracy(
 
 
 def _say(line: str) -> None:
-    print(line, flush=True)
+    console.report(line)  # on a line of its own, below an open progress line
 
 
 # Seconds between the progress lines of a long feature pass (an ImageNet bank).

@@ -34,6 +34,8 @@ import keras
 import tensorflow as tf
 from keras import ops
 
+from tfascl.choices import OPTIMIZER_NAMES  # the names, TensorFlow-free (tfascl-train's flags)
+
 __all__ = [
     "BN_AND_BIAS_PATTERNS",
     "LARS",
@@ -50,8 +52,6 @@ __all__ = [
 # name reaches `_use_weight_decay` with: Keras short name ("bias"), tf.Variable name
 # ("dense/bias:0") and a MirroredStrategy component ("dense/bias/replica_1:0").
 BN_AND_BIAS_PATTERNS: tuple[str, ...] = (r"(?:^|/)(?:bias|gamma|beta)(?:/replica_\d+)?(?::\d+)?$",)
-
-OPTIMIZER_NAMES: tuple[str, ...] = ("sgd", "lars", "adamw", "lamb")
 
 
 def _const(value: float, dtype: str) -> tf.Tensor:

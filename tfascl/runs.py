@@ -26,10 +26,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-import keras
-import tensorflow as tf
-from tensorflow.core.protobuf import trackable_object_graph_pb2
-
+from tfascl._lazy import LazyModule
 from tfascl.files import (  # noqa: F401 (re-exported: runs.join, runs.exists, ...)
     RunPath,
     append_text,
@@ -53,8 +50,35 @@ from tfascl.files import (  # noqa: F401 (re-exported: runs.join, runs.exists, .
     run_path,
     write_bytes,
 )
-from tfascl.models.options import MethodOptions, set_options
-from tfascl.models.registry import build_backbone, build_model, method_spec
+from tfascl.options import MethodOptions, set_options
+
+# TensorFlow, Keras and the model registry load on first use: RunSpec, the file names and
+# the path helpers serve tfascl-train's flag definitions before TensorFlow starts.
+keras = LazyModule("keras")
+tf = LazyModule("tensorflow")
+trackable_object_graph_pb2 = LazyModule("tensorflow.core.protobuf.trackable_object_graph_pb2")
+
+
+def build_backbone(*args: Any, **kwargs: Any) -> Any:
+    """``tfascl.models.registry.build_backbone`` (imported when first called)."""
+    from tfascl.models.registry import build_backbone
+
+    return build_backbone(*args, **kwargs)
+
+
+def build_model(*args: Any, **kwargs: Any) -> Any:
+    """``tfascl.models.registry.build_model`` (imported when first called)."""
+    from tfascl.models.registry import build_model
+
+    return build_model(*args, **kwargs)
+
+
+def method_spec(*args: Any, **kwargs: Any) -> Any:
+    """``tfascl.models.registry.method_spec`` (imported when first called)."""
+    from tfascl.models.registry import method_spec
+
+    return method_spec(*args, **kwargs)
+
 
 # The names of a run folder (``model_dir``), here only: every module takes them from here.
 SPEC_FILE = "run.json"  # the RunSpec: what rebuilds the model

@@ -11,6 +11,13 @@ runs what they describe: data, model, strategy, checkpoints, callbacks and the r
 
 from __future__ import annotations
 
+if __name__ == "__main__":  # python -m tfascl.train: start as tfascl-train does
+    # Through the launcher above the package (tfascl_launch, what the console script runs),
+    # so this module, which the launcher imports, does not import it back.
+    import tfascl_launch
+
+    tfascl_launch.train()  # flags parsed without TensorFlow, then tfascl.train.main; exits
+
 import dataclasses
 import os
 import shutil
@@ -27,7 +34,7 @@ import tensorflow as tf
 from absl import logging
 
 from tfascl import callbacks as cbs
-from tfascl import data, runs
+from tfascl import console, data, runs
 from tfascl.cli import (
     EXIT_FAILED,
     EXIT_INTERRUPTED,
@@ -160,34 +167,64 @@ def load_data(config: TrainConfig) -> RunData:
         len(train) >= config.batch_size,
         f"--batch_size={config.batch_size}: larger than the {len(train)} training images",
     )
-    bank_split = config.knn_bank_split or (
-        "train_labelled" if config.dataset == "stl10" else config.train_split
-    )
+    bank_split, bank_size = knn_bank(config)
     try:
-        bank = load(bank_split, config.knn_bank_size)
+        # The training images themselves when the bank is the training subset.
+        same = bank_split == config.train_split and bank_size == config.max_train_examples
+        bank = train if same else load(bank_split, bank_size)
         test = load(config.test_split)
     except ValueError as error:
         print(f"kNN monitor off: {error}")
         return RunData(train, None, None, len(train.class_names) or None)
     bank = data.labelled_only(bank)
     if bank is None or len(bank) == 0 or not test.labelled:
+        print(f"kNN monitor off: no labelled images in --knn_bank_split={bank_split} or "
+              f"--test_split={config.test_split}")  # fmt: skip
         return RunData(train, None, None, len(train.class_names) or None)
     classes = max(len(train.class_names), len(bank.class_names))
     if bank.labels is not None:
         classes = max(classes, int(bank.labels.max()) + 1)
+    print(knn_bank_line(config, bank_split, bank_size, len(bank), len(test)))
     return RunData(train, bank, test, classes)
+
+
+def knn_bank(config: TrainConfig) -> tuple[str, int | None]:
+    """(split, size) of the kNN monitor's bank: ``--knn_bank_split`` (default the training
+    split; TFDS stl10: train_labelled) and ``--knn_bank_size``; without a size, a bank that
+    is the training split follows ``--max_train_examples`` (the images trained on)."""
+    split = config.knn_bank_split or (
+        "train_labelled" if config.dataset == "stl10" else config.train_split
+    )
+    size = config.knn_bank_size
+    if size is None and split == config.train_split:
+        size = config.max_train_examples
+    return split, size
+
+
+def knn_bank_line(config: TrainConfig, split: str, size: int | None, bank: int, test: int) -> str:
+    """The run's line on what the kNN monitor compares: ``kNN monitor: bank = train (50,000
+    images), test = test (10,000)``, with why the bank is a subset."""
+    why = ""
+    if config.knn_bank_size is not None:
+        why = ", --knn_bank_size"
+    elif size is not None:
+        why = ", the training subset of --max_train_examples"
+    queries = f"test = {config.test_split} ({test:,})"
+    return f"kNN monitor: bank = {split} ({bank:,} images{why}), {queries}"
 
 
 class SkippedFilesReport(keras.callbacks.Callback):
     """After each epoch, names the files of that epoch that could not be decoded (streamed
-    folders): once per epoch, however often a file was read."""
+    folders): once per epoch, however often a file was read. An epoch stopped early is
+    not reported (its files were not all read), except one whose input ran out (``ran_out``:
+    every file was tried)."""
 
-    def __init__(self, skipped: Any, schedule: Any) -> None:
+    def __init__(self, skipped: Any, schedule: Any, ran_out: cbs.InputRanOut) -> None:
         super().__init__()
-        self.skipped, self.schedule = skipped, schedule
+        self.skipped, self.schedule, self.ran_out = skipped, schedule, ran_out
 
     def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None:
-        if not self.model.stop_training:
+        if not self.model.stop_training or self.ran_out.epoch == epoch:
             self.skipped.check(epoch, self.schedule(epoch))
 
 
@@ -220,6 +257,7 @@ def training_stream(
             seed=config.seed,
             jit_compile=config.jit_augment,
             key_augment=config.key_augment,
+            recipe=config.augment_recipe,
             epochs=(first_epoch, last_epoch),
             skip=skip,
             input_context=context,
@@ -279,9 +317,13 @@ def build_model(config: TrainConfig, spec: Any, steps_per_epoch: int, strategy: 
         if config.augment_on == "device":
             # The key view as --key_augment says, as on the host (MoCo v2's aug+ key).
             overrides["views"] = data.TwoViews(
-                config.image_size, spec.mean, spec.std, seed=config.seed,
+                config.image_size,
+                spec.mean,
+                spec.std,
+                seed=config.seed,
                 key_augment=config.key_augment,
-            )  # fmt: skip
+                recipe=config.augment_recipe,
+            )
         if config.jit_compile and strategy.num_replicas_in_sync > 1:
             # Keras cannot jit a step that spans replicas: compile each replica's part.
             overrides["replica_jit_compile"] = True
@@ -399,6 +441,7 @@ def train(config: TrainConfig) -> RunResult:
         FlagError: a bad flag, dataset or model_dir, found before training starts.
     """
     started = time.time()
+    console.keep_reports_on_their_own_lines()  # nothing written into the progress line
     validate(config)
     model_dir = resolve_model_dir(config)
     absolute = model_dir.resolve() if runs.is_local(model_dir) else model_dir
@@ -449,10 +492,12 @@ class RunCallbacks:
 
     guard: cbs.NonFiniteLoss
     stopper: cbs.StopOnSignal
+    ran_out: cbs.InputRanOut
     saver: cbs.CheckpointSaver
     monitor: cbs.KnnMonitor | None
     logger: cbs.MetricsLogger
     board: cbs.TensorBoard | None
+    knn_report: cbs.KnnReport | None = None
 
     @classmethod
     def make(
@@ -473,25 +518,33 @@ class RunCallbacks:
             board = cbs.TensorBoard(
                 runs.join(model_dir, runs.TENSORBOARD_SUBDIR), config.log_every, profile
             )
+        monitor = knn_monitor(
+            config, run_data, checkpoint, model_dir if chief else None, write_dir, strategy, chief
+        )
         return cls(
             guard=cbs.NonFiniteLoss(config.log_every),
             stopper=cbs.StopOnSignal(strategy=strategy),
+            ran_out=cbs.InputRanOut(),
             saver=cbs.CheckpointSaver(manager, config.checkpoint_every),
-            monitor=knn_monitor(
-                config, run_data, checkpoint, model_dir if chief else None, write_dir
-            ),
+            monitor=monitor,
             logger=cbs.MetricsLogger(
                 model_dir if chief else None, config.log_every, config.batch_size
             ),
             board=board,
+            knn_report=cbs.KnnReport(monitor) if monitor is not None and chief else None,
         )
 
     def in_order(self) -> list[keras.callbacks.Callback]:
         """The monitor and the logger add kNN and pairs/s to the logs before TensorBoard
         writes them; the logger writes a step before the saver saves it, so a resumed run
-        keeps its record."""
+        keeps its record. ``run_epochs`` puts ``ran_out`` first and the kNN report after
+        the progress bar."""
         callbacks = [self.guard, self.stopper, self.monitor, self.logger, self.board]
         return [callback for callback in (*callbacks, self.saver) if callback is not None]
+
+    def after_progress_bar(self) -> list[keras.callbacks.Callback]:
+        """Callbacks that print after the epoch's progress line is finished."""
+        return [self.knn_report] if self.knn_report is not None else []
 
 
 def _train_model(
@@ -540,7 +593,10 @@ def _train_model(
 
     stopper.install()
     try:
-        run_epochs(model, config, run_data, strategy, start_step, steps_per_epoch, run.in_order())
+        run_epochs(
+            model, config, run_data, strategy, start_step, steps_per_epoch, run.in_order(),
+            after_progress_bar=run.after_progress_bar(), ran_out=run.ran_out,
+        )  # fmt: skip
         if guard.failed_step is None:
             saver.save({"loss": 0.0})  # Ctrl-C between steps, or a finished run's last step
     except cbs.SaveFailed as error:
@@ -552,11 +608,14 @@ def _train_model(
         monitor.set_model(model)
         monitor.last = monitor.evaluate()  # a run resumed after its last step
     status = "completed" if step >= total_steps else (stopper.reason or "interrupted")
+    if run.ran_out.ran_out_at is not None and step < total_steps:
+        status = "out_of_data"
     if guard.failed_step is not None:
         status = "non_finite_loss"
     summary = run_summary(
         status, config, step, start_step, steps_per_epoch, run, manager, model_dir, started
     )
+    summary.update(knn_sizes(run_data))
     if chief and status == "completed" and config.export:
         export_dir = runs.run_path(config.export_dir or runs.join(model_dir, EXPORT_SUBDIR))
         summary["export_dir"] = export_backbone(model_dir, export_dir)
@@ -598,6 +657,7 @@ def run_summary(
 
 EXIT_CODES = {
     "non_finite_loss": EXIT_FAILED,
+    "out_of_data": EXIT_FAILED,
     "interrupted": EXIT_INTERRUPTED,
     "preempted": EXIT_PREEMPTED,
     "save_failed": EXIT_SAVE_FAILED,
@@ -623,14 +683,24 @@ def save_failed(
 def knn_summary(monitor: Any) -> dict[str, Any]:
     """The kNN fields of summary.json (None without a monitor)."""
     last, best = (monitor.last, monitor.best) if monitor else ({}, {})
+    initial = monitor.initial if monitor else {}
     return {
+        "initial_knn_top1": initial.get("knn_top1"),
         "final_knn_top1": last.get("knn_top1"),
         "final_knn_top5": last.get("knn_top5"),
         "best_knn_top1": best.get("knn_top1"),
         "best_checkpoint": best.get("checkpoint"),
         "best_epoch": best.get("epoch"),
         "knn_time_s": round(monitor.seconds, 3) if monitor else 0.0,
+        "knn_passes": monitor.passes if monitor else 0,
     }
+
+
+def knn_sizes(run_data: RunData) -> dict[str, Any]:
+    """The kNN monitor's bank and query counts (summary.json, the verdict line)."""
+    if run_data.bank is None:
+        return {"knn_bank_images": None, "knn_test_images": None}
+    return {"knn_bank_images": len(run_data.bank), "knn_test_images": len(run_data.test)}
 
 
 def knn_monitor(
@@ -639,9 +709,12 @@ def knn_monitor(
     checkpoint: Any,
     model_dir: runs.RunPath | None,
     write_dir: runs.RunPath,
+    strategy: Any = None,
+    chief: bool = True,
 ) -> Any:
     """The kNN monitor over the eval transform of the bank and test images, or None; at
-    the final evaluation's size (STL-10: the native 96 px, ``monitor_image_size``)."""
+    the final evaluation's size (STL-10: the native 96 px, ``monitor_image_size``). Under
+    several workers the chief alone runs its feature passes (``KnnMonitor``)."""
     from tfascl.evaluation.protocols import monitor_image_size
 
     if run_data.bank is None:
@@ -661,6 +734,9 @@ def knn_monitor(
         checkpoint=checkpoint,
         model_dir=model_dir,
         write_dir=checkpoint_dir(write_dir),
+        at_start=config.knn_at_start,
+        strategy=strategy,
+        chief=chief,
     )
 
 
@@ -672,12 +748,18 @@ def run_epochs(
     start_step: int,
     steps_per_epoch: int,
     callbacks: list,
+    after_progress_bar: list | None = None,
+    ran_out: cbs.InputRanOut | None = None,
 ) -> None:
     """Trains from ``start_step`` to the end: the rest of a partial epoch, then the others.
 
     ``fit`` (one device, mirrored) or ``distribute.fit_loop`` (multi-worker) runs each
     part; one call cannot start mid-epoch, so a resumed partial epoch is its own call.
     With ``--steps_per_execution`` not dividing an epoch, ``fit`` gets one epoch a call.
+    The progress bar is in the callbacks explicitly, after ``callbacks`` (whose epoch logs
+    it prints) and before ``after_progress_bar`` (which print below its line). A part
+    whose input ran out (``ran_out`` saw it, or ``fit_loop`` hit the end of its dataset)
+    ends the run.
     """
     epoch, offset = divmod(start_step, steps_per_epoch)
     parts = []
@@ -688,13 +770,15 @@ def run_epochs(
         parts.append((epoch, config.epochs, 0))
     verbose = (1 if config.progress_bar else 2) if is_chief(strategy) else 0
     skipped, report = None, []
+    ran_out = ran_out or cbs.InputRanOut()
     if isinstance(run_data.train, data.TFRecordFiles):
-        skipped, report = skipped_records_report(config, run_data.train, strategy, start_step,
-                                                 steps_per_epoch)  # fmt: skip
+        skipped, report = skipped_records_report(
+            config, run_data.train, strategy, start_step, steps_per_epoch, ran_out
+        )
     elif isinstance(run_data.train, data.ImageFiles) and run_data.train.paths is not None:
-        skipped = data.SkippedFiles(run_data.train)
+        skipped = data.SkippedFiles(run_data.train, announce=console.warn)
         schedule = epoch_schedule(config, run_data.train, strategy, start_step, steps_per_epoch)
-        report = [SkippedFilesReport(skipped, schedule)]
+        report = [SkippedFilesReport(skipped, schedule, ran_out)]
     per_execution = config.steps_per_execution or 1
     multi_worker = isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy)
     if steps_per_epoch % per_execution and not multi_worker:
@@ -705,14 +789,25 @@ def run_epochs(
         dataset = training_stream(config, run_data.train, first, last, skip, strategy, skipped)
         steps = steps_per_epoch - skip
         common = {"epochs": last, "initial_epoch": first, "steps_per_epoch": steps}
-        common.update(callbacks=[*report, *callbacks], verbose=verbose)
-        if multi_worker:
-            fit_loop(model, dataset, strategy=strategy, steps_per_execution=per_execution, **common)
-        else:  # shuffle=False: the stream is shuffled, per epoch, by its seed
-            model.fit(dataset, shuffle=False, **common)
-        if any(getattr(c, "failed_step", None) is not None for c in callbacks) or any(
-            getattr(c, "interrupted", False) for c in callbacks
-        ):
+        bar = [cbs.ProgressBar()] if verbose else []
+        # ran_out first (it stops a short epoch), then the skipped-files report (it names
+        # the files of that epoch), the run's callbacks, the bar, what prints below it.
+        everything = [ran_out, *report, *callbacks, *bar, *(after_progress_bar or [])]
+        common.update(callbacks=everything, verbose=verbose)
+        with warnings.catch_warnings():
+            # Keras's own note that the input ran out, written into the progress line:
+            # InputRanOut says it on a line of its own and stops the run.
+            warnings.filterwarnings("ignore", message="Your input ran out of data")
+            if multi_worker:
+                fit_loop(
+                    model, dataset, strategy=strategy, steps_per_execution=per_execution,
+                    **common,
+                )  # fmt: skip
+            else:  # shuffle=False: the stream is shuffled, per epoch, by its seed
+                model.fit(dataset, shuffle=False, **common)
+        stopped = [getattr(c, "failed_step", None) is not None for c in callbacks]
+        stopped += [getattr(c, "interrupted", False) for c in callbacks]
+        if any(stopped) or ran_out.ran_out_at is not None:
             return
 
 
@@ -740,7 +835,12 @@ def epoch_schedule(
 
 
 def skipped_records_report(
-    config: TrainConfig, files: Any, strategy: Any, start_step: int, steps_per_epoch: int
+    config: TrainConfig,
+    files: Any,
+    strategy: Any,
+    start_step: int,
+    steps_per_epoch: int,
+    ran_out: cbs.InputRanOut,
 ) -> tuple[Any, list]:
     """For TFRecord shards: the ``SkippedRecords`` of this worker's records and the callback
     naming those that did not decode, once per epoch (``epoch_schedule``'s, for shards)."""
@@ -752,8 +852,8 @@ def skipped_records_report(
     schedule = data.tfrecord.epoch_schedule(
         files, config.batch_size, config.seed, context, first_epoch, skip
     )
-    skipped = data.SkippedRecords(files)
-    return skipped, [SkippedFilesReport(skipped, schedule)]
+    skipped = data.SkippedRecords(files, announce=console.warn)
+    return skipped, [SkippedFilesReport(skipped, schedule, ran_out)]
 
 
 def _percent(value: float | None) -> str:
@@ -772,6 +872,15 @@ def report(summary: dict[str, Any], guard: Any, config: TrainConfig) -> int:
             file=sys.stderr,
         )
         return EXIT_FAILED
+    if summary["status"] == "out_of_data":
+        print(
+            f"Stopped: the input ran out of data at step {summary['steps']} of "
+            f"{summary['total_steps']} (too many files are unreadable: they are named "
+            "above); saved. Fix or remove them, then re-run the command to resume.",
+            file=sys.stderr,
+        )
+        print(where)
+        return EXIT_FAILED
     if summary["status"] in ("interrupted", "preempted"):
         what = summary["status"].capitalize()
         print(f"{what} at step {summary['steps']}; saved. Re-run the command to resume.")
@@ -785,7 +894,33 @@ def report(summary: dict[str, Any], guard: Any, config: TrainConfig) -> int:
     print(where)
     if summary["export_dir"]:
         print(f"export: {summary['export_dir']}")
+    for line in verdict(summary, config):
+        print(line)
     return 0
+
+
+def verdict(summary: dict[str, Any], config: TrainConfig) -> list[str]:
+    """The last line of a completed run: the random encoder's kNN top-1 against the final
+    one, e.g. ``pretraining: 76.1% → 93.1% kNN top-1 on the 360 test digits (+17.0 points
+    over the randomly initialised encoder)``; and a hint when training did not beat it."""
+    start, end = summary.get("initial_knn_top1"), summary.get("final_knn_top1")
+    if start is None or end is None:
+        return []
+    count = summary.get("knn_test_images")
+    what = "test digits" if config.dataset == "digits" else f"{config.test_split} images"
+    where = f" on the {count:,} {what}" if count else ""
+    gain = 100 * (end - start)
+    lines = [
+        f"pretraining: {100 * start:.1f}% → {100 * end:.1f}% kNN top-1{where} "
+        f"({gain:+.1f} points over the randomly initialised encoder)"
+    ]
+    if gain <= 0:
+        recipe = " (flags/digits_ascl.flags for these digits)" if config.dataset == "digits" else ""
+        lines.append(
+            "note: not better than the random encoder yet: train longer, or use augmentations "
+            f"that suit the images{recipe}"
+        )
+    return lines
 
 
 # --- Entry points -------------------------------------------------------------------------

@@ -15,23 +15,35 @@ import os
 import tempfile
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, NoReturn
+from typing import TYPE_CHECKING, Any, NoReturn
 
-import tensorflow as tf
 from absl import flags
 
+# Nothing here starts TensorFlow (tfascl.choices, tfascl.data.recipe, tfascl.runs' lazy
+# imports): tfascl-train defines and parses its flags, answering --help or a bad value,
+# before TensorFlow loads. The registry is imported where a method's spec is needed.
 from tfascl import cli, runs
-from tfascl.callbacks import profile_range
-from tfascl.cli import EXIT_FAILED, FlagError, expand_flagfiles, require
-from tfascl.data.augment import KEY_AUGMENTS
-from tfascl.data.pipeline import AUGMENT_ON, INPUT_MODES
-from tfascl.distribute import CLUSTERS, SLURM_PORT
-from tfascl.models.backbones import RESNETS, STEMS, default_stem
-from tfascl.models.batchnorm import KEY_NORMS, NORMS
-from tfascl.models.options import METHOD_OPTIONS, RELABEL_MODES, MethodOptions
-from tfascl.models.registry import METHODS, MethodSpec, relabel_kind
-from tfascl.optim import OPTIMIZER_NAMES
+from tfascl.choices import (
+    AUGMENT_ON,
+    CLUSTERS,
+    INPUT_MODES,
+    KEY_AUGMENTS,
+    KEY_NORMS,
+    METHOD_NAMES,
+    NORMS,
+    OPTIMIZER_NAMES,
+    RESNET_NAMES,
+    SLURM_PORT,
+    STEMS,
+    default_stem,
+)
+from tfascl.cli import EXIT_FAILED, FlagError, expand_flagfiles, profile_range, require
+from tfascl.data.recipe import STANDARD_RECIPE, AugmentRecipe
+from tfascl.options import METHOD_OPTIONS, RELABEL_MODES, MethodOptions
 from tfascl.runs import FLAGS_FILE, RunFileError, RunSpec, read_json_file
+
+if TYPE_CHECKING:
+    from tfascl.models.registry import MethodSpec
 
 FLAGS = flags.FLAGS
 PROGRAM = "tfascl-train"
@@ -69,7 +81,7 @@ class TrainConfig(MethodOptions):
     """Everything a run needs: each field is the flag of the same name, default and help.
 
     The methods' own options (relabel, consistency_weight, ...) are the fields of
-    ``MethodOptions``, declared once in ``tfascl.models.options``.
+    ``MethodOptions``, declared once in ``tfascl.options``.
     """
 
     method: str = _flag(RunSpec.method, "Self-supervised method.")
@@ -132,9 +144,16 @@ class TrainConfig(MethodOptions):
         None, "Labelled split of the kNN bank. Default: train (TFDS stl10: train_labelled)."
     )
     knn_bank_size: int | None = _flag(
-        None, "kNN monitor on a fixed stratified subset of this many bank images."
+        None,
+        "kNN monitor on a fixed stratified subset of this many bank images. Default: the "
+        "whole bank split, or with --max_train_examples (bank = training split) the "
+        "training subset.",
     )
-    max_train_examples: int | None = _flag(None, "Use at most this many training images.")
+    max_train_examples: int | None = _flag(
+        None,
+        "Use at most this many training images (a fixed stratified subset); the kNN bank, "
+        "when it is the training split, is the same subset unless --knn_bank_size is set.",
+    )
     test_split: str = _flag("test", "Split the kNN monitor evaluates on.")
     image_size: int = _flag(RunSpec.image_size, "Side of the augmented views, in pixels.")
     load_size: int | None = _flag(
@@ -145,6 +164,20 @@ class TrainConfig(MethodOptions):
     )
     key_augment: str = _flag(
         "weak", "Key view: weak (crop, flip: ASCL, SCE, ReSSL) or strong (MoCo v2 aug+)."
+    )
+    crop_scale: tuple[float, float] = _flag(
+        STANDARD_RECIPE.crop_scale,
+        "RandomResizedCrop's range of crop area over image area, low,high (both views).",
+    )
+    flip_prob: float = _flag(STANDARD_RECIPE.flip_prob, "Probability of a horizontal flip.")
+    jitter_prob: float = _flag(
+        STANDARD_RECIPE.jitter_prob, "Probability of colour jitter (strong view; 0: off)."
+    )
+    grayscale_prob: float = _flag(
+        STANDARD_RECIPE.gray_prob, "Probability of grayscale (strong view; 0: off)."
+    )
+    blur_prob: float = _flag(
+        STANDARD_RECIPE.blur_prob, "Probability of Gaussian blur (strong view; 0: off)."
     )
     eval_crop: float = _flag(
         1.0,
@@ -205,6 +238,11 @@ class TrainConfig(MethodOptions):
         "tensorboard/train/plugins/profile (TensorBoard's Profile tab). Empty: off.",
     )
     knn_every: int = _flag(1, "kNN monitor every N epochs and at the last (0: the last only).")
+    knn_at_start: bool = _flag(
+        True,
+        "kNN monitor of the randomly initialised encoder before the first step: the "
+        "baseline the run's last line compares the final accuracy with.",
+    )
     knn_k: int = _flag(200, "Neighbours of the kNN monitor.")
     knn_t: float = _flag(0.1, "Temperature of the kNN monitor.")
     strategy: str = _flag(
@@ -238,7 +276,20 @@ class TrainConfig(MethodOptions):
     @property
     def method_spec(self) -> MethodSpec:
         """The registry's ``MethodSpec`` of ``--method`` (after ``validate``)."""
+        from tfascl.models.registry import METHODS
+
         return METHODS[self.method]
+
+    @property
+    def augment_recipe(self) -> AugmentRecipe:
+        """The augmentation knobs of ``--crop_scale``, ``--flip_prob``, ... (after ``validate``)."""
+        return AugmentRecipe(
+            crop_scale=tuple(self.crop_scale),
+            flip_prob=self.flip_prob,
+            jitter_prob=self.jitter_prob,
+            gray_prob=self.grayscale_prob,
+            blur_prob=self.blur_prob,
+        )
 
     @property
     def is_queue_method(self) -> bool:
@@ -255,13 +306,13 @@ class TrainConfig(MethodOptions):
 
 
 ENUMS = {
-    "method": list(METHODS),
+    "method": list(METHOD_NAMES),
     "relabel": list(RELABEL_MODES),
     "momentum_schedule": ["constant", "cosine"],
     "augment_on": list(AUGMENT_ON),
     "input": list(INPUT_MODES),
     "key_augment": list(KEY_AUGMENTS),
-    "backbone": list(RESNETS),
+    "backbone": list(RESNET_NAMES),
     "stem": list(STEMS),
     "norm": list(NORMS),
     "key_norm": list(KEY_NORMS),
@@ -338,6 +389,16 @@ def config_from_flags(flag_values: flags.FlagValues = FLAGS) -> TrainConfig:
             "give two positive sizes, hidden,output (e.g. 2048,128)"
         )
     values["projector_dims"] = dims
+    try:
+        scale = tuple(float(v) for v in values["crop_scale"])
+    except ValueError:
+        scale = ()
+    if len(scale) != 2 or not 0 < scale[0] <= scale[1] <= 1:
+        raise FlagError(
+            f"--crop_scale={','.join(map(str, values['crop_scale']))}: give low,high with "
+            "0 < low <= high <= 1 (e.g. 0.2,1)"
+        )
+    values["crop_scale"] = scale
     return TrainConfig(**values)
 
 
@@ -346,6 +407,8 @@ def config_from_flags(flag_values: flags.FlagValues = FLAGS) -> TrainConfig:
 
 def validate(config: TrainConfig) -> None:
     """Checks every flag before anything is built; raises ``FlagError`` (one line)."""
+    from tfascl.models.registry import METHODS  # TensorFlow: the flags are parsed by now
+
     c = config
     require(c.method in METHODS, f"--method={c.method}: must be one of {', '.join(METHODS)}")
     for name in ("temperature", "relabel_temperature", "knn_t", "learning_rate"):
@@ -367,6 +430,14 @@ def validate(config: TrainConfig) -> None:
         f"--key_norm={c.key_norm}: --method={c.method} has no momentum encoder",
     )
     require(0 < c.eval_crop <= 1, f"--eval_crop={c.eval_crop}: must be in (0, 1]")
+    for name in ("flip_prob", "jitter_prob", "grayscale_prob", "blur_prob"):
+        value = getattr(c, name)
+        require(0 <= value <= 1, f"--{name}={value}: must be in [0, 1]")
+    low, high = (*tuple(c.crop_scale), 0.0, 0.0)[:2]
+    require(
+        len(c.crop_scale) == 2 and 0 < low <= high <= 1,
+        f"--crop_scale={','.join(map(str, c.crop_scale))}: give low,high with 0 < low <= high <= 1",
+    )
     for name in ("memory_budget_gb", "knn_bank_size"):
         value = getattr(c, name)
         require(value is None or value > 0, f"--{name}={value}: must be > 0")
@@ -418,6 +489,8 @@ def validate(config: TrainConfig) -> None:
             f"{keys} (--batch_size{' x2 for --symmetric' if both_views else ''})",
         )
         # Targets on the top-K keys of the queue (AHCL, hard), MSF's k nearest bank rows.
+        from tfascl.models.registry import relabel_kind
+
         top_k = relabel_kind(c.method_spec.relabel_mode(c.relabel)) == "hard" or c.method == "msf"
         k = c.num_neighbors or c.method_spec.defaults.get("num_neighbors", 1)
         if top_k:
@@ -436,6 +509,8 @@ def validate(config: TrainConfig) -> None:
 
 def validate_method_options(config: TrainConfig) -> None:
     """The ``MethodOptions`` a run sets: valid values, and only those its method takes."""
+    from tfascl.models.registry import METHODS
+
     spec = config.method_spec
     for option in METHOD_OPTIONS:
         value = getattr(config, option.name)
@@ -523,6 +598,8 @@ def check_replicas(config: TrainConfig, replicas: int) -> TrainConfig:
             per_replica % c.num_splits == 0,
             f"--num_splits={c.num_splits}: must divide the per-replica batch {per_replica}",
         )
+    import tensorflow as tf
+
     jit = c.jit_compile
     if jit is None:
         jit = replicas == 1 and bool(tf.config.list_logical_devices("GPU"))

@@ -30,6 +30,13 @@ without `jit_compile`.
 
 Pixel values enter as uint8 or float in [0, 255] and leave as float32 normalised by
 `(x / 255 - mean) / std`.
+
+The recipe's knobs (crop scale, flip, colour jitter, grayscale and blur probabilities) are
+plain values in an `AugmentRecipe`; the default is the recipe above. A part whose
+probability is 0 is not computed at all, and one with probability 1 is always applied
+(`flags/digits_ascl.flags` turns flips, jitter, grayscale and blur off for grey 8x8 digits).
+Every recipe draws from the same uniform columns, so a seed gives the same crops whatever
+the probabilities.
 """
 
 from __future__ import annotations
@@ -41,15 +48,41 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-CROP_SCALE = (0.2, 1.0)
-CROP_RATIO = (3.0 / 4.0, 4.0 / 3.0)
+from tfascl.choices import KEY_AUGMENTS
+from tfascl.data.recipe import (
+    BLUR_PROB,
+    BLUR_SIGMA,
+    CROP_RATIO,
+    CROP_SCALE,
+    FLIP_PROB,
+    GRAY_PROB,
+    JITTER_PROB,
+    JITTER_STRENGTH,
+    STANDARD_RECIPE,
+    AugmentRecipe,
+)
+
+__all__ = [  # the recipe's names are re-exported from tfascl.data.recipe
+    "BLUR_PROB",
+    "BLUR_SIGMA",
+    "CROP_RATIO",
+    "CROP_SCALE",
+    "FLIP_PROB",
+    "GRAY_PROB",
+    "JITTER_PROB",
+    "JITTER_STRENGTH",
+    "KEY_AUGMENTS",
+    "STANDARD_RECIPE",
+    "AugmentRecipe",
+    "TwoViews",
+    "eval_transform",
+    "sample_params",
+    "strong_augment",
+    "two_views",
+    "weak_augment",
+]
+
 CROP_ATTEMPTS = 10  # torchvision's RandomResizedCrop tries ten boxes before its fallback.
-FLIP_PROB = 0.5
-JITTER_STRENGTH = (0.4, 0.4, 0.4, 0.1)  # brightness, contrast, saturation, hue
-JITTER_PROB = 0.8
-GRAY_PROB = 0.2
-BLUR_PROB = 0.5
-BLUR_SIGMA = (0.1, 2.0)
 
 # torchvision's rgb_to_grayscale weights (ITU-R 601-2 luma), also used by Pillow's "L" mode.
 _LUMA = (0.2989, 0.587, 0.114)
@@ -71,7 +104,11 @@ _NUM_UNIFORMS = _GRAY + 3
 SeedLike = int | tf.Tensor | None
 
 
-def blur_kernel_size(size: int) -> int:
+def _recipe(recipe: AugmentRecipe | None) -> AugmentRecipe:
+    return STANDARD_RECIPE if recipe is None else recipe
+
+
+def blur_kernel_size(size: int, max_sigma: float = BLUR_SIGMA[1]) -> int:
     """Odd Gaussian kernel length used for images of `size` pixels.
 
     SimCLR/BYOL use 10% of the image side (23 taps at 224 px), while ASCL, ReSSL and MoCo v2
@@ -81,12 +118,13 @@ def blur_kernel_size(size: int) -> int:
 
     Args:
         size: Side of the (square) image being blurred, in pixels.
+        max_sigma: The largest sigma drawn.
 
     Returns:
         Odd kernel length, at most `2 * size - 1` so reflect padding stays inside the image.
     """
     ten_percent = int(0.1 * size) // 2 * 2 + 1
-    three_sigma = 2 * math.ceil(3 * BLUR_SIGMA[1]) + 1
+    three_sigma = 2 * math.ceil(3 * max_sigma) + 1
     return max(1, min(max(ten_percent, three_sigma), 2 * size - 1))
 
 
@@ -353,7 +391,11 @@ def gaussian_blur(images: tf.Tensor, sigma: tf.Tensor, kernel_size: int) -> tf.T
 
 
 def sample_params(
-    batch: tf.Tensor, height: tf.Tensor, width: tf.Tensor, seed: SeedLike
+    batch: tf.Tensor,
+    height: tf.Tensor,
+    width: tf.Tensor,
+    seed: SeedLike,
+    recipe: AugmentRecipe | None = None,
 ) -> dict[str, tf.Tensor]:
     """Draws every random parameter of the strong recipe, independently per image.
 
@@ -364,6 +406,7 @@ def sample_params(
         height: Source height in pixels (float32 scalar).
         width: Source width in pixels (float32 scalar).
         seed: int, [2] integer tensor (stateless seed) or None for a fresh random seed.
+        recipe: The knobs (default: the standard recipe).
 
     Returns:
         Dict of tensors: `boxes` [B, 4] (top, left, h, w in pixels), `flip` [B] bool,
@@ -374,23 +417,27 @@ def sample_params(
     # The generator is pinned rather than left to TF's automatic choice. Note that XLA
     # implements it differently from the TF kernels, so a seed reproduces the same draws
     # within one mode (XLA or not), not across them.
+    r = _recipe(recipe)
     u = tf.random.stateless_uniform(
         tf.stack([batch, _NUM_UNIFORMS]), _seed_pair(seed), alg="philox"
     )
-    strength = tf.constant(JITTER_STRENGTH[:3], tf.float32)
+    strength = tf.constant(r.jitter_strength[:3], tf.float32)
     low = tf.maximum(0.0, 1.0 - strength)
     factors = low + (1.0 + strength - low) * u[:, _JITTER_FACTORS][:, :3]
-    hue = JITTER_STRENGTH[3] * (2.0 * u[:, _JITTER_FACTORS][:, 3:] - 1.0)
+    hue = r.jitter_strength[3] * (2.0 * u[:, _JITTER_FACTORS][:, 3:] - 1.0)
+    boxes = sample_crop_boxes(
+        u[:, : 4 * CROP_ATTEMPTS], height, width, scale=r.crop_scale, ratio=r.crop_ratio
+    )
     return {
-        "boxes": sample_crop_boxes(u[:, : 4 * CROP_ATTEMPTS], height, width),
-        "flip": u[:, _FLIP] < FLIP_PROB,
-        "jitter": u[:, _JITTER_APPLY] < JITTER_PROB,
+        "boxes": boxes,
+        "flip": u[:, _FLIP] < r.flip_prob,
+        "jitter": u[:, _JITTER_APPLY] < r.jitter_prob,
         "jitter_factors": tf.concat([factors, hue], axis=1),
         # argsort of iid uniforms is a uniformly random permutation, as torch.randperm.
         "jitter_order": tf.argsort(u[:, _JITTER_ORDER], axis=1),
-        "gray": u[:, _GRAY] < GRAY_PROB,
-        "blur": u[:, _BLUR] < BLUR_PROB,
-        "sigma": BLUR_SIGMA[0] + (BLUR_SIGMA[1] - BLUR_SIGMA[0]) * u[:, _SIGMA],
+        "gray": u[:, _GRAY] < r.gray_prob,
+        "blur": u[:, _BLUR] < r.blur_prob,
+        "sigma": r.blur_sigma[0] + (r.blur_sigma[1] - r.blur_sigma[0]) * u[:, _SIGMA],
     }
 
 
@@ -399,21 +446,30 @@ def _where_batch(mask: tf.Tensor, yes: tf.Tensor, no: tf.Tensor) -> tf.Tensor:
     return tf.where(tf.reshape(mask, [-1, 1, 1, 1]), yes, no)
 
 
-def apply_strong(images: tf.Tensor, params: dict[str, tf.Tensor], size: int) -> tf.Tensor:
+def apply_strong(
+    images: tf.Tensor,
+    params: dict[str, tf.Tensor],
+    size: int,
+    recipe: AugmentRecipe | None = None,
+) -> tf.Tensor:
     """Applies the strong recipe with given parameters (before normalisation).
 
     Args:
         images: [B, H, W, 3] float32 in [0, 1].
         params: Parameters from `sample_params`.
         size: Output side in pixels.
+        recipe: The recipe `params` were drawn with (parts of probability 0 are skipped).
 
     Returns:
         [B, size, size, 3] float32 in [0, 1].
     """
-    return apply_colour(resized_crop(images, params["boxes"], params["flip"], size), params)
+    cropped = resized_crop(images, params["boxes"], params["flip"], size)
+    return apply_colour(cropped, params, recipe)
 
 
-def apply_colour(x: tf.Tensor, params: dict[str, tf.Tensor]) -> tf.Tensor:
+def apply_colour(
+    x: tf.Tensor, params: dict[str, tf.Tensor], recipe: AugmentRecipe | None = None
+) -> tf.Tensor:
     """The strong recipe after the crop: colour jitter, grayscale and blur.
 
     The streaming pipeline crops each image while decoding it and batches the crops, so the
@@ -422,21 +478,28 @@ def apply_colour(x: tf.Tensor, params: dict[str, tf.Tensor]) -> tf.Tensor:
     Args:
         x: [B, S, S, 3] float32 in [0, 1], already cropped (and flipped).
         params: Parameters from `sample_params` (`boxes` and `flip` are not used).
+        recipe: The recipe `params` were drawn with: a part of probability 0 is not
+            computed (the result is the same, at no cost).
 
     Returns:
         [B, S, S, 3] float32 in [0, 1].
     """
+    r = _recipe(recipe)
     size = x.shape[1]
-    jittered = color_jitter(x, params["jitter_factors"], params["jitter_order"])
-    x = _where_batch(params["jitter"], jittered, x)
-    # Grayscale is a saturation blend with factor 0; factor 1 keeps the colour image.
-    x = _blend(x, _grayscale(x), tf.where(params["gray"], 0.0, 1.0))
-    sigma = tf.where(params["blur"], params["sigma"], 0.0)
-    return gaussian_blur(x, sigma, blur_kernel_size(size))
+    if r.jitter_prob > 0:
+        jittered = color_jitter(x, params["jitter_factors"], params["jitter_order"])
+        x = _where_batch(params["jitter"], jittered, x)
+    if r.gray_prob > 0:
+        # Grayscale is a saturation blend with factor 0; factor 1 keeps the colour image.
+        x = _blend(x, _grayscale(x), tf.where(params["gray"], 0.0, 1.0))
+    if r.blur_prob > 0:
+        sigma = tf.where(params["blur"], params["sigma"], 0.0)
+        x = gaussian_blur(x, sigma, blur_kernel_size(size, r.blur_sigma[1]))
+    return x
 
 
 def strong_augment_with_params(
-    images: tf.Tensor, size: int, seed: SeedLike = None
+    images: tf.Tensor, size: int, seed: SeedLike = None, recipe: AugmentRecipe | None = None
 ) -> tuple[tf.Tensor, dict[str, tf.Tensor]]:
     """Strong recipe before normalisation, also returning the drawn parameters.
 
@@ -444,18 +507,19 @@ def strong_augment_with_params(
         images: [B, H, W, 3] uint8 or float pixels in [0, 255].
         size: Output side in pixels.
         seed: int, [2] integer tensor or None.
+        recipe: The knobs (default: the standard recipe).
 
     Returns:
         ([B, size, size, 3] float32 in [0, 1], parameter dict from `sample_params`).
     """
     x = _to_unit_float(images)
     height, width = _spatial_size(x)
-    params = sample_params(tf.shape(x)[0], height, width, seed)
-    return apply_strong(x, params, size), params
+    params = sample_params(tf.shape(x)[0], height, width, seed, recipe)
+    return apply_strong(x, params, size, recipe), params
 
 
 def weak_augment_with_params(
-    images: tf.Tensor, size: int, seed: SeedLike = None
+    images: tf.Tensor, size: int, seed: SeedLike = None, recipe: AugmentRecipe | None = None
 ) -> tuple[tf.Tensor, dict[str, tf.Tensor]]:
     """Weak recipe (crop and flip) before normalisation, with the drawn parameters.
 
@@ -463,13 +527,14 @@ def weak_augment_with_params(
         images: [B, H, W, 3] uint8 or float pixels in [0, 255].
         size: Output side in pixels.
         seed: int, [2] integer tensor or None.
+        recipe: The knobs (its crop and flip; default: the standard recipe).
 
     Returns:
         ([B, size, size, 3] float32 in [0, 1], dict with `boxes` [B, 4] and `flip` [B]).
     """
     x = _to_unit_float(images)
     height, width = _spatial_size(x)
-    params = sample_params(tf.shape(x)[0], height, width, seed)
+    params = sample_params(tf.shape(x)[0], height, width, seed, recipe)
     params = {"boxes": params["boxes"], "flip": params["flip"]}
     return resized_crop(x, params["boxes"], params["flip"], size), params
 
@@ -480,6 +545,7 @@ def strong_augment(
     mean: Sequence[float],
     std: Sequence[float],
     seed: SeedLike = None,
+    recipe: AugmentRecipe | None = None,
 ) -> tf.Tensor:
     """Strong contrastive view: crop, flip, colour jitter, grayscale, blur, normalise.
 
@@ -490,11 +556,12 @@ def strong_augment(
         std: Per-channel standard deviation in [0, 1] units.
         seed: int (deterministic), [2] integer tensor (stateless seed, e.g. from a
             `keras.random.SeedGenerator`) or None (fresh randomness on each call).
+        recipe: The knobs (default: the standard recipe).
 
     Returns:
         [B, size, size, 3] float32, normalised.
     """
-    return normalise(strong_augment_with_params(images, size, seed)[0], mean, std)
+    return normalise(strong_augment_with_params(images, size, seed, recipe)[0], mean, std)
 
 
 def weak_augment(
@@ -503,6 +570,7 @@ def weak_augment(
     mean: Sequence[float],
     std: Sequence[float],
     seed: SeedLike = None,
+    recipe: AugmentRecipe | None = None,
 ) -> tf.Tensor:
     """Weak contrastive view: crop (scale 0.2-1), flip, normalise.
 
@@ -512,11 +580,12 @@ def weak_augment(
         mean: Per-channel mean in [0, 1] units.
         std: Per-channel standard deviation in [0, 1] units.
         seed: int, [2] integer tensor or None, as in `strong_augment`.
+        recipe: The knobs (its crop and flip; default: the standard recipe).
 
     Returns:
         [B, size, size, 3] float32, normalised.
     """
-    return normalise(weak_augment_with_params(images, size, seed)[0], mean, std)
+    return normalise(weak_augment_with_params(images, size, seed, recipe)[0], mean, std)
 
 
 def eval_transform(
@@ -554,9 +623,6 @@ def eval_transform(
     return normalise(x, mean, std)
 
 
-KEY_AUGMENTS = ("weak", "strong")
-
-
 def two_views(
     images: tf.Tensor,
     size: int,
@@ -564,6 +630,7 @@ def two_views(
     std: Sequence[float],
     seed: SeedLike = None,
     key_augment: str = "weak",
+    recipe: AugmentRecipe | None = None,
 ) -> tuple[tf.Tensor, tf.Tensor]:
     """The (query, key) pair of views of every image, with independent randomness.
 
@@ -575,6 +642,7 @@ def two_views(
         seed: int, [2] integer tensor or None.
         key_augment: "weak" (crop and flip: the ASCL, SCE and ReSSL key view) or "strong"
             (MoCo v2's `TwoCropsTransform`: both views strong).
+        recipe: The knobs of both views (default: the standard recipe).
 
     Returns:
         (query, key), each [B, size, size, 3] float32, normalised; the query view is strong.
@@ -584,8 +652,8 @@ def two_views(
     seeds = tf.random.experimental.stateless_split(_seed_pair(seed), num=2, alg="philox")
     key_view = strong_augment if key_augment == "strong" else weak_augment
     return (
-        strong_augment(images, size, mean, std, seed=seeds[0]),
-        key_view(images, size, mean, std, seed=seeds[1]),
+        strong_augment(images, size, mean, std, seed=seeds[0], recipe=recipe),
+        key_view(images, size, mean, std, seed=seeds[1], recipe=recipe),
     )
 
 
@@ -603,6 +671,7 @@ class TwoViews(keras.layers.Layer):
         std: Per-channel standard deviation in [0, 1] units.
         seed: Optional int; None draws a random initial state.
         key_augment: "weak" or "strong" key view (see `two_views`).
+        recipe: An `AugmentRecipe` (or its `to_config()` dict); default: the standard one.
     """
 
     def __init__(
@@ -612,12 +681,16 @@ class TwoViews(keras.layers.Layer):
         std: Sequence[float],
         seed: int | None = None,
         key_augment: str = "weak",
+        recipe: AugmentRecipe | dict | None = None,
         **kwargs,
     ) -> None:
         super().__init__(**kwargs)
         if key_augment not in KEY_AUGMENTS:
             raise ValueError(f"key_augment must be one of {KEY_AUGMENTS}, got {key_augment!r}")
         self.key_augment = key_augment
+        if not isinstance(recipe, AugmentRecipe):
+            recipe = AugmentRecipe.from_config(recipe)
+        self.recipe = recipe
         self.size = int(size)
         self.mean = tuple(float(m) for m in mean)
         self.std = tuple(float(s) for s in std)
@@ -628,7 +701,9 @@ class TwoViews(keras.layers.Layer):
     def call(self, images: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
         """[B, H, W, 3] uint8/float in [0, 255] -> (strong, weak) [B, size, size, 3] float32."""
         seed = self.seed_generator.next()
-        return two_views(images, self.size, self.mean, self.std, seed, self.key_augment)
+        return two_views(
+            images, self.size, self.mean, self.std, seed, self.key_augment, self.recipe
+        )
 
     def compute_output_shape(self, input_shape: tuple) -> tuple[tuple, tuple]:
         shape = (input_shape[0], self.size, self.size, 3)
@@ -643,4 +718,6 @@ class TwoViews(keras.layers.Layer):
             seed=self.seed,
             key_augment=self.key_augment,
         )
+        if self.recipe != STANDARD_RECIPE:  # configs saved before recipes load as before
+            config["recipe"] = self.recipe.to_config()
         return config

@@ -13,7 +13,10 @@ from concurrent.futures import ThreadPoolExecutor
 import numpy as np
 from PIL import Image, ImageOps
 
-IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp")
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff")
+# Formats TensorFlow's decoders do not read: the streaming pipeline decodes them with
+# Pillow (`decode`), as the in-memory loader does every format. TIFF's byte-order marks.
+PILLOW_ONLY_MAGIC = (b"II*\x00", b"MM\x00*")
 
 # 16-bit and 32-bit integer greyscale modes that Pillow would clip, not rescale, to 8 bits.
 _WIDE_INT_MODES = ("I;16", "I;16B", "I;16L", "I;16N", "I")

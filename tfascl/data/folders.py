@@ -2,14 +2,15 @@
 
 Accepted layouts, with hidden entries (names starting with ".") ignored everywhere:
 
-* `root/<split>/<class>/**/*.{jpg,jpeg,png,bmp,gif,webp}`: labelled; a label is the index of
-  the class folder among the sorted class folder names.
+* `root/<split>/<class>/**/*.{jpg,jpeg,png,bmp,gif,webp,tif,tiff}`: labelled; a label is the
+  index of the class folder among the sorted class folder names.
 * `root/<class>/**/*.jpg`: the same without split folders; `root` serves every split.
 * `root/<split>/*.jpg` or `root/*.jpg`: a flat folder of unlabelled images.
 
 Symlinked files and folders are followed (each real folder is walked once, so link loops
-end). Files without an image extension are ignored; files with one that cannot be decoded
-are skipped later, at decode time.
+end). Files without an image extension are left out and listed in `Listing.ignored` (the
+loaders name them once, in both input modes); files with one that cannot be decoded are
+skipped later, at decode time.
 """
 
 from __future__ import annotations
@@ -31,12 +32,14 @@ class Listing:
         paths: Sorted image file paths.
         labels: Class index per path, or None for a flat unlabelled folder.
         class_names: Sorted class folder names (empty when unlabelled).
+        ignored: Visible files left out because their extension is not one tfascl reads.
     """
 
     split_dir: str
     paths: list[str]
     labels: list[int] | None
     class_names: list[str]
+    ignored: tuple[str, ...] = ()
 
 
 def _visible(name: str) -> bool:
@@ -47,8 +50,9 @@ def _is_image_name(name: str) -> bool:
     return _visible(name) and name.lower().endswith(IMAGE_EXTENSIONS)
 
 
-def _entries(directory: str) -> tuple[list[str], list[str]]:
-    """Sorted visible (sub-folder names, image file names) directly inside `directory`."""
+def _entries(directory: str, ignored: list[str] | None = None) -> tuple[list[str], list[str]]:
+    """Sorted visible (sub-folder names, image file names) directly inside `directory`;
+    visible files of other extensions are appended to `ignored` (paths), when given."""
     folders, images = [], []
     with os.scandir(directory) as scan:
         for entry in scan:
@@ -60,14 +64,17 @@ def _entries(directory: str) -> tuple[list[str], list[str]]:
                 folders.append(entry.name)
             elif _is_image_name(entry.name):
                 images.append(entry.name)
+            elif ignored is not None:
+                ignored.append(os.path.join(directory, entry.name))
     return sorted(folders), sorted(images)
 
 
-def list_images(directory: str) -> list[str]:
+def list_images(directory: str, ignored: list[str] | None = None) -> list[str]:
     """All image files below `directory`, recursively, sorted by path.
 
     Args:
         directory: Folder to walk.
+        ignored: When given, the visible files of other extensions are appended to it.
 
     Returns:
         Sorted file paths.
@@ -81,6 +88,9 @@ def list_images(directory: str) -> list[str]:
         seen.add(real)
         folders[:] = sorted(f for f in folders if _visible(f))
         found.extend(os.path.join(current, f) for f in files if _is_image_name(f))
+        if ignored is not None:
+            others = (f for f in files if _visible(f) and not _is_image_name(f))
+            ignored.extend(os.path.join(current, f) for f in others)
     return sorted(found)
 
 
@@ -136,14 +146,16 @@ def scan_split(directory: str) -> Listing:
     Raises:
         ValueError: The folder holds no images, or a class folder holds none.
     """
-    folders, loose = _entries(directory)
+    ignored: list[str] = []
+    folders, loose = _entries(directory, ignored)
     if not folders:
         if not loose:
             raise ValueError(
                 f"No images in {directory}: expected class folders or files ending in "
                 f"{', '.join(IMAGE_EXTENSIONS)}"
             )
-        return Listing(directory, [os.path.join(directory, f) for f in loose], None, [])
+        paths = [os.path.join(directory, f) for f in loose]
+        return Listing(directory, paths, None, [], tuple(sorted(ignored)))
     if loose:
         logging.warning(
             "Ignoring %d image files directly in %s: it has class folders, so only files "
@@ -153,9 +165,9 @@ def scan_split(directory: str) -> Listing:
         )
     paths, labels = [], []
     for label, name in enumerate(folders):
-        files = list_images(os.path.join(directory, name))
+        files = list_images(os.path.join(directory, name), ignored)
         if not files:
             raise ValueError(f"Class folder holds no images: {os.path.join(directory, name)}")
         paths.extend(files)
         labels.extend([label] * len(files))
-    return Listing(directory, paths, labels, folders)
+    return Listing(directory, paths, labels, folders, tuple(sorted(ignored)))

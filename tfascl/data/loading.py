@@ -182,6 +182,31 @@ def _warn_skipped(where: str, total: int, skipped: list[str], errors: list[str])
     )
 
 
+# Split folders whose ignored files were named already: once a process, in both modes.
+_REPORTED_IGNORED: set[tuple[str, tuple[str, ...]]] = set()
+
+
+def _report_ignored(listing: folders.Listing) -> None:
+    """One warning naming the files of a split folder left out for their extension (the
+    first 20), the first time this process lists that folder."""
+    key = (os.path.realpath(listing.split_dir), listing.ignored)
+    if not listing.ignored or key in _REPORTED_IGNORED:
+        return
+    _REPORTED_IGNORED.add(key)
+    count = len(listing.ignored)
+    shown = ", ".join(os.path.relpath(p, listing.split_dir) for p in listing.ignored[:20])
+    more = f" and {count - 20} more" if count > 20 else ""
+    logging.warning(
+        "%s: ignored %d file%s with an extension tfascl does not read (it reads %s): %s%s",
+        listing.split_dir,
+        count,
+        "" if count == 1 else "s",
+        " ".join(decode.IMAGE_EXTENSIONS),
+        shown,
+        more,
+    )
+
+
 def _square(image_size: int | None) -> tuple[int, int] | None:
     if image_size is None:
         return None
@@ -308,6 +333,8 @@ def _scan_splits(root: str, split: str) -> folders.Listing:
     folder) get label -1 when another part is labelled, as TFDS's STL-10 does.
     """
     listings = [folders.scan_split(folders.split_dir(root, part)) for part in split.split("+")]
+    for listing in listings:
+        _report_ignored(listing)
     if len(listings) == 1:
         return listings[0]
     labelled = [listing for listing in listings if listing.labels is not None]
@@ -322,7 +349,8 @@ def _scan_splits(root: str, split: str) -> folders.Listing:
             index = {name: names.index(name) if name in names else -1 for name in names}
             labels += [index.get(listing.class_names[label], -1) for label in listing.labels]
     where = os.path.commonpath([listing.split_dir for listing in listings])
-    return folders.Listing(where, paths, labels if labelled else None, list(names))
+    ignored = tuple(path for listing in listings for path in listing.ignored)
+    return folders.Listing(where, paths, labels if labelled else None, list(names), ignored)
 
 
 def _load_folder(

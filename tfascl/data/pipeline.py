@@ -12,7 +12,8 @@ from __future__ import annotations
 import numpy as np
 import tensorflow as tf
 
-from tfascl.data.augment import eval_transform, two_views
+from tfascl.choices import AUGMENT_ON, INPUT_MODES
+from tfascl.data.augment import AugmentRecipe, eval_transform, two_views
 from tfascl.data.loading import ImageSet
 from tfascl.data.stream import (
     ImageFiles,
@@ -25,8 +26,7 @@ from tfascl.data.stream import (
     stream_pretrain_dataset,
 )
 
-AUGMENT_ON = ("host", "device")
-INPUT_MODES = ("auto", "memory", "stream")
+__all__ = ["AUGMENT_ON", "INPUT_MODES", "eval_dataset", "pretrain_dataset"]
 
 
 def memory_pretrain_dataset(
@@ -42,6 +42,7 @@ def memory_pretrain_dataset(
     key_augment: str = "weak",
     shuffle: bool = True,
     jit_compile: bool = True,
+    recipe: AugmentRecipe | None = None,
 ) -> tf.data.Dataset:
     """Pretraining batches from an in-memory `ImageSet` (see `pretrain_dataset`).
 
@@ -55,7 +56,9 @@ def memory_pretrain_dataset(
     # made the host pipeline 1.7 to 2.5 times faster than graph mode (docs/DATA.md).
     @tf.function(jit_compile=jit_compile)
     def views_of(batch: tf.Tensor, seeds: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
-        return two_views(batch, image_size, mean, std, seed=seeds, key_augment=key_augment)
+        return two_views(
+            batch, image_size, mean, std, seed=seeds, key_augment=key_augment, recipe=recipe
+        )
 
     def epoch_batches(epoch: tf.Tensor) -> tf.data.Dataset:
         seed_e = epoch_seed(seed, epoch)
@@ -99,6 +102,7 @@ def pretrain_dataset(
     skip: int = 0,
     input_context: tf.distribute.InputContext | None = None,
     skipped: SkippedFiles | None = None,
+    recipe: AugmentRecipe | None = None,
 ) -> tf.data.Dataset:
     """Pretraining batches of two augmented views (or raw images for device augmentation).
 
@@ -131,6 +135,9 @@ def pretrain_dataset(
         input_context: From `strategy.distribute_datasets_from_function`: yields this
             pipeline's per-replica batches (see `stream.replica_shares`).
         skipped: For `ImageFiles`: records which files decode, to name the others.
+        recipe: The augmentation's knobs (`augment.AugmentRecipe`: crop scale, flip,
+            jitter, grayscale, blur); default: the standard (CIFAR) recipe. Host
+            augmentation only: on the device path the `TwoViews` layer holds its recipe.
 
     Returns:
         A `tf.data.Dataset`. When the data has no labels they are left out: elements
@@ -157,12 +164,12 @@ def pretrain_dataset(
         return stream_pretrain_dataset(
             data, batch_size, image_size, seed=seed, epochs=epochs, skip=skip,
             input_context=input_context, key_augment=key_augment, jit_compile=jit_compile,
-            skipped=skipped,
+            skipped=skipped, recipe=recipe,
         )  # fmt: skip
     return memory_pretrain_dataset(
         data, batch_size, image_size, seed=seed, epochs=epochs, skip=skip,
         input_context=input_context, augment_on=augment_on, key_augment=key_augment,
-        shuffle=shuffle, jit_compile=jit_compile,
+        shuffle=shuffle, jit_compile=jit_compile, recipe=recipe,
     )  # fmt: skip
 
 

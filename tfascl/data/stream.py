@@ -9,7 +9,8 @@ allows: for JPEG the RandomResizedCrop box is drawn from the header's size
 (`extract_jpeg_shape`) and only that window is decoded (`decode_and_crop_jpeg`); PNG, GIF
 (first frame) and BMP are decoded whole and cropped. Images keep their aspect ratio: the
 torchvision box (scale, log-ratio, ten tries, then the central fallback) is drawn per image
-on its own size. The crops are resized to the view size (bilinear, antialiased), batched,
+on its own size. TIFF, which TensorFlow does not decode, is decoded with Pillow (as in
+memory), whole. The crops are resized to the view size (bilinear, antialiased), batched,
 and the rest of the strong recipe (flip, colour jitter, grayscale, blur) runs batched, as in
 the in-memory pipeline.
 
@@ -29,8 +30,8 @@ import tensorflow as tf
 from absl import logging
 from PIL import Image
 
-from tfascl.data import augment
-from tfascl.data.augment import KEY_AUGMENTS, sample_crop_boxes
+from tfascl.data import augment, decode
+from tfascl.data.augment import KEY_AUGMENTS, AugmentRecipe, sample_crop_boxes
 from tfascl.data.host import host_variable
 
 # Views whose crop box a pretraining example draws: query and key.
@@ -162,6 +163,33 @@ def _integer_boxes(boxes: tf.Tensor, height: tf.Tensor, width: tf.Tensor) -> tf.
     return tf.cast(tf.stack([top, left, h, w], axis=1), tf.int32)
 
 
+def _pillow_rgb(contents: bytes) -> np.ndarray:
+    """[H, W, 3] uint8 of an encoded image, by the in-memory loader's own decoder; an
+    unreadable one raises (and the streaming pipeline drops it, as a failed TF decode)."""
+    return decode.decode(bytes(contents))
+
+
+def pillow_only(contents: tf.Tensor) -> tf.Tensor:
+    """Whether an encoded image is in a format only Pillow decodes here (TIFF)."""
+    prefix = tf.strings.substr(contents, 0, 4)
+    return tf.reduce_any([tf.equal(prefix, magic) for magic in decode.PILLOW_ONLY_MAGIC])
+
+
+def decode_whole(contents: tf.Tensor) -> tf.Tensor:
+    """[H, W, 3] uint8 of a PNG, GIF (first frame), BMP, WebP or JPEG by TensorFlow, or of a
+    TIFF by Pillow (``tf.numpy_function``)."""
+
+    def by_pillow() -> tf.Tensor:
+        image = tf.numpy_function(_pillow_rgb, [contents], tf.uint8, stateful=False)
+        return tf.ensure_shape(image, [None, None, 3])
+
+    def by_tensorflow() -> tf.Tensor:
+        return tf.io.decode_image(contents, channels=3, expand_animations=False)
+
+    image = tf.cond(pillow_only(contents), by_pillow, by_tensorflow)
+    return tf.ensure_shape(image, [None, None, 3])
+
+
 def decode_crops(
     contents: tf.Tensor,
     boxes_for: Callable[[tf.Tensor, tf.Tensor], tf.Tensor],
@@ -171,7 +199,7 @@ def decode_crops(
     """Decodes one encoded image into crops resized to `size`, decoding only the crops of a JPEG.
 
     Args:
-        contents: Scalar string, an encoded JPEG, PNG, GIF or BMP.
+        contents: Scalar string, an encoded JPEG, PNG, GIF, BMP, WebP or TIFF.
         boxes_for: Maps the image's (height, width) float32 scalars to [n, 4] float32 boxes
             (top, left, h, w) in pixels.
         size: Side of the resized crops.
@@ -199,7 +227,7 @@ def decode_crops(
         )
 
     def other() -> tf.Tensor:
-        image = tf.io.decode_image(contents, channels=3, expand_animations=False)
+        image = decode_whole(contents)
         shape = tf.cast(tf.shape(image), tf.float32)
         boxes = _integer_boxes(boxes_for(shape[0], shape[1]), shape[0], shape[1])
         return tf.stack(
@@ -213,14 +241,20 @@ def decode_crops(
     return tf.ensure_shape(crops, [None, size, size, 3])
 
 
-def random_boxes(seed: tf.Tensor, views: int = _VIEWS) -> Callable:
-    """`boxes_for` drawing `views` RandomResizedCrop boxes (torchvision's rule) from `seed`."""
+def random_boxes(
+    seed: tf.Tensor, views: int = _VIEWS, recipe: AugmentRecipe | None = None
+) -> Callable:
+    """`boxes_for` drawing `views` RandomResizedCrop boxes (torchvision's rule) from `seed`,
+    with the crop scale and ratio of `recipe` (default: the standard recipe)."""
+    recipe = recipe or augment.STANDARD_RECIPE
 
     def boxes_for(height: tf.Tensor, width: tf.Tensor) -> tf.Tensor:
         uniforms = tf.random.stateless_uniform(
             [views, 4 * augment.CROP_ATTEMPTS], seed, alg="philox"
         )
-        return sample_crop_boxes(uniforms, height, width)
+        return sample_crop_boxes(
+            uniforms, height, width, scale=recipe.crop_scale, ratio=recipe.crop_ratio
+        )
 
     return boxes_for
 
@@ -318,6 +352,10 @@ def share_seed(seed: tf.Tensor, step: tf.Tensor, replica: tf.Tensor) -> tf.Tenso
 class SkippedFiles:
     """Names the files that failed to decode, once per epoch.
 
+    The report is one line, given to `announce` (default: an absl warning; tfascl-train
+    passes `tfascl.console.warn`, which starts it on a line of its own below the progress
+    bar).
+
     Every example that decodes writes the first epoch it decoded in into a host variable
     (one int64 per file). Decoding is deterministic, so a file that never decoded by the
     end of an epoch it was scheduled in was dropped. The schedule is recomputed from the
@@ -326,8 +364,9 @@ class SkippedFiles:
 
     NEVER = np.iinfo(np.int64).max
 
-    def __init__(self, files: ImageFiles) -> None:
+    def __init__(self, files: ImageFiles, announce: Callable[[str], None] | None = None) -> None:
         self.files = files
+        self.announce = announce or logging.warning
         self.first_decoded = host_variable(np.full(files.count, self.NEVER), "first_decoded")
         self.reported: dict[int, list[str]] = {}
 
@@ -345,14 +384,9 @@ class SkippedFiles:
         if names:
             shown = ", ".join(os.path.relpath(n, self.files.where) for n in names[:20])
             more = f" and {len(names) - 20} more" if len(names) > 20 else ""
-            logging.warning(
-                "Epoch %d: skipped %d of %d files of %s that could not be decoded: %s%s",
-                epoch + 1,
-                len(names),
-                len(scheduled),
-                self.files.where,
-                shown,
-                more,
+            self.announce(
+                f"epoch {epoch + 1}: skipped {len(names)} of {len(scheduled)} files of "
+                f"{self.files.where} that could not be decoded: {shown}{more}"
             )
         return names
 
@@ -420,6 +454,7 @@ def stream_pretrain_dataset(
     jit_compile: bool = True,
     skipped: SkippedFiles | None = None,
     colour: bool = True,
+    recipe: AugmentRecipe | None = None,
 ) -> tf.data.Dataset:
     """Pretraining batches of (query, key) views, decoded from the files as needed.
 
@@ -443,6 +478,7 @@ def stream_pretrain_dataset(
         skipped: Records the files that decode (folders only).
         colour: Apply the strong recipe's colour part (False leaves crop, flip and
             normalisation: the reading stage alone, for `benchmarks/stream.py`).
+        recipe: The augmentation's knobs (default: the standard recipe).
 
     Returns:
         Batches `((query, key), labels)` of [per-replica batch, S, S, 3] float32 views and
@@ -508,7 +544,7 @@ def stream_pretrain_dataset(
         example_seed = tf.random.experimental.stateless_fold_in(
             epoch_seed(seed, epoch), position, alg="philox"
         )
-        crops = decode_crops(contents, random_boxes(example_seed), image_size)
+        crops = decode_crops(contents, random_boxes(example_seed, recipe=recipe), image_size)
         if skipped is not None:  # marked only once the decode has succeeded
             with tf.control_dependencies([crops]):
                 marked = skipped.mark(index, epoch)
@@ -524,11 +560,11 @@ def stream_pretrain_dataset(
         seeds = tf.random.experimental.stateless_split(batch_seed, num=2, alg="philox")
         views = []
         for view in range(_VIEWS):
-            params = augment.sample_params(tf.shape(x)[0], size, size, seeds[view])
+            params = augment.sample_params(tf.shape(x)[0], size, size, seeds[view], recipe)
             flip = params["flip"][:, None, None, None]
             crop = tf.where(flip, tf.reverse(x[:, view], axis=[2]), x[:, view])
             if colour and (view == 0 or key_augment == "strong"):
-                crop = augment.apply_colour(crop, params)
+                crop = augment.apply_colour(crop, params, recipe)
             views.append(augment.normalise(crop, mean, std))
         return views[0], views[1]
 

@@ -830,14 +830,9 @@ class SkippedRecords(SkippedFiles):
         self.reported[epoch] = names
         if len(missing):
             more = f" and {len(missing) - 20} more" if len(missing) > 20 else ""
-            logging.warning(
-                "Epoch %d: skipped %d of %d records of %s that could not be decoded: %s%s",
-                epoch + 1,
-                len(missing),
-                len(scheduled),
-                self.files.where,
-                ", ".join(names),
-                more,
+            self.announce(  # on a line of its own (tfascl-train's console), as for files
+                f"epoch {epoch + 1}: skipped {len(missing)} of {len(scheduled)} records of "
+                f"{self.files.where} that could not be decoded: {', '.join(names)}{more}"
             )
         return names
 

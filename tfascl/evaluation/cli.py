@@ -288,8 +288,11 @@ def main(argv: Sequence[str]) -> None:
 
 
 def run() -> None:
-    """Console script ``tfascl-eval``."""
-    cli.run_app(PROGRAM, define_flags, main)
+    """``tfascl-eval``: flags parsed before TensorFlow starts, which then starts quietly
+    (``tfascl._startup.evaluate`` through the launcher, what the console script runs)."""
+    import tfascl_launch  # the launcher above the package (see tfascl.train)
+
+    tfascl_launch.evaluate()
 
 
 if __name__ == "__main__":

@@ -20,8 +20,8 @@ from tfascl.models.byol import BYOL
 from tfascl.models.contrastive import TOP_K_RELABELS, MomentumContrast
 from tfascl.models.heads import mlp_head
 from tfascl.models.meanshift import MeanShift
-from tfascl.models.options import OPTION_NAMES, RELABEL_MODES
 from tfascl.models.simclr import NNCLR, SimCLR
+from tfascl.options import OPTION_NAMES, RELABEL_MODES
 
 RELABEL_KINDS = ("soft", "hard")
 
@@ -71,7 +71,7 @@ class MethodSpec:
         projector_bn: the projector has BN by default.
         relabels: the relabel modes ``--relabel`` may choose (the plug-in); empty: the
             method has no targets to relabel.
-        options: the ``tfascl.models.options`` options the method takes besides
+        options: the ``tfascl.options`` options the method takes besides
             ``relabel`` (validation refuses the others).
         reference: the paper and the code the implementation was checked against.
     """
@@ -119,7 +119,7 @@ class MethodSpec:
         return "shuffle_keys" in accepted_arguments(self.model_class)
 
     def takes(self, option: str) -> bool:
-        """Whether ``option`` (of ``tfascl.models.options``) may be set for this method."""
+        """Whether ``option`` (of ``tfascl.options``) may be set for this method."""
         return option in self.options or (option == "relabel" and bool(self.relabels))
 
     def relabel_mode(self, relabel: str | None) -> str | None:
