@@ -76,10 +76,12 @@ def base_name(path: str | Path) -> str:
     return Path(path).name if is_local(path) else posixpath.basename(str(path).rstrip("/"))
 
 
-_GFILE_ERRORS: tuple[tuple[type, type, int], ...] = (
-    (tf.errors.NotFoundError, FileNotFoundError, errno.ENOENT),
-    (tf.errors.AlreadyExistsError, FileExistsError, errno.EEXIST),
-    (tf.errors.PermissionDeniedError, PermissionError, errno.EACCES),
+# gfile's errors by name (``tf.errors.<name>``), read when one is raised: TensorFlow is
+# loaded by then.
+_GFILE_ERRORS: tuple[tuple[str, type, int], ...] = (
+    ("NotFoundError", FileNotFoundError, errno.ENOENT),
+    ("AlreadyExistsError", FileExistsError, errno.EEXIST),
+    ("PermissionDeniedError", PermissionError, errno.EACCES),
 )
 
 
@@ -90,7 +92,11 @@ def _gfile_errors(path: str | Path) -> Iterator[None]:
         yield
     except tf.errors.OpError as error:
         kind, code = next(
-            ((kind, code) for op, kind, code in _GFILE_ERRORS if isinstance(error, op)),
+            (
+                (kind, code)
+                for op, kind, code in _GFILE_ERRORS
+                if isinstance(error, getattr(tf.errors, op))
+            ),
             (OSError, errno.EIO),
         )
         raise kind(code, error_line(error), str(path)) from None
