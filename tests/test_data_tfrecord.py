@@ -14,7 +14,7 @@ import tensorflow as tf
 
 from tfascl import data
 from tfascl.data import tfrecord
-from tfascl.data.loading import source_kind
+from tfascl.data.sources import source_kind
 
 CLASSES = ("airplane", "cat", "ship")
 BAD = os.path.join("cat", "zz_broken.jpg")  # a .jpg that is not an image

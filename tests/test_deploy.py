@@ -309,7 +309,7 @@ def test_import_tfascl_and_python_m_answer_without_tensorflow():
     )
     assert lazy.stdout.split() == ["False", "True", "True"], lazy.stderr[-2000:]
     for level in (None, "0", "3"):
-        for args in (["--helpfull"], ["--method=simclr"], ["--batch_size=abc"]):
+        for args in (["--helpfull"], ["--method=swav"], ["--batch_size=abc"]):
             code = (
                 "import runpy, sys\n"
                 f"sys.argv = ['tfascl-train', *{args!r}]\n"

@@ -216,7 +216,7 @@ def dataset_problem(dataset: str, data_dir: str | None) -> str | None:
     under ``data_dir`` (nothing is downloaded). A TFDS error other than an unknown name
     is reported as TFDS gives it.
     """
-    from tfascl.data.loading import source_kind
+    from tfascl.data.sources import source_kind
 
     try:
         if source_kind(dataset) != "tfds":

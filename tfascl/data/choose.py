@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 from collections.abc import Sequence
 
-from tfascl.data.loading import open_images
+from tfascl.data.sources import open_images
 from tfascl.data.stream import estimated_decoded_bytes, sample_sizes
 
 
