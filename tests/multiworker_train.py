@@ -35,8 +35,8 @@ class RecordedSkippedRecords(data.SkippedRecords):
 
     made: ClassVar[list] = []
 
-    def __init__(self, files) -> None:
-        super().__init__(files)
+    def __init__(self, files, **options) -> None:
+        super().__init__(files, **options)
         self.made.append(self)
 
 
