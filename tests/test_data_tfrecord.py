@@ -203,3 +203,29 @@ def test_pipelines_read_disjoint_shards_and_a_resumed_epoch_is_exact(shards):
             np.testing.assert_array_equal(x, y)
     assert not np.array_equal(whole[0][0], whole[3][0])  # epochs differ
     assert sorted(np.concatenate([b[2] for b in whole[:3]])) == sorted([0, 1, 2] * 4)
+
+
+def test_the_augmentation_recipe_reaches_the_shards_pipeline(shards):
+    # --crop_scale/--flip_prob/... (AugmentRecipe) apply to TFRecord shards as to folders:
+    # whole-image crops and no random part leave the query and the key the same image.
+    from tfascl.data.recipe import AugmentRecipe
+
+    root, _ = shards
+    files = data.open_images(str(root), "test")
+    still = AugmentRecipe(
+        crop_scale=(1.0, 1.0), crop_ratio=(1.0, 1.0), flip_prob=0.0, jitter_prob=0.0,
+        gray_prob=0.0, blur_prob=0.0,
+    )  # fmt: skip
+
+    def first(recipe):
+        stream = data.pretrain_dataset(
+            files, 4, 16, seed=0, epochs=(0, 1), key_augment="strong", jit_compile=False,
+            recipe=recipe,
+        )  # fmt: skip
+        (query, key), _ = next(iter(stream))
+        return query.numpy(), key.numpy()
+
+    query, key = first(still)
+    np.testing.assert_allclose(query, key, atol=1e-5)
+    query, key = first(None)  # the standard recipe: crops, flips and colour differ
+    assert np.abs(query - key).max() > 0.1

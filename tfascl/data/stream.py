@@ -441,6 +441,43 @@ def _tfds_records(
     return records.map(lambda ex: (ex[image_key], tf.cast(ex[label_key], tf.int64)))
 
 
+def batch_augmenter(
+    image_size: int,
+    mean: Any,
+    std: Any,
+    *,
+    key_augment: str = "weak",
+    colour: bool = True,
+    recipe: AugmentRecipe | None = None,
+    jit_compile: bool = True,
+) -> Callable[[tf.Tensor, tf.Tensor], tuple[tf.Tensor, tf.Tensor]]:
+    """The batched part of the augmentation of a streamed pipeline (folders, TFDS and
+    TFRecord shards alike): flip, the strong recipe's colour part (the query's; the key's
+    with ``key_augment="strong"``) and normalisation, XLA-fused as in the in-memory pipeline.
+
+    Returns:
+        ``(crops [b, 2, S, S, 3] uint8-valued, batch seed [2]) → (query, key)``, each
+        [b, S, S, 3] float32.
+    """
+
+    @tf.function(jit_compile=jit_compile)
+    def augment_batch(crops: tf.Tensor, batch_seed: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
+        x = crops / 255.0  # [b, 2, S, S, 3]: the query's and the key's crops
+        size = tf.constant(image_size, tf.float32)
+        seeds = tf.random.experimental.stateless_split(batch_seed, num=2, alg="philox")
+        views = []
+        for view in range(_VIEWS):
+            params = augment.sample_params(tf.shape(x)[0], size, size, seeds[view], recipe)
+            flip = params["flip"][:, None, None, None]
+            crop = tf.where(flip, tf.reverse(x[:, view], axis=[2]), x[:, view])
+            if colour and (view == 0 or key_augment == "strong"):
+                crop = augment.apply_colour(crop, params, recipe)
+            views.append(augment.normalise(crop, mean, std))
+        return views[0], views[1]
+
+    return augment_batch
+
+
 def stream_pretrain_dataset(
     files: ImageFiles,
     global_batch: int,
@@ -489,7 +526,7 @@ def stream_pretrain_dataset(
         return files.pretrain_dataset(
             global_batch, image_size, seed=seed, epochs=epochs, skip=skip,
             input_context=input_context, key_augment=key_augment, jit_compile=jit_compile,
-            skipped=skipped, colour=colour,
+            skipped=skipped, colour=colour, recipe=recipe,
         )  # fmt: skip
     if key_augment not in KEY_AUGMENTS:
         raise ValueError(f"key_augment must be one of {KEY_AUGMENTS}, got {key_augment!r}")
@@ -552,21 +589,10 @@ def stream_pretrain_dataset(
                 crops = tf.identity(crops)
         return epoch, position, crops, label
 
-    # XLA fuses the colour operations, as in the in-memory pipeline.
-    @tf.function(jit_compile=jit_compile)
-    def augment_batch(crops: tf.Tensor, batch_seed: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
-        x = crops / 255.0  # [b, 2, S, S, 3]: the query's and the key's crops
-        size = tf.constant(image_size, tf.float32)
-        seeds = tf.random.experimental.stateless_split(batch_seed, num=2, alg="philox")
-        views = []
-        for view in range(_VIEWS):
-            params = augment.sample_params(tf.shape(x)[0], size, size, seeds[view], recipe)
-            flip = params["flip"][:, None, None, None]
-            crop = tf.where(flip, tf.reverse(x[:, view], axis=[2]), x[:, view])
-            if colour and (view == 0 or key_augment == "strong"):
-                crop = augment.apply_colour(crop, params, recipe)
-            views.append(augment.normalise(crop, mean, std))
-        return views[0], views[1]
+    augment_batch = batch_augmenter(
+        image_size, mean, std, key_augment=key_augment, colour=colour, recipe=recipe,
+        jit_compile=jit_compile,
+    )  # fmt: skip
 
     def finish(epoch, position, crops, label):  # noqa: ANN001, ANN202
         batch_seed = tf.random.experimental.stateless_fold_in(

@@ -56,6 +56,7 @@ from tfascl.data.stats import STATS_SAMPLE, STATS_SIZE, Stats, estimate_stats, s
 from tfascl.data.stream import (
     ImageFiles,
     SkippedFiles,
+    batch_augmenter,
     block_shuffle,
     centre_box,
     decode_crops,
@@ -706,6 +707,7 @@ def pretrain_dataset(
     jit_compile: bool = True,
     skipped: SkippedFiles | None = None,
     colour: bool = True,
+    recipe: Any = None,
 ) -> tf.data.Dataset:
     """Pretraining batches of (query, key) views read from the shards as needed.
 
@@ -744,7 +746,7 @@ def pretrain_dataset(
         example_seed = tf.random.experimental.stateless_fold_in(
             epoch_seed(seed, epoch), position, alg="philox"
         )
-        crops = decode_crops(contents, random_boxes(example_seed), image_size)
+        crops = decode_crops(contents, random_boxes(example_seed, recipe=recipe), image_size)
         if skipped is not None:  # marked only once the decode has succeeded
             with tf.control_dependencies([crops]):
                 marked = skipped.mark(index, epoch)
@@ -752,21 +754,10 @@ def pretrain_dataset(
                 crops = tf.identity(crops)
         return epoch, position, crops, label
 
-    # The batched part of the strong recipe, as in tfascl.data.stream (XLA-fused).
-    @tf.function(jit_compile=jit_compile)
-    def augment_batch(crops: tf.Tensor, batch_seed: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
-        x = crops / 255.0
-        size = tf.constant(image_size, tf.float32)
-        seeds = tf.random.experimental.stateless_split(batch_seed, num=2, alg="philox")
-        views = []
-        for view in range(_VIEWS):
-            params = augment.sample_params(tf.shape(x)[0], size, size, seeds[view])
-            flip = params["flip"][:, None, None, None]
-            crop = tf.where(flip, tf.reverse(x[:, view], axis=[2]), x[:, view])
-            if colour and (view == 0 or key_augment == "strong"):
-                crop = augment.apply_colour(crop, params)
-            views.append(augment.normalise(crop, mean, std))
-        return views[0], views[1]
+    augment_batch = batch_augmenter(
+        image_size, mean, std, key_augment=key_augment, colour=colour, recipe=recipe,
+        jit_compile=jit_compile,
+    )  # fmt: skip
 
     def finish(epoch, position, crops, label):  # noqa: ANN001, ANN202
         batch_seed = tf.random.experimental.stateless_fold_in(
