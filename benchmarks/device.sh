@@ -42,11 +42,12 @@ if [ "$SMOKE" = 1 ]; then
   TABLE=(--steps=2 --windows=1 --steps_per_execution=2 --limit=3)
   JIT=(--no-jit_compile --nojit_compile)
   if [ -d "$DATA/train" ]; then DATASET="$DATA"; else DATASET=digits; fi
-  # 80 images: 5 steps an epoch, 2 per execution (the last execution of an epoch runs 1).
+  # 80 images: 5 steps an epoch, 2 per execution (the last execution of an epoch runs 1); no
+  # kNN pass of the untrained encoder (its 10,000 test images cost the smoke budget's data step).
   LEARN=(--dataset="$DATASET" --epochs=5 --max_train_examples=80 --knn_bank_size=128
          --image_size=16 --backbone_width=4 --projector_dims=32,16 --batch_size=16
          --queue_size=64 --log_every=2 --checkpoint_every=4 --steps_per_execution=2
-         --warmup_epochs=0 --knn_k=20)
+         --warmup_epochs=0 --knn_k=20 --noknn_at_start)
   PIPELINE=(--max_examples=256 --batch_size=16 --image_size=16 --batches=2)
   [ "$DATASET" = digits ] && PIPELINE+=(--data=digits) || PIPELINE+=(--data="$DATASET")
   CAPS=(30 70 60 30)
