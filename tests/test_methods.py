@@ -173,6 +173,9 @@ def test_msf_step_pulls_the_prediction_to_the_targets_k_nearest_bank_rows():
     bank[:BATCH] = target.numpy()
     query = model.predict_target(strong)
     expected = float(losses.mean_shift_loss(query, target, tf.constant(bank), 3))
+    # The step finds the k nearest rows once and hands them to the loss: the same rows.
+    rows = losses.top_k_neighbors(target, tf.constant(bank), 3)
+    assert float(losses.mean_shift_loss(query, target, bank, 3, rows=rows)) == expected
     # The target is its own nearest bank row, so k = 1 is BYOL's one-direction loss.
     byol = float(losses.mean_shift_loss(query, target, tf.constant(bank), 1))
     cos = np.sum(np.asarray(query, np.float64) * np.asarray(target, np.float64), axis=1)
@@ -379,7 +382,9 @@ def test_mixed_precision_keeps_float32_losses_and_banks(method):
         else:
             target = model.encode_key(weak)
             assert target.dtype == tf.float32
-            loss = model.forward_backward(strong, target, tf.constant(model.queue.keys.numpy()))[0]
+            bank = tf.constant(model.queue.keys.numpy())
+            rows = losses.top_k_neighbors(target, bank, model.num_neighbors)
+            loss = model.forward_backward(strong, target, bank, rows)[0]
         assert loss.dtype == tf.float32
         logs = fit(model, steps=1)
         assert np.isfinite(logs["loss"][0])

@@ -616,7 +616,12 @@ def top_k_neighbors(target: tf.Tensor, bank: tf.Tensor, k: int) -> tf.Tensor:
 
 
 def mean_shift_loss(
-    query: tf.Tensor, target: tf.Tensor, bank: tf.Tensor, num_neighbors: int = 5
+    query: tf.Tensor,
+    target: tf.Tensor,
+    bank: tf.Tensor,
+    num_neighbors: int = 5,
+    *,
+    rows: tf.Tensor | None = None,
 ) -> tf.Tensor:
     """MSF, Mean Shift for self-supervised learning (Koohpayegani et al., ICCV 2021).
 
@@ -631,13 +636,15 @@ def mean_shift_loss(
         target: [b, D] L2-normalised targets (no gradient reaches them).
         bank: [M, D] L2-normalised memory bank (no gradient reaches it).
         num_neighbors: k (5 in the paper).
+        rows: [b, k] ``top_k_neighbors(target, bank, k)`` when the caller has them already
+            (the model reports their labels' purity too); None: found here.
 
     Returns:
         Scalar float32 loss.
     """
     query = _f32(query)
     bank = tf.stop_gradient(_f32(bank))
-    indices = top_k_neighbors(target, bank, num_neighbors)  # [b, k]
+    indices = top_k_neighbors(target, bank, num_neighbors) if rows is None else rows  # [b, k]
     neighbours = tf.gather(bank, indices)  # [b, k, D]
     cosine = tf.einsum("bd,bkd->bk", query, neighbours)
     return tf.reduce_mean(2.0 - 2.0 * tf.reduce_mean(cosine, axis=1))

@@ -478,6 +478,63 @@ def batch_augmenter(
     return augment_batch
 
 
+def seeded_crops(
+    contents: tf.Tensor,
+    epoch: tf.Tensor,
+    position: tf.Tensor,
+    index: tf.Tensor,
+    seed: int,
+    image_size: int,
+    recipe: AugmentRecipe | None,
+    skipped: SkippedFiles | None,
+) -> tf.Tensor:
+    """The two RandomResizedCrop windows [2, S, S, 3] of one encoded image, decoded.
+
+    Their boxes are drawn from (`seed`, `epoch`, `position`): an example's place in the
+    global epoch, not the file or pipeline it came from. `skipped` marks `index` decoded
+    in `epoch` once the decode has succeeded (a failing one raises, for `ignore_errors`).
+    """
+    example_seed = tf.random.experimental.stateless_fold_in(
+        epoch_seed(seed, epoch), position, alg="philox"
+    )
+    crops = decode_crops(contents, random_boxes(example_seed, recipe=recipe), image_size)
+    if skipped is not None:
+        with tf.control_dependencies([crops]):
+            marked = skipped.mark(index, epoch)
+        with tf.control_dependencies([marked]):
+            crops = tf.identity(crops)
+    return crops
+
+
+def batched_views(
+    decoded: tf.data.Dataset,
+    share: int,
+    seed: int,
+    augment_batch: Callable[[tf.Tensor, tf.Tensor], tuple[tf.Tensor, tf.Tensor]],
+    *,
+    labelled: bool,
+    batches: int | None = None,
+) -> tf.data.Dataset:
+    """Batches of (query, key) views from decoded `(epoch, position, crops, label)`.
+
+    Examples that failed to decode are dropped (the stream runs on into the next ones);
+    each batch of `share` is augmented with a seed of (`seed`, its epoch, its place), so a
+    resumed stream repeats the uninterrupted one. `batches`: how many to take (None: all).
+    """
+    stream = decoded.ignore_errors().batch(share, drop_remainder=True)
+    if batches is not None:
+        stream = stream.take(batches)
+
+    def finish(epoch, position, crops, label):  # noqa: ANN001, ANN202
+        batch_seed = tf.random.experimental.stateless_fold_in(
+            epoch_seed(seed, epoch[0]), position[0] // share, alg="philox"
+        )
+        views = augment_batch(crops, batch_seed)
+        return (views, label) if labelled else views
+
+    return stream.map(finish, num_parallel_calls=tf.data.AUTOTUNE).prefetch(tf.data.AUTOTUNE)
+
+
 def stream_pretrain_dataset(
     files: ImageFiles,
     global_batch: int,
@@ -578,36 +635,22 @@ def stream_pretrain_dataset(
     def decode(epoch, position, index, source, label):  # noqa: ANN001, ANN202
         # `source` is a file path, or for TFDS the encoded image itself.
         contents = tf.io.read_file(source) if records is None else source
-        example_seed = tf.random.experimental.stateless_fold_in(
-            epoch_seed(seed, epoch), position, alg="philox"
-        )
-        crops = decode_crops(contents, random_boxes(example_seed, recipe=recipe), image_size)
-        if skipped is not None:  # marked only once the decode has succeeded
-            with tf.control_dependencies([crops]):
-                marked = skipped.mark(index, epoch)
-            with tf.control_dependencies([marked]):
-                crops = tf.identity(crops)
+        crops = seeded_crops(contents, epoch, position, index, seed, image_size, recipe, skipped)
         return epoch, position, crops, label
 
+    batches = None
+    if epochs is not None:  # exactly the steps asked for: the spare epoch only fills gaps
+        steps = files.count // global_batch
+        batches = ((epochs[1] - epochs[0]) * steps - skip) * (replicas // pipelines)
     augment_batch = batch_augmenter(
         image_size, mean, std, key_augment=key_augment, colour=colour, recipe=recipe,
         jit_compile=jit_compile,
     )  # fmt: skip
-
-    def finish(epoch, position, crops, label):  # noqa: ANN001, ANN202
-        batch_seed = tf.random.experimental.stateless_fold_in(
-            epoch_seed(seed, epoch[0]), position[0] // share, alg="philox"
-        )
-        views = augment_batch(crops, batch_seed)
-        return (views, label) if files.labelled else views
-
-    stream = epoch_numbers(seed, epochs).flat_map(epoch_examples)
-    stream = stream.map(decode, num_parallel_calls=tf.data.AUTOTUNE).ignore_errors()
-    stream = stream.batch(share, drop_remainder=True)
-    if epochs is not None:  # exactly the steps asked for: the spare epoch only fills gaps
-        steps = files.count // global_batch
-        stream = stream.take(((epochs[1] - epochs[0]) * steps - skip) * (replicas // pipelines))
-    return stream.map(finish, num_parallel_calls=tf.data.AUTOTUNE).prefetch(tf.data.AUTOTUNE)
+    examples = epoch_numbers(seed, epochs).flat_map(epoch_examples)
+    return batched_views(
+        examples.map(decode, num_parallel_calls=tf.data.AUTOTUNE),
+        share, seed, augment_batch, labelled=files.labelled, batches=batches,
+    )  # fmt: skip
 
 
 def stream_eval_dataset(

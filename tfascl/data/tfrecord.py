@@ -57,12 +57,13 @@ from tfascl.data.stream import (
     ImageFiles,
     SkippedFiles,
     batch_augmenter,
+    batched_views,
     block_shuffle,
     centre_box,
     decode_crops,
     epoch_numbers,
     epoch_seed,
-    random_boxes,
+    seeded_crops,
 )
 
 # TF Model Garden's feature names (official/vision/dataloaders/tf_example_decoder.py).
@@ -743,35 +744,21 @@ def pretrain_dataset(
 
     def decode(epoch, position, index, record):  # noqa: ANN001, ANN202
         contents, label = parse_record(record, files.image_key, files.label_key)
-        example_seed = tf.random.experimental.stateless_fold_in(
-            epoch_seed(seed, epoch), position, alg="philox"
-        )
-        crops = decode_crops(contents, random_boxes(example_seed, recipe=recipe), image_size)
-        if skipped is not None:  # marked only once the decode has succeeded
-            with tf.control_dependencies([crops]):
-                marked = skipped.mark(index, epoch)
-            with tf.control_dependencies([marked]):
-                crops = tf.identity(crops)
+        crops = seeded_crops(contents, epoch, position, index, seed, image_size, recipe, skipped)
         return epoch, position, crops, label
 
+    batches = None
+    if epochs is not None:  # exactly the steps asked for: the spare epoch only fills gaps
+        batches = ((epochs[1] - epochs[0]) * steps - skip) * (replicas // pipelines)
     augment_batch = batch_augmenter(
         image_size, mean, std, key_augment=key_augment, colour=colour, recipe=recipe,
         jit_compile=jit_compile,
     )  # fmt: skip
-
-    def finish(epoch, position, crops, label):  # noqa: ANN001, ANN202
-        batch_seed = tf.random.experimental.stateless_fold_in(
-            epoch_seed(seed, epoch[0]), position[0] // share, alg="philox"
-        )
-        views = augment_batch(crops, batch_seed)
-        return (views, label) if files.labelled else views
-
-    stream = epoch_numbers(seed, epochs).flat_map(epoch_examples)
-    stream = stream.map(decode, num_parallel_calls=tf.data.AUTOTUNE).ignore_errors()
-    stream = stream.batch(share, drop_remainder=True)
-    if epochs is not None:  # exactly the steps asked for: the spare epoch only fills gaps
-        stream = stream.take(((epochs[1] - epochs[0]) * steps - skip) * (replicas // pipelines))
-    return stream.map(finish, num_parallel_calls=tf.data.AUTOTUNE).prefetch(tf.data.AUTOTUNE)
+    examples = epoch_numbers(seed, epochs).flat_map(epoch_examples)
+    return batched_views(
+        examples.map(decode, num_parallel_calls=tf.data.AUTOTUNE),
+        share, seed, augment_batch, labelled=files.labelled, batches=batches,
+    )  # fmt: skip
 
 
 def eval_dataset(

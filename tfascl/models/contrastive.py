@@ -33,8 +33,6 @@ from tfascl.models.base import MomentumModel
 from tfascl.models.queue import KeyQueue
 
 OBJECTIVES = ("contrastive", "sce", "ressl", "co2", "debiased")
-# Objectives whose targets are contrastive_targets(relabel): one-hot, or relabelled.
-RELABELLED_OBJECTIVES = ("contrastive", "co2")
 # Relabel modes whose targets sit on the K nearest queue keys only: K <= queue_size.
 TOP_K_RELABELS = ("ahcl", "hard")
 # First word of the stateless seed of the key permutations (the second is the step).
@@ -128,7 +126,7 @@ class MomentumContrast(ShuffleKeys, MomentumModel):
             (the contrastive loss plus α times Co2's consistency) or ``"debiased"``
             (DCL's debiased InfoNCE over the queue).
         relabel: ``"none"`` (MoCo v2), ``"ascl"``, ``"ahcl"`` or ``"hard"``; used by the
-            contrastive and the Co2 objectives (``RELABELLED_OBJECTIVES``).
+            contrastive and the Co2 objectives (refused with the debiased one).
         queue_size: M.
         temperature: τ of the query logits (τ_s of ReSSL).
         target_temperature: temperature of the key-to-queue similarities:

@@ -90,7 +90,7 @@ class MeanShift(ShuffleKeys, MomentumModel):
         return l2_normalize(self.predictor(projection, training=True))
 
     def forward_backward(
-        self, strong: tf.Tensor, target: tf.Tensor, bank: tf.Tensor
+        self, strong: tf.Tensor, target: tf.Tensor, bank: tf.Tensor, rows: tf.Tensor
     ) -> tuple[tf.Tensor, list[tf.Tensor]]:
         """Loss and gradients of one step on one replica.
 
@@ -98,10 +98,11 @@ class MeanShift(ShuffleKeys, MomentumModel):
             strong: [b, H, W, 3] the strongly augmented view (online network).
             target: [b, D] the target encoder's embedding of the weak view.
             bank: [M, D] the memory bank, this step's targets already in it.
+            rows: [b, k] the bank rows nearest each target (``losses.top_k_neighbors``).
         """
         with tf.GradientTape() as tape:
             query = self.predict_target(strong)  # [b, D]
-            loss = losses.mean_shift_loss(query, target, bank, self.num_neighbors)
+            loss = losses.mean_shift_loss(query, target, bank, self.num_neighbors, rows=rows)
             scaled_loss = self.scale_loss(loss)
         return loss, tape.gradient(scaled_loss, self.online_weights)
 
@@ -112,10 +113,11 @@ class MeanShift(ShuffleKeys, MomentumModel):
         # The official order: the targets enter the bank before the loss reads it.
         self.queue.enqueue(target, labels)
         bank = tf.identity(self.queue.keys.value)  # [M, D]
-        loss, gradients = self.step_function(strong, target, bank)
+        # The k nearest bank rows, found once: for the loss and for the purity.
+        rows = losses.top_k_neighbors(target, bank, self.num_neighbors)  # [b, k]
+        loss, gradients = self.step_function(strong, target, bank, rows)
         self.apply_gradients(gradients)
         # Purity: the share of the k neighbours that have the query's label (MSF's log).
-        rows = losses.top_k_neighbors(target, bank, self.num_neighbors)  # [b, k]
         k = tf.shape(rows)[1]
         neighbor_targets = tf.reduce_sum(tf.one_hot(rows, tf.shape(bank)[0]), axis=1)
         return self.update_monitors(
