@@ -16,7 +16,7 @@ shards, and the record counts go into the index tfascl reads (`tfascl.data.tfrec
 and writes their index; tfascl-train also does it by itself on first use.
 """
 
-from tfascl.data.tfrecord import main
+from tfascl.data.tfrecord_writer import main
 
 if __name__ == "__main__":
     main()

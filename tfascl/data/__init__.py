@@ -56,7 +56,7 @@ _EXPORTS = {
     "estimated_decoded_bytes": ".stream",
     "SkippedRecords": ".tfrecord",
     "TFRecordFiles": ".tfrecord",
-    "write_tfrecords": ".tfrecord",
+    "write_tfrecords": ".tfrecord_writer",
 }
 
 __getattr__, __dir__ = lazy_exports(__name__, globals(), _EXPORTS)
@@ -82,7 +82,8 @@ if TYPE_CHECKING:  # what type checkers and IDEs see
     from tfascl.data.sources import load_images, open_images, source_kind
     from tfascl.data.stats import DATASET_STATS, Stats, estimate_stats, stats_for_name
     from tfascl.data.stream import ImageFiles, SkippedFiles, estimated_decoded_bytes
-    from tfascl.data.tfrecord import SkippedRecords, TFRecordFiles, write_tfrecords
+    from tfascl.data.tfrecord import SkippedRecords, TFRecordFiles
+    from tfascl.data.tfrecord_writer import write_tfrecords
 
 __all__ = [
     "DATASET_STATS",

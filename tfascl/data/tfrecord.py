@@ -1,22 +1,7 @@
-"""TFRecord shards of encoded images as a data source: found, indexed, streamed and written.
+"""TFRecord shards of encoded images as a data source: opened and streamed.
 
-A split is a set of shards, each a TFRecord file of `tf.train.Example`s holding one encoded
-image (JPEG, PNG, GIF or BMP bytes, as stored) and optionally an int64 label, under feature
-names that default to TF Model Garden's (`image/encoded`, `image/class/label`). Accepted
-layouts, the split named as for folders (`--train_split`, `--test_split`):
-
-* `root/<split>/*` — a folder per split holding the shards (`*.tfrecord*` or `*-of-*`);
-* `root/<split>-*-of-*`, `root/<split>.tfrecord*` — Model Garden's ImageNet naming
-  (`train-00000-of-01024`);
-* `root/*-<split>.tfrecord*` — TFDS's (`cifar10-train.tfrecord-00000-of-00001`).
-
-The record count of each shard comes from a small JSON index beside the shards
-(`root/<split>/tfascl-index.json`, or `root/<split>.tfascl-index.json` for the flat
-layouts), written once: when it is missing or out of date (a shard added, removed or of
-another size) the shards are counted once and the index rewritten; where the folder is
-read-only it goes to the decode cache (`tfascl.data.cache`) instead. `write_tfrecords`
-writes shards and their index from an image folder (`benchmarks/make_tfrecords.py` is its
-command line; `--index_only` indexes shards written by something else).
+The shards' layouts and their index: `tfascl.data.shards`; writing shards from an image
+folder: `tfascl.data.tfrecord_writer` (both re-exported here).
 
 Streaming (`pretrain_dataset`): the shards are dealt to the input pipelines (one per
 worker) by the input context, shard `s` to pipeline `s mod P`, so workers read disjoint
@@ -34,13 +19,10 @@ epoch (`SkippedRecords`: its shard, its number in the shard and its `image/filen
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import io
-import json
 import os
 import re
-import tempfile
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -49,9 +31,31 @@ import tensorflow as tf
 from absl import logging
 from PIL import Image
 
-from tfascl.data import augment, cache, folders
+from tfascl.data import augment, cache
 from tfascl.data.augment import KEY_AUGMENTS
 from tfascl.data.loading import SOURCE_FORMATS, ImageSet, SourceFormat, _warn_skipped, select_subset
+
+# The shards' names and index, and the writer, were this module's: re-exported.
+from tfascl.data.shards import (  # noqa: F401
+    FILENAME_KEY,
+    IMAGE_KEY,
+    INDEX_NAME,
+    INDEX_VERSION,
+    LABEL_KEY,
+    ShardIndex,
+    Shards,
+    _shard_records,
+    build_index,
+    count_records,
+    find_shards,
+    holds_shards,
+    is_shard_name,
+    load_index,
+    parse_features,
+    parse_record,
+    read_index,
+    write_index,
+)
 from tfascl.data.stats import STATS_SAMPLE, STATS_SIZE, Stats, estimate_stats, stats_for_name
 from tfascl.data.stream import (
     ImageFiles,
@@ -65,298 +69,14 @@ from tfascl.data.stream import (
     epoch_seed,
     seeded_crops,
 )
+from tfascl.data.tfrecord_writer import image_example, main, shard_paths, write_tfrecords  # noqa: F401
 
-# TF Model Garden's feature names (official/vision/dataloaders/tf_example_decoder.py).
-IMAGE_KEY = "image/encoded"
-LABEL_KEY = "image/class/label"
-FILENAME_KEY = "image/filename"  # written by `write_tfrecords`, read only to name bad records
-INDEX_NAME = "tfascl-index.json"
-INDEX_VERSION = 1
 # Shards read at a time by one pipeline. Fixed (not AUTOTUNE): the interleaved order, and so
 # the epoch's order, must not depend on the machine.
 READERS = 8
 # Consecutive (interleaved) records permuted together each epoch, as for TFDS streams.
 SHUFFLE_BLOCK = 2048
-_SHARD_PATTERN = re.compile(r"(\.tfrecords?(-|$|\.))|(-\d+-of-\d+$)")
 _VIEWS = 2
-
-
-# --- Finding shards -------------------------------------------------------------------------
-
-
-def is_shard_name(name: str) -> bool:
-    """A TFRecord shard's file name: `*.tfrecord*` or `*-NNNNN-of-NNNNN` (not hidden, not an
-    index)."""
-    if name.startswith(".") or name.endswith((".json", ".txt")):
-        return False
-    return bool(_SHARD_PATTERN.search(name))
-
-
-def holds_shards(root: str) -> bool:
-    """Whether the folder `root` is a TFRecord data set: shards in it or in a sub-folder.
-
-    Cheap: a folder of images answers at its first image file.
-    """
-    try:
-        with os.scandir(root) as scan:
-            entries = sorted(scan, key=lambda entry: entry.name)
-    except OSError:
-        return False
-    subfolders = []
-    for entry in entries:
-        if entry.name.startswith("."):
-            continue
-        if entry.is_dir():
-            subfolders.append(entry.path)
-        elif is_shard_name(entry.name):
-            return True
-    for folder in subfolders:
-        with os.scandir(folder) as scan:
-            for entry in scan:
-                if entry.is_file() and is_shard_name(entry.name):
-                    return True
-                if entry.name.lower().endswith(folders.IMAGE_EXTENSIONS):
-                    break  # an image folder
-    return False
-
-
-@dataclasses.dataclass(frozen=True)
-class Shards:
-    """The shards of one split: where they are and where their index goes."""
-
-    split: str
-    paths: tuple[str, ...]
-    index_path: str
-    where: str
-
-
-def find_shards(root: str, split: str) -> Shards:
-    """The shards of `split` under `root`, sorted by name (see the module doc for layouts).
-
-    Raises:
-        ValueError: No shard of that split.
-    """
-    folder = os.path.join(root, split)
-    if os.path.isdir(folder):
-        names = sorted(n for n in os.listdir(folder) if is_shard_name(n))
-        if names:
-            paths = tuple(os.path.join(folder, n) for n in names)
-            return Shards(split, paths, os.path.join(folder, INDEX_NAME), folder)
-    names = sorted(
-        n
-        for n in os.listdir(root)
-        if is_shard_name(n)
-        and (n.startswith((f"{split}-", f"{split}.tfrecord")) or f"-{split}.tfrecord" in n)
-        and os.path.isfile(os.path.join(root, n))
-    )
-    if not names:
-        raise ValueError(
-            f"No TFRecord shards of split {split!r} in {root} (looked for {folder}/*.tfrecord*, "
-            f"{root}/{split}-*-of-*, {root}/{split}.tfrecord*, {root}/*-{split}.tfrecord*)"
-        )
-    paths = tuple(os.path.join(root, n) for n in names)
-    return Shards(split, paths, os.path.join(root, f"{split}.{INDEX_NAME}"), f"{root}/{split}-*")
-
-
-# --- The index ------------------------------------------------------------------------------
-
-
-@dataclasses.dataclass(frozen=True)
-class ShardIndex:
-    """Record counts of a split's shards and what their labels hold.
-
-    Attributes:
-        counts: Records per shard, in `Shards.paths` order.
-        image_key: Feature of the encoded image.
-        label_key: Feature of the int64 label, or None (unlabelled).
-        num_classes: Largest label + 1 (0 when no record has a label).
-        class_names: Class names in label order, when the writer knew them.
-        looked_for: The label feature the records were read for ("" for none): an index
-            of unlabelled records answers for it without counting again.
-    """
-
-    counts: tuple[int, ...]
-    image_key: str
-    label_key: str | None
-    num_classes: int
-    class_names: tuple[str, ...] = ()
-    looked_for: str = ""
-
-
-def _shard_records(paths: Sequence[str]) -> list[dict]:
-    return [{"name": os.path.basename(p), "bytes": os.path.getsize(p)} for p in paths]
-
-
-def _index_json(shards: Shards, index: ShardIndex) -> dict:
-    records = _shard_records(shards.paths)
-    for record, count in zip(records, index.counts):
-        record["records"] = count
-    return {
-        "format": "tfascl TFRecord index",
-        "version": INDEX_VERSION,
-        "split": shards.split,
-        "image_key": index.image_key,
-        "label_key": index.label_key,
-        "label_key_looked_for": index.looked_for or index.label_key or "",
-        "num_classes": index.num_classes,
-        "class_names": list(index.class_names),
-        "shards": records,
-    }
-
-
-def _from_json(record: dict, shards: Shards) -> ShardIndex | None:
-    """The index a JSON record holds, or None when it does not describe these shards."""
-    try:
-        if record.get("version") != INDEX_VERSION:
-            return None
-        listed = [{"name": s["name"], "bytes": s["bytes"]} for s in record["shards"]]
-        if listed != _shard_records(shards.paths):
-            return None
-        return ShardIndex(
-            counts=tuple(int(s["records"]) for s in record["shards"]),
-            image_key=record["image_key"],
-            label_key=record["label_key"],
-            num_classes=int(record["num_classes"]),
-            class_names=tuple(record.get("class_names") or ()),
-            looked_for=record.get("label_key_looked_for") or record["label_key"] or "",
-        )
-    except (KeyError, TypeError, ValueError):
-        return None
-
-
-def _cache_key(shards: Shards) -> str:
-    return cache.cache_key("tfrecord-index", os.path.realpath(shards.where),
-                           _shard_records(shards.paths))  # fmt: skip
-
-
-def read_index(shards: Shards) -> ShardIndex | None:
-    """The up-to-date index of `shards` (beside them, else in the cache), or None."""
-    try:
-        with open(shards.index_path) as file:
-            found = _from_json(json.load(file), shards)
-        if found is not None:
-            return found
-    except FileNotFoundError:
-        pass
-    except (OSError, ValueError) as error:
-        logging.warning("Ignoring the unreadable TFRecord index %s: %s", shards.index_path, error)
-    hit = cache.read(_cache_key(shards))
-    return None if hit is None else _from_json(hit[2], shards)
-
-
-def write_index(shards: Shards, index: ShardIndex) -> str:
-    """Writes the index beside the shards (atomically), else into the cache; returns where."""
-    record = _index_json(shards, index)
-    folder = os.path.dirname(shards.index_path)
-    try:
-        handle, temporary = tempfile.mkstemp(prefix=".tfascl-index-", dir=folder)
-        with os.fdopen(handle, "w") as file:
-            json.dump(record, file, indent=1)
-        os.replace(temporary, shards.index_path)
-        return shards.index_path
-    except OSError as error:
-        logging.warning(
-            "Cannot write the TFRecord index beside the shards (%s); keeping it in the cache.",
-            error.strerror or error,
-        )
-        cache.write(_cache_key(shards), record, None, None)
-        return "the tfascl cache"
-
-
-def parse_features(image_key: str, label_key: str | None) -> dict:
-    features = {image_key: tf.io.FixedLenFeature([], tf.string)}
-    if label_key:
-        features[label_key] = tf.io.FixedLenFeature([], tf.int64, default_value=-1)
-    return features
-
-
-def parse_record(
-    serialized: tf.Tensor, image_key: str, label_key: str | None
-) -> tuple[tf.Tensor, tf.Tensor]:
-    """(encoded image, int64 label, -1 without one) of one serialized `tf.train.Example`."""
-    parsed = tf.io.parse_single_example(serialized, parse_features(image_key, label_key))
-    label = parsed[label_key] if label_key else tf.constant(-1, tf.int64)
-    return parsed[image_key], label
-
-
-def count_records(path: str, label_key: str | None, limit: int | None = None) -> tuple[int, int]:
-    """(records, largest label or -1) of one shard: every record is read, no image decoded."""
-    records = tf.data.TFRecordDataset(path)
-    if limit is not None:
-        records = records.take(limit)
-    if not label_key:
-        return int(records.reduce(np.int64(0), lambda n, _: n + 1)), -1
-    spec = {label_key: tf.io.FixedLenFeature([], tf.int64, default_value=-1)}
-    labels = records.batch(4096).map(lambda batch: tf.io.parse_example(batch, spec)[label_key])
-    count, largest = 0, -1
-    for batch in labels.as_numpy_iterator():
-        count += len(batch)
-        largest = max(largest, int(batch.max())) if len(batch) else largest
-    return count, largest
-
-
-def build_index(
-    shards: Shards,
-    image_key: str = IMAGE_KEY,
-    label_key: str | None = LABEL_KEY,
-    class_names: Sequence[str] = (),
-) -> ShardIndex:
-    """Counts the records of every shard (and its largest label) and writes the index."""
-    logging.warning(
-        "Indexing %d TFRecord shards of %s (once: the counts are kept in %s).",
-        len(shards.paths),
-        shards.where,
-        os.path.basename(shards.index_path),
-    )
-    counts, largest = [], -1
-    for path in shards.paths:
-        try:
-            count, top = count_records(path, label_key)
-        except tf.errors.DataLossError as error:
-            raise ValueError(f"{path} is damaged: {error.message.splitlines()[0]}") from None
-        except tf.errors.InvalidArgumentError as error:  # a label of another type
-            raise ValueError(
-                f"{path}: cannot read the label feature {label_key!r} as one int64 "
-                f"({error.message.splitlines()[0]}); pass its name or '' (none)"
-            ) from None
-        counts.append(count)
-        largest = max(largest, top)
-    labelled = bool(label_key) and largest >= 0
-    index = ShardIndex(
-        counts=tuple(counts),
-        image_key=image_key,
-        label_key=label_key if labelled else None,
-        num_classes=largest + 1 if labelled else 0,
-        class_names=tuple(class_names),
-        looked_for=label_key or "",
-    )
-    write_index(shards, index)
-    return index
-
-
-def load_index(
-    shards: Shards, image_key: str | None = None, label_key: str | None = None
-) -> ShardIndex:
-    """The index of `shards`, built once when missing, out of date or made for other keys.
-
-    Args:
-        shards: The split's shards.
-        image_key: Feature of the encoded image; None: the index's, else Model Garden's.
-        label_key: Feature of the label ("" for none); None: the index's, else Model
-            Garden's.
-    """
-    found = read_index(shards)
-    if found is not None:
-        same_image = image_key is None or image_key == found.image_key
-        same_label = label_key is None or (label_key or None) == found.label_key
-        # Records without the label asked for: counted for that key, not again.
-        same_label = same_label or (found.label_key is None and label_key == found.looked_for)
-        if same_image and same_label:
-            return found
-    wanted_image = image_key or (found.image_key if found else IMAGE_KEY)
-    wanted_label = label_key if label_key is not None else (found.label_key if found else LABEL_KEY)
-    names = found.class_names if found else ()
-    return build_index(shards, wanted_image, wanted_label or None, names)
 
 
 # --- Opening a split ------------------------------------------------------------------------
@@ -833,169 +553,6 @@ def epoch_schedule(
         return np.concatenate([[], *indices.as_numpy_iterator()]).astype(np.int64)
 
     return schedule
-
-
-# --- Writing shards -------------------------------------------------------------------------
-
-
-def _feature_bytes(value: bytes) -> tf.train.Feature:
-    return tf.train.Feature(bytes_list=tf.train.BytesList(value=[value]))
-
-
-def _feature_int(value: int) -> tf.train.Feature:
-    return tf.train.Feature(int64_list=tf.train.Int64List(value=[value]))
-
-
-def image_example(
-    contents: bytes,
-    label: int | None = None,
-    *,
-    filename: str = "",
-    class_name: str = "",
-    image_key: str = IMAGE_KEY,
-    label_key: str | None = LABEL_KEY,
-) -> tf.train.Example:
-    """One image as a Model Garden `tf.train.Example`: the encoded bytes as stored, their
-    format, height and width (from the header; 0 when unreadable), file name and label."""
-    try:
-        with Image.open(io.BytesIO(contents)) as image:
-            height, width, kind = image.height, image.width, (image.format or "").lower()
-    except Exception:  # written as is: the reader skips and names it
-        height, width, kind = 0, 0, ""
-    feature = {
-        image_key: _feature_bytes(contents),
-        "image/format": _feature_bytes(kind.encode()),
-        "image/height": _feature_int(height),
-        "image/width": _feature_int(width),
-        FILENAME_KEY: _feature_bytes(filename.encode()),
-    }
-    if label is not None and label_key:
-        feature[label_key] = _feature_int(label)
-        feature["image/class/text"] = _feature_bytes(class_name.encode())
-    return tf.train.Example(features=tf.train.Features(feature=feature))
-
-
-def shard_paths(out: str, split: str, shards: int, layout: str) -> list[str]:
-    """File names of a split's shards: `flat`, Model Garden's `out/<split>-00000-of-00004`;
-    `folders`, `out/<split>/<split>-00000-of-00004.tfrecord`."""
-    names = [f"{split}-{i:05d}-of-{shards:05d}" for i in range(shards)]
-    if layout == "flat":
-        return [os.path.join(out, name) for name in names]
-    if layout == "folders":
-        return [os.path.join(out, split, f"{name}.tfrecord") for name in names]
-    raise ValueError(f"layout must be 'flat' or 'folders', got {layout!r}")
-
-
-def write_tfrecords(
-    folder: str,
-    out: str,
-    splits: Sequence[str] = ("train", "test"),
-    *,
-    shards: int | None = None,
-    records_per_shard: int = 1024,
-    layout: str = "flat",
-    seed: int = 0,
-    image_key: str = IMAGE_KEY,
-    label_key: str | None = LABEL_KEY,
-) -> dict[str, list[str]]:
-    """Writes the images of an image folder's splits as TFRecord shards, with their index.
-
-    Each file's bytes are stored as they are (no re-encoding), in a seeded random order
-    dealt round-robin to the shards (their sizes differ by one record at most), so every
-    shard mixes the classes. A file that is not a readable image is written too: the
-    reader skips and names it, as the folder stream does.
-
-    Args:
-        folder: An image folder (`tfascl.data.folders` layouts).
-        out: Output folder.
-        splits: Splits to write; a split the folder lacks is left out with a warning.
-        shards: Shards per split; None: enough for `records_per_shard` each.
-        records_per_shard: Records per shard when `shards` is None.
-        layout: "flat" (Model Garden's names) or "folders" (one folder per split).
-        seed: Seed of the record order.
-        image_key, label_key: Feature names (Model Garden's by default).
-
-    Returns:
-        {split: the file names written, relative to its split folder, in record order
-        (shard 0's records first)}.
-    """
-    written: dict[str, list[str]] = {}
-    for split in splits:
-        try:
-            listing = folders.scan_split(folders.split_dir(folder, split))
-        except ValueError as error:
-            logging.warning("Split %s not written: %s", split, error)
-            continue
-        count = len(listing.paths)
-        order = np.random.default_rng(seed).permutation(count)
-        shard_count = shards or max(1, -(-count // records_per_shard))
-        paths = shard_paths(out, split, shard_count, layout)
-        os.makedirs(os.path.dirname(paths[0]), exist_ok=True)
-        dealt = [order[s::shard_count] for s in range(shard_count)]
-        names = []
-        for path, chosen in zip(paths, dealt):
-            with tf.io.TFRecordWriter(path) as writer:
-                for i in chosen:
-                    with open(listing.paths[i], "rb") as file:
-                        contents = file.read()
-                    relative = os.path.relpath(listing.paths[i], listing.split_dir)
-                    label = None if listing.labels is None else listing.labels[i]
-                    name = "" if label is None else listing.class_names[label]
-                    example = image_example(contents, label, filename=relative, class_name=name,
-                                            image_key=image_key, label_key=label_key)  # fmt: skip
-                    writer.write(example.SerializeToString())
-                    names.append(relative)
-        labelled = listing.labels is not None and bool(label_key)
-        index = ShardIndex(
-            counts=tuple(len(chosen) for chosen in dealt),
-            image_key=image_key,
-            label_key=label_key if labelled else None,
-            num_classes=len(listing.class_names) if labelled else 0,
-            class_names=tuple(listing.class_names) if labelled else (),
-        )
-        found = find_shards(out, split)
-        write_index(found, index)
-        written[split] = names
-    return written
-
-
-def main(argv: Sequence[str] | None = None) -> None:
-    """Command line of `benchmarks/make_tfrecords.py`."""
-    parser = argparse.ArgumentParser(
-        description="Write an image folder's splits as TFRecord shards (Model Garden's "
-        "features) with tfascl's index; or, with --index_only, index existing shards."
-    )
-    parser.add_argument("source", help="image folder (or, with --index_only, the shards' root)")
-    parser.add_argument("out", nargs="?", help="output folder (not with --index_only)")
-    parser.add_argument("--splits", default="train,test", help="comma-separated splits")
-    parser.add_argument("--shards", type=int, default=None, help="shards per split")
-    parser.add_argument("--records_per_shard", type=int, default=1024)
-    parser.add_argument("--layout", choices=("flat", "folders"), default="flat")
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--image_key", default=IMAGE_KEY)
-    parser.add_argument("--label_key", default=LABEL_KEY, help="'' for unlabelled records")
-    parser.add_argument(
-        "--index_only",
-        action="store_true",
-        help="count the records of existing shards and write their index",
-    )
-    args = parser.parse_args(argv)
-    splits = [split for split in args.splits.split(",") if split]
-    if args.index_only:
-        for split in splits:
-            shards = find_shards(args.source, split)
-            index = build_index(shards, args.image_key, args.label_key or None)
-            print(f"{shards.where}: {len(shards.paths)} shards, {sum(index.counts)} records")
-        return
-    if not args.out:
-        parser.error("give the output folder")
-    written = write_tfrecords(
-        args.source, args.out, splits, shards=args.shards,
-        records_per_shard=args.records_per_shard, layout=args.layout, seed=args.seed,
-        image_key=args.image_key, label_key=args.label_key or None,
-    )  # fmt: skip
-    for split, names in written.items():
-        print(f"{split}: {len(names)} records -> {find_shards(args.out, split).where}")
 
 
 # tfascl.data.loading reads a folder of shards through its format registry (and stream.py
