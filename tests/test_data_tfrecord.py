@@ -229,3 +229,34 @@ def test_the_augmentation_recipe_reaches_the_shards_pipeline(shards):
     np.testing.assert_allclose(query, key, atol=1e-5)
     query, key = first(None)  # the standard recipe: crops, flips and colour differ
     assert np.abs(query - key).max() > 0.1
+
+
+def test_gzip_shards_read_as_the_plain_ones_and_a_mixed_split_is_refused(folder, shards, tmp_path):
+    # Shards written with TFRecordOptions("GZIP") (TFDS and Beam pipelines can write them):
+    # the reader tells them by their first bytes; the same records, pixels and labels.
+    plain_root, _ = shards
+    root = tmp_path / plain_root.name  # the same name: the same statistics (stats_for_name)
+    # (Both splits: the normalisation comes from the train split, as for folders.)
+    data.write_tfrecords(str(folder), str(root), ("train", "test"), shards=2, compression="GZIP")
+    found = tfrecord.find_shards(str(root), "test")
+    assert found.compression == "GZIP"
+    with open(found.paths[0], "rb") as file:
+        assert file.read(2) == b"\x1f\x8b"
+    gzipped = data.open_images(str(root), "test")
+    plain = data.open_images(str(plain_root), "test")
+    assert gzipped.count == plain.count == 12 and gzipped.compression == "GZIP"
+
+    def by_label(files):  # the two writes deal records to shards alike, but check the set
+        batches = list(data.eval_dataset(files, 6, 24, crop_fraction=0.875))
+        pixels, labels = (np.concatenate(part) for part in zip(*batches))
+        return sorted((int(y), float(x.sum())) for x, y in zip(pixels, labels))
+
+    np.testing.assert_allclose(by_label(gzipped), by_label(plain), rtol=1e-6)
+    loaded = data.load_images(str(root), "test")
+    assert len(loaded.images) == 12
+    # A split mixing both kinds names the problem instead of failing mid-epoch.
+    shutil.copy(
+        tfrecord.find_shards(str(plain_root), "test").paths[0], root / "test-00009-of-00010"
+    )
+    with pytest.raises(ValueError, match="mix GZIP-compressed and plain"):
+        tfrecord.find_shards(str(root), "test")

@@ -91,6 +91,29 @@ class Shards:
     paths: tuple[str, ...]
     index_path: str
     where: str
+    compression: str = ""  # "GZIP" when the shards are gzip-compressed, else ""
+
+
+GZIP_MAGIC = b"\x1f\x8b"
+
+
+def compression_of(paths: Sequence[str]) -> str:
+    """`tf.data.TFRecordDataset`'s `compression_type` of shards: "GZIP" when they start with
+    gzip's magic bytes (TFRecordOptions("GZIP") writes them so), else "" (plain records).
+
+    Raises:
+        ValueError: Some shards compressed and others not.
+    """
+    kinds = set()
+    for path in paths:
+        with tf.io.gfile.GFile(path, "rb") as file:
+            kinds.add("GZIP" if file.read(2) == GZIP_MAGIC else "")
+    if len(kinds) > 1:
+        raise ValueError(
+            f"The shards of {os.path.dirname(paths[0])} mix GZIP-compressed and plain "
+            "TFRecord files; write them all one way"
+        )
+    return kinds.pop() if kinds else ""
 
 
 def find_shards(root: str, split: str) -> Shards:
@@ -104,7 +127,8 @@ def find_shards(root: str, split: str) -> Shards:
         names = sorted(n for n in os.listdir(folder) if is_shard_name(n))
         if names:
             paths = tuple(os.path.join(folder, n) for n in names)
-            return Shards(split, paths, os.path.join(folder, INDEX_NAME), folder)
+            index_path = os.path.join(folder, INDEX_NAME)
+            return Shards(split, paths, index_path, folder, compression_of(paths))
     names = sorted(
         n
         for n in os.listdir(root)
@@ -118,7 +142,8 @@ def find_shards(root: str, split: str) -> Shards:
             f"{root}/{split}-*-of-*, {root}/{split}.tfrecord*, {root}/*-{split}.tfrecord*)"
         )
     paths = tuple(os.path.join(root, n) for n in names)
-    return Shards(split, paths, os.path.join(root, f"{split}.{INDEX_NAME}"), f"{root}/{split}-*")
+    index_path = os.path.join(root, f"{split}.{INDEX_NAME}")
+    return Shards(split, paths, index_path, f"{root}/{split}-*", compression_of(paths))
 
 
 # --- The index ------------------------------------------------------------------------------
@@ -242,9 +267,11 @@ def parse_record(
     return parsed[image_key], label
 
 
-def count_records(path: str, label_key: str | None, limit: int | None = None) -> tuple[int, int]:
+def count_records(
+    path: str, label_key: str | None, limit: int | None = None, compression: str = ""
+) -> tuple[int, int]:
     """(records, largest label or -1) of one shard: every record is read, no image decoded."""
-    records = tf.data.TFRecordDataset(path)
+    records = tf.data.TFRecordDataset(path, compression_type=compression)
     if limit is not None:
         records = records.take(limit)
     if not label_key:
@@ -274,7 +301,7 @@ def build_index(
     counts, largest = [], -1
     for path in shards.paths:
         try:
-            count, top = count_records(path, label_key)
+            count, top = count_records(path, label_key, compression=shards.compression)
         except tf.errors.DataLossError as error:
             raise ValueError(f"{path} is damaged: {error.message.splitlines()[0]}") from None
         except tf.errors.InvalidArgumentError as error:  # a label of another type

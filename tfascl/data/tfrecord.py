@@ -95,6 +95,11 @@ class TFRecordFiles(ImageFiles):
     counts: tuple[int, ...] = ()
     image_key: str = IMAGE_KEY
     label_key: str | None = LABEL_KEY
+    compression: str = ""  # the shards' `compression_type` ("GZIP" or "")
+
+    def records(self, paths: Any) -> tf.data.Dataset:
+        """The serialized records of some of these shards (`paths`: a list or a string tensor)."""
+        return tf.data.TFRecordDataset(paths, compression_type=self.compression)
 
     def sample_sizes(self, sample: int = 16) -> list[tuple[int, int]]:
         """(height, width) of the first ``sample`` images (``tfrecord.sample_sizes``): how
@@ -133,7 +138,7 @@ class TFRecordFiles(ImageFiles):
         name = f"{os.path.basename(self.shards[shard])} record {number}"
         try:
             spec = {FILENAME_KEY: tf.io.FixedLenFeature([], tf.string, default_value="")}
-            record = tf.data.TFRecordDataset(self.shards[shard]).skip(number).take(1)
+            record = self.records(self.shards[shard]).skip(number).take(1)
             for serialized in record:
                 filename = tf.io.parse_single_example(serialized, spec)[FILENAME_KEY].numpy()
                 if filename:
@@ -186,7 +191,8 @@ def split_stats(root: str, split: str, keys: tuple | None = None) -> Stats:
     hit = cache.read(key)
     if hit is not None:
         return Stats(tuple(hit[2]["mean"]), tuple(hit[2]["std"]))
-    records = tf.data.TFRecordDataset(list(shards.paths)).take(STATS_SAMPLE)
+    records = tf.data.TFRecordDataset(list(shards.paths), compression_type=shards.compression)
+    records = records.take(STATS_SAMPLE)
     encoded = records.map(lambda r: parse_record(r, index.image_key, None)[0]).ignore_errors()
     images = decode.decode_all(encoded.as_numpy_iterator(), (STATS_SIZE, STATS_SIZE))[0]
     if not len(images):
@@ -237,12 +243,16 @@ def open_tfrecords(
     counts: list[int] = []
     wheres: list[str] = []
     indexes: list[ShardIndex] = []
+    compressions = set()
     for part in split.split("+"):
         shards, index = _split_index(root, part, keys)
+        compressions.add(shards.compression)
         paths += shards.paths
         counts += index.counts
         wheres.append(shards.where)
         indexes.append(index)
+    if len(compressions) > 1:
+        raise ValueError(f"The parts of split {split!r} mix GZIP-compressed and plain shards")
     image_keys = {index.image_key for index in indexes}
     if len(image_keys) > 1:
         raise ValueError(f"The parts of split {split!r} store images under different features")
@@ -263,6 +273,7 @@ def open_tfrecords(
         counts=tuple(counts_read[i] for i in kept),
         image_key=image_keys.pop(),
         label_key=label_keys[0] if label_keys else None,
+        compression=compressions.pop(),
     )
 
 
@@ -285,7 +296,7 @@ def load_tfrecords(
     from tfascl.data import decode
 
     files = open_tfrecords(root, split, keys=keys)
-    records = tf.data.TFRecordDataset(list(files.shards))
+    records = files.records(list(files.shards))
     labels = None
     if files.label_key:
         spec = {files.label_key: tf.io.FixedLenFeature([], tf.int64, default_value=-1)}
@@ -329,7 +340,7 @@ def load_tfrecords(
 
 def sample_sizes(files: TFRecordFiles, sample: int = 16) -> list[tuple[int, int]]:
     """(height, width) of the first `sample` images, from their headers (Pillow)."""
-    records = tf.data.TFRecordDataset(list(files.shards[:sample])).take(sample)
+    records = files.records(list(files.shards[:sample])).take(sample)
     encoded = records.map(lambda r: parse_record(r, files.image_key, None)[0]).ignore_errors()
     sizes = []
     for contents in encoded.as_numpy_iterator():
@@ -371,7 +382,7 @@ def _reader(files: TFRecordFiles, real: bool) -> Callable[[tf.Tensor], tf.data.D
     def read(shard: tf.Tensor) -> tf.data.Dataset:
         start, count = tf.gather(starts, shard), tf.gather(counts, shard)
         if real:
-            records = tf.data.TFRecordDataset(tf.gather(paths, shard)).take(count)
+            records = files.records(tf.gather(paths, shard)).take(count)
         else:
             records = tf.data.Dataset.range(count).map(lambda _: tf.constant("", tf.string))
         return records.enumerate().map(lambda n, record: (start + n, record))

@@ -84,6 +84,7 @@ def write_tfrecords(
     seed: int = 0,
     image_key: str = IMAGE_KEY,
     label_key: str | None = LABEL_KEY,
+    compression: str = "",
 ) -> dict[str, list[str]]:
     """Writes the images of an image folder's splits as TFRecord shards, with their index.
 
@@ -101,6 +102,8 @@ def write_tfrecords(
         layout: "flat" (Model Garden's names) or "folders" (one folder per split).
         seed: Seed of the record order.
         image_key, label_key: Feature names (Model Garden's by default).
+        compression: "" (plain records, as Model Garden's and TFDS's) or "GZIP"; the reader
+            tells them apart by their first bytes.
 
     Returns:
         {split: the file names written, relative to its split folder, in record order
@@ -121,7 +124,7 @@ def write_tfrecords(
         dealt = [order[s::shard_count] for s in range(shard_count)]
         names = []
         for path, chosen in zip(paths, dealt):
-            with tf.io.TFRecordWriter(path) as writer:
+            with tf.io.TFRecordWriter(path, options=compression or None) as writer:
                 for i in chosen:
                     with open(listing.paths[i], "rb") as file:
                         contents = file.read()
@@ -161,6 +164,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--image_key", default=IMAGE_KEY)
     parser.add_argument("--label_key", default=LABEL_KEY, help="'' for unlabelled records")
+    parser.add_argument("--compression", choices=("", "GZIP"), default="", help="GZIP or none")
     parser.add_argument(
         "--index_only",
         action="store_true",
@@ -180,6 +184,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         args.source, args.out, splits, shards=args.shards,
         records_per_shard=args.records_per_shard, layout=args.layout, seed=args.seed,
         image_key=args.image_key, label_key=args.label_key or None,
+        compression=args.compression,
     )  # fmt: skip
     for split, names in written.items():
         print(f"{split}: {len(names)} records -> {find_shards(args.out, split).where}")
