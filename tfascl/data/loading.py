@@ -8,23 +8,33 @@ Three kinds of source are accepted:
   an already prepared `data_dir`; nothing is ever downloaded.
 * a folder of images (see `tfascl.data.folders` for the layouts), decoded with Pillow in a
   thread pool and cached as a .npy file (see `tfascl.data.cache`).
+
+Other on-disk formats (TFRecord shards) register in `SOURCE_FORMATS`. `open_images` opens a
+split for streaming instead. The TFDS reader is `tfascl.data.tfds_source`; `ImageSet` and
+the subset draw are `tfascl.data.imageset`'s (both re-exported here).
 """
 
 from __future__ import annotations
 
 import os
 from collections.abc import Callable
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 
 import numpy as np
-import tensorflow as tf
-import tensorflow_datasets as tfds
 from absl import logging
 
-from tfascl.data import cache, decode, folders
-from tfascl.data.host import host_variable
+from tfascl.data import cache, decode, folders, tfds_source
+
+# Moved to their own modules; re-exported (the names of this module before).
+from tfascl.data.imageset import (  # noqa: F401
+    DatasetNotFoundError,
+    ImageSet,
+    _warn_skipped,
+    select_subset,
+)
 from tfascl.data.stats import STATS_SAMPLE, STATS_SIZE, Stats, estimate_stats, stats_for_name
 from tfascl.data.stream import ImageFiles
+from tfascl.data.tfds_source import TFDS_SPLITS, prepared_tfds_builder  # noqa: F401
 
 
 @dataclass(frozen=True)
@@ -48,139 +58,6 @@ class SourceFormat:
 
 
 SOURCE_FORMATS: dict[str, SourceFormat] = {}
-
-# The split names this library uses, per TFDS dataset. STL-10's "train" is what the
-# pretraining papers train on (its 5k labelled and 100k unlabelled images; unlabelled ones
-# have label -1); "train_labelled" is the 5k labelled images for kNN / linear evaluation.
-# ImageNet-style datasets have no labelled test split, so "test" reads "validation".
-TFDS_SPLITS: dict[str, dict[str, str]] = {
-    "cifar10": {"train": "train", "test": "test"},
-    "cifar100": {"train": "train", "test": "test"},
-    "stl10": {
-        "train": "train+unlabelled",
-        "train_labelled": "train",
-        "unlabelled": "unlabelled",
-        "test": "test",
-    },
-    "imagenet2012": {"train": "train", "test": "validation"},
-    "imagenette": {"train": "train", "test": "validation"},
-}
-
-_TFDS_EXAMPLES = "cifar10, cifar100, stl10, imagenet2012, imagenette"
-
-
-class DatasetNotFoundError(ValueError):
-    """A TFDS dataset that exists in the catalogue is not prepared where we looked."""
-
-
-@dataclass
-class ImageSet:
-    """A decoded image dataset held in memory.
-
-    Attributes:
-        images: [N, H, W, 3] uint8.
-        labels: [N] int64 class indices, or None for unlabelled data (STL-10's unlabelled
-            images inside a labelled split carry -1).
-        class_names: Class names in label order (empty when unlabelled).
-        mean: Per-channel normalisation mean in [0, 1] units.
-        std: Per-channel normalisation standard deviation in [0, 1] units.
-        name: Dataset name (TFDS name, folder name or "digits").
-        skipped: Files that could not be decoded and were left out.
-    """
-
-    images: np.ndarray
-    labels: np.ndarray | None
-    class_names: list[str]
-    mean: tuple[float, float, float]
-    std: tuple[float, float, float]
-    name: str
-    skipped: list[str] = field(default_factory=list)
-    _variables: tuple | None = field(default=None, repr=False, compare=False)
-
-    def __len__(self) -> int:
-        return len(self.images)
-
-    @property
-    def labelled(self) -> bool:
-        return self.labels is not None
-
-    def host_arrays(self) -> tuple[tf.Variable, tf.Variable | None]:
-        """(images, labels or None) as host variables, made once and reused.
-
-        Variables, not constants: a dataset function captures a variable's handle, so no
-        graph holds the pixels (a constant above 2 GB cannot be serialised at all).
-        """
-        if self._variables is None:
-            images = host_variable(self.images, "images")
-            labels = None if self.labels is None else host_variable(self.labels, "labels")
-            self._variables = (images, labels)
-        return self._variables
-
-
-def select_subset(
-    labels: np.ndarray | None,
-    count: int,
-    *,
-    max_examples: int | None = None,
-    fraction: float | None = None,
-    seed: int = 0,
-) -> np.ndarray:
-    """Indices of a fixed random subset, stratified by label when labels are given.
-
-    Each class keeps its share of the subset (largest remainders get the leftover places),
-    so class proportions match the full set to within one example per class.
-
-    Args:
-        labels: [count] labels, or None for an unstratified draw.
-        count: Size of the full set.
-        max_examples: Upper bound on the subset size.
-        fraction: Fraction of the full set to keep, in (0, 1].
-        seed: Seed of the draw.
-
-    Returns:
-        Sorted int64 indices; all of them when no limit applies.
-    """
-    size = count
-    if fraction is not None:
-        if not 0.0 < fraction <= 1.0:
-            raise ValueError(f"fraction must be in (0, 1], got {fraction}")
-        size = max(1, round(fraction * count))
-    if max_examples is not None:
-        if max_examples < 1:
-            raise ValueError(f"max_examples must be positive, got {max_examples}")
-        size = min(size, max_examples)
-    if size >= count:
-        return np.arange(count, dtype=np.int64)
-    rng = np.random.default_rng(seed)
-    if labels is None:
-        return np.sort(rng.choice(count, size, replace=False)).astype(np.int64)
-    classes, inverse = np.unique(np.asarray(labels), return_inverse=True)
-    quota = np.bincount(inverse, minlength=len(classes)) * size / count
-    take = np.floor(quota).astype(np.int64)
-    leftover = size - int(take.sum())
-    take[np.argsort(-(quota - take), kind="stable")[:leftover]] += 1
-    chosen = [rng.permutation(np.flatnonzero(inverse == c))[: take[c]] for c in range(len(classes))]
-    return np.sort(np.concatenate(chosen)).astype(np.int64)
-
-
-def _warn_skipped(where: str, total: int, skipped: list[str], errors: list[str]) -> None:
-    """One warning naming the unreadable files (the first 20 with their errors)."""
-    if not skipped:
-        return
-    shown = []
-    for path, error in zip(skipped[:20], errors[:20]):
-        relative = os.path.relpath(path, where) if os.path.isabs(path) else path
-        shown.append(f"{relative} ({error.replace(path, os.path.basename(path))})")
-    more = f"; and {len(skipped) - 20} more" if len(skipped) > 20 else ""
-    logging.warning(
-        "Skipped %d of %d image files in %s that could not be read: %s%s",
-        len(skipped),
-        total,
-        where,
-        "; ".join(shown),
-        more,
-    )
-
 
 # Split folders whose ignored files were named already: once a process, in both modes.
 _REPORTED_IGNORED: set[tuple[str, tuple[str, ...]]] = set()
@@ -386,7 +263,6 @@ def _load_folder(
 
 
 # --------------------------------------------------------------------------------------
-# TFDS
 
 
 def source_kind(source: str) -> str:
@@ -412,150 +288,6 @@ def source_kind(source: str) -> str:
     if os.path.isabs(path) or source.startswith((".", "~")):
         raise ValueError(f"Image folder not found: {path}")
     return "tfds"
-
-
-def prepared_tfds_builder(name: str, data_dir: str | None) -> tfds.core.DatasetBuilder:
-    """The prepared TFDS builder for `name`, or a clear error; never downloads."""
-    try:
-        builder = tfds.builder(name, data_dir=data_dir)
-    except Exception as error:  # tfds' DatasetNotFoundError, name parsing, registry errors
-        first = str(error).strip().splitlines()[0][:200] if str(error).strip() else ""
-        raise ValueError(
-            f"Unknown image source {name!r}: not 'digits', not an existing folder and not a "
-            f"TFDS dataset ({type(error).__name__}: {first}). Accepted: 'digits'; a folder "
-            f"laid out as root/<split>/<class>/*.jpg (or a flat folder of images); or a TFDS "
-            f"name such as {_TFDS_EXAMPLES} prepared under data_dir."
-        ) from error
-    if not builder.is_prepared():
-        # builder.data_dir is <root>/<name>[/<config>]/<version>.
-        root = data_dir or str(builder.data_dir).split(f"{os.sep}{builder.name}{os.sep}")[0]
-        raise DatasetNotFoundError(
-            f"TFDS dataset {name!r} is not prepared under data_dir={root} (looked for "
-            f"{builder.data_dir}) and this loader never downloads. On a machine with internet "
-            f"run `tfds build {name} --data_dir=DIR` (ImageNet also needs its manually "
-            f"downloaded archives) and copy DIR here, then pass data_dir=DIR; or pass a "
-            f"folder of images laid out as root/<split>/<class>/*.jpg instead."
-        )
-    return builder
-
-
-def _tfds_split(builder: tfds.core.DatasetBuilder, name: str, split: str) -> str:
-    """Maps our split name to the TFDS split expression and checks it exists."""
-    base = name.split("/")[0].split(":")[0]
-    expression = TFDS_SPLITS.get(base, {}).get(split, split)
-    available = sorted(builder.info.splits.keys())
-    for part in expression.split("+"):
-        if part.split("[")[0] not in available:
-            raise ValueError(
-                f"TFDS dataset {name!r} has no split {part!r} (asked for {split!r}); "
-                f"available: {', '.join(available)}"
-            )
-    return expression
-
-
-def _tfds_keys(builder: tfds.core.DatasetBuilder) -> tuple[str, str | None, list[str]]:
-    """(image feature key, label feature key or None, class names)."""
-    features = builder.info.features
-    image_keys = [k for k, f in features.items() if isinstance(f, tfds.features.Image)]
-    if not image_keys:
-        raise ValueError(f"TFDS dataset {builder.name!r} has no image feature")
-    label_keys = [k for k, f in features.items() if isinstance(f, tfds.features.ClassLabel)]
-    label_key = "label" if "label" in label_keys else (label_keys[0] if label_keys else None)
-    names = list(features[label_key].names) if label_key else []
-    return image_keys[0], label_key, names
-
-
-def _read_tfds(
-    builder: tfds.core.DatasetBuilder,
-    expression: str,
-    size: tuple[int, int] | None,
-    max_examples: int | None,
-    fraction: float | None,
-    seed: int,
-) -> tuple[np.ndarray, np.ndarray | None, list[str], list[str], list[str]]:
-    """Reads (a subset of) a TFDS split, decoding its encoded images with Pillow.
-
-    Returns:
-        (images, labels or None, class names, skipped example ids, their errors).
-    """
-    image_key, label_key, class_names = _tfds_keys(builder)
-    dataset = builder.as_dataset(
-        split=expression,
-        shuffle_files=False,
-        decoders={image_key: tfds.decode.SkipDecoding()},
-    )
-    labels = None
-    if label_key is not None:
-        # A label-only pass: cheap, and needed to draw a stratified subset before decoding.
-        label_batches = dataset.map(lambda ex: ex[label_key]).batch(8192)
-        labels = np.concatenate([np.asarray(b) for b in tfds.as_numpy(label_batches)])
-    count = len(labels) if labels is not None else int(builder.info.splits[expression].num_examples)
-    indices = select_subset(labels, count, max_examples=max_examples, fraction=fraction, seed=seed)
-    wanted = np.zeros(count, bool)
-    wanted[indices] = True
-    encoded = (
-        dataset.map(lambda ex: ex[image_key])
-        .enumerate()
-        .filter(lambda i, _: tf.gather(tf.constant(wanted), i))
-        .map(lambda _, image: image)
-    )
-    images, kept, errors = decode.decode_all(tfds.as_numpy(encoded), size)
-    skipped = [f"{builder.name}/{expression}#{indices[i]}" for i in sorted(errors)]
-    error_texts = [errors[i] for i in sorted(errors)]
-    if labels is not None:
-        labels = labels[indices][kept].astype(np.int64)
-    return images, labels, class_names, skipped, error_texts
-
-
-def _load_tfds(
-    name: str,
-    split: str,
-    data_dir: str | None,
-    size: tuple[int, int] | None,
-    max_examples: int | None,
-    fraction: float | None,
-    seed: int,
-) -> ImageSet:
-    builder = prepared_tfds_builder(name, data_dir)
-    expression = _tfds_split(builder, name, split)
-    key = cache.cache_key("tfds", builder.data_dir, expression, size, max_examples, fraction, seed)
-    hit = cache.read(key)
-    if hit is not None:
-        images, labels, meta = hit
-        class_names, skipped, errors = meta["class_names"], meta["skipped"], meta["errors"]
-    else:
-        images, labels, class_names, skipped, errors = _read_tfds(
-            builder, expression, size, max_examples, fraction, seed
-        )
-        if len(images):
-            meta = {"class_names": class_names, "skipped": skipped, "errors": errors}
-            cache.write(key, meta, images, labels)
-    if not len(images):
-        raise ValueError(f"No readable images in TFDS {name!r} split {expression!r}")
-    _warn_skipped(f"{name}/{expression}", len(images) + len(skipped), skipped, errors)
-    stats = stats_for_name(builder.name)
-    if stats is None:
-        stats = _tfds_estimated_stats(name, split, data_dir, size, images)
-    return ImageSet(images, labels, class_names, stats.mean, stats.std, builder.name, skipped)
-
-
-def _tfds_estimated_stats(
-    name: str,
-    split: str,
-    data_dir: str | None,
-    size: tuple[int, int] | None,
-    loaded: np.ndarray,
-) -> Stats:
-    """Stats from a fixed sample of the TFDS train split (the loaded images if it is absent)."""
-    if split == "train":
-        sample = loaded
-    else:
-        try:
-            sample = _load_tfds(name, "train", data_dir, size, STATS_SAMPLE, None, 0)
-            return Stats(sample.mean, sample.std)
-        except ValueError:
-            sample = loaded
-    return estimate_stats(sample[:STATS_SAMPLE])
 
 
 # --------------------------------------------------------------------------------------
@@ -642,29 +374,7 @@ def open_images(
             paths=np.asarray(listing.paths, dtype=object)[indices],
             where=listing.split_dir,
         )
-    if fraction is not None:
-        raise ValueError("fraction is not supported for streamed TFDS data; use max_examples")
-    builder = prepared_tfds_builder(source, data_dir)
-    expression = _tfds_split(builder, source, split)
-    if max_examples is not None:
-        expression = f"({expression})[:{max_examples}]" if "+" in expression else (
-            f"{expression}[:{max_examples}]")  # fmt: skip
-    image_key, label_key, class_names = _tfds_keys(builder)
-    count = int(builder.info.splits[expression].num_examples)
-    stats = stats_for_name(builder.name)
-    if stats is None:  # a fixed sample of the train split, decoded small and cached
-        sample = _load_tfds(source, "train", data_dir, (STATS_SIZE,) * 2, STATS_SAMPLE, None, 0)
-        stats = Stats(sample.mean, sample.std)
-    return ImageFiles(
-        name=builder.name,
-        count=count,
-        labels=None,
-        class_names=class_names,
-        mean=stats.mean,
-        std=stats.std,
-        tfds=(builder, expression, image_key, label_key),
-        where=f"{source}/{expression}",
-    )
+    return tfds_source.open_tfds(source, split, data_dir, max_examples, fraction)
 
 
 def load_images(
@@ -718,4 +428,4 @@ def load_images(
         )  # fmt: skip
     if kind == "folder":
         return _load_folder(os.path.expanduser(source), split, size, max_examples, fraction, seed)
-    return _load_tfds(source, split, data_dir, size, max_examples, fraction, seed)
+    return tfds_source.load_tfds(source, split, data_dir, size, max_examples, fraction, seed)

@@ -33,7 +33,8 @@ from PIL import Image
 
 from tfascl.data import augment, cache
 from tfascl.data.augment import KEY_AUGMENTS
-from tfascl.data.loading import SOURCE_FORMATS, ImageSet, SourceFormat, _warn_skipped, select_subset
+from tfascl.data.imageset import ImageSet, _warn_skipped, select_subset
+from tfascl.data.loading import SOURCE_FORMATS, SourceFormat
 
 # The shards' names and index, and the writer, were this module's: re-exported.
 from tfascl.data.shards import (  # noqa: F401
