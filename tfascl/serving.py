@@ -69,7 +69,7 @@ from typing import Any
 import keras
 import tensorflow as tf
 
-from tfascl import files
+from tfascl import files, imageops
 from tfascl._version import __version__
 
 EXTRA_DIR = "assets.extra"
@@ -89,16 +89,22 @@ ONNX_OPSET = 17
 IMAGE_MAGIC = (b"\xff\xd8\xff", b"\x89PNG\r\n\x1a\n", b"GIF8", b"BM")
 
 
-def plain_batchnorm(model: keras.Model) -> keras.Model:
+def plain_batchnorm(model: keras.Model, *, any_size: bool = False) -> keras.Model:
     """A copy of a functional model with every split or synchronised BN made plain BN.
 
     They all compute the same function at inference (they differ only in the batch
     statistics of training), and a model without tfascl's custom layer
     deserialises with plain Keras; unsynchronised BN also fine-tunes on one device
-    without a distribution strategy.
+    without a distribution strategy. The one conversion of split BN to plain BN:
+    the serving export and the evaluation encoders (``tfascl.evaluation.encoders``)
+    both use it.
 
     Args:
         model: a functional ``keras.Model`` (a tfascl backbone or head).
+        any_size: rebuild it on an input of any height and width
+            ([N, None, None, C] instead of [N, S, S, C]): a fully convolutional
+            backbone with global pooling (the ResNets) then embeds images of another
+            side, and computes at S px exactly what ``model`` does.
 
     Returns:
         A new model with the same architecture, layer names and weights.
@@ -112,7 +118,11 @@ def plain_batchnorm(model: keras.Model) -> keras.Model:
             return keras.layers.BatchNormalization.from_config(config)
         return layer.__class__.from_config(layer.get_config())
 
-    copy = keras.models.clone_model(model, clone_function=clone_layer)
+    inputs = None
+    if any_size:
+        shape = model.inputs[0].shape  # [N, H, W, C]
+        inputs = keras.Input((None, None, shape[-1]), name=model.inputs[0].name)
+    copy = keras.models.clone_model(model, input_tensors=inputs, clone_function=clone_layer)
     copy.set_weights(model.get_weights())
     return copy
 
@@ -122,11 +132,12 @@ def preprocess(
 ) -> tf.Tensor:
     """Raw pixels → the backbone's input, as the serving signature does it.
 
-    Central square crop, resized to ``image_size`` with antialiased bilinear
-    filtering (``ScaleAndTranslate`` with the triangle kernel, the op behind
-    ``tf.image.resize(..., antialias=True)``), then ``(x / 255 − mean) / std``.
-    The crop box is continuous, as in the data pipeline's evaluation transform,
-    so odd size differences give a half-pixel offset rather than a rounded one.
+    Central square crop (``imageops.central_box``), resized to ``image_size`` with
+    antialiased bilinear filtering (``imageops.resize_box``: ``ScaleAndTranslate``
+    with the triangle kernel, the op behind ``tf.image.resize(..., antialias=True)``),
+    then ``(x / 255 − mean) / std``. The crop box is continuous, as in the data
+    pipeline's evaluation transform, so odd size differences give a half-pixel
+    offset rather than a rounded one.
     Images already ``image_size`` square are left untouched by the resampling.
 
     Args:
@@ -138,20 +149,9 @@ def preprocess(
     Returns:
         [N, S, S, 3] float32.
     """
-    x = tf.cast(images, tf.float32)
-    shape = tf.shape(x)
-    height, width = tf.cast(shape[1], tf.float32), tf.cast(shape[2], tf.float32)
-    side = tf.minimum(height, width)
-    scale = image_size / side
-    translation = tf.stack([(side - height) / 2 * scale, (side - width) / 2 * scale])
-    x = tf.raw_ops.ScaleAndTranslate(
-        images=x,
-        size=tf.constant([image_size, image_size], tf.int32),
-        scale=tf.stack([scale, scale]),
-        translation=translation,
-        kernel_type="triangle",
-        antialias=True,
-    )
+    shape = tf.cast(tf.shape(images), tf.float32)
+    box = imageops.central_box(shape[1], shape[2])
+    x = imageops.resize_box(images, image_size, box)
     x = tf.ensure_shape(x, [None, image_size, image_size, 3])
     mean = tf.constant(mean, tf.float32, shape=[3])
     std = tf.constant(std, tf.float32, shape=[3])
