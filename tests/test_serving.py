@@ -5,6 +5,7 @@ momentum encoder too."""
 import json
 
 import numpy as np
+import pytest
 import tensorflow as tf
 
 import tfascl
@@ -115,3 +116,36 @@ def test_the_evaluation_crop_and_resize_are_one_definition():
             augment.eval_transform(images, SIZE, mean, std).numpy(),
             atol=5e-6,
         )
+
+
+def test_model_export_onnx_and_litert_write_the_portable_file(tmp_path):
+    import onnxruntime
+    from ai_edge_litert.interpreter import Interpreter
+
+    backbone = tfascl.build_backbone("resnet18", image_size=SIZE, width=4, num_splits=2)
+    mean, std = (0.5, 0.4, 0.3), (0.25, 0.2, 0.3)
+    model = tfascl.build_model(
+        "moco", backbone, projector_dims=(16, 8), num_splits=2, normalization=(mean, std)
+    )
+    rng = np.random.default_rng(3)
+    for layer in model.backbone.layers:  # inference BN that is not the identity
+        if hasattr(layer, "moving_variance"):
+            layer.moving_variance.assign(rng.uniform(0.5, 2.0, layer.moving_variance.shape))
+    # Already S px square: the served resize is the identity, model.embed's too.
+    images = rng.integers(0, 256, (3, SIZE, SIZE, 3), dtype=np.uint8)
+    expected = model.embed(images, batch_size=3)
+
+    onnx_path = model.export(tmp_path / "sub" / "encoder.onnx", format="onnx")
+    session = onnxruntime.InferenceSession(str(onnx_path), providers=["CPUExecutionProvider"])
+    assert [(i.name, i.type) for i in session.get_inputs()] == [("images", "tensor(uint8)")]
+    embedding, projection = session.run(["embedding", "projection"], {"images": images})
+    np.testing.assert_allclose(embedding, expected, atol=1e-5)
+    assert projection.shape == (3, 8)
+
+    litert_path = model.export(tmp_path / "encoder.tflite", format="litert")
+    runner = Interpreter(model_path=str(litert_path)).get_signature_runner("serving_default")
+    np.testing.assert_allclose(runner(images=images[:1])["embedding"], expected[:1], atol=1e-5)
+
+    for bad in ({"format": "litert", "filepath": tmp_path / "x.lite"}, {"format": "jax"}):
+        with pytest.raises(ValueError):
+            model.export(**{"filepath": tmp_path / "bad", **bad})
