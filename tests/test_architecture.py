@@ -26,9 +26,10 @@ MODEL_MAY_NOT_IMPORT = (
     "tfascl.callbacks",
     "tfascl.evaluation",
 )
-# The serving library and the file layer under it import nothing else of tfascl.
+# The serving library and the leaves under it import nothing else of tfascl.
 MAY_IMPORT_ONLY = {
-    "tfascl.serving": {"tfascl._version", "tfascl.files"},
+    "tfascl.serving": {"tfascl._version", "tfascl.files", "tfascl.imageops"},
+    "tfascl.imageops": set(),  # TensorFlow only: data/ and serving share the eval resize
     "tfascl.files": {"tfascl._lazy"},  # plain Python: TensorFlow on first remote use
     "tfascl._version": set(),
 }

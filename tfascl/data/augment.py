@@ -48,6 +48,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
+from tfascl import imageops
 from tfascl.choices import KEY_AUGMENTS
 from tfascl.data.recipe import (
     BLUR_PROB,
@@ -615,10 +616,8 @@ def eval_transform(
     x = _to_unit_float(images)
     if x.shape[1] != size or x.shape[2] != size or crop_fraction != 1.0:
         height, width = _spatial_size(x)
-        side = tf.minimum(height, width) * crop_fraction
         ones = tf.ones(tf.shape(x)[:1], tf.float32)
-        box = tf.stack([(height - side) / 2, (width - side) / 2, side, side])
-        boxes = ones[:, None] * box[None, :]
+        boxes = ones[:, None] * imageops.central_box(height, width, crop_fraction)[None, :]
         x = resized_crop(x, boxes, tf.zeros_like(ones, tf.bool), size)
     return normalise(x, mean, std)
 

@@ -30,6 +30,7 @@ import tensorflow as tf
 from absl import logging
 from PIL import Image
 
+from tfascl import imageops
 from tfascl.data import augment, decode
 from tfascl.data.augment import KEY_AUGMENTS, AugmentRecipe, sample_crop_boxes
 from tfascl.data.host import host_variable
@@ -212,7 +213,9 @@ def decode_crops(
     """
 
     def resize(crop: tf.Tensor) -> tf.Tensor:
-        return tf.image.resize(crop, [size, size], method="bilinear", antialias=True)
+        shape = tf.cast(tf.shape(crop), tf.float32)
+        whole = tf.stack([0.0, 0.0, shape[0], shape[1]])
+        return imageops.resize_box(crop[tf.newaxis], size, whole)[0]
 
     # The number of boxes is static (2 views, or 1 for evaluation): the crops are unrolled
     # rather than looped with map_fn, whose while loop costs more than a small decode.
@@ -263,8 +266,7 @@ def centre_box(crop_fraction: float) -> Callable:
     """`boxes_for` giving the central square of side `crop_fraction` x the shorter side."""
 
     def boxes_for(height: tf.Tensor, width: tf.Tensor) -> tf.Tensor:
-        side = tf.minimum(height, width) * crop_fraction
-        return tf.stack([(height - side) / 2, (width - side) / 2, side, side])[None, :]
+        return imageops.central_box(height, width, crop_fraction)[None, :]
 
     return boxes_for
 

@@ -29,8 +29,8 @@ import keras
 import tensorflow as tf
 
 from tfascl import runs
-from tfascl.models.backbones import default_stem, resnet
 from tfascl.models.registry import run_method
+from tfascl.serving import plain_batchnorm
 
 SAVED_MODEL_FILE = "saved_model.pb"
 SERVING_SIGNATURE = "serving_default"
@@ -151,7 +151,7 @@ def from_model_dir(model_dir: str | Path, checkpoint: str = "latest") -> Encoder
         model, spec, path = runs.restore_model(model_dir, path)
     except (FileNotFoundError, runs.RunFileError) as error:
         raise EvalInputError(str(error)) from None
-    backbone = any_size_backbone(spec, model.backbone)
+    backbone = any_size_backbone(model.backbone)
     backbone.trainable = False
     mean, std = tuple(spec.mean), tuple(spec.std)
 
@@ -185,23 +185,15 @@ def recorded_eval_crop(record: dict[str, Any]) -> float | None:
     return None
 
 
-def any_size_backbone(spec: runs.RunSpec, trained: keras.Model) -> keras.Model:
-    """``trained``'s weights in the same ResNet built for inputs of any side.
+def any_size_backbone(trained: keras.Model) -> keras.Model:
+    """``trained``'s weights in the same ResNet built for inputs of any side, with plain BN.
 
     The ResNets are fully convolutional with global pooling, so a backbone trained on
     64 px crops can embed STL-10's 96 px images as the reference code does. Plain BN
-    stands in for split BN (inference uses the moving statistics either way).
+    stands in for split BN (inference uses the moving statistics either way): the
+    serving export's conversion, ``serving.plain_batchnorm``.
     """
-    backbone = resnet(
-        spec.backbone,
-        image_size=None,
-        stem=spec.stem or default_stem(spec.image_size),
-        width=spec.backbone_width,
-        norm="batch",
-        name=trained.name,
-    )
-    backbone.set_weights(trained.get_weights())
-    return backbone
+    return plain_batchnorm(trained, any_size=True)
 
 
 def read_saved_model_metadata(path: str | Path) -> dict[str, Any]:

@@ -319,33 +319,42 @@ class EncoderModel(keras.Model):
         ``preprocessed`` signatures (``embedding`` and ``projection``), with the
         training ``normalization`` inside, plus ``assets.extra/`` (the backbone as
         ``.keras`` and ``metadata.json``); see ``tfascl.serving``. For TF Serving
-        export to ``<base>/<version>``.
+        export to ``<base>/<version>``. ``format="onnx"`` or ``"litert"`` writes the
+        one file ``tfascl-export --formats`` adds to ``assets.extra/`` instead: uint8
+        [N, S, S, 3] pixels of an image already cropped and resized, normalised inside.
 
         Args:
-            filepath: the SavedModel directory; an existing SavedModel there is replaced.
-            format: only ``"tf_saved_model"``.
+            filepath: the SavedModel directory (an existing SavedModel there is
+                replaced), or the ONNX or LiteRT (``.tflite``) file.
+            format: ``"tf_saved_model"``, ``"onnx"`` or ``"litert"``.
             verbose: print the path written.
             input_signature: not supported (the signatures are fixed).
             image_size: the training resolution; default the backbone's input size.
             **kwargs: not supported.
 
         Returns:
-            The directory written.
+            The directory or file written.
         """
         from tfascl import serving  # TensorFlow and Keras only: it knows no model
 
-        if format != "tf_saved_model" or input_signature is not None or kwargs:
+        formats = ("tf_saved_model", "onnx", "litert")
+        if format not in formats or input_signature is not None or kwargs:
             raise ValueError(
-                f"{type(self).__name__}.export writes the tfascl serving SavedModel only "
-                "(format='tf_saved_model', no input_signature or other options)"
+                f"{type(self).__name__}.export writes the tfascl serving export only "
+                f"(format one of {formats}, no input_signature or other options)"
             )
         mean, std = self._training_normalization("export")
         size = self._resolve_image_size(image_size, "export")
-        path = serving.export_model(
-            self, filepath, image_size=size, mean=mean, std=std, method=self.method_namer(self)
-        )
+        if format == "tf_saved_model":
+            path = serving.export_model(
+                self, filepath, image_size=size, mean=mean, std=std, method=self.method_namer(self)
+            )
+        else:
+            path = serving.export_portable(
+                self, filepath, format, image_size=size, mean=mean, std=std
+            )
         if verbose:
-            print(f"Saved the serving SavedModel at {path}")
+            print(f"Saved the serving {format} export at {path}")
         return path
 
     # --- Training ---------------------------------------------------------------------
