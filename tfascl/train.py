@@ -5,8 +5,9 @@ data for a few minutes on a CPU and prints the kNN accuracy. Paper recipes are
 flagfiles: ``tfascl-train --flagfile=flags/cifar10_ascl.flags --model_dir=runs/c10``.
 Re-running the same command resumes from the last checkpoint (see docs/CLI.md).
 
-The flags, ``TrainConfig`` and validation live in ``tfascl.train_config``; this module
-runs what they describe: data, model, strategy, checkpoints, callbacks and the report.
+The flags, ``TrainConfig`` and validation live in ``tfascl.train_config``; the run's images
+and training stream in ``tfascl.data.training`` (given the flags' values). This module runs
+what they describe: data, model, strategy, checkpoints, callbacks and the report.
 """
 
 from __future__ import annotations
