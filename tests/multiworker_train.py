@@ -43,8 +43,9 @@ class RecordedSkippedRecords(data.SkippedRecords):
 def main() -> None:
     out, args = sys.argv[1], sys.argv[2:]
     config = train.config_from_args(args)
-    data.SkippedFiles = RecordedSkippedFiles  # train.py looks it up at run time
-    data.SkippedRecords = RecordedSkippedRecords
+    # tfascl.data.training looks them up in their modules at run time.
+    data.stream.SkippedFiles = RecordedSkippedFiles
+    data.tfrecord.SkippedRecords = RecordedSkippedRecords
     result = train.train(config)
     decoded = {}
     if RecordedSkippedFiles.made:  # streamed: the first epoch each file was decoded in

@@ -406,43 +406,6 @@ def test_multistep_decay_matches_formula_at_every_step(case):
     assert len(set(want.tolist())) == len(changes) + 1  # each milestone is a change
 
 
-# Files saved with the hand-written schedules (before Keras's) name them; they still load.
-OLD_WARMUP_COSINE = {
-    "module": "tfascl.optim",
-    "class_name": "WarmupCosine",
-    "config": {"base_lr": 0.5, "total_steps": 10, "warmup_steps": 2, "final_lr": 0.01,
-               "warmup_start_lr": 0.1, "name": "WarmupCosine"},
-    "registered_name": "tfascl>WarmupCosine",
-}  # fmt: skip
-OLD_MULTISTEP = {
-    "module": "tfascl.evaluation.protocols",
-    "class_name": "MultiStepDecay",
-    "config": {"base_lr": 1.0, "steps_per_epoch": 3, "milestones": [2, 4], "gamma": 0.1},
-    "registered_name": "tfascl>MultiStepDecay",
-}
-
-
-def test_schedules_saved_under_the_old_names_load_as_keras_schedules():
-    optimizer = build_optimizer("sgd", 0.1).get_config()
-    optimizer["learning_rate"] = copy.deepcopy(OLD_WARMUP_COSINE)
-    serialized = {"module": None, "class_name": "CoupledSGD", "config": optimizer,
-                  "registered_name": "tfascl>CoupledSGD"}  # fmt: skip
-    loaded = keras.optimizers.deserialize(serialized)
-    assert isinstance(loaded._learning_rate, keras.optimizers.schedules.CosineDecay)
-    steps = range(13)
-    np.testing.assert_allclose(
-        schedule_at(loaded._learning_rate, steps),
-        warmup_cosine_np(steps, 0.5, 10, 2, final=0.01, start=0.1),
-        rtol=1e-6,
-    )
-    multistep = keras.optimizers.schedules.deserialize(copy.deepcopy(OLD_MULTISTEP))
-    assert isinstance(multistep, keras.optimizers.schedules.PiecewiseConstantDecay)
-    steps = range(15)
-    np.testing.assert_allclose(
-        schedule_at(multistep, steps), multistep_np(steps, 1.0, 3, (2, 4), 0.1), rtol=1e-6
-    )
-
-
 def test_scaled_learning_rate():
     assert scaled_learning_rate(0.3, 4096) == pytest.approx(4.8)
     assert scaled_learning_rate(0.05, 128, reference_batch=256) == pytest.approx(0.025)

@@ -1,6 +1,6 @@
 """tfascl-train on streamed input: a folder above 2 GB decoded trains in bounded memory,
 --input=auto decides before decoding, a killed streaming run resumes exactly, and the
-ImageNet and STL-10 recipes run on small stand-ins."""
+ImageNet and STL-10 recipes run on small stand-ins; a TFDS split streams too."""
 
 import json
 import re
@@ -10,11 +10,14 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
 import pytest
+import tensorflow_datasets as tfds
 from helpers import REPO, TINY_RUN_FLAGS, logged_steps, python_env, run_python
 from test_train_resume import latest_step
 
 from benchmarks.image_folder import write_image_folder
+from tfascl import train
 
 # Runs tfascl-train in this process and prints its peak resident memory last. VmHWM is
 # this process's own high-water mark; getrusage's ru_maxrss would also count the memory of
@@ -155,6 +158,49 @@ def test_streaming_bad_input_is_one_line_before_anything_is_built(tmp_path):
     assert result.returncode == 2
     errors = [line for line in result.stderr.splitlines() if "error:" in line]
     assert len(errors) == 1 and "not prepared" in errors[0], result.stderr[-2000:]
+
+
+class TfasclStreamedImages(tfds.core.GeneratorBasedBuilder):
+    """A TFDS dataset prepared on the spot: 40 train and 12 test images of 20 px, 2 classes."""
+
+    VERSION = tfds.core.Version("1.0.0")
+
+    def _info(self):
+        features = {
+            "image": tfds.features.Image(shape=(None, None, 3)),
+            "label": tfds.features.ClassLabel(names=["dark", "light"]),
+        }
+        return tfds.core.DatasetInfo(builder=self, features=tfds.features.FeaturesDict(features))
+
+    def _split_generators(self, dl_manager):
+        return {"train": self._generate_examples(40, 0), "test": self._generate_examples(12, 1)}
+
+    def _generate_examples(self, count, seed):
+        rng = np.random.default_rng(seed)
+        for i in range(count):
+            image = rng.integers(0, 100, (20, 20, 3), np.uint8) + 120 * (i % 2)
+            yield i, {"image": image.astype(np.uint8), "label": i % 2}
+
+
+def test_streamed_tfds_split_trains_with_its_knn_monitor(tmp_path, capsys):
+    # A TFDS split streamed has no file list (ImageFiles.paths is None): the training stream
+    # reads its records through TFDS, and there is no file to name in a skipped-files report.
+    data_dir = str(tmp_path / "tfds")
+    TfasclStreamedImages(data_dir=data_dir).download_and_prepare(
+        download_config=tfds.download.DownloadConfig(try_download_gcs=False)
+    )
+    config = train.config_from_args([
+        *TINY_RUN_FLAGS, "--dataset=tfascl_streamed_images", f"--data_dir={data_dir}",
+        "--input=stream", "--epochs=2", "--warmup_epochs=0", "--knn_k=5", "--noexport",
+        f"--model_dir={tmp_path / 'run'}",
+    ])  # fmt: skip
+    result = train.train(config)
+    out = capsys.readouterr().out
+    assert result.exit_code == 0, out[-2000:]
+    assert "Input: stream (--input=stream)" in out
+    assert "kNN monitor: bank = train (40 images), test = test (12)" in out
+    assert result.summary["completed"] and result.summary["steps"] == 2 * (40 // 16)
+    assert result.summary["final_knn_top1"] is not None
 
 
 def test_auto_input_decides_from_headers_size_and_budget(tmp_path):

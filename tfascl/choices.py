@@ -1,11 +1,12 @@
 """The choices the command line offers, as plain names: importing this starts no TensorFlow.
 
 ``tfascl-train`` defines its flags (and answers ``--help`` or a bad value) from these before
-TensorFlow loads. The modules that implement them are the authority: the augmentation,
-pipeline and optimizer modules import their names from here; the model names mirror
-``tfascl.models`` (``METHODS``, ``RESNETS``, ``STEMS``, ``NORMS``, ``KEY_NORMS``,
-``default_stem``), and ``tests/test_cli.py`` checks that they agree. A method added to
-the registry goes into ``METHOD_NAMES`` too.
+TensorFlow loads. The augmentation, pipeline, optimizer and strategy modules, the momentum
+models (``MOMENTUM_SCHEDULES``) and tfascl-eval's ``--input`` import their names from here,
+so each is written once; the model names mirror ``tfascl.models`` (``METHODS``,
+``RESNETS``, ``STEMS``, ``NORMS``, ``KEY_NORMS``, ``default_stem``), and
+``tests/test_cli.py`` checks that they agree. A method added to the registry goes into
+``METHOD_NAMES`` too.
 """
 
 from __future__ import annotations
@@ -25,7 +26,11 @@ OPTIMIZER_NAMES: tuple[str, ...] = ("sgd", "lars", "adamw", "lamb")
 # tfascl.data: the key view, where augmentation runs, how the input is read.
 KEY_AUGMENTS = ("weak", "strong")
 AUGMENT_ON = ("host", "device")
-INPUT_MODES = ("auto", "memory", "stream")
+INPUT_MODES = ("auto", "memory", "stream")  # tfascl-train's and tfascl-eval's --input
+# tfascl.models.base.MomentumModel's EMA schedules.
+MOMENTUM_SCHEDULES = ("constant", "cosine")
+# tfascl.distribute.make_strategy's names.
+STRATEGIES = ("auto", "one_device", "mirrored", "multi_worker", "tpu")
 # tfascl.distribute: how a multi-worker run finds its workers; a SLURM node's first port.
 CLUSTERS = ("auto", "tf_config", "slurm")
 SLURM_PORT = 8888

@@ -25,7 +25,6 @@ from typing import NoReturn
 from absl import flags
 from absl import logging as absl_logging
 
-EXIT_OK = 0
 EXIT_FAILED = 1  # the work started and failed (non-finite loss, a failed write, ...)
 EXIT_USAGE = 2  # a bad flag, dataset or model_dir: nothing was done
 EXIT_INTERRUPTED = 130  # Ctrl-C, after saving a checkpoint

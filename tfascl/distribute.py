@@ -22,9 +22,8 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from tfascl.choices import CLUSTERS, SLURM_PORT
+from tfascl.choices import CLUSTERS, SLURM_PORT, STRATEGIES
 
-STRATEGIES = ("auto", "one_device", "mirrored", "multi_worker", "tpu")
 # The first port of the workers of a node under SLURM is SlurmClusterResolver's default,
 # tfascl.choices.SLURM_PORT (defined there with CLUSTERS: the flags need no TensorFlow).
 

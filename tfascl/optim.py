@@ -28,7 +28,7 @@ such as ``"beta"`` therefore also matches every variable of a layer called ``"be
 from __future__ import annotations
 
 import re
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 
 import keras
 import tensorflow as tf
@@ -325,27 +325,6 @@ def _as_list(names: Sequence[str] | None) -> list[str] | None:
     return None if names is None else list(names)
 
 
-class _SavedSchedule:
-    """Reads a schedule saved by an older tfascl as the Keras schedule that replaced it.
-
-    ``WarmupCosine`` and ``MultiStepDecay`` were hand-written schedules; ``.keras`` files
-    and optimizer configs saved with them name them ``tfascl>WarmupCosine`` /
-    ``tfascl>MultiStepDecay``. These registered names now build :func:`warmup_cosine` /
-    :func:`multistep_decay` from the saved arguments (the same rates at every step), so
-    those files still load; what is saved from now on is Keras's own schedule.
-    """
-
-    build: Callable[..., keras.optimizers.schedules.LearningRateSchedule]
-
-    @classmethod
-    def from_config(cls, config: dict) -> keras.optimizers.schedules.LearningRateSchedule:
-        """The Keras schedule of a saved ``config`` (the old constructor's arguments)."""
-        return cls.build(**config)
-
-    def get_config(self) -> dict:  # never called; `register_keras_serializable` wants it
-        return {}
-
-
 def warmup_cosine(
     base_lr: float,
     total_steps: int,
@@ -480,16 +459,6 @@ class PerEpoch(keras.optimizers.schedules.LearningRateSchedule):
     def from_config(cls, config: dict) -> PerEpoch:
         schedule = keras.optimizers.schedules.deserialize(config["schedule"])
         return cls(schedule, config["steps_per_epoch"])
-
-
-@keras.saving.register_keras_serializable(package="tfascl", name="WarmupCosine")
-class _SavedWarmupCosine(_SavedSchedule):
-    build = staticmethod(warmup_cosine)
-
-
-@keras.saving.register_keras_serializable(package="tfascl", name="MultiStepDecay")
-class _SavedMultiStepDecay(_SavedSchedule):
-    build = staticmethod(multistep_decay)
 
 
 def scaled_learning_rate(

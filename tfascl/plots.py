@@ -15,6 +15,8 @@ docs/EVAL.md). scikit-learn is the fallback when openTSNE is not installed.
 
 Figures are drawn with the object-oriented API (``matplotlib.figure.Figure``), never pyplot,
 so no GUI backend or global state is involved; the PNG's pixel size is ``figsize × dpi``.
+Each ``plot_*`` writes the figure its ``*_figure`` function draws (``training_curves_figure``,
+``embedding_maps_figure``, ``neighbors_figure``), whose axes hold the plotted data.
 """
 
 from __future__ import annotations
@@ -164,6 +166,21 @@ def plot_training_curves(
     Raises:
         ValueError: No run has any plottable metric.
     """
+    figure = training_curves_figure(runs, title=title, subtitle=subtitle, figsize=figsize, dpi=dpi)
+    return _save(figure, path)
+
+
+def training_curves_figure(
+    runs: Sequence[CurveRun],
+    *,
+    title: str | None = None,
+    subtitle: str | None = None,
+    figsize: tuple[float, float] = (13.0, 7.0),
+    dpi: int = 100,
+) -> Figure:
+    """The figure :func:`plot_training_curves` writes: one axes per plotted metric, titled
+    as in :data:`CURVES`, holding one line per run that logged it (x: epoch or step; y: the
+    metric times its scale), labelled with the run's label."""
     parsed = [(run.label, *curve_series(run.records)) for run in runs]
     panels = [
         curve
@@ -205,7 +222,7 @@ def plot_training_curves(
     if len(handles) > 1 or title is None:
         figure.legend(handles, labels, loc="outside lower center", ncols=len(handles))
     _titles(figure, title, subtitle)
-    return _save(figure, path)
+    return figure
 
 
 def _titles(figure: Figure, title: str | None, subtitle: str | None) -> None:
@@ -353,6 +370,25 @@ def plot_embedding_maps(
     Returns:
         ``path``.
     """
+    figure = embedding_maps_figure(
+        panels, class_names, title=title, subtitle=subtitle, panel_size=panel_size, dpi=dpi,
+        method=method,
+    )  # fmt: skip
+    return _save(figure, path)
+
+
+def embedding_maps_figure(
+    panels: Sequence[MapPanel],
+    class_names: Sequence[str],
+    *,
+    title: str | None = None,
+    subtitle: str | None = None,
+    panel_size: float = 6.0,
+    dpi: int = 100,
+    method: str = "t-SNE",
+) -> Figure:
+    """The figure :func:`plot_embedding_maps` writes: one axes per panel, titled with it,
+    holding one scatter per class present (its points' coordinates, named by the class)."""
     num_classes = max(len(class_names), *(int(p.labels.max(initial=-1)) + 1 for p in panels))
     colors = class_colors(num_classes)
     figsize = (panel_size * len(panels) + 2.0, panel_size + 1.0)
@@ -394,7 +430,7 @@ def plot_embedding_maps(
             frameon=False,
         )
     _titles(figure, title, subtitle)
-    return _save(figure, path)
+    return figure
 
 
 def _class_index(label: str, class_names: Sequence[str]) -> int:
@@ -447,6 +483,28 @@ def plot_neighbors(
     Returns:
         ``path``.
     """
+    figure = neighbors_figure(
+        query_images, query_labels, neighbor_images, neighbor_labels, similarities,
+        class_names, title=title, subtitle=subtitle, cell_size=cell_size, dpi=dpi,
+    )  # fmt: skip
+    return _save(figure, path)
+
+
+def neighbors_figure(
+    query_images: np.ndarray,
+    query_labels: np.ndarray,
+    neighbor_images: np.ndarray,
+    neighbor_labels: np.ndarray,
+    similarities: np.ndarray,
+    class_names: Sequence[str],
+    *,
+    title: str | None = None,
+    subtitle: str | None = None,
+    cell_size: float = 1.5,
+    dpi: int = 100,
+) -> Figure:
+    """The figure :func:`plot_neighbors` writes: ``N × (k + 1)`` axes, row by row, each
+    showing one image, captioned and framed as described there."""
     from matplotlib.patches import Patch
 
     rows, k = neighbor_labels.shape
@@ -494,4 +552,4 @@ def plot_neighbors(
         figure.suptitle(f"{title}\n{subtitle}", fontsize=10)
     else:
         _titles(figure, title, subtitle)
-    return _save(figure, path)
+    return figure

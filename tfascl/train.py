@@ -5,8 +5,9 @@ data for a few minutes on a CPU and prints the kNN accuracy. Paper recipes are
 flagfiles: ``tfascl-train --flagfile=flags/cifar10_ascl.flags --model_dir=runs/c10``.
 Re-running the same command resumes from the last checkpoint (see docs/CLI.md).
 
-The flags, ``TrainConfig`` and validation live in ``tfascl.train_config``; this module
-runs what they describe: data, model, strategy, checkpoints, callbacks and the report.
+The flags, ``TrainConfig`` and validation live in ``tfascl.train_config``; the run's images
+and training stream in ``tfascl.data.training`` (given the flags' values). This module runs
+what they describe: data, model, strategy, checkpoints, callbacks and the report.
 """
 
 from __future__ import annotations
@@ -29,7 +30,6 @@ from pathlib import Path
 from typing import Any
 
 import keras
-import numpy as np
 import tensorflow as tf
 from absl import logging
 
@@ -43,6 +43,8 @@ from tfascl.cli import (
     no_arguments,
     run_app,
 )
+from tfascl.data import training
+from tfascl.data.training import RunData, knn_sizes
 from tfascl.distribute import fit_loop, make_strategy
 from tfascl.optim import PerEpoch, build_optimizer, scaled_learning_rate, warmup_cosine
 from tfascl.runs import (
@@ -70,7 +72,6 @@ from tfascl.train_config import (
     fail_usage,
     flagfile_text,
     parse_flags,
-    require,
     resolve_model_dir,
     validate,
 )
@@ -98,24 +99,8 @@ __all__ = [
 
 
 # --- Data ---------------------------------------------------------------------------------
-
-
-@dataclasses.dataclass
-class RunData:
-    """The images of a run: training set, kNN bank and kNN queries (None: no kNN).
-
-    Each is an in-memory ``ImageSet`` or, streamed, an ``ImageFiles``.
-    """
-
-    train: Any
-    bank: Any | None
-    test: Any | None
-    num_classes: int | None
-
-
-def memory_budget_bytes(config: TrainConfig) -> int:
-    """``--memory_budget_gb``, or half of this machine's RAM."""
-    return data.memory_budget_bytes(config.memory_budget_gb)
+# What the flags ask of tfascl.data.training (which takes plain values: data/ sits below the
+# command); these take a TrainConfig.
 
 
 def choose_input(config: TrainConfig) -> tuple[str, str]:
@@ -136,96 +121,22 @@ def tfrecord_keys(config: TrainConfig) -> tuple[str | None, str | None]:
 
 def load_data(config: TrainConfig) -> RunData:
     """The training split (and the kNN bank and test split when labelled), in the input mode
-    ``choose_input`` picks; one line says which and why."""
+    ``choose_input`` picks; one line says which and why (``training.load_run_data``)."""
     try:
         mode, why = choose_input(config)
     except ValueError as error:  # DatasetNotFoundError is a ValueError too
         raise FlagError(f"--dataset={config.dataset}: {error}") from None
     print(f"Input: {mode} ({why}).")
-
-    def load(split: str, max_examples: int | None = None) -> Any:
-        if mode == "stream":
-            return data.open_images(
-                config.dataset, split, data_dir=config.data_dir,
-                max_examples=max_examples, seed=config.seed, tfrecord_keys=tfrecord_keys(config),
-            )  # fmt: skip
-        return data.load_images(
-            config.dataset,
-            split,
-            data_dir=config.data_dir,
-            max_examples=max_examples,
-            seed=config.seed,
-            image_size=config.load_size,
+    try:
+        return training.load_run_data(
+            config.dataset, mode, train_split=config.train_split, test_split=config.test_split,
+            max_train_examples=config.max_train_examples, knn_bank_split=config.knn_bank_split,
+            knn_bank_size=config.knn_bank_size, batch_size=config.batch_size,
+            data_dir=config.data_dir, load_size=config.load_size, seed=config.seed,
             tfrecord_keys=tfrecord_keys(config),
-        )
-
-    try:
-        train = load(config.train_split, config.max_train_examples)
-    except ValueError as error:
-        raise FlagError(f"--dataset={config.dataset}: {error}") from None
-    require(
-        len(train) >= config.batch_size,
-        f"--batch_size={config.batch_size}: larger than the {len(train)} training images",
-    )
-    bank_split, bank_size = knn_bank(config)
-    try:
-        # The training images themselves when the bank is the training subset.
-        same = bank_split == config.train_split and bank_size == config.max_train_examples
-        bank = train if same else load(bank_split, bank_size)
-        test = load(config.test_split)
-    except ValueError as error:
-        print(f"kNN monitor off: {error}")
-        return RunData(train, None, None, len(train.class_names) or None)
-    bank = data.labelled_only(bank)
-    if bank is None or len(bank) == 0 or not test.labelled:
-        print(f"kNN monitor off: no labelled images in --knn_bank_split={bank_split} or "
-              f"--test_split={config.test_split}")  # fmt: skip
-        return RunData(train, None, None, len(train.class_names) or None)
-    classes = max(len(train.class_names), len(bank.class_names))
-    if bank.labels is not None:
-        classes = max(classes, int(bank.labels.max()) + 1)
-    print(knn_bank_line(config, bank_split, bank_size, len(bank), len(test)))
-    return RunData(train, bank, test, classes)
-
-
-def knn_bank(config: TrainConfig) -> tuple[str, int | None]:
-    """(split, size) of the kNN monitor's bank: ``--knn_bank_split`` (default the training
-    split; TFDS stl10: train_labelled) and ``--knn_bank_size``; without a size, a bank that
-    is the training split follows ``--max_train_examples`` (the images trained on)."""
-    split = config.knn_bank_split or (
-        "train_labelled" if config.dataset == "stl10" else config.train_split
-    )
-    size = config.knn_bank_size
-    if size is None and split == config.train_split:
-        size = config.max_train_examples
-    return split, size
-
-
-def knn_bank_line(config: TrainConfig, split: str, size: int | None, bank: int, test: int) -> str:
-    """The run's line on what the kNN monitor compares: ``kNN monitor: bank = train (50,000
-    images), test = test (10,000)``, with why the bank is a subset."""
-    why = ""
-    if config.knn_bank_size is not None:
-        why = ", --knn_bank_size"
-    elif size is not None:
-        why = ", the training subset of --max_train_examples"
-    queries = f"test = {config.test_split} ({test:,})"
-    return f"kNN monitor: bank = {split} ({bank:,} images{why}), {queries}"
-
-
-class SkippedFilesReport(keras.callbacks.Callback):
-    """After each epoch, names the files of that epoch that could not be decoded (streamed
-    folders): once per epoch, however often a file was read. An epoch stopped early is
-    not reported (its files were not all read), except one whose input ran out (``ran_out``:
-    every file was tried)."""
-
-    def __init__(self, skipped: Any, schedule: Any, ran_out: cbs.InputRanOut) -> None:
-        super().__init__()
-        self.skipped, self.schedule, self.ran_out = skipped, schedule, ran_out
-
-    def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None:
-        if not self.model.stop_training or self.ran_out.epoch == epoch:
-            self.skipped.check(epoch, self.schedule(epoch))
+        )  # fmt: skip
+    except training.DataUsageError as error:
+        raise FlagError(str(error)) from None
 
 
 def training_stream(
@@ -238,37 +149,14 @@ def training_stream(
     skipped: Any = None,
 ) -> Any:
     """Batches of epochs ``[first_epoch, last_epoch)``, the first ``skip`` left out, as a
-    distributed dataset: each input pipeline (one per worker) builds its own share.
-
-    Epoch e's order and augmentations depend only on (``--seed``, e), so a run resumed at
-    step s of epoch e skips the s index batches it already trained on, before any image is
-    read, and sees exactly the rest. Each worker reads only its replicas' slices of every
-    global batch (``tfascl.data.stream.replica_shares``).
-    """
-    strategy = strategy or tf.distribute.get_strategy()
-    images.host_arrays()  # made once, outside the strategy, before any pipeline
-
-    def dataset_fn(context: tf.distribute.InputContext) -> tf.data.Dataset:
-        dataset = data.pretrain_dataset(
-            images,
-            config.batch_size,
-            config.image_size,
-            augment_on=config.augment_on,
-            seed=config.seed,
-            jit_compile=config.jit_augment,
-            key_augment=config.key_augment,
-            recipe=config.augment_recipe,
-            epochs=(first_epoch, last_epoch),
-            skip=skip,
-            input_context=context,
-            skipped=skipped,
-        )
-        options = tf.data.Options()
-        # Each pipeline already reads only its own shares: no automatic sharding.
-        options.experimental_distribute.auto_shard_policy = tf.data.experimental.AutoShardPolicy.OFF
-        return dataset.with_options(options)
-
-    return strategy.distribute_datasets_from_function(dataset_fn)
+    distributed dataset, with the flags' batch, size, seed and augmentation
+    (``training.training_stream``)."""
+    return training.training_stream(
+        images, config.batch_size, config.image_size, first_epoch, last_epoch, skip=skip,
+        strategy=strategy, skipped=skipped, seed=config.seed, augment_on=config.augment_on,
+        jit_compile=config.jit_augment, key_augment=config.key_augment,
+        recipe=config.augment_recipe,
+    )  # fmt: skip
 
 
 # --- Building -----------------------------------------------------------------------------
@@ -405,18 +293,9 @@ def finished_run(model_dir: runs.RunPath, config: TrainConfig) -> dict[str, Any]
     return summary if step is not None and step >= summary.get("steps", -1) else None
 
 
-def export_backbone(model_dir: runs.RunPath, export_dir: runs.RunPath) -> str | None:
-    """The export hook: ``tfascl.export.export_backbone`` when that module exists.
-
-    Returns:
-        Where the export went, or None when there is no export module.
-    """
-    import importlib.util
-
-    if importlib.util.find_spec("tfascl.export") is None:
-        print("Export skipped: tfascl.export is not installed.")
-        return None
-    from tfascl import export  # errors inside it are real errors: let them show
+def export_backbone(model_dir: runs.RunPath, export_dir: runs.RunPath) -> str:
+    """The end of a completed run: ``tfascl.export.export_backbone``; where the export went."""
+    from tfascl import export  # loaded only for a run that exports
 
     result = export.export_backbone(str(model_dir), str(export_dir))
     return str(result or export_dir)
@@ -696,13 +575,6 @@ def knn_summary(monitor: Any) -> dict[str, Any]:
     }
 
 
-def knn_sizes(run_data: RunData) -> dict[str, Any]:
-    """The kNN monitor's bank and query counts (summary.json, the verdict line)."""
-    if run_data.bank is None:
-        return {"knn_bank_images": None, "knn_test_images": None}
-    return {"knn_bank_images": len(run_data.bank), "knn_test_images": len(run_data.test)}
-
-
 def knn_monitor(
     config: TrainConfig,
     run_data: RunData,
@@ -769,16 +641,12 @@ def run_epochs(
     if epoch < config.epochs:
         parts.append((epoch, config.epochs, 0))
     verbose = (1 if config.progress_bar else 2) if is_chief(strategy) else 0
-    skipped, report = None, []
     ran_out = ran_out or cbs.InputRanOut()
-    if isinstance(run_data.train, data.TFRecordFiles):
-        skipped, report = skipped_records_report(
-            config, run_data.train, strategy, start_step, steps_per_epoch, ran_out
-        )
-    elif isinstance(run_data.train, data.ImageFiles) and run_data.train.paths is not None:
-        skipped = data.SkippedFiles(run_data.train, announce=console.warn)
-        schedule = epoch_schedule(config, run_data.train, strategy, start_step, steps_per_epoch)
-        report = [SkippedFilesReport(skipped, schedule, ran_out)]
+    # Streamed folders and TFRecord shards: which files decode, and a line per epoch on the others.
+    skipped, report = training.skipped_report(
+        run_data.train, config.batch_size, config.seed, strategy, start_step, steps_per_epoch,
+        ran_out, announce=console.warn,
+    )  # fmt: skip
     per_execution = config.steps_per_execution or 1
     multi_worker = isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy)
     if steps_per_epoch % per_execution and not multi_worker:
@@ -809,51 +677,6 @@ def run_epochs(
         stopped += [getattr(c, "interrupted", False) for c in callbacks]
         if any(stopped) or ran_out.ran_out_at is not None:
             return
-
-
-def epoch_schedule(
-    config: TrainConfig, files: Any, strategy: Any, start_step: int, steps_per_epoch: int
-) -> Any:
-    """Maps an epoch to the file indices this worker's pipeline reads in it (no file read);
-    a resumed epoch's batches trained before the resume are not read, so not counted."""
-    resolver = getattr(strategy, "cluster_resolver", None)
-    workers = max(1, strategy.extended._num_workers if resolver and resolver.task_type else 1)
-    worker = resolver.task_id if resolver and resolver.task_type and workers > 1 else 0
-    context = tf.distribute.InputContext(workers, worker, strategy.num_replicas_in_sync)
-
-    first_epoch, skip = divmod(start_step, steps_per_epoch)
-
-    def schedule(epoch: int) -> Any:
-        seed = data.stream.epoch_seed(config.seed, epoch)
-        shares = data.stream.replica_shares(
-            len(files), config.batch_size, seed, input_context=context,
-            skip=skip if epoch == first_epoch else 0,
-        )  # fmt: skip
-        return np.concatenate([indices.numpy() for _, _, indices in shares])
-
-    return schedule
-
-
-def skipped_records_report(
-    config: TrainConfig,
-    files: Any,
-    strategy: Any,
-    start_step: int,
-    steps_per_epoch: int,
-    ran_out: cbs.InputRanOut,
-) -> tuple[Any, list]:
-    """For TFRecord shards: the ``SkippedRecords`` of this worker's records and the callback
-    naming those that did not decode, once per epoch (``epoch_schedule``'s, for shards)."""
-    resolver = getattr(strategy, "cluster_resolver", None)
-    workers = max(1, strategy.extended._num_workers if resolver and resolver.task_type else 1)
-    worker = resolver.task_id if resolver and resolver.task_type and workers > 1 else 0
-    context = tf.distribute.InputContext(workers, worker, strategy.num_replicas_in_sync)
-    first_epoch, skip = divmod(start_step, steps_per_epoch)
-    schedule = data.tfrecord.epoch_schedule(
-        files, config.batch_size, config.seed, context, first_epoch, skip
-    )
-    skipped = data.SkippedRecords(files, announce=console.warn)
-    return skipped, [SkippedFilesReport(skipped, schedule, ran_out)]
 
 
 def _percent(value: float | None) -> str:

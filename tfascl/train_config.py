@@ -30,11 +30,13 @@ from tfascl.choices import (
     KEY_AUGMENTS,
     KEY_NORMS,
     METHOD_NAMES,
+    MOMENTUM_SCHEDULES,
     NORMS,
     OPTIMIZER_NAMES,
     RESNET_NAMES,
     SLURM_PORT,
     STEMS,
+    STRATEGIES,
     default_stem,
 )
 from tfascl.cli import EXIT_FAILED, FlagError, expand_flagfiles, profile_range, require
@@ -308,7 +310,7 @@ class TrainConfig(MethodOptions):
 ENUMS = {
     "method": list(METHOD_NAMES),
     "relabel": list(RELABEL_MODES),
-    "momentum_schedule": ["constant", "cosine"],
+    "momentum_schedule": list(MOMENTUM_SCHEDULES),
     "augment_on": list(AUGMENT_ON),
     "input": list(INPUT_MODES),
     "key_augment": list(KEY_AUGMENTS),
@@ -319,7 +321,7 @@ ENUMS = {
     "optimizer": list(OPTIMIZER_NAMES),
     "schedule": ["cosine", "constant"],
     "schedule_per": ["step", "epoch"],
-    "strategy": ["auto", "one_device", "mirrored", "multi_worker", "tpu"],
+    "strategy": list(STRATEGIES),
     "cluster": list(CLUSTERS),
     "precision": list(PRECISIONS),
 }

@@ -4,7 +4,8 @@
 `open_images` lists a folder or TFDS split as `ImageFiles`, streamed and decoded as needed
 (a folder of TFRecord shards, `tfrecord`, either way; `sources` picks the reader);
 `augment` holds the batched, per-image random augmentations (also usable on the device via
-the `TwoViews` layer); `pretrain_dataset` and `eval_dataset` build the input pipelines.
+the `TwoViews` layer); `pretrain_dataset` and `eval_dataset` build the input pipelines;
+`training` gives a pre-training run its images and distributed stream (tfascl-train's).
 
 Names are imported from their modules when first used (PEP 562): importing this package
 (and a TensorFlow-free module of it) does not start TensorFlow.
@@ -27,6 +28,7 @@ _EXPORTS = {
     "stats": ".stats",
     "sources": ".sources",
     "tfrecord": ".tfrecord",
+    "training": ".training",
     # Names, from the module that defines them.
     "stream": ".stream",
     "TwoViews": ".augment",

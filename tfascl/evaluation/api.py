@@ -15,13 +15,13 @@ from typing import Any
 
 from tfascl import data, runs
 from tfascl._version import __version__
+from tfascl.choices import INPUT_MODES
 from tfascl.evaluation import protocols, results
 from tfascl.evaluation.encoders import Encoder, EvalInputError, load_encoder
 from tfascl.models.registry import method_label
 from tfascl.runs import PLOTS_SUBDIR
 
 PROTOCOLS = ("knn", "linear", "neighbors")
-INPUT_MODES = ("auto", "memory", "stream")
 
 
 def resolve_dataset(encoder: Encoder, dataset: str | None) -> str:

@@ -26,6 +26,7 @@ from absl import flags
 from absl import logging as absl_logging
 
 from tfascl import cli
+from tfascl.choices import INPUT_MODES
 
 PROGRAM = "tfascl-eval"
 PLOTS = ("curves", "map")
@@ -63,7 +64,7 @@ def define_flags(flag_values: flags.FlagValues = flags.FLAGS) -> flags.FlagValue
     f.DEFINE_enum(
         "input",
         "auto",
-        ["auto", "memory", "stream"],
+        list(INPUT_MODES),
         "memory: decode both splits into RAM; stream: read and decode the files as they are "
         "needed (knn, linear: memory flat in the number of images); auto: memory when the "
         "decoded splits fit --memory_budget_gb and share one size.",

@@ -17,10 +17,9 @@ import keras
 import numpy as np
 import tensorflow as tf
 
+from tfascl.choices import MOMENTUM_SCHEDULES
 from tfascl.distribute import gather_across_replicas, replica_count, replica_offset
 from tfascl.models.ema import cosine_momentum, ema_update
-
-MOMENTUM_SCHEDULES = ("constant", "cosine")
 
 
 def l2_normalize(x: tf.Tensor) -> tf.Tensor:
