@@ -8,11 +8,14 @@ every path goes through ``tfascl.files``. Nothing here knows a run: ``tfascl.run
 best, and which run a checkpoint belongs to.
 
 A checkpoint is read whole once per process: ``checkpoint_problem`` reads every tensor
-(checking each one's CRC32C) and keeps the reader of a checkpoint that read back whole,
-with the size and time of each of its files; ``checkpoint_reader`` and the next
-``checkpoint_problem`` of the same unchanged files reuse it instead of reading again
-(the run's command resolves a checkpoint when it checks its flags and again when it
-restores it).
+(checking each one's CRC32C) and remembers a checkpoint that read back whole by the
+size and times of each of its files; the next check of the same unchanged files reads
+nothing (a command resolves a checkpoint when it checks its flags and again when it
+restores it). Only files last changed some seconds before the check are remembered: a
+change within the file system's timestamp granularity (a byte rewritten in place right
+after a save) could otherwise leave every time unchanged. Readers are not kept: one
+holds its data files open, and a kept one would hold the disk space of a checkpoint the
+manager deletes later.
 """
 
 from __future__ import annotations
@@ -77,22 +80,24 @@ def checkpoint_step(prefix: str | Path | None) -> int | None:
 
 # --- Reading a checkpoint once ---------------------------------------------------------
 
-# prefix -> (the signature of its files when it read back whole, its reader). Bounded: a
-# process resolves one or two checkpoints (a training run may try several damaged ones).
-_WHOLE: dict[str, tuple[tuple, Any]] = {}
-_WHOLE_LIMIT = 4
+# prefix -> the signature of its files when it read back whole. Bounded: a process
+# resolves one or two checkpoints (a training run may also check its best copy).
+_WHOLE: dict[str, tuple] = {}
+_WHOLE_LIMIT = 8
+_SETTLED_SECONDS = 2.0  # more than any file system's timestamp granularity (FAT: 2 s)
 
 
 def _signature(prefix: str) -> tuple | None:
-    """The name, size and times of each file of the checkpoint at ``prefix``, or None when
-    they cannot be told apart from a rewrite (a file system without modification times)."""
+    """The name, size and times of each file of the checkpoint at ``prefix`` (the last
+    item of each: its newest time, in ns), or None when they cannot be told apart from a
+    rewrite (a file system without modification times)."""
     try:
         data = glob(parent(prefix), f"{base_name(prefix)}.data-?????-of-?????")
         parts = [f"{prefix}.index", *sorted(str(p) for p in data)]
         if is_local(prefix):
             stats = [os.stat(part) for part in parts]
             return tuple(
-                (part, s.st_ino, s.st_size, s.st_mtime_ns, s.st_ctime_ns)
+                (part, s.st_ino, s.st_size, s.st_mtime_ns, max(s.st_mtime_ns, s.st_ctime_ns))
                 for part, s in zip(parts, stats)
             )
         remote = [tf.io.gfile.stat(part) for part in parts]
@@ -103,39 +108,41 @@ def _signature(prefix: str) -> tuple | None:
     return tuple((part, s.length, s.mtime_nsec) for part, s in zip(parts, remote))
 
 
-def _remembered(prefix: str) -> Any | None:
-    """The reader of ``prefix`` when it read back whole and its files have not changed."""
-    entry = _WHOLE.get(prefix)
-    if entry is None:
-        return None
-    if entry[0] != _signature(prefix):
-        del _WHOLE[prefix]
-        return None
-    return entry[1]
-
-
-def _remember(prefix: str, reader: Any) -> None:
-    signature = _signature(prefix)
+def _read_whole_before(prefix: str) -> bool:
+    """Whether ``prefix`` read back whole in this process and its files have not changed."""
+    signature = _WHOLE.get(prefix)
     if signature is None:
+        return False
+    if signature != _signature(prefix):
+        del _WHOLE[prefix]
+        return False
+    return True
+
+
+def _remember(prefix: str, signature: tuple | None, checked_at: float) -> None:
+    """Remembers that ``prefix``, whose files had ``signature`` when a check started at
+    ``checked_at`` (``time.time()``), read back whole, unless its files changed shortly
+    before."""
+    if (
+        signature is None
+        or checked_at - max(part[-1] for part in signature) / 1e9 < _SETTLED_SECONDS
+    ):
         return
     _WHOLE.pop(prefix, None)
     while len(_WHOLE) >= _WHOLE_LIMIT:
         del _WHOLE[next(iter(_WHOLE))]  # the oldest
-    _WHOLE[prefix] = (signature, reader)
+    _WHOLE[prefix] = signature
 
 
 def checkpoint_reader(prefix: str | Path) -> Any:
     """The ``CheckpointReader`` of the checkpoint at ``prefix`` (a prefix, not a folder).
 
-    The one ``checkpoint_problem`` kept when the checkpoint read back whole (and its
-    files have not changed since), else a new one.
+    Opening one reads the index only; a tensor is read when asked for.
 
     Not ``tf.train.load_checkpoint``: it reads a folder's latest checkpoint when
     ``gfile.isdir(prefix)``, and ``ram://`` answers True for any prefix of a file name.
     """
-    prefix = str(prefix)
-    reader = _remembered(prefix)
-    return reader if reader is not None else tf.compat.v1.train.NewCheckpointReader(prefix)
+    return tf.compat.v1.train.NewCheckpointReader(str(prefix))
 
 
 def checkpoint_problem(prefix: str | Path) -> str | None:
@@ -143,21 +150,21 @@ def checkpoint_problem(prefix: str | Path) -> str | None:
 
     Every tensor is read (the reader checks each one's CRC32C), so a truncated or
     corrupted data file or index is found before a restore half-applies it; the
-    cost is one read of the checkpoint, once per process for the same files (the
-    reader is kept: ``checkpoint_reader``).
+    cost is one read of the checkpoint, once per process for the same unchanged files.
     """
     prefix = str(prefix)
     if not is_file(f"{prefix}.index"):
         return "its .index file is missing"
-    if _remembered(prefix) is not None:
+    if _read_whole_before(prefix):
         return None
+    checked_at, signature = time.time(), _signature(prefix)
     try:
-        reader = tf.compat.v1.train.NewCheckpointReader(prefix)
+        reader = checkpoint_reader(prefix)
         for name in reader.get_variable_to_shape_map():
             reader.get_tensor(name)
     except (tf.errors.OpError, IndexError, ValueError, OSError, RuntimeError) as error:
         return error_line(error)
-    _remember(prefix, reader)
+    _remember(prefix, signature, checked_at)
     return None
 
 
@@ -307,8 +314,7 @@ def shape_mismatches(
 
     Walks the checkpoint's object graph beside the Python objects' (as a restore pairs
     them); empty when the checkpoint has no object graph (then the restore checks). Reads
-    the object graph and the index only, through ``checkpoint_reader`` (the reader of the
-    check that read it whole, when there was one).
+    the index and the object graph only.
     """
     try:
         reader = checkpoint_reader(path)
