@@ -264,7 +264,7 @@ class CheckpointSaver(StepClock):
     """Saves ``manager``'s checkpoint every ``every_steps`` steps and at each epoch end.
 
     With several steps per execution the save is at the first execution boundary at or
-    after each multiple of ``every_steps`` (the module doc). Checkpoints are numbered
+    after each multiple of ``every_steps`` (``tfascl.callbacks``). Checkpoints are numbered
     by the global step (``ckpt-<step>``), so the name says where a resumed run continues.
     A state whose loss or weights are not finite is never saved: the last good
     checkpoint stays the latest. A save that fails (a
