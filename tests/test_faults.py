@@ -1,6 +1,8 @@
 """Faults a real run meets: SIGTERM (preemption), a full disk while saving, a damaged
 checkpoint (the newest, or the best copy), and damaged run files."""
 
+import builtins
+import io
 import json
 import os
 import resource
@@ -226,16 +228,55 @@ def test_damaged_run_files_are_one_line(tmp_path, capsys):
     assert logged_steps(model_dir) == [1, 2] and "dropped 1 damaged line" in notes[0]
 
 
-def test_atomic_write_leaves_the_old_file_or_the_new_one(tmp_path):
+@pytest.mark.parametrize("fails", ["write", "sync", "rename"])
+def test_atomic_write_leaves_the_old_file_or_the_new_one(tmp_path, monkeypatch, fails):
+    # The write that fails is of the file that holds the old text: a writer that opened
+    # it for writing (truncating it) and then met a full disk would leave half a file.
     path = tmp_path / "flags.json"
     runs.atomic_write_text(path, "old\n")
-    (tmp_path / "blocker").mkdir()
-    (tmp_path / "blocker" / "inside").write_text("x")
-    with pytest.raises(OSError):  # os.replace cannot replace a non-empty folder
-        runs.atomic_write_text(tmp_path / "blocker", "new\n")
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["blocker", "flags.json"]
-    runs.atomic_write_text(path, "new\n")
-    assert path.read_text() == "new\n"
+    new = "new " * 5000 + "\n"
+
+    def full_disk(*args, **kwargs):
+        raise OSError(28, "No space left on device")
+
+    if fails == "write":  # any file opened for writing: half the text, then a full disk
+
+        class HalfWritten:
+            def __init__(self, stream):
+                self.stream = stream
+
+            def write(self, text):
+                self.stream.write(text[: len(text) // 2])
+                self.stream.flush()
+                full_disk()
+
+            def __getattr__(self, name):
+                return getattr(self.stream, name)
+
+            def __enter__(self):
+                return self
+
+            def __exit__(self, *error):
+                self.stream.close()
+
+        real_fdopen, real_open = os.fdopen, builtins.open
+
+        def opened(path, mode="r", *args, **kwargs):
+            stream = real_open(path, mode, *args, **kwargs)
+            return HalfWritten(stream) if set(mode) & set("wax+") else stream
+
+        monkeypatch.setattr(os, "fdopen", lambda *a, **k: HalfWritten(real_fdopen(*a, **k)))
+        monkeypatch.setattr(builtins, "open", opened)
+        monkeypatch.setattr(io, "open", opened)
+    else:
+        monkeypatch.setattr(os, "fsync" if fails == "sync" else "replace", full_disk)
+    with pytest.raises(OSError, match="No space left"):
+        runs.atomic_write_text(path, new)
+    monkeypatch.undo()
+    assert path.read_text() == "old\n"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["flags.json"]  # no temporary left
+    runs.atomic_write_text(path, new)
+    assert path.read_text() == new
 
 
 # --- SIGTERM on one machine ----------------------------------------------------------------

@@ -8,25 +8,41 @@ and export all go through this module, so they agree on the layout.
 ``model_dir`` may be local or on any file system ``tf.io.gfile`` knows (``gs://``,
 ``ram://``, ...): every run file is read and written through the path and file
 functions of ``tfascl.files`` (re-exported here: ``runs.join``, ``runs.exists``, ...)
-and ``atomic_write_text``.
+and ``atomic_write_text``. A checkpoint folder's own work (which checkpoint reads back
+whole, damaged ones set aside, whether a checkpoint holds a model) is
+``tfascl.checkpoints``', re-exported here; this module says which checkpoint of a run
+(``find_checkpoint``: latest, best or named) and restores a run's model.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import gc
 import json
 import os
-import posixpath
 import re
 import sys
 import tempfile
-import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 from tfascl._lazy import LazyModule
+from tfascl.checkpoints import (  # noqa: F401 (re-exported: runs.find_checkpoint's helpers, ...)
+    BEST_PREFIX,
+    CHECKPOINT_NAME,
+    CHECKPOINT_SUBDIR,
+    DAMAGED,
+    STATE_FILE,
+    checkpoint_dir,
+    checkpoint_problem,
+    checkpoint_reader,
+    checkpoint_step,
+    newest_readable_checkpoint,
+    restore_problem,
+    set_aside,
+    shape_mismatches,
+    write_checkpoint_state,
+)
 from tfascl.files import (  # noqa: F401 (re-exported: runs.join, runs.exists, ...)
     RunPath,
     append_text,
@@ -56,7 +72,6 @@ from tfascl.options import MethodOptions, set_options
 # the path helpers serve tfascl-train's flag definitions before TensorFlow starts.
 keras = LazyModule("keras")
 tf = LazyModule("tensorflow")
-trackable_object_graph_pb2 = LazyModule("tensorflow.core.protobuf.trackable_object_graph_pb2")
 
 
 def build_backbone(*args: Any, **kwargs: Any) -> Any:
@@ -80,7 +95,8 @@ def method_spec(*args: Any, **kwargs: Any) -> Any:
     return method_spec(*args, **kwargs)
 
 
-# The names of a run folder (``model_dir``), here only: every module takes them from here.
+# The names of a run folder (``model_dir``), here only: every module takes them from here
+# (those inside its checkpoint folder are tfascl.checkpoints', re-exported above).
 SPEC_FILE = "run.json"  # the RunSpec: what rebuilds the model
 FLAGS_FILE = "flags.json"  # the TrainConfig, compared with the flags of a resume
 FLAGS_TEXT_FILE = "flags.txt"  # the same as a flagfile that replays the run
@@ -90,15 +106,9 @@ METRICS_CSV_FILE = "metrics.csv"  # another program's metrics, which the plots r
 BEST_FILE = "best_checkpoint.txt"  # the name of the best kNN checkpoint
 BEST_INFO_FILE = "best_knn.json"  # its kNN record
 RESULTS_FILE = "results.json"  # evaluation results (also beside a SavedModel)
-CHECKPOINT_SUBDIR = "checkpoints"
-CHECKPOINT_NAME = "ckpt"  # checkpoints/ckpt-<step> (tf.train.CheckpointManager's default)
-BEST_PREFIX = "best"  # checkpoints/best-<step>, the best kNN checkpoint's copy
-STATE_FILE = "checkpoint"  # tf.train.CheckpointManager's record of its checkpoints
 EXPORT_SUBDIR = "export"  # the default export folder (TF Serving's base path)
 TENSORBOARD_SUBDIR = "tensorboard"
 PLOTS_SUBDIR = "plots"  # the default folder of tfascl-eval's pictures
-DAMAGED = "damaged"  # damaged files are moved into damaged/<time>/ beside them
-_MANAGED = re.compile(rf"^{CHECKPOINT_NAME}-(\d+)\.index$")
 
 
 class RunFileError(ValueError):
@@ -311,143 +321,6 @@ def load_spec(model_dir: str | Path) -> RunSpec:
         raise RunFileError(f"{path} is damaged ({error_line(error)})") from None
 
 
-def checkpoint_dir(model_dir: str | Path) -> RunPath:
-    return join(model_dir, CHECKPOINT_SUBDIR)
-
-
-def checkpoint_step(prefix: str | Path | None) -> int | None:
-    """The number in a checkpoint's name (``ckpt-<step>``: the global step), or None."""
-    if not prefix:
-        return None
-    try:
-        return int(str(prefix).rsplit("-", 1)[1])
-    except (IndexError, ValueError):
-        return None
-
-
-def checkpoint_reader(prefix: str | Path) -> Any:
-    """The ``CheckpointReader`` of the checkpoint at ``prefix`` (a prefix, not a folder).
-
-    Not ``tf.train.load_checkpoint``: it reads a folder's latest checkpoint when
-    ``gfile.isdir(prefix)``, and ``ram://`` answers True for any prefix of a file name.
-    """
-    return tf.compat.v1.train.NewCheckpointReader(str(prefix))
-
-
-def checkpoint_problem(prefix: str | Path) -> str | None:
-    """Why the checkpoint at ``prefix`` cannot be read, or None when it reads back whole.
-
-    Every tensor is read (the reader checks each one's CRC32C), so a truncated or
-    corrupted data file or index is found before a restore half-applies it; the
-    cost is one read of the checkpoint.
-    """
-    prefix = str(prefix)
-    if not is_file(f"{prefix}.index"):
-        return "its .index file is missing"
-    try:
-        reader = checkpoint_reader(prefix)
-        for name in reader.get_variable_to_shape_map():
-            reader.get_tensor(name)
-    except (tf.errors.OpError, IndexError, ValueError, OSError, RuntimeError) as error:
-        return error_line(error)
-    return None
-
-
-def set_aside(path: str | Path) -> str | None:
-    """Moves a damaged checkpoint (or run file) into ``damaged/<time>/`` beside it, kept.
-
-    For a checkpoint prefix its ``.index`` and ``.data-*`` files move; another path
-    moves as it is. Names are unchanged (``tf.train.load_checkpoint`` still opens the
-    copy), and no pattern of the manager or of the best-copy cleanup reaches into the
-    folder, so nothing deletes or restores them.
-
-    Returns:
-        The new prefix (or path), or None when there was nothing to move or the folder
-        is read-only.
-    """
-    path, name = run_path(path), base_name(path)
-    try:
-        parts = [path] if is_file(path) else glob(parent(path), f"{name}.index")
-        parts += glob(parent(path), f"{name}.data-?????-of-?????")
-        if not parts:
-            return None
-        stamp = time.strftime("%Y%m%d-%H%M%S")
-        folder, count = join(parent(path), DAMAGED, stamp), 1
-        while glob(folder, f"{name}*"):  # the same name set aside twice this second
-            count += 1
-            folder = join(parent(path), DAMAGED, f"{stamp}-{count}")
-        makedirs(folder)
-        for part in parts:
-            move(part, join(folder, base_name(part)))
-    except OSError:
-        return None
-    return str(join(folder, name))
-
-
-def _write_checkpoint_state(directory: RunPath, kept: list[str], old: Any) -> None:
-    """Rewrites the manager's ``checkpoint`` file to list ``kept`` (oldest first)."""
-    times = dict(zip(old.all_model_checkpoint_paths, old.all_model_checkpoint_timestamps))
-    lines = [f'model_checkpoint_path: "{os.path.basename(kept[-1])}"']
-    lines += [f'all_model_checkpoint_paths: "{os.path.basename(path)}"' for path in kept]
-    if all(path in times for path in kept):
-        lines += [f"all_model_checkpoint_timestamps: {times[path]!r}" for path in kept]
-    if old.last_preserved_timestamp:
-        lines.append(f"last_preserved_timestamp: {old.last_preserved_timestamp!r}")
-    atomic_write_text(join(directory, STATE_FILE), "\n".join(lines) + "\n")
-
-
-def newest_readable_checkpoint(
-    directory: str | Path,
-    *,
-    move_aside: bool = True,
-    report: Callable[[str], None] = _stderr,
-) -> str | None:
-    """The newest checkpoint of a ``CheckpointManager`` folder that reads back whole.
-
-    Checkpoints are tried newest (highest step) first, among those the manager's
-    ``checkpoint`` file lists (all ``ckpt-<step>`` files when that file is missing or
-    damaged). Each unreadable one is reported in one line and, with ``move_aside``,
-    moved into ``damaged/<time>/`` (kept, not deleted) and dropped from the
-    ``checkpoint`` file, so the manager and ``tf.train.latest_checkpoint`` agree.
-
-    Args:
-        directory: the checkpoint folder.
-        move_aside: rename damaged checkpoints (only the process that writes the run).
-        report: takes each one-line report (default: stderr).
-
-    Returns:
-        The prefix, or None when there is no readable checkpoint.
-    """
-    directory = run_path(directory)
-    state = tf.train.get_checkpoint_state(str(directory))  # None when missing or damaged
-    if state is not None and state.all_model_checkpoint_paths:
-        listed = [str(join(directory, base_name(p))) for p in state.all_model_checkpoint_paths]
-    else:
-        indexes = glob(directory, f"{CHECKPOINT_NAME}-*.index") if is_dir(directory) else []
-        found = (_MANAGED.match(base_name(p)) for p in indexes)
-        listed = [str(join(directory, f"{CHECKPOINT_NAME}-{match[1]}")) for match in found if match]
-    listed.sort(key=lambda path: (checkpoint_step(path) is not None, checkpoint_step(path) or 0))
-    chosen, damaged = None, []
-    for prefix in reversed(listed):
-        problem = checkpoint_problem(prefix)
-        if problem is None:
-            chosen = prefix
-            break
-        damaged.append((prefix, problem))
-    for prefix, problem in damaged:
-        moved = set_aside(prefix) if move_aside else None
-        relpath = os.path.relpath if is_local(directory) else posixpath.relpath
-        where = relpath(parent(moved), directory) if moved else None
-        what = f"moved aside to {where}/" if moved else "left in place"
-        using = f"using {base_name(chosen)}" if chosen else "no readable checkpoint left"
-        name = base_name(prefix)
-        report(f"{directory}: {name} is unreadable ({problem}); {what}; {using}")
-    if damaged and move_aside and chosen is not None and state is not None:
-        bad = {prefix for prefix, _ in damaged}
-        _write_checkpoint_state(directory, [p for p in listed if p not in bad], state)
-    return chosen
-
-
 def best_checkpoint(
     model_dir: str | Path,
     *,
@@ -534,59 +407,6 @@ def describe_model(spec: RunSpec) -> str:
     return f"{spec.method}, {spec.backbone} width {spec.backbone_width}, {spec.image_size} px"
 
 
-_OBJECT_GRAPH = "_CHECKPOINTABLE_OBJECT_GRAPH"  # the object graph a tf.train.Checkpoint saves
-_UNMATCHED_COUNT = re.compile(r"Found (\d+) Python objects that were not bound")
-_UNMATCHED_NAME = re.compile(r"path=([^,>\s]+)")
-
-
-def _shape_mismatches(
-    checkpoint: tf.train.Checkpoint, path: str | Path
-) -> list[tuple[str, tuple, tuple]]:
-    """``(variable, shape in the checkpoint, shape in the model)`` of each variable that
-    both hold with different shapes, found before anything is restored.
-
-    Walks the checkpoint's object graph beside the Python objects' (as a restore pairs
-    them); empty when the checkpoint has no object graph (then the restore checks).
-    """
-    try:
-        reader = checkpoint_reader(path)
-        graph = trackable_object_graph_pb2.TrackableObjectGraph()
-        graph.ParseFromString(reader.get_tensor(_OBJECT_GRAPH))
-        stored = reader.get_variable_to_shape_map()
-    except (tf.errors.OpError, ValueError):
-        return []
-    view = tf.train.TrackableView(checkpoint)
-    found, seen = [], {id(checkpoint)}
-    pending = [(checkpoint, 0)]
-    for trackable, node_id in pending:  # breadth first: the first layers' variables first
-        node = graph.nodes[node_id]
-        for attribute in node.attributes:
-            shape = stored.get(attribute.checkpoint_key)
-            if attribute.name == "VARIABLE_VALUE" and shape is not None:
-                mine = tuple(trackable.shape)
-                if tuple(shape) != mine:
-                    name = getattr(trackable, "path", None) or attribute.full_name
-                    found.append((name, tuple(shape), mine))
-        children = view.children(trackable)
-        for child in node.children:
-            python_child = children.get(child.local_name)
-            if python_child is not None and id(python_child) not in seen:
-                seen.add(id(python_child))
-                pending.append((python_child, child.node_id))
-    return found
-
-
-def _mismatch_detail(error: BaseException) -> str:
-    """What a failed restore found, in a few words (the model's variables it lacks)."""
-    text = str(error)
-    count = _UNMATCHED_COUNT.search(text)
-    if count:
-        names = sorted(set(_UNMATCHED_NAME.findall(text)))[:3]
-        shown = f" ({', '.join(names)}, ...)" if names else ""
-        return f"{count[1]} of the model's variables are not in it{shown}"
-    return error_line(error)
-
-
 def _other_run(path: str | Path, spec: RunSpec) -> str | None:
     """A mismatch that the variables cannot show: the checkpoint is another run's, and
     that run's ``run.json`` names another method (ASCL and MoCo have the same weights)."""
@@ -613,7 +433,8 @@ def restore_checkpoint(
 
     Shapes are compared before anything is restored; a checkpoint that lacks some of the
     model's variables is found by the restore (``assert_existing_objects_matched``), and
-    the objects may be partly restored then: discard them after the error.
+    the objects may be partly restored then: discard them after the error
+    (``tfascl.checkpoints.restore_problem``).
 
     Args:
         checkpoint: the objects to fill, e.g. ``tf.train.Checkpoint(model=model)`` or
@@ -628,28 +449,7 @@ def restore_checkpoint(
     """
     what = f"this run's model ({describe_model(spec)})" if spec else "this model"
     problem = _other_run(path, spec) if spec else None
-    mismatches = [] if problem else _shape_mismatches(checkpoint, path)
-    if mismatches:
-        name, stored, mine = mismatches[0]
-        more = f" (and {len(mismatches) - 1} more)" if len(mismatches) > 1 else ""
-        problem = f"{name} is {stored} in the checkpoint, {mine} in the model{more}"
-    if problem is None:
-        logger = tf.get_logger()
-        level = logger.level
-        try:
-            status = checkpoint.restore(str(path))
-            status.expect_partial()  # e.g. the optimizer's slots, for a model alone
-            status.assert_existing_objects_matched()
-        except (ValueError, AssertionError, tf.errors.OpError) as error:
-            # A restore that raised warns about its unrestored values when collected:
-            # not news after this error.
-            logger.setLevel("ERROR")
-            problem = _mismatch_detail(error)
-        if problem is not None:
-            try:
-                gc.collect()
-            finally:
-                logger.setLevel(level)
+    problem = problem or restore_problem(checkpoint, path)
     if problem is not None:
         raise CheckpointMismatch(f"{path} does not hold {what}: {problem}")
 
