@@ -363,7 +363,7 @@ def test_unlabelled_folder_fails_before_decoding(tiny_run, tmp_path, monkeypatch
     def no_decoding(*args, **kwargs):
         raise AssertionError("images were loaded before the labels were checked")
 
-    monkeypatch.setattr("tfascl.evaluation.protocols.load_images", no_decoding)
+    monkeypatch.setattr("tfascl.evaluation.datasets.load_images", no_decoding)
     with pytest.raises(EvalInputError, match="no class folders"):
         evaluate("knn", model_dir=tiny_run, dataset=str(tmp_path / "flat"))
 

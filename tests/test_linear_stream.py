@@ -9,7 +9,7 @@ import pytest
 from PIL import Image
 from test_protocols import saved_run
 
-from tfascl.evaluation import LinearConfig, evaluate, protocols
+from tfascl.evaluation import LinearConfig, datasets, evaluate, linear_batches
 
 # (height, width): square, wide, tall, and two beyond the 3/4-4/3 ratios (the fallback).
 SIZES = [(40, 40), (36, 60), (64, 44), (24, 90), (96, 20), (50, 37)]
@@ -54,7 +54,7 @@ def test_crop_boxes_are_torchvisions_rule():
     heights = rng.integers(1, 400, count)
     widths = np.where(rng.random(count) < 0.2, heights * 3, rng.integers(1, 400, count))
     u = rng.random((count, 40))
-    got = protocols.torchvision_crop_boxes(u, heights, widths).numpy()
+    got = linear_batches.torchvision_crop_boxes(u, heights, widths).numpy()
     want = [torchvision_rule(u[n], heights[n], widths[n]) for n in range(count)]
     np.testing.assert_array_equal(got, np.asarray(want, np.float64))
     fallbacks = sum(box == central_crop(h, w) for box, h, w in zip(want, heights, widths))
@@ -91,17 +91,17 @@ def view(image, box, flip):
 
 
 def test_streamed_crops_are_the_rules_crops_of_each_original_image(varied_folder):
-    files = protocols.open_labelled(str(varied_folder), "train")
+    files = datasets.open_labelled(str(varied_folder), "train")
     seed, epoch = 5, 2
-    batches = protocols.streamed_linear_batches(files, len(files), SIDE, seed, epoch)
+    batches = linear_batches.streamed_linear_batches(files, len(files), SIDE, seed, epoch)
     (pixels, labels), *rest = list(batches)
     assert not rest and pixels.shape == (len(files), SIDE, SIDE, 3)
-    order = protocols.linear_epoch_order(len(files), seed, epoch).numpy()
+    order = linear_batches.linear_epoch_order(len(files), seed, epoch).numpy()
     np.testing.assert_array_equal(labels.numpy(), files.labels[order])
     assert sorted(order) == list(range(len(files)))  # every image once, shuffled
     errors, wrong = [], []
     for got, index in zip(pixels.numpy() * 255.0, order):
-        draws = protocols.linear_draws(seed, epoch, index).numpy()
+        draws = linear_batches.linear_draws(seed, epoch, index).numpy()
         with Image.open(files.paths[index]) as image:
             image = image.convert("RGB")
             top, left, h, w = torchvision_rule(draws[:-1], image.height, image.width)
@@ -118,7 +118,7 @@ def test_streamed_crops_are_the_rules_crops_of_each_original_image(varied_folder
     assert max(errors) < 2.5, errors
     assert wrong and min(wrong) > 2 * max(errors), (errors, wrong)
     # Another epoch: another order and other crops.
-    other = next(iter(protocols.streamed_linear_batches(files, len(files), SIDE, seed, 3)))
+    other = next(iter(linear_batches.streamed_linear_batches(files, len(files), SIDE, seed, 3)))
     assert not np.allclose(other[0].numpy(), pixels.numpy())
 
 
@@ -132,7 +132,7 @@ def test_linear_protocol_streams_varied_sizes_with_nothing_in_memory(
     def refuse(*args, **kwargs):
         raise AssertionError("a streamed probe decoded a split into memory")
 
-    monkeypatch.setattr(protocols, "load_images", refuse)
+    monkeypatch.setattr(datasets, "load_images", refuse)
     config = LinearConfig(epochs=2, batch_size=4, learning_rate=0.05, eval_every=1)
     try:  # auto: the images differ in size, so they stream (and keep their own size)
         entry = evaluate("linear", model_dir=run, linear=config, write=False)
