@@ -12,6 +12,7 @@ from typing import Any
 
 import numpy as np
 
+from tfascl import knn
 from tfascl.data import ImageFiles, ImageSet
 from tfascl.evaluation.datasets import embed_images
 from tfascl.evaluation.encoders import Encoder, EvalInputError
@@ -29,6 +30,8 @@ def nearest_neighbors(
 ) -> tuple[np.ndarray, np.ndarray]:
     """The ``k`` bank rows of highest cosine similarity to each query, most similar first.
 
+    ``tfascl.knn.nearest_neighbors`` (the kNN vote's search), as NumPy arrays.
+
     Args:
         bank: [N, F] features (any norm).
         queries: [Q, F] features.
@@ -38,19 +41,8 @@ def nearest_neighbors(
     Returns:
         ``(indices [Q, k] int64, similarities [Q, k] float32)``; ties go to the lower index.
     """
-    k = min(k, len(bank))
-    bank = bank / np.maximum(np.linalg.norm(bank, axis=1, keepdims=True), 1e-12)
-    queries = queries / np.maximum(np.linalg.norm(queries, axis=1, keepdims=True), 1e-12)
-    indices, similarities = [], []
-    for start in range(0, len(queries), chunk_size):
-        sims = queries[start : start + chunk_size] @ bank.T
-        # A stable sort of the negated similarities: equal ones keep the bank's order.
-        top = np.argsort(-sims, axis=1, kind="stable")[:, :k]
-        indices.append(top.astype(np.int64))
-        similarities.append(np.take_along_axis(sims, top, axis=1).astype(np.float32))
-    if not indices:
-        return np.zeros((0, k), np.int64), np.zeros((0, k), np.float32)
-    return np.concatenate(indices), np.concatenate(similarities)
+    similarities, indices = knn.nearest_neighbors(bank, queries, k, chunk_size)
+    return indices.numpy().astype(np.int64), similarities.numpy()
 
 
 def neighbors_protocol(
