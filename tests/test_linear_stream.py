@@ -133,7 +133,9 @@ def test_linear_protocol_streams_varied_sizes_with_nothing_in_memory(
         raise AssertionError("a streamed probe decoded a split into memory")
 
     monkeypatch.setattr(datasets, "load_images", refuse)
-    config = LinearConfig(epochs=2, batch_size=4, learning_rate=0.05, eval_every=1)
+    config = LinearConfig(
+        epochs=2, batch_size=4, learning_rate=0.05, eval_every=1, schedule="cosine"
+    )
     try:  # auto: the images differ in size, so they stream (and keep their own size)
         entry = evaluate("linear", model_dir=run, linear=config, write=False)
     finally:
@@ -145,4 +147,28 @@ def test_linear_protocol_streams_varied_sizes_with_nothing_in_memory(
     assert entry["skipped"] == {"train": [str(broken)]}
     assert entry["num_train"] == 12 and len(entry["history"]) == 2
     assert all(np.isfinite(record["loss"]) for record in entry["history"])
+    # The schedule's clock is the steps taken: 3 batches an epoch (12 images decode), not
+    # one more for the step fit tries when a streamed epoch runs out of files.
+    schedule = config.lr_schedule(entry["settings"]["steps_per_epoch"])
+    want = [float(schedule(step)) for step in (0, 3)]
+    assert [record["learning_rate"] for record in entry["history"]] == pytest.approx(want)
+    assert want[1] != pytest.approx(float(schedule(4)))
     assert entry["eval_crop"] == {"value": 0.875, "source": "run"}
+
+
+def test_the_dataset_fit_iterates_yields_each_epochs_batches(varied_folder):
+    from tfascl.data.host import host_variable
+
+    files = datasets.open_labelled(str(varied_folder), "train")
+    epoch = host_variable(np.int64(0), "epoch")
+    epochs = linear_batches.streamed_linear_epochs(files, 5, SIDE, 7, epoch)
+    spare = iter(epochs)  # fit makes one at an epoch's end, before the next epoch is set
+    for number in (1, 2, 3):
+        epoch.assign(number)  # the probe's callback, at the epoch's start
+        got = list(epochs)
+        want = list(linear_batches.streamed_linear_batches(files, 5, SIDE, 7, number))
+        assert [len(labels) for _, labels in got] == [5, 5, 2]  # 12 images, batches of 5
+        for (pixels, labels), (want_pixels, want_labels) in zip(got, want):
+            np.testing.assert_array_equal(pixels.numpy(), want_pixels.numpy())
+            np.testing.assert_array_equal(labels.numpy(), want_labels.numpy())
+    del spare

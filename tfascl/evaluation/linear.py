@@ -5,12 +5,18 @@ images (RandomResizedCrop at the model's size, scale (0.08, 1), + flip), ×0.1 s
 epochs 60 and 80 over 100 epochs, batch 256; or a per-step cosine from lr 1. ``fast=True``
 ("linear_fast") trains on cached eval-transform features instead, without augmentation:
 minutes instead of hours on a CPU, and not the paper's number.
+
+The training is Keras ``compile``/``fit`` on :class:`LinearProbe` (features in, logits out;
+image batches are embedded by the frozen encoder first), with a callback
+(:class:`_ProbeHistory`) for the per-epoch record and the test evaluation. It reproduces
+the hand-written loop it replaced step for step (``tests/test_eval.py``).
 """
 
 from __future__ import annotations
 
 import dataclasses
 import math
+import warnings
 from collections.abc import Callable
 from typing import Any
 
@@ -20,6 +26,7 @@ import tensorflow as tf
 
 from tfascl import knn
 from tfascl.data import ImageFiles, ImageSet
+from tfascl.data.host import host_variable
 from tfascl.data.stream import SkippedFiles
 from tfascl.evaluation.datasets import (
     DatasetProtocol,
@@ -33,7 +40,7 @@ from tfascl.evaluation.linear_batches import (
     LINEAR_CROP_SCALE,
     augmented_batches,
     feature_batches,
-    streamed_linear_batches,
+    streamed_linear_epochs,
 )
 from tfascl.optim import build_optimizer, multistep_decay, warmup_cosine
 
@@ -157,6 +164,115 @@ def build_classifier(feature_dim: int, num_classes: int, init_std: float, seed: 
     return keras.Model(inputs, logits, name="linear_classifier")
 
 
+class LinearProbe(keras.Model):
+    """The linear classifier as ``fit`` trains it: ``[B, F]`` features in, ``[B, C]`` logits
+    out; given ``embed``, a batch of images is embedded by the frozen encoder first.
+
+    ``train_step`` embeds outside the gradient tape, in inference mode (BN moving
+    statistics, no update), and only the classifier's kernel and bias are read inside it,
+    so no backbone activation is kept for a backward pass; then one step of the compiled
+    optimizer on the compiled loss (the mean cross-entropy of the batch). It logs the
+    step's own loss as ``batch_loss`` (Keras's ``loss`` is a running mean weighted by the
+    batch sizes; the probe's history is the plain mean over steps).
+
+    Args:
+        classifier: :func:`build_classifier`'s model.
+        embed: ``[B, S, S, 3]`` pixels → ``[B, F]`` features (``Encoder.embed``); None when
+            the dataset holds features already (``linear_fast``).
+    """
+
+    def __init__(
+        self, classifier: keras.Model, embed: Callable[[tf.Tensor], tf.Tensor] | None = None
+    ) -> None:
+        super().__init__(name="linear_probe")
+        self.classifier = classifier
+        self._embed = embed
+
+    def call(self, features: tf.Tensor, training: bool = False) -> tf.Tensor:
+        return self.classifier(features, training=training)
+
+    def train_step(self, data: tuple[tf.Tensor, tf.Tensor]) -> dict[str, tf.Tensor]:
+        inputs, labels = data
+        features = inputs if self._embed is None else tf.stop_gradient(self._embed(inputs))
+        weights = self.classifier.trainable_variables
+        with tf.GradientTape() as tape:
+            logits = self.classifier(features, training=True)
+            loss = self.compute_loss(x=features, y=labels, y_pred=logits)
+        self.optimizer.apply_gradients(zip(tape.gradient(loss, weights), weights))
+        return {"batch_loss": loss}
+
+
+class _ProbeHistory(keras.callbacks.Callback):
+    """The probe's per-epoch record: the rate of the epoch's first step, the mean step loss,
+    and test top-1 on evaluation epochs (with the best so far); sets the streamed probe's
+    epoch, and names its undecodable files after the first epoch.
+
+    Args:
+        config: The probe's settings.
+        evaluated: ``epoch -> (top-1, top-5 or None)`` on evaluation epochs, else None.
+        log: Called with a progress line after each evaluation.
+        epoch: The streamed dataset's epoch variable (set at each epoch's start), or None.
+        first_epoch_skipped: Called after the first epoch: the files that did not decode.
+    """
+
+    def __init__(
+        self,
+        config: LinearConfig,
+        evaluated: Callable[[int], tuple[float, float | None] | None],
+        log: Callable[[str], None] | None,
+        epoch: tf.Variable | None = None,
+        first_epoch_skipped: Callable[[], list[str]] | None = None,
+    ) -> None:
+        super().__init__()
+        self.config, self.evaluated, self.log, self.epoch = config, evaluated, log, epoch
+        self.first_epoch_skipped = first_epoch_skipped
+        self.history: list[dict[str, Any]] = []
+        self.best, self.best_epoch, self.final5 = -1.0, 0, None
+        self.losses: list[float] = []
+        self.lr = 0.0
+        self.steps = 0  # optimizer steps taken
+        self.train_skipped: list[str] = []
+
+    def on_epoch_begin(self, epoch: int, logs: dict[str, Any] | None = None) -> None:
+        if self.epoch is not None:
+            self.epoch.assign(epoch + 1)  # fit counts from 0, the probe's epochs from 1
+        self.lr = float(self.model.optimizer.learning_rate)  # the epoch's first step's rate
+        self.losses = []
+
+    def on_train_batch_end(self, batch: int, logs: dict[str, Any] | None = None) -> None:
+        self.losses.append(float(logs["batch_loss"]))
+        self.steps += 1
+
+    def on_epoch_end(self, epoch: int, logs: dict[str, Any] | None = None) -> None:
+        epoch += 1
+        # A streamed epoch ends when fit's next step finds no batch; that step still counts
+        # one optimizer iteration (Keras 3.15), which would run the schedule a step ahead
+        # for every epoch. The clock is the steps taken, as in a plain loop.
+        iterations = self.model.optimizer.iterations
+        if int(iterations.numpy()) != self.steps:
+            iterations.assign(self.steps)
+        record: dict[str, Any] = {
+            "epoch": epoch,
+            "loss": float(np.mean(self.losses)),
+            "learning_rate": self.lr,
+        }
+        if epoch == 1 and self.first_epoch_skipped is not None:
+            self.train_skipped = self.first_epoch_skipped()
+        scores = self.evaluated(epoch)
+        if scores is not None:
+            top1, self.final5 = scores
+            record["top1"] = top1
+            if top1 > self.best:
+                self.best, self.best_epoch = top1, epoch
+            if self.log is not None:
+                self.log(
+                    f"{self.config.protocol} epoch {epoch}/{self.config.epochs}: loss "
+                    f"{record['loss']:.4f}, lr {self.lr:.4g}, test top-1 {100 * top1:.2f}% "
+                    f"(best {100 * self.best:.2f}%)"
+                )
+        self.history.append(record)
+
+
 def linear_protocol(
     encoder: Encoder,
     train: ImageSet | ImageFiles,
@@ -170,10 +286,15 @@ def linear_protocol(
 ) -> dict[str, Any]:
     """Trains a linear classifier on the frozen encoder and reports test top-1 (best, final).
 
-    The backbone runs in inference mode (BN moving statistics, no update) and outside the
-    gradient tape; only the linear layer's kernel and bias are optimised. Test features are
-    computed once: with a frozen backbone in inference mode they never change, so evaluating
-    each epoch costs a matmul.
+    Trained by Keras ``compile``/``fit`` (:class:`LinearProbe`): the batches are one
+    ``tf.data`` dataset, the optimizer :func:`tfascl.optim.build_optimizer`'s ``"sgd"``
+    (PyTorch's SGD: coupled L2 weight decay ``g += wd * w``, not Keras's decoupled one),
+    its per-step schedule :meth:`LinearConfig.lr_schedule`. The backbone runs in inference
+    mode (BN moving statistics, no update) and outside the gradient tape; only the linear
+    layer's kernel and bias are optimised. Test features are computed once: with a frozen
+    backbone in inference mode they never change, so evaluating each epoch (a callback,
+    ``eval_every`` epochs and the last; top-k ties rank the lower class first, as
+    :func:`tfascl.knn.top_k_accuracy`) costs a matmul.
 
     Args:
         encoder: The frozen model.
@@ -232,62 +353,63 @@ def linear_protocol(
         nesterov=config.uses_nesterov,
         exclude_bn_and_bias=False,  # PyTorch's SGD decays the bias too (moot at wd 0)
     )
-    weights = classifier.trainable_variables
-    optimizer.build(weights)
-    fast = config.fast
+    optimizer.build(classifier.trainable_variables)
+    # The encoder runs on the step's batch, as part of the step (not in tf.data's threads).
+    probe = LinearProbe(classifier, None if config.fast else encoder.embed)
+    # No XLA: the step embeds with the encoder (a restored SavedModel function for some),
+    # as the hand-written step did; steps_per_execution 1: one loss per step for the history.
+    probe.compile(
+        optimizer=optimizer,
+        loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+        jit_compile=False,
+    )
 
-    @tf.function(reduce_retracing=True)
-    def train_step(inputs: tf.Tensor, labels: tf.Tensor) -> tf.Tensor:
-        features = inputs if fast else encoder.embed(inputs)
-        features = tf.stop_gradient(features)
-        with tf.GradientTape() as tape:
-            logits = classifier(features, training=True)
-            loss = tf.reduce_mean(
-                keras.losses.sparse_categorical_crossentropy(labels, logits, from_logits=True)
-            )
-        optimizer.apply_gradients(zip(tape.gradient(loss, weights), weights))
-        return loss
+    def evaluated(epoch: int) -> tuple[float, float | None] | None:
+        """Test (top-1, top-5) after ``epoch`` when it is an evaluation epoch, else None."""
+        if epoch % config.eval_every and epoch != config.epochs:
+            return None
+        scores = np.asarray(classifier.predict_on_batch(test_features))
+        top5 = knn.top_k_accuracy(scores, test_labels, 5) if num_classes >= 5 else None
+        return knn.top_k_accuracy(scores, test_labels, 1), top5
 
-    def test_scores() -> np.ndarray:
-        return np.asarray(classifier.predict_on_batch(test_features))
+    epoch_var, first_epoch_skipped = None, None
+    if streamed:
+        epoch_var = host_variable(np.int64(0), "linear_epoch")
+        if skipped is not None:
 
-    history: list[dict[str, Any]] = []
-    best, best_epoch, final5 = -1.0, 0, None
-    for epoch in range(1, config.epochs + 1):
-        lr = float(optimizer.learning_rate)  # the rate of the epoch's first step
-        if streamed:
-            dataset = streamed_linear_batches(
-                train, config.batch_size, encoder.image_size, config.seed, epoch,
-                config.crop_scale, skipped,
-            )  # fmt: skip
-        losses = [float(train_step(inputs, labels)) for inputs, labels in dataset]
-        if streamed and epoch == 1 and skipped is not None:
-            train_skipped = never_decoded(train, skipped)
-        record: dict[str, Any] = {
-            "epoch": epoch,
-            "loss": float(np.mean(losses)),
-            "learning_rate": lr,
-        }
-        if epoch % config.eval_every == 0 or epoch == config.epochs:
-            scores = test_scores()
-            top1 = knn.top_k_accuracy(scores, test_labels, 1)
-            final5 = knn.top_k_accuracy(scores, test_labels, 5) if num_classes >= 5 else None
-            record["top1"] = top1
-            if top1 > best:
-                best, best_epoch = top1, epoch
-            if log is not None:
-                log(
-                    f"{config.protocol} epoch {epoch}/{config.epochs}: loss {record['loss']:.4f}, "
-                    f"lr {lr:.4g}, test top-1 {100 * top1:.2f}% (best {100 * best:.2f}%)"
-                )
-        history.append(record)
+            def first_epoch_skipped() -> list[str]:
+                return never_decoded(train, skipped)
+
+        dataset = streamed_linear_epochs(
+            train, config.batch_size, encoder.image_size, config.seed, epoch_var,
+            config.crop_scale, skipped,
+        )  # fmt: skip
+        fit_steps = None  # epochs end when their files do (undecodable ones are left out)
+    else:
+        # One iterator over the repeated batches, as many steps an epoch as they hold:
+        # each repetition reshuffles (and redraws the crops) exactly as a new pass over
+        # the dataset did in the hand-written loop.
+        dataset, fit_steps = dataset.repeat(), steps_per_epoch
+    record = _ProbeHistory(config, evaluated, log, epoch_var, first_epoch_skipped)
+    with warnings.catch_warnings():
+        # A streamed epoch ends when its files run out, which fit reports as a warning.
+        warnings.filterwarnings("ignore", message="Your input ran out of data")
+        probe.fit(
+            dataset,
+            epochs=config.epochs,
+            steps_per_epoch=fit_steps,
+            shuffle=False,  # the dataset shuffles itself
+            callbacks=[record],
+            verbose=0,
+        )
+    train_skipped = record.train_skipped if streamed else train_skipped
     metrics: dict[str, Any] = {
-        "top1_best": best,
-        "top1_final": history[-1]["top1"],
-        "best_epoch": best_epoch,
+        "top1_best": record.best,
+        "top1_final": record.history[-1]["top1"],
+        "best_epoch": record.best_epoch,
     }
-    if final5 is not None:
-        metrics["top5_final"] = final5
+    if record.final5 is not None:
+        metrics["top5_final"] = record.final5
     settings = {
         **config.settings(),
         "steps_per_epoch": steps_per_epoch,
@@ -300,5 +422,5 @@ def linear_protocol(
             "streamed: torchvision's RandomResizedCrop rule on each original image (whole-pixel "
             "box from its own size, only that window decoded), then the flip"
         )
-    result = {"metrics": metrics, "settings": settings, "history": history}
+    result = {"metrics": metrics, "settings": settings, "history": record.history}
     return {**with_skipped(result, train_skipped, test_skipped), "classifier": classifier}

@@ -6,6 +6,8 @@ from the files by torchvision's rule, or cached features.
 * Streamed files (:func:`streamed_linear_batches`): MoCo ``main_lincls.py``'s
   RandomResizedCrop(S) of each original image by torchvision's whole-pixel rule, only the
   crop's window decoded; memory is flat in the number of images.
+  :func:`streamed_linear_epochs` is the same as the one dataset ``fit`` iterates each
+  epoch.
 * ``linear_fast`` (:func:`feature_batches`): cached eval-transform features, shuffled.
 """
 
@@ -221,13 +223,79 @@ def streamed_linear_batches(
         batch_size: Images per batch; the last batch of the epoch may be smaller.
         image_size: ``S``, the model's size.
         seed: Seed of the order and the draws.
-        epoch: The epoch (a new order and new crops each).
+        epoch: The epoch (a new order and new crops each); an int or an int64 scalar.
         scale: RandomResizedCrop's area range.
         skipped: Records the files that decode (folders).
 
     Returns:
         ``(pixels [B, S, S, 3] float32 in [0, 1], labels [B] int64)`` batches.
     """
+
+    source = _stream_source(files)
+    batches = _streamed_epoch(files, source, batch_size, image_size, seed, epoch, scale, skipped)
+    return batches.prefetch(tf.data.AUTOTUNE)
+
+
+def streamed_linear_epochs(
+    files: ImageFiles,
+    batch_size: int,
+    image_size: int,
+    seed: int,
+    epoch: tf.Variable,
+    scale: tuple[float, float] = LINEAR_CROP_SCALE,
+    skipped: SkippedFiles | None = None,
+) -> tf.data.Dataset:
+    """The streamed probe's batches as the one dataset ``fit`` iterates afresh each epoch.
+
+    Each iteration reads ``epoch`` (an int64 scalar variable; the probe's callback sets it
+    at every epoch's start) when its first element is asked for, and yields that epoch's
+    :func:`streamed_linear_batches`: the same order and crops, a function of (seed, epoch,
+    image) only, however many iterators ``fit`` makes (it makes a spare one at an epoch's
+    end, which reads the finished epoch and is dropped unread).
+
+    Args:
+        files: The labelled training split (a folder, or TFDS records).
+        batch_size: Images per batch; the last batch of each epoch may be smaller.
+        image_size: ``S``, the model's size.
+        seed: Seed of the order and the draws.
+        epoch: Variable holding the epoch an iteration yields (1 for the first).
+        scale: RandomResizedCrop's area range.
+        skipped: Records the files that decode (folders).
+
+    Returns:
+        ``(pixels [B, S, S, 3] float32 in [0, 1], labels [B] int64)`` batches.
+    """
+    source = _stream_source(files)  # TFDS's pipeline and the host variables: built once
+
+    def one_epoch(_: tf.Tensor) -> tf.data.Dataset:
+        return _streamed_epoch(
+            files, source, batch_size, image_size, seed, epoch.read_value(), scale, skipped
+        )
+
+    start = tf.data.Dataset.from_tensors(tf.constant(0, tf.int64))
+    return start.flat_map(one_epoch).prefetch(tf.data.AUTOTUNE)
+
+
+def _stream_source(files: ImageFiles) -> tf.data.Dataset | tuple[tf.Variable, tf.Variable]:
+    """What every epoch reads: TFDS's (image, label) records, or the files' host variables."""
+    if files.tfds is not None:
+        return stream._tfds_records(files, None, shuffle_files=True)
+    return files.host_arrays()
+
+
+def _streamed_epoch(
+    files: ImageFiles,
+    source: tf.data.Dataset | tuple[tf.Variable, tf.Variable],
+    batch_size: int,
+    image_size: int,
+    seed: int,
+    epoch: Any,
+    scale: tuple[float, float],
+    skipped: SkippedFiles | None,
+) -> tf.data.Dataset:
+    """One epoch's batches (:func:`streamed_linear_batches`) from a prepared source;
+    ``epoch`` may be a tensor, as in a dataset function."""
+    epoch = tf.cast(epoch, tf.int64)
 
     def crop(contents: tf.Tensor, position: tf.Tensor) -> tf.Tensor:
         draws = linear_draws(seed, epoch, position)
@@ -241,9 +309,8 @@ def streamed_linear_batches(
         return pixels / 255.0
 
     if files.tfds is not None:
-        epoch_seed = tf.constant([seed, epoch], tf.int64)
-        records = stream._tfds_records(files, None, shuffle_files=True)
-        records = stream.block_shuffle(records, epoch_seed, stream.TFDS_SHUFFLE_BLOCK)
+        epoch_seed = tf.stack([tf.constant(seed, tf.int64), epoch])
+        records = stream.block_shuffle(source, epoch_seed, stream.TFDS_SHUFFLE_BLOCK)
 
         def decode_record(position: tf.Tensor, record: tuple) -> tuple[tf.Tensor, tf.Tensor]:
             contents, label = record
@@ -251,21 +318,20 @@ def streamed_linear_batches(
 
         examples = records.enumerate().map(decode_record, num_parallel_calls=tf.data.AUTOTUNE)
     else:
-        paths, labels = files.host_arrays()
+        paths, labels = source
         order = tf.data.Dataset.from_tensor_slices(linear_epoch_order(files.count, seed, epoch))
 
         def decode_file(index: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
             pixels = crop(tf.io.read_file(tf.gather(paths, index)), index)
             if skipped is not None:  # marked once the decode has succeeded
                 with tf.control_dependencies([pixels]):
-                    marked = skipped.mark(index, tf.constant(epoch, tf.int64))
+                    marked = skipped.mark(index, epoch)
                 with tf.control_dependencies([marked]):
                     pixels = tf.identity(pixels)
             return pixels, tf.gather(labels, index)
 
         examples = order.map(decode_file, num_parallel_calls=tf.data.AUTOTUNE)
-    examples = examples.ignore_errors()
-    return examples.batch(batch_size).prefetch(tf.data.AUTOTUNE)
+    return examples.ignore_errors().batch(batch_size)
 
 
 def feature_batches(
