@@ -249,9 +249,11 @@ def streamed_linear_epochs(
 
     Each iteration reads ``epoch`` (an int64 scalar variable; the probe's callback sets it
     at every epoch's start) when its first element is asked for, and yields that epoch's
-    :func:`streamed_linear_batches`: the same order and crops, a function of (seed, epoch,
-    image) only, however many iterators ``fit`` makes (it makes a spare one at an epoch's
-    end, which reads the finished epoch and is dropped unread).
+    :func:`streamed_linear_batches`: for a folder the same order and crops, a function of
+    (seed, epoch, file) only, however many iterators ``fit`` makes (it makes a spare one at
+    an epoch's end, which reads the finished epoch and is dropped unread). TFDS records
+    are read by one pipeline built here, whose file order TFDS reshuffles (seed 0) at each
+    iteration; :func:`streamed_linear_batches` builds a new one, in its first order.
 
     Args:
         files: The labelled training split (a folder, or TFDS records).
