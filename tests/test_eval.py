@@ -219,6 +219,57 @@ def test_linear_protocol_trains_only_the_linear_layer(tiny_run, tmp_path):
     assert result["settings"]["augmentation"].startswith("RandomResizedCrop")
 
 
+def test_linear_probe_fit_is_the_plain_sgd_loop(tiny_run):
+    """``fit`` trains the probe step for step as the hand-written loop it replaced: the same
+    batches, PyTorch's SGD with coupled weight decay (Nesterov), the rate of each epoch's
+    first step, the mean step loss, test top-1 each epoch."""
+    import math
+
+    from tfascl import knn
+    from tfascl.evaluation import load_labelled
+    from tfascl.evaluation.datasets import embed_split
+    from tfascl.evaluation.linear_batches import feature_batches
+    from tfascl.optim import build_optimizer
+
+    encoder = load_encoder(tiny_run)
+    train = load_labelled("digits", "train", max_examples=64)
+    test = load_labelled("digits", "test", max_examples=40)
+    # A large weight decay: coupled (through the momentum) and decoupled differ visibly.
+    config = LinearConfig(
+        epochs=3, batch_size=24, learning_rate=0.2, milestones=(2,), weight_decay=0.05,
+        fast=True, seed=5,
+    )  # fmt: skip
+    result = linear_protocol(encoder, train, test, config)
+
+    features, labels, _ = embed_split(encoder, train)
+    test_features, test_labels, _ = embed_split(encoder, test)
+    classifier = build_classifier(encoder.feature_dim, 10, config.init_std, config.seed)
+    optimizer = build_optimizer(
+        "sgd", config.lr_schedule(math.ceil(64 / 24)), weight_decay=0.05, momentum=0.9,
+        nesterov=True, exclude_bn_and_bias=False,
+    )  # fmt: skip
+    weights = classifier.trainable_variables
+    dataset = feature_batches(features, labels, config.batch_size, config.seed)
+    for epoch, record in enumerate(result["history"], start=1):
+        lr, losses = float(optimizer.learning_rate), []
+        for x, y in dataset:
+            with tf.GradientTape() as tape:
+                logits = classifier(x, training=True)
+                loss = tf.reduce_mean(
+                    keras.losses.sparse_categorical_crossentropy(y, logits, from_logits=True)
+                )
+            optimizer.apply_gradients(zip(tape.gradient(loss, weights), weights))
+            losses.append(float(loss))
+        scores = classifier.predict_on_batch(test_features)
+        assert record["epoch"] == epoch
+        assert record["learning_rate"] == pytest.approx(lr)
+        assert record["loss"] == pytest.approx(np.mean(losses), rel=1e-5)
+        assert record["top1"] == pytest.approx(knn.top_k_accuracy(scores, test_labels, 1))
+    for got, want in zip(result["classifier"].get_weights(), classifier.get_weights()):
+        np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-6)
+    assert result["settings"]["steps_per_epoch"] == 3 and len(result["history"]) == 3
+
+
 def test_evaluate_writes_and_merges_results_json(tiny_run):
     from tfascl.evaluation import embed_images, load_labelled
 
@@ -363,7 +414,7 @@ def test_unlabelled_folder_fails_before_decoding(tiny_run, tmp_path, monkeypatch
     def no_decoding(*args, **kwargs):
         raise AssertionError("images were loaded before the labels were checked")
 
-    monkeypatch.setattr("tfascl.evaluation.protocols.load_images", no_decoding)
+    monkeypatch.setattr("tfascl.evaluation.datasets.load_images", no_decoding)
     with pytest.raises(EvalInputError, match="no class folders"):
         evaluate("knn", model_dir=tiny_run, dataset=str(tmp_path / "flat"))
 

@@ -9,12 +9,8 @@ from helpers import tiny_spec
 from tfascl import runs
 from tfascl.data import ImageSet
 from tfascl.evaluation import LinearConfig, embed_images, from_model_dir
-from tfascl.evaluation.protocols import (
-    DATASET_PROTOCOLS,
-    dataset_protocol,
-    eval_image_size,
-    linear_crop_params,
-)
+from tfascl.evaluation.datasets import DATASET_PROTOCOLS, dataset_protocol, eval_image_size
+from tfascl.evaluation.linear_batches import linear_crop_params
 
 SIZE = 16
 
@@ -95,7 +91,7 @@ def test_native_size_evaluation_embeds_without_resizing(tmp_path):
 
 def test_check_labels_refuses_unlabelled_splits_for_memory_and_stream_alike():
     from tfascl.evaluation import EvalInputError
-    from tfascl.evaluation.protocols import check_labels
+    from tfascl.evaluation.datasets import check_labels
 
     check_labels("stl10", "train", True, np.array([0, 3, 9]))
     check_labels("stl10", "train", True, None)  # a TFDS stream: checked as records are read
@@ -103,3 +99,44 @@ def test_check_labels_refuses_unlabelled_splits_for_memory_and_stream_alike():
         check_labels("stl10", "unlabelled", False, None)
     with pytest.raises(EvalInputError, match=r"holds unlabelled images \(label -1\)"):
         check_labels("stl10", "train+unlabelled", True, np.array([0, -1, 2]))
+
+
+# Every public name of protocols.py before it was split by protocol (importers outside
+# tfascl.evaluation, e.g. tfascl.train's monitor_image_size, still use that module).
+OLD_PROTOCOLS_NAMES = {
+    "datasets": [
+        "DATASET_PROTOCOLS", "DatasetProtocol", "check_labelled_source", "check_labels",
+        "dataset_protocol", "embed_images", "embed_split", "eval_image_size", "image_shape",
+        "load_labelled", "monitor_image_size", "num_classes_of", "open_labelled",
+        "pixel_batches", "resize_note", "timed",
+    ],
+    "knn": ["knn_protocol"],
+    "linear": ["DEFAULT_LINEAR_LR", "LINEAR_SCHEDULES", "LinearConfig", "build_classifier",
+               "linear_protocol"],
+    "linear_batches": [
+        "LINEAR_CROP_SCALE", "LINEAR_DRAWS", "linear_augment", "linear_crop_params",
+        "linear_draws", "linear_epoch_order", "streamed_linear_batches",
+        "torchvision_crop_boxes",
+    ],
+    "neighbors": ["NEIGHBORS_FILE", "STREAMED_NEIGHBORS_ERROR", "nearest_neighbors",
+                  "neighbors_protocol"],
+}  # fmt: skip
+
+
+def test_the_old_protocols_module_names_the_moved_objects():
+    import importlib
+
+    from tfascl.evaluation import protocols
+
+    for module, names in OLD_PROTOCOLS_NAMES.items():
+        home = importlib.import_module(f"tfascl.evaluation.{module}")
+        for name in names:
+            assert getattr(protocols, name) is getattr(home, name), f"{module}.{name}"
+    listed = {name for names in OLD_PROTOCOLS_NAMES.values() for name in names}
+    assert set(protocols.__all__) == listed
+    # The package's lazy names come from the new modules, and are the same objects.
+    from tfascl import evaluation
+
+    assert evaluation.knn_protocol is protocols.knn_protocol
+    assert evaluation.LinearConfig is protocols.LinearConfig
+    assert evaluation.embed_images is protocols.embed_images

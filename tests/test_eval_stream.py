@@ -12,7 +12,15 @@ from helpers import REPO, run_python, tiny_spec
 from test_data_stream import const_sizes
 
 from tfascl import data, runs
-from tfascl.evaluation import EvalInputError, LinearConfig, evaluate, load_encoder, protocols
+from tfascl.evaluation import (
+    EvalInputError,
+    LinearConfig,
+    datasets,
+    evaluate,
+    linear_batches,
+    load_encoder,
+    neighbors,
+)
 
 SIZE = 32  # CIFAR-10's own size: neither path resizes, so their pixels are the same
 
@@ -67,10 +75,10 @@ def test_streamed_knn_equals_memory_knn_and_skips_a_broken_file(
 
     # The features themselves, not only the accuracies: same decode, same pixels.
     encoder = load_encoder(run_dir)
-    files = protocols.open_labelled(str(folder), "test")
-    images = protocols.load_labelled(str(folder), "test")
-    from_files, file_labels, _ = protocols.embed_split(encoder, files, 16)
-    from_memory, memory_labels, _ = protocols.embed_split(encoder, images, 16)
+    files = datasets.open_labelled(str(folder), "test")
+    images = datasets.load_labelled(str(folder), "test")
+    from_files, file_labels, _ = datasets.embed_split(encoder, files, 16)
+    from_memory, memory_labels, _ = datasets.embed_split(encoder, images, 16)
     np.testing.assert_array_equal(file_labels, memory_labels)
     np.testing.assert_allclose(from_files, from_memory, rtol=1e-5, atol=1e-5)
     assert np.std(from_files, axis=0).max() > 1e-3  # features that tell images apart
@@ -158,16 +166,16 @@ def test_eval_pixels_never_become_graph_constants():
     images = rng.integers(0, 256, (250, 64, 64, 3), dtype=np.uint8)
     labels = rng.integers(0, 10, 250)
     image_set = data.ImageSet(images, labels, [], (0.5,) * 3, (0.25,) * 3, "noise")
-    batches = protocols.pixel_batches(images, 32, 100)
+    batches = datasets.pixel_batches(images, 32, 100)
     assert large_captures(batches) < 1 << 20
     # ...and the batches are still the eval transform of the stored pixels.
     first = next(iter(batches)).numpy()
     expected = data.eval_transform(images[:100], 32, (0.0,) * 3, (1.0,) * 3).numpy()
     np.testing.assert_allclose(first, expected, atol=1e-6)
-    augmented = protocols._augmented_batches(image_set, 64, 32, 0, False)
+    augmented = linear_batches.augmented_batches(image_set, 64, 32, 0, False)
     assert large_captures(augmented) < 1 << 20
     features = rng.normal(size=(1000, 512)).astype(np.float32)  # 2 MB
-    cached = protocols._feature_batches(features, labels.repeat(4), 100, 0)
+    cached = linear_batches.feature_batches(features, labels.repeat(4), 100, 0)
     assert large_captures(cached) < 1 << 20
     batch, batch_labels = next(iter(cached))
     rows = [np.flatnonzero((features == row).all(axis=1))[0] for row in batch.numpy()]
@@ -181,6 +189,6 @@ def test_streamed_neighbors_is_a_one_line_usage_error(run_dir):
     )  # fmt: skip
     assert process.returncode == 2, process.stderr[-2000:]
     errors = [line for line in process.stderr.splitlines() if "tfascl-eval: error" in line]
-    assert errors == [f"tfascl-eval: error: {protocols.STREAMED_NEIGHBORS_ERROR}"]
+    assert errors == [f"tfascl-eval: error: {neighbors.STREAMED_NEIGHBORS_ERROR}"]
     assert "Traceback" not in process.stderr
     assert not Path(run_dir, "results.json").exists()

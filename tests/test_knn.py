@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from tfascl.knn import feature_extractor, knn_accuracy, knn_predict
+from tfascl.knn import feature_extractor, knn_accuracy, knn_predict, nearest_neighbors
 
 
 def knn_ref(train, labels, test, num_classes, k, temperature):
@@ -139,6 +139,38 @@ def test_tf_function_dynamic_shapes_and_jit():
     jitted = tf.function(fn, jit_compile=True)
     for compiled in (dynamic, jitted):
         np.testing.assert_allclose(compiled(train, labels, test).numpy(), want, rtol=1e-5)
+
+
+def test_nearest_neighbors_is_the_votes_search_in_any_mode():
+    """One search for the kNN vote and the neighbours picture: the brute-force order
+    (ties lower index first), chunked or not, eager, with dynamic shapes, and under XLA."""
+    train, labels, test = tied_problem(6)
+    sim = (train / 2.0) @ (test / 2.0).T  # exact multiples of 0.25: many ties
+    want = np.array([sorted(range(len(train)), key=lambda j: (-row[j], j))[:7] for row in sim.T])
+    spec = [tf.TensorSpec([None, None], tf.float32)] * 2
+    for chunk_size in (1, 5, 12, 100):
+
+        def search(a, b, chunk_size=chunk_size):
+            return nearest_neighbors(a, b, 7, chunk_size)
+
+        runs = {
+            "eager": search,
+            "dynamic": tf.function(search, input_signature=spec),
+            "xla": tf.function(search, jit_compile=True),
+        }
+        for name, run in runs.items():
+            sims, indices = run(train, test)
+            np.testing.assert_array_equal(indices.numpy(), want, err_msg=f"{name} {chunk_size}")
+            np.testing.assert_allclose(
+                sims.numpy(), np.take_along_axis(sim.T, want, axis=1), atol=1e-6
+            )
+    assert nearest_neighbors(train[:3], test, 7)[1].shape == (12, 3)  # k clipped to N
+    # knn_predict votes with exactly these neighbours.
+    votes = np.zeros((len(test), 5))
+    for row, (s, i) in enumerate(zip(np.take_along_axis(sim.T, want, axis=1), want)):
+        np.add.at(votes[row], labels[i], np.exp(s / 0.2))
+    got = knn_predict(train, labels, test, num_classes=5, k=7, temperature=0.2, chunk_size=5)
+    np.testing.assert_allclose(got.numpy(), votes, rtol=1e-6)
 
 
 def test_knn_accuracy_top1_top5():

@@ -9,7 +9,7 @@ import pytest
 from PIL import Image
 from test_protocols import saved_run
 
-from tfascl.evaluation import LinearConfig, evaluate, protocols
+from tfascl.evaluation import LinearConfig, datasets, evaluate, linear_batches
 
 # (height, width): square, wide, tall, and two beyond the 3/4-4/3 ratios (the fallback).
 SIZES = [(40, 40), (36, 60), (64, 44), (24, 90), (96, 20), (50, 37)]
@@ -54,7 +54,7 @@ def test_crop_boxes_are_torchvisions_rule():
     heights = rng.integers(1, 400, count)
     widths = np.where(rng.random(count) < 0.2, heights * 3, rng.integers(1, 400, count))
     u = rng.random((count, 40))
-    got = protocols.torchvision_crop_boxes(u, heights, widths).numpy()
+    got = linear_batches.torchvision_crop_boxes(u, heights, widths).numpy()
     want = [torchvision_rule(u[n], heights[n], widths[n]) for n in range(count)]
     np.testing.assert_array_equal(got, np.asarray(want, np.float64))
     fallbacks = sum(box == central_crop(h, w) for box, h, w in zip(want, heights, widths))
@@ -91,17 +91,17 @@ def view(image, box, flip):
 
 
 def test_streamed_crops_are_the_rules_crops_of_each_original_image(varied_folder):
-    files = protocols.open_labelled(str(varied_folder), "train")
+    files = datasets.open_labelled(str(varied_folder), "train")
     seed, epoch = 5, 2
-    batches = protocols.streamed_linear_batches(files, len(files), SIDE, seed, epoch)
+    batches = linear_batches.streamed_linear_batches(files, len(files), SIDE, seed, epoch)
     (pixels, labels), *rest = list(batches)
     assert not rest and pixels.shape == (len(files), SIDE, SIDE, 3)
-    order = protocols.linear_epoch_order(len(files), seed, epoch).numpy()
+    order = linear_batches.linear_epoch_order(len(files), seed, epoch).numpy()
     np.testing.assert_array_equal(labels.numpy(), files.labels[order])
     assert sorted(order) == list(range(len(files)))  # every image once, shuffled
     errors, wrong = [], []
     for got, index in zip(pixels.numpy() * 255.0, order):
-        draws = protocols.linear_draws(seed, epoch, index).numpy()
+        draws = linear_batches.linear_draws(seed, epoch, index).numpy()
         with Image.open(files.paths[index]) as image:
             image = image.convert("RGB")
             top, left, h, w = torchvision_rule(draws[:-1], image.height, image.width)
@@ -118,7 +118,7 @@ def test_streamed_crops_are_the_rules_crops_of_each_original_image(varied_folder
     assert max(errors) < 2.5, errors
     assert wrong and min(wrong) > 2 * max(errors), (errors, wrong)
     # Another epoch: another order and other crops.
-    other = next(iter(protocols.streamed_linear_batches(files, len(files), SIDE, seed, 3)))
+    other = next(iter(linear_batches.streamed_linear_batches(files, len(files), SIDE, seed, 3)))
     assert not np.allclose(other[0].numpy(), pixels.numpy())
 
 
@@ -132,8 +132,10 @@ def test_linear_protocol_streams_varied_sizes_with_nothing_in_memory(
     def refuse(*args, **kwargs):
         raise AssertionError("a streamed probe decoded a split into memory")
 
-    monkeypatch.setattr(protocols, "load_images", refuse)
-    config = LinearConfig(epochs=2, batch_size=4, learning_rate=0.05, eval_every=1)
+    monkeypatch.setattr(datasets, "load_images", refuse)
+    config = LinearConfig(
+        epochs=2, batch_size=4, learning_rate=0.05, eval_every=1, schedule="cosine"
+    )
     try:  # auto: the images differ in size, so they stream (and keep their own size)
         entry = evaluate("linear", model_dir=run, linear=config, write=False)
     finally:
@@ -145,4 +147,28 @@ def test_linear_protocol_streams_varied_sizes_with_nothing_in_memory(
     assert entry["skipped"] == {"train": [str(broken)]}
     assert entry["num_train"] == 12 and len(entry["history"]) == 2
     assert all(np.isfinite(record["loss"]) for record in entry["history"])
+    # The schedule's clock is the steps taken: 3 batches an epoch (12 images decode), not
+    # one more for the step fit tries when a streamed epoch runs out of files.
+    schedule = config.lr_schedule(entry["settings"]["steps_per_epoch"])
+    want = [float(schedule(step)) for step in (0, 3)]
+    assert [record["learning_rate"] for record in entry["history"]] == pytest.approx(want)
+    assert want[1] != pytest.approx(float(schedule(4)))
     assert entry["eval_crop"] == {"value": 0.875, "source": "run"}
+
+
+def test_the_dataset_fit_iterates_yields_each_epochs_batches(varied_folder):
+    from tfascl.data.host import host_variable
+
+    files = datasets.open_labelled(str(varied_folder), "train")
+    epoch = host_variable(np.int64(0), "epoch")
+    epochs = linear_batches.streamed_linear_epochs(files, 5, SIDE, 7, epoch)
+    spare = iter(epochs)  # fit makes one at an epoch's end, before the next epoch is set
+    for number in (1, 2, 3):
+        epoch.assign(number)  # the probe's callback, at the epoch's start
+        got = list(epochs)
+        want = list(linear_batches.streamed_linear_batches(files, 5, SIDE, 7, number))
+        assert [len(labels) for _, labels in got] == [5, 5, 2]  # 12 images, batches of 5
+        for (pixels, labels), (want_pixels, want_labels) in zip(got, want):
+            np.testing.assert_array_equal(pixels.numpy(), want_pixels.numpy())
+            np.testing.assert_array_equal(labels.numpy(), want_labels.numpy())
+    del spare

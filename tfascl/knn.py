@@ -14,6 +14,9 @@ For a test feature ``q`` and training features ``x_j`` with labels ``y_j``::
 
 Ties: when several training samples share the k-th largest similarity, ``tf.math.top_k`` keeps
 the ones with the lower index (it documents that equal values come out lower-index first).
+
+``N(q)`` is :func:`nearest_neighbors`, the package's one nearest-neighbour search of frozen
+features: the vote here and ``tfascl-eval --protocol=neighbors``'s picture both use it.
 """
 
 from __future__ import annotations
@@ -27,7 +30,81 @@ import tensorflow as tf
 
 from tfascl import console
 
-__all__ = ["feature_extractor", "knn_accuracy", "knn_predict", "top_k_accuracy"]
+__all__ = [
+    "feature_extractor",
+    "knn_accuracy",
+    "knn_predict",
+    "nearest_neighbors",
+    "top_k_accuracy",
+]
+
+
+def nearest_neighbors(
+    bank: tf.Tensor | np.ndarray,
+    queries: tf.Tensor | np.ndarray,
+    k: int,
+    chunk_size: int = 1024,
+) -> tuple[tf.Tensor, tf.Tensor]:
+    """The ``k`` bank rows most cosine-similar to each query, most similar first.
+
+    The one nearest-neighbour search of the package: :func:`knn_predict` votes with it,
+    and ``tfascl-eval --protocol=neighbors`` pictures it. Both sets are L2-normalised here
+    (raw backbone outputs can be passed). Query rows are processed ``chunk_size`` at a time,
+    so peak memory is ``O(chunk_size * N)`` for the similarity block; chunking does not
+    change the result (every row is searched on its own). Pure TensorFlow ops: runs on GPU
+    and inside ``tf.function`` (also ``jit_compile=True`` when all shapes are static).
+
+    Ties: ``tf.math.top_k`` puts equal similarities lower bank index first.
+
+    Args:
+        bank: ``[N, D]`` float features searched.
+        queries: ``[Q, D]`` float features.
+        k: Neighbours per query; clipped to ``N``.
+        chunk_size: Query rows per similarity block.
+
+    Returns:
+        ``(similarities [Q, k'] float32, indices [Q, k'] int32)``, ``k' = min(k, N)``.
+    """
+    if k < 1:
+        raise ValueError(f"`k` must be >= 1, got {k}.")
+    if chunk_size < 1:
+        raise ValueError(f"`chunk_size` must be >= 1, got {chunk_size}.")
+    bank = tf.math.l2_normalize(tf.cast(bank, tf.float32), axis=1)
+    queries = tf.math.l2_normalize(tf.cast(queries, tf.float32), axis=1)
+    n_bank_static = bank.shape[0]
+    if n_bank_static is not None:
+        k_eff = min(k, n_bank_static)  # a Python int keeps top_k XLA-compilable
+    else:
+        k_eff = tf.minimum(k, tf.shape(bank)[0])
+
+    def search(chunk: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
+        sim = tf.matmul(chunk, bank, transpose_b=True)  # [B, N]
+        top = tf.math.top_k(sim, k=k_eff)  # [B, k'], lower index first on ties
+        return top.values, top.indices
+
+    n_static = queries.shape[0]
+    if n_static is not None and n_static <= chunk_size:
+        return search(queries)
+
+    # Pad to whole chunks and map over them sequentially; parallel_iterations=1 keeps only
+    # one [chunk_size, N] similarity block alive at a time in graph mode.
+    n = tf.shape(queries)[0]
+    num_chunks = (n + chunk_size - 1) // chunk_size
+    padded = tf.pad(queries, [[0, num_chunks * chunk_size - n], [0, 0]])
+    dim = queries.shape[1] if queries.shape[1] is not None else tf.shape(queries)[1]
+    chunks = tf.reshape(padded, [num_chunks, chunk_size, dim])
+    width = k_eff if isinstance(k_eff, int) else None
+    similarities, indices = tf.map_fn(
+        search,
+        chunks,
+        fn_output_signature=(
+            tf.TensorSpec([chunk_size, width], tf.float32),
+            tf.TensorSpec([chunk_size, width], tf.int32),
+        ),
+        parallel_iterations=1,
+    )
+    flat = [-1, tf.shape(similarities)[-1]]
+    return tf.reshape(similarities, flat)[:n], tf.reshape(indices, flat)[:n]
 
 
 def knn_predict(
@@ -41,12 +118,13 @@ def knn_predict(
 ) -> tf.Tensor:
     """Weighted kNN class scores (see the module docstring for the formula).
 
-    Both feature sets are L2-normalised here, so raw backbone outputs can be passed; for
-    features that are already unit-norm this is a no-op up to float32 rounding. Test rows are
-    processed ``chunk_size`` at a time, so peak memory is ``O(chunk_size * N_train)`` for the
-    similarity block, plus ``O(chunk_size * (k + num_classes))``. Chunking does not change the
-    result: every test row is scored independently. Pure TensorFlow ops; runs on GPU and
-    inside ``tf.function`` (also with ``jit_compile=True`` when all shapes are static).
+    The neighbours are :func:`nearest_neighbors`'s: both feature sets are L2-normalised
+    there, so raw backbone outputs can be passed; for features that are already unit-norm
+    this is a no-op up to float32 rounding. Test rows are searched ``chunk_size`` at a time,
+    so peak memory is ``O(chunk_size * N_train)`` for the similarity block, plus
+    ``O(N_test * (k + num_classes))`` for the neighbours and the scores. Chunking does not
+    change the result: every test row is scored independently. Pure TensorFlow ops; runs on
+    GPU and inside ``tf.function`` (also with ``jit_compile=True`` when all shapes are static).
 
     Args:
         train_features: ``[N_train, D]`` float features of the memory bank.
@@ -61,55 +139,20 @@ def knn_predict(
     Returns:
         ``[N_test, C]`` float32 scores; ``argmax`` over the last axis is the prediction.
     """
-    if k < 1:
-        raise ValueError(f"`k` must be >= 1, got {k}.")
-    if chunk_size < 1:
-        raise ValueError(f"`chunk_size` must be >= 1, got {chunk_size}.")
     if temperature <= 0:
         raise ValueError(f"`temperature` must be > 0, got {temperature}.")
-
-    train = tf.math.l2_normalize(tf.cast(train_features, tf.float32), axis=1)
-    test = tf.math.l2_normalize(tf.cast(test_features, tf.float32), axis=1)
+    top_sim, top_idx = nearest_neighbors(train_features, test_features, k, chunk_size)
     labels = tf.cast(tf.reshape(train_labels, [-1]), tf.int32)
-
-    n_train_static = train.shape[0]
-    if n_train_static is not None:
-        k_eff = min(k, n_train_static)  # a Python int keeps top_k XLA-compilable
-    else:
-        k_eff = tf.minimum(k, tf.shape(train)[0])
-
-    def score_chunk(chunk: tf.Tensor) -> tf.Tensor:
-        sim = tf.matmul(chunk, train, transpose_b=True)  # [B, N_train]
-        top_sim, top_idx = tf.math.top_k(sim, k=k_eff)  # [B, k], lower index first on ties
-        weights = tf.exp(top_sim / temperature)
-        top_labels = tf.gather(labels, top_idx)  # [B, k]
-        # Segment id row * C + label scatters the votes into a [B * C] vector without
-        # materialising a [B, k, C] one-hot tensor (800 MB for B=1024, k=200, C=1000).
-        rows = tf.shape(chunk)[0]
-        segment = tf.range(rows)[:, None] * num_classes + top_labels
-        scores = tf.math.unsorted_segment_sum(
-            tf.reshape(weights, [-1]), tf.reshape(segment, [-1]), rows * num_classes
-        )
-        return tf.reshape(scores, [rows, num_classes])
-
-    n_test_static = test.shape[0]
-    if n_test_static is not None and n_test_static <= chunk_size:
-        return score_chunk(test)
-
-    # Pad to whole chunks and map over them sequentially; parallel_iterations=1 keeps only
-    # one [chunk_size, N_train] similarity block alive at a time in graph mode.
-    n_test = tf.shape(test)[0]
-    num_chunks = (n_test + chunk_size - 1) // chunk_size
-    padded = tf.pad(test, [[0, num_chunks * chunk_size - n_test], [0, 0]])
-    dim = test.shape[1] if test.shape[1] is not None else tf.shape(test)[1]
-    chunks = tf.reshape(padded, [num_chunks, chunk_size, dim])
-    scores = tf.map_fn(
-        score_chunk,
-        chunks,
-        fn_output_signature=tf.TensorSpec([chunk_size, num_classes], tf.float32),
-        parallel_iterations=1,
+    weights = tf.exp(top_sim / temperature)  # [N_test, k]
+    top_labels = tf.gather(labels, top_idx)  # [N_test, k]
+    # Segment id row * C + label scatters the votes into a [N_test * C] vector without
+    # materialising a [N_test, k, C] one-hot tensor (800 MB for 1024 rows, k=200, C=1000).
+    rows = tf.shape(top_sim)[0]
+    segment = tf.range(rows)[:, None] * num_classes + top_labels
+    scores = tf.math.unsorted_segment_sum(
+        tf.reshape(weights, [-1]), tf.reshape(segment, [-1]), rows * num_classes
     )
-    return tf.reshape(scores, [-1, num_classes])[:n_test]
+    return tf.reshape(scores, [rows, num_classes])
 
 
 def knn_accuracy(

@@ -16,7 +16,12 @@ _EXPORTS = {
     # Submodules, as attributes (`data.stream.epoch_seed`), imported on first use.
     "api": ".api",
     "cli": ".cli",
+    "datasets": ".datasets",
     "encoders": ".encoders",
+    "knn": ".knn",
+    "linear": ".linear",
+    "linear_batches": ".linear_batches",
+    "neighbors": ".neighbors",
     "protocols": ".protocols",
     "results": ".results",
     # Names, from the module that defines them.
@@ -30,12 +35,12 @@ _EXPORTS = {
     "from_saved_model": ".encoders",
     "is_saved_model": ".encoders",
     "load_encoder": ".encoders",
-    "LinearConfig": ".protocols",
-    "build_classifier": ".protocols",
-    "embed_images": ".protocols",
-    "knn_protocol": ".protocols",
-    "linear_protocol": ".protocols",
-    "load_labelled": ".protocols",
+    "LinearConfig": ".linear",
+    "build_classifier": ".linear",
+    "embed_images": ".datasets",
+    "knn_protocol": ".knn",
+    "linear_protocol": ".linear",
+    "load_labelled": ".datasets",
     "RESULTS_FILE": ".results",
     "format_table": ".results",
     "read_results": ".results",
@@ -46,6 +51,7 @@ __getattr__, __dir__ = lazy_exports(__name__, globals(), _EXPORTS)
 
 if TYPE_CHECKING:  # what type checkers and IDEs see
     from tfascl.evaluation.api import PROTOCOLS, EvalConfig, evaluate, resolve_dataset
+    from tfascl.evaluation.datasets import embed_images, load_labelled
     from tfascl.evaluation.encoders import (
         Encoder,
         EvalInputError,
@@ -54,14 +60,8 @@ if TYPE_CHECKING:  # what type checkers and IDEs see
         is_saved_model,
         load_encoder,
     )
-    from tfascl.evaluation.protocols import (
-        LinearConfig,
-        build_classifier,
-        embed_images,
-        knn_protocol,
-        linear_protocol,
-        load_labelled,
-    )
+    from tfascl.evaluation.knn import knn_protocol
+    from tfascl.evaluation.linear import LinearConfig, build_classifier, linear_protocol
     from tfascl.evaluation.results import RESULTS_FILE, format_table, read_results, update_results
 
 __all__ = [

@@ -16,8 +16,23 @@ from typing import Any
 from tfascl import data, runs
 from tfascl._version import __version__
 from tfascl.choices import INPUT_MODES
-from tfascl.evaluation import protocols, results
+from tfascl.evaluation import results
+from tfascl.evaluation.datasets import (
+    DatasetProtocol,
+    check_labelled_source,
+    dataset_protocol,
+    embed_images,
+    eval_image_size,
+    load_labelled,
+    num_classes_of,
+    open_labelled,
+    resize_note,
+    timed,
+)
 from tfascl.evaluation.encoders import Encoder, EvalInputError, load_encoder
+from tfascl.evaluation.knn import knn_protocol
+from tfascl.evaluation.linear import LinearConfig, linear_protocol
+from tfascl.evaluation.neighbors import NEIGHBORS_FILE, STREAMED_NEIGHBORS_ERROR, neighbors_protocol
 from tfascl.models.registry import method_label
 from tfascl.runs import PLOTS_SUBDIR
 
@@ -70,7 +85,7 @@ class EvalConfig:
         knn_chunk_size: Test rows per similarity block.
         linear: Linear probe settings (default: the ASCL protocol); an unset learning
             rate and Nesterov flag take the dataset's reference values
-            (``protocols.dataset_protocol``: ImageNet lr 30 without Nesterov).
+            (``tfascl.evaluation.datasets.dataset_protocol``: ImageNet lr 30 without Nesterov).
         neighbor_queries: neighbors: test images in the picture, drawn with ``seed``.
         neighbor_k: neighbors: nearest training images per test image.
         plots_dir: neighbors: the picture's folder; default ``plots/`` beside the model.
@@ -96,7 +111,7 @@ class EvalConfig:
     knn_k: int = 200
     knn_temperature: float = 0.1
     knn_chunk_size: int = 1024
-    linear: protocols.LinearConfig = dataclasses.field(default_factory=protocols.LinearConfig)
+    linear: LinearConfig = dataclasses.field(default_factory=LinearConfig)
     neighbor_queries: int = 8
     neighbor_k: int = 5
     plots_dir: str | Path | None = None
@@ -145,7 +160,7 @@ def eval_crop(
     given: float | None,
     encoder: Encoder,
     source: str,
-    reference: protocols.DatasetProtocol,
+    reference: DatasetProtocol,
 ) -> tuple[float, str, str | None]:
     """The evaluation crop, where it comes from, and a note when run and protocol disagree.
 
@@ -176,13 +191,14 @@ def eval_crop(
 def check_streamable(protocol: str, fast: bool) -> None:
     """Refuses the protocols that need the images decoded in memory, when streamed.
 
-    The linear probe streams, augmented or not (``protocols.streamed_linear_batches``).
+    The linear probe streams, augmented or not
+    (``tfascl.evaluation.linear_batches.streamed_linear_batches``).
 
     Raises:
         EvalInputError: Neighbours, streamed.
     """
     if protocol == "neighbors":
-        raise EvalInputError(protocols.STREAMED_NEIGHBORS_ERROR)
+        raise EvalInputError(STREAMED_NEIGHBORS_ERROR)
 
 
 def evaluate(
@@ -230,7 +246,7 @@ class Prepared:
     source: str
     train: Any
     test: Any
-    linear: protocols.LinearConfig
+    linear: LinearConfig
     reference: Any
     eval_size: int
     notes: list[str]
@@ -255,7 +271,7 @@ def prepare(config: EvalConfig, say: Callable[[str], None]) -> Prepared:
     )  # fmt: skip
     source = resolve_dataset(encoder, config.dataset)
     for split in (config.train_split, config.test_split):
-        protocols.check_labelled_source(source, split)
+        check_labelled_source(source, split)
     if config.write:
         results.read_results(encoder.results_dir)  # a broken results.json fails now, not later
 
@@ -277,22 +293,22 @@ def prepare(config: EvalConfig, say: Callable[[str], None]) -> Prepared:
                 "memory: lower --max_train_examples, or force --input=memory"
             ) from None
     say(f"input: {mode} ({why})")
-    load = protocols.open_labelled if mode == "stream" else protocols.load_labelled
+    load = open_labelled if mode == "stream" else load_labelled
     say(f"loading {source} {config.train_split}/{config.test_split}")
     train, test = (
         load(source, split, data_dir=config.data_dir, max_examples=limit, seed=config.seed)
         for split, limit in subsets
     )
-    reference = protocols.dataset_protocol(train.name or source)
+    reference = dataset_protocol(train.name or source)
     linear = config.linear.for_dataset(reference)
-    eval_size, size_note = protocols.eval_image_size(reference, encoder, test)
+    eval_size, size_note = eval_image_size(reference, encoder, test)
     crop, crop_source, crop_note = eval_crop(config.eval_crop, encoder, source, reference)
     notes = list(encoder.notes) + [note for note in (size_note, crop_note) if note]
     # The eval transform takes the test images, and kNN's bank or linear_fast's training
     # images, to eval_size; the augmented linear probe random-resized-crops its own.
     transformed = [train, test] if config.protocol != "linear" or linear.fast else [test]
     for split in transformed:
-        note = protocols.resize_note(split, eval_size, crop)
+        note = resize_note(split, eval_size, crop)
         if note and note not in notes:
             notes.append(note)
     for note in notes:
@@ -310,24 +326,24 @@ def run_protocol(config: EvalConfig, p: Prepared, say: Callable[[str], None]) ->
     say(f"{p.name}: {len(train)} train / {len(test)} test images, model {encoder.checkpoint}")
     common = {"eval_size": p.eval_size, "crop_fraction": p.eval_crop}
     if config.protocol == "knn":
-        outcome = protocols.timed(
-            protocols.knn_protocol, encoder, train, test, k=config.knn_k,
+        outcome = timed(
+            knn_protocol, encoder, train, test, k=config.knn_k,
             temperature=config.knn_temperature, batch_size=config.batch_size,
             chunk_size=config.knn_chunk_size, **common,
         )  # fmt: skip
     elif config.protocol == "neighbors":
         folder = runs.run_path(config.plots_dir or runs.join(encoder.results_dir, PLOTS_SUBDIR))
-        outcome = protocols.timed(
-            protocols.neighbors_protocol, encoder, train, test,
-            picture=runs.join(folder, protocols.NEIGHBORS_FILE),
+        outcome = timed(
+            neighbors_protocol, encoder, train, test,
+            picture=runs.join(folder, NEIGHBORS_FILE),
             num_queries=config.neighbor_queries,
             k=config.neighbor_k, seed=config.seed, batch_size=config.batch_size,
             chunk_size=config.knn_chunk_size, **common,
             title=f"Nearest neighbours: {encoder.method} ({Path(encoder.checkpoint).name})",
         )  # fmt: skip
     else:
-        outcome = protocols.timed(
-            protocols.linear_protocol, encoder, train, test, p.linear,
+        outcome = timed(
+            linear_protocol, encoder, train, test, p.linear,
             embed_batch_size=config.batch_size, log=say, **common,
         )  # fmt: skip
         outcome.pop("classifier")
@@ -347,7 +363,7 @@ def record(config: EvalConfig, p: Prepared, outcome: dict[str, Any]) -> dict[str
         "test_split": config.test_split,
         "num_train": len(p.train) - len(skipped.get("train", ())),
         "num_test": len(p.test) - len(skipped.get("test", ())),
-        "num_classes": protocols.num_classes_of(p.train, p.test),
+        "num_classes": num_classes_of(p.train, p.test),
         "subset": {
             "max_train_examples": config.max_train_examples,
             "max_test_examples": config.max_test_examples,
@@ -440,7 +456,7 @@ def make_plots(
     labels = [run_label(encoder, encoders) for encoder in encoders]
     source = resolve_dataset(encoders[0], dataset) if embedding_map else None
     if source is not None:
-        protocols.check_labelled_source(source, test_split)
+        check_labelled_source(source, test_split)
     out_dir = runs.run_path(out_dir)
     written: dict[str, str] = {}
     names = sorted({Path(str(e.dataset)).name for e in encoders if e.dataset})
@@ -451,7 +467,7 @@ def make_plots(
         if path is not None:
             written["curves"] = str(path)
     if embedding_map:
-        test = protocols.load_labelled(
+        test = load_labelled(
             source, test_split, data_dir=data_dir, max_examples=map_points, seed=seed
         )
         map_file = runs.join(out_dir, MAP_FILE)
@@ -505,7 +521,7 @@ def _draw_map(
     panels = []
     for encoder, label in zip(encoders, labels):
         say(f"t-SNE of {len(test)} {test.name} {test_split} embeddings of {label}")
-        features = protocols.embed_images(encoder, test.images, batch_size)
+        features = embed_images(encoder, test.images, batch_size)
         knn_top1 = _recorded_knn(encoder)
         title = label if knn_top1 is None else f"{label} (kNN top-1 {100 * knn_top1:.1f}%)"
         panels.append(plots.MapPanel(title, plots.tsne_2d(features, seed=seed), test.labels))
