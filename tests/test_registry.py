@@ -67,9 +67,8 @@ def test_each_method_builds_as_its_spec_says(method):
     assert hasattr(model, "queue") is spec.uses_queue
     if isinstance(model, tfascl.MomentumContrast):  # a relabel mode of the contrastive loss
         relabels = model.objective == "contrastive" and model.relabel != "none"
-    elif isinstance(model, tfascl.BYOL):  # in-batch soft targets or none
-        relabels = model.relabel and spec.relabel == "soft"
-    else:  # SimCLR relabels only as a plug-in; NNCLR and MSF have no targets to relabel
+    else:  # BYOL: in-batch soft targets or none; SimCLR relabels only as a plug-in; NNCLR
+        # and MSF have no targets to relabel
         relabels = getattr(model, "relabel", "none") != "none"
     assert relabels is (spec.relabel is not None)
     if spec.uses_queue:

@@ -17,6 +17,9 @@ from tfascl.distribute import gather_across_replicas, replica_offset
 from tfascl.models.base import MomentumModel, l2_normalize
 from tfascl.models.heads import mlp_head
 
+# BYOL's targets: one-to-one, or ASCL's in-batch soft targets (losses.batch_relabel_targets).
+BYOL_RELABELS = ("none", "ascl")
+
 
 @keras.saving.register_keras_serializable(package="tfascl")
 class BYOL(MomentumModel):
@@ -30,7 +33,8 @@ class BYOL(MomentumModel):
             whole batch (``BatchNorm1d(512)`` in the ASCL code's model.py) even when
             the encoders use split BN: synchronised BN, i.e. over the global batch
             under a multi-replica strategy.
-        relabel: use ASCL's in-batch soft targets (BYOL+ASCL).
+        relabel: ``"none"`` (BYOL), or ``"ascl"``: ASCL's in-batch soft targets
+            (BYOL+ASCL). A relabel mode, as every model's ``relabel``.
         target_temperature: τ′ of the in-batch neighbour distribution.
         num_neighbors: K.
         symmetric: average the loss over both view orders (BYOL's loss sums
@@ -48,7 +52,7 @@ class BYOL(MomentumModel):
         projector: keras.Model,
         predictor: keras.Model | None = None,
         *,
-        relabel: bool = False,
+        relabel: str = "none",
         target_temperature: float = 0.05,
         num_neighbors: int = 1,
         symmetric: bool = True,
@@ -57,9 +61,11 @@ class BYOL(MomentumModel):
         **kwargs,
     ):
         super().__init__(backbone, projector, **kwargs)
+        if relabel not in BYOL_RELABELS:
+            raise ValueError(f"relabel must be one of {BYOL_RELABELS}, got {relabel!r}")
         if target_temperature <= 0:
             raise ValueError(f"target_temperature must be > 0, got {target_temperature}")
-        if relabel and num_neighbors < 1:
+        if relabel != "none" and num_neighbors < 1:
             raise ValueError(f"num_neighbors must be >= 1 with relabelling, got {num_neighbors}")
         dim = projector.output_shape[-1]
         # The ASCL code's BatchNorm1d sees the whole batch of its one GPU: synchronised
@@ -69,7 +75,7 @@ class BYOL(MomentumModel):
         )
         self.relabel = relabel
         self.target_temperature = target_temperature
-        self.num_neighbors = num_neighbors if relabel else 0
+        self.num_neighbors = num_neighbors if relabel != "none" else 0
         self.symmetric = symmetric
         self.norm, self.num_splits = norm, num_splits
 
@@ -84,6 +90,15 @@ class BYOL(MomentumModel):
             "norm": self.norm,
             "num_splits": self.num_splits,
         }
+
+    @classmethod
+    def from_config(cls, config: dict) -> BYOL:
+        """The model of ``get_config``'s ``config``; a ``.keras`` file of an earlier release, whose
+        ``relabel`` was a bool (True: BYOL+ASCL), loads as the same model."""
+        relabel = config.get("relabel")
+        if isinstance(relabel, bool):
+            config = {**config, "relabel": "ascl" if relabel else "none"}
+        return super().from_config(config)
 
     @property
     def online_weights(self) -> list[keras.Variable]:
@@ -144,7 +159,7 @@ class BYOL(MomentumModel):
         strong, weak, labels = self.unpack(data)
         momentum = self.update_momentum_encoder()
         keys = self.replica_function(self.encode_keys)(strong, weak)  # [b, D] each
-        if not self.relabel:
+        if self.relabel == "none":
             loss, gradients = self.step_function(strong, weak, keys, [None] * len(keys), 0)
             self.apply_gradients(gradients)
             return self.update_monitors(loss, momentum)

@@ -172,21 +172,22 @@ def _queue_method(
     )
 
 
-def _byol_method(name: str, label: str, relabel: bool) -> MethodSpec:
-    """BYOL (with ASCL's in-batch soft targets when ``relabel``): no queue, the loss over
-    both view orders, cosine momentum to 1, BN in the projector (BYOL paper)."""
+def _byol_method(name: str, label: str, relabel: str) -> MethodSpec:
+    """BYOL (with ASCL's in-batch soft targets for ``relabel="ascl"``): no queue, the loss
+    over both view orders, cosine momentum to 1, BN in the projector (BYOL paper)."""
+    relabels = relabel != "none"
     return MethodSpec(
         name=name,
         label=label,
         model_class=BYOL,
         fixed={"relabel": relabel},
-        defaults=RELABEL_DEFAULTS if relabel else {},
+        defaults=RELABEL_DEFAULTS if relabels else {},
         uses_queue=False,
-        relabel="soft" if relabel else None,
+        relabel=relabel_kind(relabel),
         symmetric=True,
         momentum_schedule="cosine",
         projector_bn=True,
-        relabels=("ascl",) if relabel else ("none", "ascl"),
+        relabels=("ascl",) if relabels else ("none", "ascl"),
         reference="BYOL (Grill et al. 2020); ASCL code's BYOL (model.py)",
     )
 
@@ -264,8 +265,8 @@ METHODS: dict[str, MethodSpec] = {
             options=("debias_prior",),
             reference="chingyaoc/DCL main.py (on the queue)",
         ),
-        _byol_method("byol", "BYOL", relabel=False),
-        _byol_method("byol_ascl", "BYOL + ASCL", relabel=True),
+        _byol_method("byol", "BYOL", relabel="none"),
+        _byol_method("byol_ascl", "BYOL + ASCL", relabel="ascl"),
         _simclr_method(
             "simclr",
             "SimCLR",
@@ -386,7 +387,7 @@ def build_model(
         options = {"norm": norm, "num_splits": num_splits, **options}
     arguments = {**spec.default_options(), **options, **spec.fixed}
     if relabel is not None:  # the plug-in: within spec.relabels, it wins over fixed
-        arguments["relabel"] = relabel if spec.model_class is not BYOL else relabel == "ascl"
+        arguments["relabel"] = relabel
     # Options that do not apply to this model class (a queue size for SimCLR, a momentum
     # for NNCLR) are dropped here; validation refuses the ones a user set by hand.
     arguments = {name: value for name, value in arguments.items() if name in accepted}
