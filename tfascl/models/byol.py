@@ -38,8 +38,8 @@ class BYOL(MomentumModel):
         target_temperature: τ′ of the in-batch neighbour distribution.
         num_neighbors: K.
         symmetric: average the loss over both view orders (BYOL's loss sums
-            them: this is half of it); off, the online network sees the strong view
-            and the target the weak one.
+            them: this is half of it); off, the online network sees the query view
+            and the target the key view.
         norm: the encoders' normalisation (``norm_factory``); accepted for the
             registry, the default predictor always normalises the global batch.
         num_splits: accepted with ``norm`` for the registry; the predictor never splits.
@@ -109,17 +109,17 @@ class BYOL(MomentumModel):
         projection = self.projector(self.backbone(images, training=True), training=True)
         return l2_normalize(self.predictor(projection, training=True))
 
-    def encode_keys(self, strong: tf.Tensor, weak: tf.Tensor) -> list[tf.Tensor]:
-        """Target-network keys [b, D]: of the weak view, then (symmetric) of the strong one."""
-        keys = [self.encode_key(weak)]
+    def encode_keys(self, query_view: tf.Tensor, key_view: tf.Tensor) -> list[tf.Tensor]:
+        """Target-network keys [b, D]: of the key view, then (symmetric) of the query view."""
+        keys = [self.encode_key(key_view)]
         if self.symmetric:
-            keys.append(self.encode_key(strong))
+            keys.append(self.encode_key(query_view))
         return keys
 
     def forward_backward(
         self,
-        strong: tf.Tensor,
-        weak: tf.Tensor,
+        query_view: tf.Tensor,
+        key_view: tf.Tensor,
         keys: list[tf.Tensor],
         banks: list[tf.Tensor | None],
         offset: tf.Tensor | int,
@@ -127,9 +127,10 @@ class BYOL(MomentumModel):
         """Loss and gradients of one step on one replica.
 
         Args:
-            strong: [b, H, W, 3] strongly augmented view.
-            weak: [b, H, W, 3] weakly augmented view.
-            keys: the target network's keys [b, D] of the weak (and strong) view.
+            query_view: [b, H, W, 3] the online network's view (the pipeline's strong one).
+            key_view: [b, H, W, 3] the target network's view (weak, or strong with
+                ``key_augment="strong"``).
+            keys: the target network's keys [b, D] of the key (and query) view.
             banks: for each key, the global batch's keys [N, D] to relabel against
                 (None: this replica's keys).
             offset: the row of this replica's first key in a bank.
@@ -137,7 +138,7 @@ class BYOL(MomentumModel):
         Returns:
             ``(loss, gradients)``.
         """
-        views = (strong, weak)[: len(keys)]  # the online view paired with each key
+        views = (query_view, key_view)[: len(keys)]  # the online view paired with each key
         with tf.GradientTape() as tape:
             loss = tf.add_n(
                 [
@@ -156,18 +157,18 @@ class BYOL(MomentumModel):
         return loss, tape.gradient(scaled_loss, self.online_weights)
 
     def train_step(self, data) -> dict[str, tf.Tensor]:  # noqa: ANN001
-        strong, weak, labels = self.unpack(data)
+        query_view, key_view, labels = self.unpack(data)
         momentum = self.update_momentum_encoder()
-        keys = self.replica_function(self.encode_keys)(strong, weak)  # [b, D] each
+        keys = self.replica_function(self.encode_keys)(query_view, key_view)  # [b, D] each
         if self.relabel == "none":
-            loss, gradients = self.step_function(strong, weak, keys, [None] * len(keys), 0)
+            loss, gradients = self.step_function(query_view, key_view, keys, [None] * len(keys), 0)
             self.apply_gradients(gradients)
             return self.update_monitors(loss, momentum)
 
         # Neighbours come from the whole global batch: every replica's keys, in order.
         banks = [gather_across_replicas(key) for key in keys]  # [N, D] each
         offset = replica_offset(tf.shape(keys[0])[0])
-        loss, gradients = self.step_function(strong, weak, keys, banks, offset)
+        loss, gradients = self.step_function(query_view, key_view, keys, banks, offset)
         self.apply_gradients(gradients)
 
         targets, confidence = losses.batch_relabel_targets(
