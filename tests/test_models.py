@@ -107,7 +107,7 @@ def test_every_method_trains_and_reports_its_monitors(method):
     model = tiny_model(method, backbone)
     logs = fit_one(model).history
     assert np.isfinite(logs["loss"][0])
-    if tfascl.METHODS[method].relabel is not None:
+    if tfascl.METHODS[method].relabel_kind is not None:
         assert 0.0 <= logs["confidence"][0] <= 1.0
         assert 0.0 < logs["positive_weight"][0] <= 1.0
         assert 0.0 <= logs["purity"][0] <= 1.0

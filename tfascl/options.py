@@ -281,9 +281,3 @@ def model_keywords(values: Any) -> dict[str, Any]:
         if option.group in (MODEL, METHOD)
     }
     return {name: value for name, value in chosen.items() if value is not None}
-
-
-def set_options(values: Any) -> dict[str, Any]:
-    """``{name: value}`` of the ``METHOD_OPTIONS`` that ``values`` sets."""
-    chosen = {name: getattr(values, name) for name in OPTION_NAMES}
-    return {name: value for name, value in chosen.items() if value is not None}

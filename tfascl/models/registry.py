@@ -62,9 +62,9 @@ class MethodSpec:
         defaults: the method's paper defaults of other model-class options.
         uses_queue: keys go to a queue (MoCo's negatives, NNCLR's support set, MSF's
             memory bank): ``queue_size`` applies.
-        relabel: None, or how the method's own relabelling moves target mass onto
-            neighbours (``relabel_kind``): ``"soft"`` or ``"hard"`` (K must not exceed
-            the queue).
+        relabel_kind: None, or how the method's own relabelling moves target mass onto
+            neighbours (``relabel_kind()`` of its relabel mode): ``"soft"`` or ``"hard"``
+            (K must not exceed the queue).
         symmetric: the loss is averaged over both view orders by default (both keys
             enqueued, for a queue method).
         momentum_schedule: the default EMA schedule (``"constant"`` or ``"cosine"``).
@@ -82,7 +82,7 @@ class MethodSpec:
     fixed: Mapping[str, Any]
     defaults: Mapping[str, Any]
     uses_queue: bool
-    relabel: str | None
+    relabel_kind: str | None
     symmetric: bool
     momentum_schedule: str
     projector_bn: bool
@@ -91,9 +91,9 @@ class MethodSpec:
     reference: str = ""
 
     def __post_init__(self) -> None:
-        if self.relabel is not None and self.relabel not in RELABEL_KINDS:
+        if self.relabel_kind is not None and self.relabel_kind not in RELABEL_KINDS:
             raise ValueError(
-                f"relabel must be None or one of {RELABEL_KINDS}, got {self.relabel!r}"
+                f"relabel_kind must be None or one of {RELABEL_KINDS}, got {self.relabel_kind!r}"
             )
         unknown = set(self.options) - set(OPTION_NAMES)
         if unknown or not set(self.relabels) <= set(RELABEL_MODES):
@@ -162,7 +162,7 @@ def _queue_method(
         fixed=fixed,
         defaults=defaults or {},
         uses_queue=True,
-        relabel=relabel_kind(relabel),
+        relabel_kind=relabel_kind(relabel),
         symmetric=False,
         momentum_schedule="constant",
         projector_bn=False,
@@ -183,7 +183,7 @@ def _byol_method(name: str, label: str, relabel: str) -> MethodSpec:
         fixed={"relabel": relabel},
         defaults=RELABEL_DEFAULTS if relabels else {},
         uses_queue=False,
-        relabel=relabel_kind(relabel),
+        relabel_kind=relabel_kind(relabel),
         symmetric=True,
         momentum_schedule="cosine",
         projector_bn=True,
@@ -204,7 +204,7 @@ def _simclr_method(name: str, label: str, objective: str, **spec: Any) -> Method
         model_class=spec.pop("model_class", SimCLR),
         fixed={"objective": objective} if objective else {},
         uses_queue=spec.pop("uses_queue", False),
-        relabel=None,
+        relabel_kind=None,
         symmetric=True,
         momentum_schedule="constant",
         projector_bn=True,
@@ -301,7 +301,7 @@ METHODS: dict[str, MethodSpec] = {
             fixed={},
             defaults={"num_neighbors": 5},  # train_msf.py --topk 5
             uses_queue=True,
-            relabel=None,
+            relabel_kind=None,
             symmetric=False,
             momentum_schedule="constant",  # train_msf.py --momentum 0.99, constant
             projector_bn=True,  # get_mlp: Linear – BatchNorm1d – ReLU – Linear
