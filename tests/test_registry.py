@@ -181,8 +181,8 @@ def test_each_option_is_declared_once_and_every_layer_takes_it_from_there():
             assert fields[option.name].metadata["option"] is option, option.name
             assert fields[option.name].default == option.default, option.name
         flag = flag_values[option.flag_name]
-        default = list(option.default) if option.kind == "pair" else option.default
-        assert flag.default == default and flag.help == option.help, option.name
+        default = [str(d) for d in option.default] if option.kind == "pair" else option.default
+        assert flag.default == default and flag.help.endswith(option.help), option.name
         if option.choices:
             assert list(flag.parser.enum_values) == list(option.choices), option.name
         if option.group == options.ARCHITECTURE:
