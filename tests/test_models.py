@@ -150,9 +150,13 @@ def test_step_loss_is_the_paper_loss_of_the_models_own_query_key_and_queue(metho
         key = model.encode_key(weak)
         queue = tf.constant(model.queue.keys.numpy())
         if method == "sce":
-            expected = float(losses.sce_loss(query, key, queue, tau=0.2, tau_m=0.07, lam=0.3))
+            expected = float(
+                losses.sce_loss(query, key, queue, tau=0.2, target_temperature=0.07, lam=0.3)
+            )
         else:
-            expected = float(losses.ressl_loss(query, key, queue, tau_s=0.2, tau_t=0.07))
+            expected = float(
+                losses.ressl_loss(query, key, queue, tau_s=0.2, target_temperature=0.07)
+            )
     got = fit_one(model).history["loss"][0]
     assert got == pytest.approx(expected, rel=1e-5, abs=1e-6)
 
