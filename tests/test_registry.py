@@ -12,6 +12,7 @@ import tfascl
 from tfascl import train
 from tfascl.models import METHODS, MethodSpec, build_model, method_label, method_name
 from tfascl.models.batchnorm import SplitBatchNorm
+from tfascl.models.registry import accepted_arguments
 from tfascl.runs import RunSpec
 from tfascl.train_config import FlagError, TrainConfig, check_replicas, validate
 
@@ -56,8 +57,14 @@ def test_each_method_builds_as_its_spec_says(method):
     )
     assert type(model) is spec.model_class
     assert method_name(model) == method
+    config = model.get_config()
+    # get_config holds every keyword the class takes (read from its signature), with the
+    # value the model uses: from_config rebuilds the same method.
+    assert accepted_arguments(spec.model_class) <= set(config)
     for option, value in {**spec.fixed, **spec.defaults}.items():
-        assert getattr(model, option) == value, option
+        assert getattr(model, option) == value == config[option], option
+    if spec.uses_queue:
+        assert config["queue_size"] == QUEUE == model.queue.keys.shape[0]
     if hasattr(model, "symmetric"):  # the MoCo family and BYOL; SimCLR's loss is symmetric
         assert model.symmetric is spec.symmetric
     assert hasattr(model, "momentum_schedule") is spec.has_momentum_encoder
@@ -169,7 +176,6 @@ def test_each_option_is_declared_once_and_every_layer_takes_it_from_there():
     from absl import flags as absl_flags
 
     from tfascl import options, train_config
-    from tfascl.models.registry import accepted_arguments
 
     config_fields = {f.name: f for f in dataclasses.fields(TrainConfig)}
     spec_fields = {f.name: f for f in dataclasses.fields(RunSpec)}

@@ -9,6 +9,7 @@ nowhere else.
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -191,6 +192,17 @@ class EncoderModel(keras.Model):
             if self.normalization is None
             else [list(self.normalization[0]), list(self.normalization[1])],
         }
+
+    def keyword_config(self, cls: type) -> dict[str, Any]:
+        """``get_config``'s entries for ``cls.__init__``'s keyword-only arguments.
+
+        A method's model stores each of its options as the attribute of the same name
+        (``self.temperature``, ``self.queue_size``, ...), so its ``get_config`` is read
+        from its signature rather than listed again; nested Keras objects (a predictor)
+        are the class's to serialise.
+        """
+        parameters = inspect.signature(cls.__init__).parameters.values()
+        return {p.name: getattr(self, p.name) for p in parameters if p.kind is p.KEYWORD_ONLY}
 
     @classmethod
     def from_config(cls, config: dict[str, Any]) -> EncoderModel:

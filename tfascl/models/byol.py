@@ -83,12 +83,7 @@ class BYOL(MomentumModel):
         return {
             **super().get_config(),
             "predictor": keras.saving.serialize_keras_object(self.predictor),
-            "relabel": self.relabel,
-            "target_temperature": self.target_temperature,
-            "num_neighbors": self.num_neighbors,
-            "symmetric": self.symmetric,
-            "norm": self.norm,
-            "num_splits": self.num_splits,
+            **self.keyword_config(BYOL),
         }
 
     @classmethod

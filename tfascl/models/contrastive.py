@@ -205,23 +205,13 @@ class MomentumContrast(ShuffleKeys, MomentumModel):
         self.queue = KeyQueue(queue_size, key_dim, keys_per_step, name="queue")
         self.batch_size = batch_size
 
+    @property
+    def queue_size(self) -> int:
+        """M, the keys the queue holds."""
+        return self.queue.size
+
     def get_config(self) -> dict:
-        return {
-            **super().get_config(),
-            "objective": self.objective,
-            "relabel": self.relabel,
-            "queue_size": self.queue.size,
-            "temperature": self.temperature,
-            "target_temperature": self.target_temperature,
-            "num_neighbors": self.num_neighbors,
-            "sce_lambda": self.sce_lambda,
-            "consistency_weight": self.consistency_weight,
-            "consistency_temperature": self.consistency_temperature,
-            "debias_prior": self.debias_prior,
-            "symmetric": self.symmetric,
-            "shuffle_keys": self.shuffle_keys,
-            "batch_size": self.batch_size,
-        }
+        return {**super().get_config(), **self.keyword_config(MomentumContrast)}
 
     def encode_keys(self, query_view: tf.Tensor, key_view: tf.Tensor) -> list[tf.Tensor]:
         """Keys [b, D]: of the key view, then (symmetric) of the query view."""

@@ -71,14 +71,13 @@ class MeanShift(ShuffleKeys, MomentumModel):
         return {
             **super().get_config(),
             "predictor": keras.saving.serialize_keras_object(self.predictor),
-            "queue_size": self.queue.size,
-            "num_neighbors": self.num_neighbors,
-            "predictor_hidden": self.predictor_hidden,
-            "shuffle_keys": self.shuffle_keys,
-            "batch_size": self.batch_size,
-            "norm": self.norm,
-            "num_splits": self.num_splits,
+            **self.keyword_config(MeanShift),
         }
+
+    @property
+    def queue_size(self) -> int:
+        """The memory bank's size."""
+        return self.queue.size
 
     @property
     def online_weights(self) -> list[keras.Variable]:
