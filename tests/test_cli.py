@@ -148,7 +148,7 @@ def _every_kind_changed() -> TrainConfig:
     config = TrainConfig(
         method="sce",  # enum
         temperature=0.2,  # float
-        relabel_temperature=0.07,  # None-able float
+        target_temperature=0.07,  # None-able float (flag --relabel_temperature)
         symmetric=True,  # None-able bool
         momentum_schedule="cosine",  # None-able enum
         jit_augment=False,  # bool, default on

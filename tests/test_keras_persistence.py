@@ -321,3 +321,34 @@ def test_backbone_built_on_first_use_builds_the_model_in_its_first_step(tmp_path
     assert len(fresh.optimizer.variables) == 2 + len(fresh.online_weights)
     fresh.save_weights(tmp_path / "m.weights.h5")
     assert (tmp_path / "m.weights.h5").is_file()
+
+
+@pytest.mark.parametrize("relabel, method", [(True, "byol_ascl"), (False, "byol")])
+def test_a_byol_keras_file_of_the_current_release_loads(tmp_path, relabel, method):
+    # tfascl 0.1.0 wrote BYOL's relabel as a bool; it is a relabel mode now ("none",
+    # "ascl"), as every model's. A .keras file with the bool loads as the same method.
+    import zipfile
+
+    from tfascl.models import method_name
+
+    backbone = tfascl.build_backbone("resnet18", SIZE, WIDTH, num_splits=2)
+    model = tfascl.build_model(
+        method, backbone, projector_dims=(16, 8), num_splits=2, total_steps=4
+    )
+    model.build((None, SIZE, SIZE, 3))
+    current, old = tmp_path / "current.keras", tmp_path / "old.keras"
+    model.save(current)
+    with zipfile.ZipFile(current) as source, zipfile.ZipFile(old, "w") as target:
+        for item in source.infolist():
+            data = source.read(item)
+            if item.filename == "config.json":
+                config = json.loads(data)
+                assert config["config"]["relabel"] == ("ascl" if relabel else "none")
+                config["config"]["relabel"] = relabel  # as the current release wrote it
+                data = json.dumps(config).encode()
+            target.writestr(item, data)
+    loaded = keras.saving.load_model(old)
+    assert loaded.relabel == ("ascl" if relabel else "none")
+    assert method_name(loaded) == method
+    images = np.random.default_rng(0).random((4, SIZE, SIZE, 3), dtype=np.float32)
+    np.testing.assert_allclose(loaded(images).numpy(), model(images).numpy(), atol=1e-6)

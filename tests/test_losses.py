@@ -58,7 +58,7 @@ def np_logits(query, key, queue, tau):
 def test_contrastive_targets_match_numpy(qkq, relabel, k):
     _, key, queue = qkq
     got, confidence = losses.contrastive_targets(
-        key, queue, relabel, tau_prime=0.05, num_neighbors=k, return_confidence=True
+        key, queue, relabel, target_temperature=0.05, num_neighbors=k, return_confidence=True
     )
     want, want_c = np_targets(key, queue, relabel, 0.05, k)
     np.testing.assert_allclose(got.numpy(), want, atol=1e-5)
@@ -130,7 +130,7 @@ def test_sce_loss_matches_reference_formula(qkq):
     targets = lam * mask + (1 - lam) * prob_k
     assert np.all(targets[:, 0] > lam)  # the positive gets λ + (1 − λ)·s₀
     want = -(targets * np_log_softmax(np_logits(query, key, queue, tau))).sum(1).mean()
-    got = losses.sce_loss(query, key, queue, tau=tau, tau_m=tau_m, lam=lam)
+    got = losses.sce_loss(query, key, queue, tau=tau, target_temperature=tau_m, lam=lam)
     np.testing.assert_allclose(got.numpy(), want, rtol=1e-5)
     np.testing.assert_allclose(
         losses.sce_targets(key, queue, tau_m, lam).numpy(), targets, atol=1e-6
@@ -141,7 +141,7 @@ def test_ressl_loss_matches_numpy(qkq):
     query, key, queue = qkq
     teacher = np_softmax(key @ queue.T / 0.04)
     want = -(teacher * np_log_softmax(query @ queue.T / 0.1)).sum(1).mean()
-    got = losses.ressl_loss(query, key, queue, tau_s=0.1, tau_t=0.04)
+    got = losses.ressl_loss(query, key, queue, tau_s=0.1, target_temperature=0.04)
     np.testing.assert_allclose(got.numpy(), want, rtol=1e-5)
 
 
@@ -162,7 +162,7 @@ def np_byol_ascl(prediction, key, tau_prime, k):
 def test_byol_ascl_loss_matches_numpy(qkq):
     prediction, key, _ = qkq
     want, want_targets = np_byol_ascl(prediction, key, 0.1, 2)
-    got = losses.byol_ascl_loss(prediction, key, tau_prime=0.1, num_neighbors=2)
+    got = losses.byol_ascl_loss(prediction, key, target_temperature=0.1, num_neighbors=2)
     np.testing.assert_allclose(got.numpy(), want, rtol=1e-5)
     targets, _ = losses.batch_relabel_targets(key, 0.1, 2)
     np.testing.assert_allclose(targets.numpy(), want_targets, atol=1e-6)
@@ -184,7 +184,12 @@ def test_byol_ascl_rows_of_a_gathered_batch_match_the_whole_batch(qkq, offset):
     assert targets.shape == (2, B) and confidence.shape == (2,)
     np.testing.assert_allclose(targets.numpy(), want_targets[mine], atol=1e-6)
     got = losses.byol_ascl_loss(
-        prediction[mine], key[mine], tau_prime=0.1, num_neighbors=2, bank=key, offset=offset
+        prediction[mine],
+        key[mine],
+        target_temperature=0.1,
+        num_neighbors=2,
+        bank=key,
+        offset=offset,
     )
     np.testing.assert_allclose(got.numpy(), rows[mine].mean(), rtol=1e-5)
 

@@ -107,7 +107,7 @@ def test_every_method_trains_and_reports_its_monitors(method):
     model = tiny_model(method, backbone)
     logs = fit_one(model).history
     assert np.isfinite(logs["loss"][0])
-    if tfascl.METHODS[method].relabel is not None:
+    if tfascl.METHODS[method].relabel_kind is not None:
         assert 0.0 <= logs["confidence"][0] <= 1.0
         assert 0.0 < logs["positive_weight"][0] <= 1.0
         assert 0.0 <= logs["purity"][0] <= 1.0
@@ -150,11 +150,101 @@ def test_step_loss_is_the_paper_loss_of_the_models_own_query_key_and_queue(metho
         key = model.encode_key(weak)
         queue = tf.constant(model.queue.keys.numpy())
         if method == "sce":
-            expected = float(losses.sce_loss(query, key, queue, tau=0.2, tau_m=0.07, lam=0.3))
+            expected = float(
+                losses.sce_loss(query, key, queue, tau=0.2, target_temperature=0.07, lam=0.3)
+            )
         else:
-            expected = float(losses.ressl_loss(query, key, queue, tau_s=0.2, tau_t=0.07))
+            expected = float(
+                losses.ressl_loss(query, key, queue, tau_s=0.2, target_temperature=0.07)
+            )
     got = fit_one(model).history["loss"][0]
     assert got == pytest.approx(expected, rel=1e-5, abs=1e-6)
+
+
+def np_relabel_targets(key, queue, relabel, target_temperature, num_neighbors):
+    """Float64 targets [B, 1+M] and confidence c [B] of ASCL, AHCL and hard relabelling
+    (the ASCL code's ``--type ascl|ahcl|hard``)."""
+    logits = key @ queue.T / target_temperature  # [B, M]
+    log_p = logits - logits.max(axis=1, keepdims=True)
+    log_p -= np.log(np.exp(log_p).sum(axis=1, keepdims=True))
+    p = np.exp(log_p)
+    confidence = 1.0 + (p * log_p).sum(axis=1) / np.log(queue.shape[0])
+    if relabel == "ascl":
+        extra = np.minimum(num_neighbors * confidence[:, None] * p, 1.0)
+    else:
+        top = np.argsort(-logits, axis=1, kind="stable")[:, :num_neighbors]  # [B, K]
+        extra = np.zeros_like(p)
+        weight = confidence[:, None] if relabel == "ahcl" else np.ones_like(top, float)
+        np.put_along_axis(extra, top, weight, axis=1)
+    targets = np.concatenate([np.ones((len(key), 1)), extra], axis=1)
+    return targets / targets.sum(axis=1, keepdims=True), confidence
+
+
+def np_soft_contrastive_loss(query, key, queue, targets, temperature):
+    logits = np.concatenate([(query * key).sum(1, keepdims=True), query @ queue.T], 1)
+    logits = logits / temperature
+    logits -= logits.max(axis=1, keepdims=True)
+    log_prob = logits - np.log(np.exp(logits).sum(axis=1, keepdims=True))
+    return float(np.mean(-(targets * log_prob).sum(axis=1)))
+
+
+@pytest.mark.parametrize("method", ["ascl", "ahcl", "hard"])
+def test_relabel_temperature_and_k_from_the_flags_reach_the_step(method):
+    # τ′ (--relabel_temperature) and K (--num_neighbors) travel from the command line
+    # through TrainConfig, the RunSpec (run.json) and the model's keywords into the step:
+    # its loss and confidence are float64 NumPy's with exactly those values, and NumPy's
+    # with the method's defaults (τ′ = 0.05, K = 1), or with either one left at its
+    # default, is far outside the tolerance: a model that ignored either would fail (τ′
+    # aside for hard relabelling, whose top-K does not depend on it).
+    from types import SimpleNamespace
+
+    from tfascl import train
+    from tfascl.train_config import check_replicas, config_from_args
+
+    tau, tau_prime, k = 0.2, 0.1, 3
+    args = [f"--method={method}", f"--temperature={tau}", f"--relabel_temperature={tau_prime}",
+            f"--num_neighbors={k}", f"--batch_size={BATCH}", f"--queue_size={QUEUE}",
+            "--num_splits=2", "--projector_dims=16,8"]  # fmt: skip
+    config = check_replicas(config_from_args(args), replicas=1)
+    run_data = train.RunData(SimpleNamespace(mean=(0.5,) * 3, std=(0.5,) * 3), None, None, 3)
+    spec = train.make_spec(config, run_data, total_steps=4)
+    assert (spec.target_temperature, spec.num_neighbors) == (tau_prime, k)
+    keras.utils.set_random_seed(0)
+    model = tfascl.build_model(
+        spec.method,
+        tiny_backbone(),
+        projector_dims=tuple(spec.projector_dims),
+        num_splits=spec.num_splits,
+        norm=spec.norm,
+        **spec.model_options(),
+    )
+    model.compile(optimizer=keras.optimizers.SGD(0.1, momentum=0.9))
+    assert (model.relabel, model.target_temperature, model.num_neighbors) == (method, tau_prime, k)
+
+    # The step's keys: the momentum encoder is still the online one's copy (the step's EMA
+    # leaves it so) and the shuffle-BN permutation is the first step's.
+    strong, weak, labels = batch(0)
+    key = np.asarray(model.encode_key(tf.constant(weak)), np.float64)  # [B, D]
+    query = np.asarray(model.encode_query(tf.constant(strong)), np.float64)  # [B, D]
+    queue = model.queue.keys.numpy().astype(np.float64)  # [M, D], before the step's keys
+
+    def expected(target_temperature, num_neighbors):
+        targets, confidence = np_relabel_targets(
+            key, queue, method, target_temperature, num_neighbors
+        )
+        loss = np_soft_contrastive_loss(query, key, queue, targets, tau)
+        return loss, float(confidence.mean())
+
+    logs = model.fit((strong, weak), labels, batch_size=BATCH, verbose=0, shuffle=False).history
+    got_loss, got_confidence = logs["loss"][0], logs["confidence"][0]
+    want_loss, want_confidence = expected(tau_prime, k)
+    assert got_loss == pytest.approx(want_loss, rel=1e-5)
+    assert got_confidence == pytest.approx(want_confidence, rel=1e-4, abs=1e-6)
+    # Hard relabelling's targets are 1 on the top-K keys whatever τ′ (it orders, no more).
+    others = [(0.05, 1), (tau_prime, 1)] + ([] if method == "hard" else [(0.05, k)])
+    for other in others:  # the defaults, each alone
+        other_loss, _ = expected(*other)
+        assert abs(other_loss - want_loss) > 100 * 1e-5 * want_loss, other
 
 
 def test_views_turn_raw_images_into_pairs_inside_the_step():

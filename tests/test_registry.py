@@ -2,6 +2,7 @@
 validation and RunSpec all take the method's facts (and their defaults) from one place."""
 
 import dataclasses
+import json
 from types import SimpleNamespace
 
 import keras
@@ -11,6 +12,7 @@ import tfascl
 from tfascl import train
 from tfascl.models import METHODS, MethodSpec, build_model, method_label, method_name
 from tfascl.models.batchnorm import SplitBatchNorm
+from tfascl.models.registry import accepted_arguments
 from tfascl.runs import RunSpec
 from tfascl.train_config import FlagError, TrainConfig, check_replicas, validate
 
@@ -55,8 +57,14 @@ def test_each_method_builds_as_its_spec_says(method):
     )
     assert type(model) is spec.model_class
     assert method_name(model) == method
+    config = model.get_config()
+    # get_config holds every keyword the class takes (read from its signature), with the
+    # value the model uses: from_config rebuilds the same method.
+    assert accepted_arguments(spec.model_class) <= set(config)
     for option, value in {**spec.fixed, **spec.defaults}.items():
-        assert getattr(model, option) == value, option
+        assert getattr(model, option) == value == config[option], option
+    if spec.uses_queue:
+        assert config["queue_size"] == QUEUE == model.queue.keys.shape[0]
     if hasattr(model, "symmetric"):  # the MoCo family and BYOL; SimCLR's loss is symmetric
         assert model.symmetric is spec.symmetric
     assert hasattr(model, "momentum_schedule") is spec.has_momentum_encoder
@@ -67,17 +75,16 @@ def test_each_method_builds_as_its_spec_says(method):
     assert hasattr(model, "queue") is spec.uses_queue
     if isinstance(model, tfascl.MomentumContrast):  # a relabel mode of the contrastive loss
         relabels = model.objective == "contrastive" and model.relabel != "none"
-    elif isinstance(model, tfascl.BYOL):  # in-batch soft targets or none
-        relabels = model.relabel and spec.relabel == "soft"
-    else:  # SimCLR relabels only as a plug-in; NNCLR and MSF have no targets to relabel
+    else:  # BYOL: in-batch soft targets or none; SimCLR relabels only as a plug-in; NNCLR
+        # and MSF have no targets to relabel
         relabels = getattr(model, "relabel", "none") != "none"
-    assert relabels is (spec.relabel is not None)
+    assert relabels is (spec.relabel_kind is not None)
     if spec.uses_queue:
         # "hard" relabelling puts targets on the top-K queue keys only: the class then
         # refuses K larger than the queue; the others take any K.
         too_many = {**queue_options(spec), "num_neighbors": QUEUE + 1}
         build = lambda: build_model(method, tiny_backbone(), projector_dims=(16, 8), **too_many)  # noqa: E731
-        if spec.relabel == "hard" or method == "msf":  # MSF: its k nearest bank rows
+        if spec.relabel_kind == "hard" or method == "msf":  # MSF: its k nearest bank rows
             with pytest.raises(ValueError, match="num_neighbors"):
                 build()
         else:
@@ -153,7 +160,7 @@ def test_validation_applies_queue_rules_to_exactly_the_queue_methods(method, tmp
         if doubled:
             assert doubled.startswith("--queue_size=16:")
     too_many = error(queue_size=32, num_neighbors=33)
-    assert (too_many is not None) is (spec.relabel == "hard" or method == "msf")
+    assert (too_many is not None) is (spec.relabel_kind == "hard" or method == "msf")
     if too_many:
         assert too_many.startswith("--num_neighbors=33:")
     # Shuffle BN across replicas is the default of a momentum encoder with a queue (the
@@ -161,3 +168,59 @@ def test_validation_applies_queue_rules_to_exactly_the_queue_methods(method, tmp
     norm = check_replicas(TrainConfig(**common), replicas=2).norm
     assert norm == ("shuffle" if spec.shuffles_keys else "sync")
     assert spec.shuffles_keys is (spec.uses_queue and spec.has_momentum_encoder)
+
+
+def test_each_option_is_declared_once_and_every_layer_takes_it_from_there():
+    # tfascl.options declares an option once: TrainConfig's field, RunSpec's field (run.json),
+    # the flag (its name, default and choices) and the model's keyword all come from it.
+    from absl import flags as absl_flags
+
+    from tfascl import options, train_config
+
+    config_fields = {f.name: f for f in dataclasses.fields(TrainConfig)}
+    spec_fields = {f.name: f for f in dataclasses.fields(RunSpec)}
+    flag_values = train_config.define_flags(absl_flags.FlagValues())
+    classes = {spec.model_class for spec in METHODS.values()}
+    assert len({o.name for o in options.OPTIONS}) == len(options.OPTIONS)
+    for option in options.OPTIONS:
+        for fields in (config_fields, spec_fields):
+            assert fields[option.name].metadata["option"] is option, option.name
+            assert fields[option.name].default == option.default, option.name
+        flag = flag_values[option.flag_name]
+        default = [str(d) for d in option.default] if option.kind == "pair" else option.default
+        assert flag.default == default and flag.help.endswith(option.help), option.name
+        if option.choices:
+            assert list(flag.parser.enum_values) == list(option.choices), option.name
+        if option.group == options.ARCHITECTURE:
+            continue
+        # A model or method option is some model class's keyword, and a RunSpec that
+        # sets it passes it on as that keyword.
+        assert any(option.name in accepted_arguments(c) for c in classes), option.name
+        value = {"int": 3, "float": 0.25, "bool": True, "str": (option.choices or ("x",))[-1]}
+        spec = RunSpec(**{option.name: value[option.kind]})
+        assert spec.model_options()[option.name] == value[option.kind], option.name
+    # τ′ has one name in the code; the flag keeps the recipes' name.
+    assert options.flag_name("target_temperature") == "relabel_temperature"
+    assert "relabel_temperature" not in config_fields and "relabel_temperature" in flag_values
+    assert "target_temperature" not in flag_values
+
+
+def test_a_run_json_of_the_current_release_loads():
+    # run.json as tfascl 0.1.0 writes it (every field; τ′ and K set): the options'
+    # declaration moved, their names did not.
+    written = {
+        "backbone": "resnet18", "backbone_width": 16, "batch_size": 128,
+        "consistency_temperature": None, "consistency_weight": None, "dataset": "digits",
+        "debias_prior": None, "image_size": 32, "key_norm": None, "mean": [0.4, 0.5, 0.6],
+        "method": "ascl", "momentum": 0.99, "momentum_schedule": None, "norm": "split",
+        "num_classes": 10, "num_neighbors": 3, "num_splits": 8, "predictor_hidden": None,
+        "projector_bn": None, "projector_dims": [2048, 128], "queue_size": 4096,
+        "relabel": None, "sce_lambda": 0.5, "std": [0.2, 0.25, 0.3], "stem": None,
+        "symmetric": False, "target_temperature": 0.07, "temperature": 0.1,
+        "total_steps": 3900,
+    }  # fmt: skip
+    spec = RunSpec.from_dict(written)
+    assert json.loads(spec.to_json()) == written  # read and written back unchanged
+    assert spec.projector_dims == (2048, 128) and spec.mean == (0.4, 0.5, 0.6)
+    keywords = spec.model_options()
+    assert (keywords["target_temperature"], keywords["num_neighbors"]) == (0.07, 3)

@@ -24,7 +24,7 @@ def config(tmp_path, **changes):
     [
         ({"method": "swav"}, "--method"),
         ({"temperature": 0.0}, "--temperature"),
-        ({"relabel_temperature": -0.05}, "--relabel_temperature"),
+        ({"target_temperature": -0.05}, "--relabel_temperature"),
         ({"knn_t": 0.0}, "--knn_t"),
         ({"queue_size": 100}, "--queue_size"),
         ({"queue_size": 32, "symmetric": True, "batch_size": 32}, "--queue_size"),

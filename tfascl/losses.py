@@ -27,14 +27,14 @@ def _f32(x: tf.Tensor) -> tf.Tensor:
 
 
 def neighbor_distribution(
-    key: tf.Tensor, queue: tf.Tensor, tau_prime: float = 0.05
+    key: tf.Tensor, queue: tf.Tensor, target_temperature: float = 0.05
 ) -> tuple[tf.Tensor, tf.Tensor, tf.Tensor]:
     """Sharpened similarity of each key to the queue, and its confidence.
 
     Args:
         key: [B, D] L2-normalised keys k.
         queue: [M, D] L2-normalised queue.
-        tau_prime: τ′, the (small) temperature that sharpens the distribution.
+        target_temperature: τ′, the (small) temperature that sharpens the distribution.
 
     Returns:
         ``(logits, p, confidence)``: ``l = k·queueᵀ/τ′`` [B, M], ``p = softmax(l)``
@@ -42,7 +42,7 @@ def neighbor_distribution(
         ``c`` is 0 for a uniform ``p`` (immature features) and 1 for a one-hot one.
     """
     key, queue = tf.stop_gradient(_f32(key)), tf.stop_gradient(_f32(queue))
-    logits = tf.matmul(key, queue, transpose_b=True) / tau_prime  # [B, M]
+    logits = tf.matmul(key, queue, transpose_b=True) / target_temperature  # [B, M]
     log_p = tf.nn.log_softmax(logits, axis=1)
     p = tf.exp(log_p)
     entropy = -tf.reduce_sum(p * log_p, axis=1)  # [B]
@@ -55,7 +55,7 @@ def contrastive_targets(
     key: tf.Tensor,
     queue: tf.Tensor,
     relabel: str = "ascl",
-    tau_prime: float = 0.05,
+    target_temperature: float = 0.05,
     num_neighbors: int = 1,
     return_confidence: bool = False,
 ) -> tf.Tensor | tuple[tf.Tensor, tf.Tensor | None]:
@@ -77,7 +77,7 @@ def contrastive_targets(
         key: [B, D] L2-normalised keys of the weakly augmented view.
         queue: [M, D] L2-normalised queue.
         relabel: one of ``"none"``, ``"ascl"``, ``"ahcl"``, ``"hard"``.
-        tau_prime: τ′ of the neighbour distribution.
+        target_temperature: τ′ of the neighbour distribution.
         num_neighbors: K, the number of neighbours.
         return_confidence: also return ``c`` [B].
 
@@ -93,7 +93,7 @@ def contrastive_targets(
         rows, entries = tf.shape(key)[0], tf.shape(queue)[0]
         targets = tf.one_hot(tf.zeros([rows], tf.int32), entries + 1, dtype=tf.float32)
         return (targets, None) if return_confidence else targets
-    logits, p, confidence = neighbor_distribution(key, queue, tau_prime)
+    logits, p, confidence = neighbor_distribution(key, queue, target_temperature)
     if relabel == "ascl":
         queue_targets = tf.minimum(num_neighbors * confidence[:, None] * p, 1.0)
     else:
@@ -149,7 +149,7 @@ def soft_contrastive_loss(
 
 
 def sce_targets(
-    key: tf.Tensor, queue: tf.Tensor, tau_m: float = 0.05, lam: float = 0.5
+    key: tf.Tensor, queue: tf.Tensor, target_temperature: float = 0.05, lam: float = 0.5
 ) -> tf.Tensor:
     """SCE's targets (Denize et al., WACV 2023) as its code computes them:
     ``λ·onehot + (1−λ)·s``.
@@ -162,7 +162,7 @@ def sce_targets(
     Args:
         key: [B, D] L2-normalised keys.
         queue: [M, D] L2-normalised queue.
-        tau_m: τ_m, the temperature of the key-to-queue similarities.
+        target_temperature: SCE's τ_m (τ′), the temperature of the key-to-queue similarities.
         lam: λ, the weight of the one-hot part.
 
     Returns:
@@ -171,7 +171,7 @@ def sce_targets(
     key, queue = tf.stop_gradient(_f32(key)), tf.stop_gradient(_f32(queue))
     similarities = tf.matmul(key, queue, transpose_b=True)  # [B, M]
     positive = tf.zeros_like(similarities[:, :1])  # the official code's sim_k_ktarget
-    s = tf.nn.softmax(tf.concat([positive, similarities], axis=1) / tau_m, axis=1)
+    s = tf.nn.softmax(tf.concat([positive, similarities], axis=1) / target_temperature, axis=1)
     one_hot = tf.one_hot(tf.zeros(tf.shape(s)[:1], tf.int32), tf.shape(s)[1], dtype=tf.float32)
     return tf.stop_gradient(lam * one_hot + (1.0 - lam) * s)
 
@@ -181,7 +181,7 @@ def sce_loss(
     key: tf.Tensor,
     queue: tf.Tensor,
     tau: float = 0.1,
-    tau_m: float = 0.05,
+    target_temperature: float = 0.05,
     lam: float = 0.5,
 ) -> tf.Tensor:
     """SCE loss: ``soft_contrastive_loss`` with ``sce_targets``.
@@ -191,18 +191,20 @@ def sce_loss(
         key: [B, D] L2-normalised keys.
         queue: [M, D] L2-normalised queue.
         tau: τ of the query logits.
-        tau_m: τ_m of the target similarities.
+        target_temperature: SCE's τ_m (τ′) of the target similarities.
         lam: λ, weight of the one-hot target.
 
     Returns:
         Scalar float32 loss.
     """
-    return soft_contrastive_loss(query, key, queue, sce_targets(key, queue, tau_m, lam), tau)
+    return soft_contrastive_loss(
+        query, key, queue, sce_targets(key, queue, target_temperature, lam), tau
+    )
 
 
-def ressl_targets(key: tf.Tensor, queue: tf.Tensor, tau_t: float = 0.04) -> tf.Tensor:
+def ressl_targets(key: tf.Tensor, queue: tf.Tensor, target_temperature: float = 0.04) -> tf.Tensor:
     """ReSSL's relation targets ``softmax(k·queueᵀ/τ_t)``: [B, M], without gradient."""
-    return neighbor_distribution(key, queue, tau_t)[1]
+    return neighbor_distribution(key, queue, target_temperature)[1]
 
 
 def relation_loss(
@@ -231,7 +233,7 @@ def ressl_loss(
     key: tf.Tensor,
     queue: tf.Tensor,
     tau_s: float = 0.1,
-    tau_t: float = 0.04,
+    target_temperature: float = 0.04,
 ) -> tf.Tensor:
     """ReSSL (Zheng et al., NeurIPS 2021): match the query's relation to the queue.
 
@@ -243,12 +245,12 @@ def ressl_loss(
         key: [B, D] L2-normalised keys (teacher).
         queue: [M, D] L2-normalised queue.
         tau_s: τ_s, the student temperature.
-        tau_t: τ_t, the (sharper) teacher temperature.
+        target_temperature: ReSSL's τ_t (τ′), the (sharper) teacher temperature.
 
     Returns:
         Scalar float32 loss.
     """
-    return relation_loss(query, queue, ressl_targets(key, queue, tau_t), tau_s)
+    return relation_loss(query, queue, ressl_targets(key, queue, target_temperature), tau_s)
 
 
 def _self_columns(key: tf.Tensor, bank: tf.Tensor | None, offset: tf.Tensor | int) -> tuple:
@@ -261,7 +263,7 @@ def _self_columns(key: tf.Tensor, bank: tf.Tensor | None, offset: tf.Tensor | in
 
 def batch_relabel_targets(
     key: tf.Tensor,
-    tau_prime: float = 0.05,
+    target_temperature: float = 0.05,
     num_neighbors: int = 1,
     bank: tf.Tensor | None = None,
     offset: tf.Tensor | int = 0,
@@ -278,7 +280,7 @@ def batch_relabel_targets(
 
     Args:
         key: [b, D] L2-normalised target-network outputs.
-        tau_prime: τ′.
+        target_temperature: τ′.
         num_neighbors: K; 0 gives the one-hot targets of plain BYOL.
         bank: [N, D] the whole batch's keys, with ``key`` at rows ``offset … offset+b−1``;
             None: ``key`` itself (N = b). N ≥ 2.
@@ -290,7 +292,7 @@ def batch_relabel_targets(
     key = tf.stop_gradient(_f32(key))
     bank, own = _self_columns(key, bank, offset)
     others = 1.0 - own
-    logits = tf.matmul(key, bank, transpose_b=True) / tau_prime  # [b, N]
+    logits = tf.matmul(key, bank, transpose_b=True) / target_temperature  # [b, N]
     # A large finite negative keeps a key's own entry out of the softmax without
     # the 0·(−inf) NaN that −inf would put into the entropy.
     logits = logits - 1e9 * own
@@ -308,7 +310,7 @@ def batch_relabel_targets(
 def byol_ascl_loss(
     prediction: tf.Tensor,
     key: tf.Tensor,
-    tau_prime: float = 0.05,
+    target_temperature: float = 0.05,
     num_neighbors: int = 1,
     bank: tf.Tensor | None = None,
     offset: tf.Tensor | int = 0,
@@ -322,7 +324,7 @@ def byol_ascl_loss(
     Args:
         prediction: [b, D] L2-normalised predictor outputs of the online network.
         key: [b, D] L2-normalised target-network outputs.
-        tau_prime: τ′ of the in-batch neighbour distribution.
+        target_temperature: τ′ of the in-batch neighbour distribution.
         num_neighbors: K.
         bank: [N, D] the global batch's keys under a strategy (see
             ``batch_relabel_targets``); None: ``key``.
@@ -335,7 +337,7 @@ def byol_ascl_loss(
     key = tf.stop_gradient(_f32(key))
     if num_neighbors == 0:
         return tf.reduce_mean(2.0 - 2.0 * tf.reduce_sum(prediction * key, axis=1))
-    targets, _ = batch_relabel_targets(key, tau_prime, num_neighbors, bank, offset)
+    targets, _ = batch_relabel_targets(key, target_temperature, num_neighbors, bank, offset)
     bank = key if bank is None else tf.stop_gradient(_f32(bank))
     cosine = tf.matmul(prediction, bank, transpose_b=True)  # [b, N]
     return tf.reduce_mean(2.0 - 2.0 * tf.reduce_sum(targets * cosine, axis=1))

@@ -66,7 +66,7 @@ from tfascl.files import (  # noqa: F401 (re-exported: runs.join, runs.exists, .
     run_path,
     write_bytes,
 )
-from tfascl.options import MethodOptions, set_options
+from tfascl.options import OPTIONS, MethodOptions, model_keywords
 
 # TensorFlow, Keras and the model registry load on first use: RunSpec, the file names and
 # the path helpers serve tfascl-train's flag definitions before TensorFlow starts.
@@ -189,36 +189,19 @@ def read_json_record(path: str | Path, damaged_note: str = "ignored") -> dict[st
 class RunSpec(MethodOptions):
     """The model-defining settings of a run (not the optimizer or the schedule).
 
-    ``temperature``, ``target_temperature``, ``num_neighbors``, ``symmetric``,
-    ``momentum_schedule``, ``projector_bn`` and the ``MethodOptions`` fields (relabel,
-    consistency_weight, ...) of ``None`` take the method's defaults (its
-    ``tfascl.models.MethodSpec``); ``key_norm`` of ``None`` gives the momentum backbone
-    the same normalisation as the online one.
+    The options (backbone, projector, τ, τ′, K, queue, momentum, relabel, ...) are the
+    fields of ``MethodOptions``, declared once in ``tfascl.options`` with their defaults:
+    None takes the method's (its ``tfascl.models.MethodSpec``). ``key_norm`` of None gives
+    the momentum backbone the same normalisation as the online one. The fields declared
+    here are the run's facts: what it measured or resolved.
 
-    These defaults are also ``TrainConfig``'s (``tfascl-train``'s flags read them from
-    here), so ``RunSpec(method=m)`` builds the model ``tfascl-train --method=m`` builds
-    on one device. They live here rather than in ``TrainConfig`` because
-    ``train_config`` imports this module, not the other way round.
+    These defaults are also ``TrainConfig``'s, so ``RunSpec(method=m)`` builds the model
+    ``tfascl-train --method=m`` builds on one device.
     """
 
     method: str = "ascl"
-    backbone: str = "resnet18"
-    backbone_width: int = 16
-    image_size: int = 32
-    stem: str | None = None
+    # tfascl-train's --norm is None until the replicas are known (train_config.check_replicas).
     norm: str = "split"
-    key_norm: str | None = None
-    num_splits: int = 8
-    projector_dims: tuple[int, int] = (2048, 128)
-    projector_bn: bool | None = None
-    queue_size: int = 1024
-    temperature: float | None = None
-    target_temperature: float | None = None
-    num_neighbors: int | None = None
-    sce_lambda: float = 0.5
-    symmetric: bool | None = None
-    momentum: float = 0.99
-    momentum_schedule: str | None = None
     total_steps: int | None = None
     batch_size: int | None = None
     dataset: str = "digits"
@@ -228,30 +211,19 @@ class RunSpec(MethodOptions):
 
     def model_options(self) -> dict[str, Any]:
         """Keyword arguments of ``build_model`` for this method (``build_model`` drops
-        those its model class does not take)."""
+        those its model class does not take): every model and method option set (see
+        ``tfascl.options``), and what the run resolved."""
         method_spec(self.method)
-        options: dict[str, Any] = {
-            "momentum": self.momentum,
+        return {
             "total_steps": self.total_steps,
             # The training statistics: model.embed and model.export normalise with them.
             "normalization": (tuple(self.mean), tuple(self.std)),
-            "queue_size": self.queue_size,
-            "sce_lambda": self.sce_lambda,
             "batch_size": self.batch_size,
             # Shuffle BN: across replicas ("shuffle"), or inside the batch for
             # split BN; it does nothing for BN over the whole (synced) batch.
             "shuffle_keys": self.norm in ("split", "shuffle") or self.key_norm == "split",
-            **set_options(self),
+            **model_keywords(self),
         }
-        unset_means_default = {
-            "temperature": self.temperature,
-            "target_temperature": self.target_temperature,
-            "num_neighbors": self.num_neighbors,
-            "symmetric": self.symmetric,
-            "momentum_schedule": self.momentum_schedule,
-        }
-        options.update({k: v for k, v in unset_means_default.items() if v is not None})
-        return options
 
     def build_backbone(self, norm: str | None = None) -> keras.Model:
         """The online backbone, or with ``norm`` another one of the same architecture."""
@@ -285,13 +257,22 @@ class RunSpec(MethodOptions):
 
     @classmethod
     def from_dict(cls, values: dict[str, Any]) -> RunSpec:
+        """The ``RunSpec`` of a run.json's object (JSON lists back to tuples).
+
+        The run.json of every release so far has these field names (the options kept
+        theirs when ``tfascl.options`` took over their declaration).
+
+        Raises:
+            ValueError: a field ``RunSpec`` does not have.
+        """
         known = {f.name for f in dataclasses.fields(cls)}
         unknown = sorted(set(values) - known)
         if unknown:
             raise ValueError(f"unknown RunSpec fields {unknown}")
         values = dict(values)
-        for name in ("projector_dims", "mean", "std"):
-            if name in values:
+        pairs = [option.name for option in OPTIONS if option.kind == "pair"]
+        for name in (*pairs, "mean", "std"):
+            if values.get(name) is not None:
                 values[name] = tuple(values[name])
         return cls(**values)
 

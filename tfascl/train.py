@@ -165,16 +165,15 @@ def training_stream(
 def make_spec(config: TrainConfig, run_data: RunData, total_steps: int) -> Any:
     """The ``RunSpec`` (run.json) of this run: what rebuilds its model.
 
-    Every ``RunSpec`` field that is also a flag (``TrainConfig`` field) of the same name is
-    copied; the rest are resolved here: τ′ (the flag ``--relabel_temperature``), the loss
-    direction, the schedule's length and the data's statistics.
+    Every ``RunSpec`` field that is also a ``TrainConfig`` field is copied (the options of
+    ``tfascl.options`` are both); the rest are resolved here: the loss direction, the
+    schedule's length and the data's statistics.
     """
     flags = {field.name for field in dataclasses.fields(TrainConfig)}
     names = [field.name for field in dataclasses.fields(RunSpec) if field.name in flags]
     shared = {name: getattr(config, name) for name in names}
     resolved = dict(
         projector_dims=tuple(config.projector_dims),
-        target_temperature=config.relabel_temperature,
         symmetric=config.uses_symmetric_loss,
         total_steps=total_steps,
         mean=tuple(float(m) for m in run_data.train.mean),

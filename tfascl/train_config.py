@@ -28,20 +28,16 @@ from tfascl.choices import (
     CLUSTERS,
     INPUT_MODES,
     KEY_AUGMENTS,
-    KEY_NORMS,
     METHOD_NAMES,
-    MOMENTUM_SCHEDULES,
     NORMS,
     OPTIMIZER_NAMES,
-    RESNET_NAMES,
     SLURM_PORT,
-    STEMS,
     STRATEGIES,
     default_stem,
 )
 from tfascl.cli import EXIT_FAILED, FlagError, expand_flagfiles, profile_range, require
 from tfascl.data.recipe import STANDARD_RECIPE, AugmentRecipe
-from tfascl.options import METHOD_OPTIONS, RELABEL_MODES, MethodOptions
+from tfascl.options import METHOD, OPTIONS, MethodOptions, flag_name
 from tfascl.runs import FLAGS_FILE, RunFileError, RunSpec, read_json_file
 
 if TYPE_CHECKING:
@@ -80,39 +76,15 @@ def _flag(default: Any, help_text: str) -> Any:
 
 @dataclasses.dataclass
 class TrainConfig(MethodOptions):
-    """Everything a run needs: each field is the flag of the same name, default and help.
+    """Everything a run needs: each field is a flag, with its default and help.
 
-    The methods' own options (relabel, consistency_weight, ...) are the fields of
-    ``MethodOptions``, declared once in ``tfascl.options``.
+    The model's options (backbone, projector, τ, τ′, K, queue, momentum, relabel, ...)
+    are the fields of ``MethodOptions``, declared once in ``tfascl.options`` with their
+    flag, help and validation; a field's flag has its name, except those
+    ``tfascl.options.flag_name`` renames (``target_temperature``: ``--relabel_temperature``).
     """
 
     method: str = _flag(RunSpec.method, "Self-supervised method.")
-    temperature: float | None = _flag(
-        RunSpec.temperature,
-        "τ of the query logits (ReSSL's τ_s). Default: the method's (0.1; SimCLR, DCL 0.5).",
-    )
-    relabel_temperature: float | None = _flag(
-        None,
-        "τ′ of the key-to-queue similarities (SCE's τ_m, ReSSL's τ_t). Default: the method's.",
-    )
-    num_neighbors: int | None = _flag(
-        RunSpec.num_neighbors,
-        "K of ASCL/AHCL/hard relabelling; k of MSF's neighbours. Default: the method's (1; MSF 5).",
-    )
-    sce_lambda: float = _flag(RunSpec.sce_lambda, "λ of SCE: the weight of the one-hot target.")
-    symmetric: bool | None = _flag(
-        None,
-        "Average the loss with the views swapped. Default: off (ASCL code), BYOL on.",
-    )
-    queue_size: int = _flag(
-        RunSpec.queue_size,
-        "Keys in the queue (MoCo's negatives, NNCLR's support set, MSF's memory bank): a "
-        "multiple of the global batch (twice it if symmetric).",
-    )
-    momentum: float = _flag(RunSpec.momentum, "m₀ of the momentum (EMA) encoder.")
-    momentum_schedule: str | None = _flag(
-        None, "constant, or cosine from m₀ to 1. Default: the method's (BYOL cosine)."
-    )
     dataset: str = _flag(
         RunSpec.dataset,
         "'digits', a TFDS name prepared under --data_dir, a folder root/<split>/<class>/, or "
@@ -157,7 +129,6 @@ class TrainConfig(MethodOptions):
         "when it is the training split, is the same subset unless --knn_bank_size is set.",
     )
     test_split: str = _flag("test", "Split the kNN monitor evaluates on.")
-    image_size: int = _flag(RunSpec.image_size, "Side of the augmented views, in pixels.")
     load_size: int | None = _flag(
         None, "Resize images to this side when loading (default: as stored)."
     )
@@ -190,29 +161,10 @@ class TrainConfig(MethodOptions):
         True, "XLA-compile the host augmentation (faster after a few seconds' compile)."
     )
     seed: int = _flag(0, "Seed of the data order, the augmentations and the weights.")
-    backbone: str = _flag(RunSpec.backbone, "Backbone.")
-    backbone_width: int = _flag(
-        RunSpec.backbone_width, "Channels of the first stage (64 in the papers)."
-    )
-    stem: str | None = _flag(
-        None, "Backbone stem. Default from --image_size (<=32 cifar, <=96 cifar_pool)."
-    )
-    projector_dims: tuple[int, int] = _flag(
-        RunSpec.projector_dims, "Hidden and output sizes of the projector."
-    )
-    projector_bn: bool | None = _flag(
-        None, "BN in the projector. Default: off for queue methods, on for BYOL."
-    )
     norm: str | None = _flag(
         None,
         "Normalisation. Default: split on one device; with several replicas shuffle "
         "(per-replica BN, keys shuffled across replicas) for queue methods, sync for BYOL.",
-    )
-    key_norm: str | None = _flag(
-        None, "Normalisation of the momentum backbone (e.g. split for SCE). Default: --norm."
-    )
-    num_splits: int = _flag(
-        RunSpec.num_splits, "Groups of split BN; must divide the per-replica batch."
     )
     batch_size: int = _flag(128, "Global batch size (all replicas together).")
     epochs: int = _flag(5, "Training epochs.")
@@ -309,15 +261,12 @@ class TrainConfig(MethodOptions):
 
 ENUMS = {
     "method": list(METHOD_NAMES),
-    "relabel": list(RELABEL_MODES),
-    "momentum_schedule": list(MOMENTUM_SCHEDULES),
+    # The options' choices (relabel, momentum_schedule, backbone, stem, key_norm).
+    **{option.name: list(option.choices) for option in OPTIONS if option.choices},
     "augment_on": list(AUGMENT_ON),
     "input": list(INPUT_MODES),
     "key_augment": list(KEY_AUGMENTS),
-    "backbone": list(RESNET_NAMES),
-    "stem": list(STEMS),
     "norm": list(NORMS),
-    "key_norm": list(KEY_NORMS),
     "optimizer": list(OPTIMIZER_NAMES),
     "schedule": ["cosine", "constant"],
     "schedule_per": ["step", "epoch"],
@@ -336,7 +285,8 @@ DEFINERS = {
 
 
 def define_flags(flag_values: flags.FlagValues = FLAGS) -> flags.FlagValues:
-    """One absl flag per ``TrainConfig`` field, with the field's default and type.
+    """One absl flag per ``TrainConfig`` field, with the field's default and type (named
+    by ``flag_name``: ``--relabel_temperature`` for ``target_temperature``).
 
     Called by ``run`` (and by whoever parses tfascl-train's flags), never at import: a
     program that imports tfascl keeps its own flags. Defining them twice in the same
@@ -345,14 +295,15 @@ def define_flags(flag_values: flags.FlagValues = FLAGS) -> flags.FlagValues:
     Returns:
         ``flag_values``.
     """
-    names = [field.name for field in dataclasses.fields(TrainConfig)]
+    names = [flag_name(field.name) for field in dataclasses.fields(TrainConfig)]
     if cli.defined(flag_values, names):
         return flag_values
     for field in dataclasses.fields(TrainConfig):
-        name, default, kind = field.name, field.default, str(field.type)
+        name, default, kind = flag_name(field.name), field.default, str(field.type)
         help_text, base = field.metadata["help"], kind.split(" ")[0].split("[")[0]
-        if name in ENUMS:
-            flags.DEFINE_enum(name, default, ENUMS[name], help_text, flag_values=flag_values)
+        if field.name in ENUMS:
+            choices = ENUMS[field.name]
+            flags.DEFINE_enum(name, default, choices, help_text, flag_values=flag_values)
         elif base == "tuple":
             values = [str(value) for value in default]
             flags.DEFINE_list(name, values, help_text, flag_values=flag_values)
@@ -380,7 +331,7 @@ def config_from_args(args: Sequence[str]) -> TrainConfig:
 
 def config_from_flags(flag_values: flags.FlagValues = FLAGS) -> TrainConfig:
     """The ``TrainConfig`` of the parsed flags (projector_dims checked here)."""
-    values = {f.name: flag_values[f.name].value for f in dataclasses.fields(TrainConfig)}
+    values = {f.name: flag_values[flag_name(f.name)].value for f in dataclasses.fields(TrainConfig)}
     try:
         dims = tuple(int(d) for d in values["projector_dims"])
     except ValueError:
@@ -413,20 +364,14 @@ def validate(config: TrainConfig) -> None:
 
     c = config
     require(c.method in METHODS, f"--method={c.method}: must be one of {', '.join(METHODS)}")
-    for name in ("temperature", "relabel_temperature", "knn_t", "learning_rate"):
+    validate_options(c)
+    for name in ("knn_t", "learning_rate"):
         value = getattr(c, name)
-        require(value is None or value > 0, f"--{name}={value}: must be > 0")
-    require(0 <= c.momentum <= 1, f"--momentum={c.momentum}: must be in [0, 1]")
-    require(0 <= c.sce_lambda <= 1, f"--sce_lambda={c.sce_lambda}: must be in [0, 1]")
+        require(value > 0, f"--{name}={value}: must be > 0")
     require(c.weight_decay >= 0, f"--weight_decay={c.weight_decay}: must be >= 0")
-    at_least_one = (
-        "batch_size", "epochs", "backbone_width", "num_neighbors", "num_splits",
-        "knn_k", "keep_checkpoints", "log_every",
-    )  # fmt: skip
-    for name in at_least_one:
+    for name in ("batch_size", "epochs", "knn_k", "keep_checkpoints", "log_every"):
         value = getattr(c, name)
-        require(value is None or value >= 1, f"--{name}={value}: must be >= 1")
-    validate_method_options(c)
+        require(value >= 1, f"--{name}={value}: must be >= 1")
     require(
         c.key_norm is None or c.method_spec.has_momentum_encoder,
         f"--key_norm={c.key_norm}: --method={c.method} has no momentum encoder",
@@ -509,22 +454,25 @@ def validate(config: TrainConfig) -> None:
     check_writable(resolve_model_dir(c))
 
 
-def validate_method_options(config: TrainConfig) -> None:
-    """The ``MethodOptions`` a run sets: valid values, and only those its method takes."""
+def validate_options(config: TrainConfig) -> None:
+    """The options (``tfascl.options.OPTIONS``) a run sets: each value by its option's
+    rules, and only the method options its method takes."""
     from tfascl.models.registry import METHODS
 
     spec = config.method_spec
-    for option in METHOD_OPTIONS:
+    for option in OPTIONS:
         value = getattr(config, option.name)
         if value is None:
             continue
+        flag = option.flag_name
         problem = option.problem(value)
-        require(problem is None, f"--{option.name}={value}: {problem}")
+        require(problem is None, f"--{flag}={value}: {problem}")
+        if option.group != METHOD:
+            continue
         takers = [name for name, other in METHODS.items() if other.takes(option.name)]
         require(
             spec.takes(option.name),
-            f"--{option.name}={value}: --method={config.method} does not use it "
-            f"({', '.join(takers)} do)",
+            f"--{flag}={value}: --method={config.method} does not use it ({', '.join(takers)} do)",
         )
     if config.relabel is not None:
         require(
@@ -684,17 +632,13 @@ def flagfile_text(config: TrainConfig) -> str:
         "# Values resolved at run time (norm, jit_compile, ...) are in flags.json.",
     ]
     for field in dataclasses.fields(TrainConfig):
-        value = getattr(config, field.name)
+        value, name = getattr(config, field.name), flag_name(field.name)
         if value is None:
-            lines.append(f"# --{field.name}: unset (its default)")
+            lines.append(f"# --{name}: unset (its default)")
         elif isinstance(value, bool):
-            lines.append(f"--{'' if value else 'no'}{field.name}")
+            lines.append(f"--{'' if value else 'no'}{name}")
         elif isinstance(value, (tuple, list)):
-            lines.append(f"--{field.name}={','.join(map(str, value))}")
+            lines.append(f"--{name}={','.join(map(str, value))}")
         else:
-            lines.append(
-                f"--{field.name}={value!r}"
-                if isinstance(value, float)
-                else f"--{field.name}={value}"
-            )
+            lines.append(f"--{name}={value!r}" if isinstance(value, float) else f"--{name}={value}")
     return "\n".join(lines) + "\n"

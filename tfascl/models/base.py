@@ -9,6 +9,7 @@ nowhere else.
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -77,7 +78,7 @@ class EncoderModel(keras.Model):
         backbone: any ``keras.Model`` mapping images [B, H, W, 3] to features [B, F].
         projector: ``keras.Model`` mapping [B, F] to [B, D].
         views: optional callable (e.g. ``tfascl.data.TwoViews``) turning a batch of
-            raw images into ``(strong, weak)`` inside the train step, for
+            raw images into ``(query_view, key_view)`` inside the train step, for
             augmentation on the accelerator.
         normalization: ``(mean, std)``, the per-channel statistics in [0, 1] units
             the training images were normalised with (``ImageSet.mean``/``.std``);
@@ -144,7 +145,7 @@ class EncoderModel(keras.Model):
         Only needed for a backbone built on first use (a subclassed model, or a
         ``Sequential`` without ``Input``): it is run once on zeros (and a momentum
         backbone takes the online weights). ``fit`` does this in its first step;
-        call it yourself to save weights before any step. A ``(strong, weak)`` pair
+        call it yourself to save weights before any step. A ``(query_view, key_view)`` pair
         of shapes uses the first.
         """
         if isinstance(input_shape, (tuple, list)) and isinstance(input_shape[0], (tuple, list)):
@@ -190,6 +191,17 @@ class EncoderModel(keras.Model):
             if self.normalization is None
             else [list(self.normalization[0]), list(self.normalization[1])],
         }
+
+    def keyword_config(self, cls: type) -> dict[str, Any]:
+        """``get_config``'s entries for ``cls.__init__``'s keyword-only arguments.
+
+        A method's model stores each of its options as the attribute of the same name
+        (``self.temperature``, ``self.queue_size``, ...), so its ``get_config`` is read
+        from its signature rather than listed again; nested Keras objects (a predictor)
+        are the class's to serialise.
+        """
+        parameters = inspect.signature(cls.__init__).parameters.values()
+        return {p.name: getattr(self, p.name) for p in parameters if p.kind is p.KEYWORD_ONLY}
 
     @classmethod
     def from_config(cls, config: dict[str, Any]) -> EncoderModel:
@@ -361,7 +373,7 @@ class EncoderModel(keras.Model):
     def call(self, images: tf.Tensor, training: bool = False) -> tf.Tensor:
         """Backbone features of the online encoder: [B, H, W, 3] → [B, F].
 
-        Given a ``(strong, weak)`` pair, as ``fit`` does when it traces the model
+        Given a ``(query_view, key_view)`` pair, as ``fit`` does when it traces the model
         under a strategy, it embeds the first view.
         """
         if isinstance(images, (tuple, list)):
@@ -380,17 +392,19 @@ class EncoderModel(keras.Model):
         )
 
     def unpack(self, data) -> tuple[tf.Tensor, tf.Tensor, tf.Tensor | None]:  # noqa: ANN001
-        """``(strong, weak, labels)`` from what ``fit`` feeds.
+        """``(query_view, key_view, labels)`` from what ``fit`` feeds.
 
-        Accepted: ``((strong, weak), labels)``, ``(strong, weak)``, ``(strong, weak, labels)``,
-        ``(images, labels)`` or ``images`` (the last two need ``views``).
+        Accepted: ``((query_view, key_view), labels)``, ``(query_view, key_view)``,
+        ``(query_view, key_view, labels)``, ``(images, labels)`` or ``images`` (the last
+        two need ``views``). The query view is the strongly augmented one; the key view,
+        the momentum (target) encoder's, is weak or strong as ``TwoViews.key_augment``.
         Labels serve monitoring only. A model whose backbone was not built is
         built here, in its first step.
         """
-        strong, weak, labels = self._split_batch(data)
+        query_view, key_view, labels = self._split_batch(data)
         if not self.built:
-            self.build(strong.shape)
-        return strong, weak, labels
+            self.build(query_view.shape)
+        return query_view, key_view, labels
 
     def _split_batch(self, data) -> tuple[tf.Tensor, tf.Tensor, tf.Tensor | None]:  # noqa: ANN001
         labels = None
@@ -399,9 +413,9 @@ class EncoderModel(keras.Model):
         if isinstance(data, (tuple, list)):
             first = data[0]
             if isinstance(first, (tuple, list)):
-                strong, weak = first
+                query_view, key_view = first
                 labels = data[1] if len(data) > 1 else None
-                return strong, weak, labels
+                return query_view, key_view, labels
             if len(data) >= 2 and len(data[1].shape) == len(first.shape):
                 labels = data[2] if len(data) > 2 else None
                 return data[0], data[1], labels
@@ -411,10 +425,10 @@ class EncoderModel(keras.Model):
         if self.views is None:
             raise ValueError(
                 "fit got single images: give the model views= (e.g. tfascl.data.TwoViews) "
-                "or feed ((strong, weak), labels) pairs"
+                "or feed ((query_view, key_view), labels) pairs"
             )
-        strong, weak = self.views(images)
-        return strong, weak, labels
+        query_view, key_view = self.views(images)
+        return query_view, key_view, labels
 
     def checkpoint(self, **extra: tf.Module) -> tf.train.Checkpoint:
         """A ``tf.train.Checkpoint`` of the whole run state: both encoders, queue and

@@ -17,6 +17,9 @@ from tfascl.distribute import gather_across_replicas, replica_offset
 from tfascl.models.base import MomentumModel, l2_normalize
 from tfascl.models.heads import mlp_head
 
+# BYOL's targets: one-to-one, or ASCL's in-batch soft targets (losses.batch_relabel_targets).
+BYOL_RELABELS = ("none", "ascl")
+
 
 @keras.saving.register_keras_serializable(package="tfascl")
 class BYOL(MomentumModel):
@@ -30,12 +33,13 @@ class BYOL(MomentumModel):
             whole batch (``BatchNorm1d(512)`` in the ASCL code's model.py) even when
             the encoders use split BN: synchronised BN, i.e. over the global batch
             under a multi-replica strategy.
-        relabel: use ASCL's in-batch soft targets (BYOL+ASCL).
+        relabel: ``"none"`` (BYOL), or ``"ascl"``: ASCL's in-batch soft targets
+            (BYOL+ASCL). A relabel mode, as every model's ``relabel``.
         target_temperature: τ′ of the in-batch neighbour distribution.
         num_neighbors: K.
         symmetric: average the loss over both view orders (BYOL's loss sums
-            them: this is half of it); off, the online network sees the strong view
-            and the target the weak one.
+            them: this is half of it); off, the online network sees the query view
+            and the target the key view.
         norm: the encoders' normalisation (``norm_factory``); accepted for the
             registry, the default predictor always normalises the global batch.
         num_splits: accepted with ``norm`` for the registry; the predictor never splits.
@@ -48,7 +52,7 @@ class BYOL(MomentumModel):
         projector: keras.Model,
         predictor: keras.Model | None = None,
         *,
-        relabel: bool = False,
+        relabel: str = "none",
         target_temperature: float = 0.05,
         num_neighbors: int = 1,
         symmetric: bool = True,
@@ -57,9 +61,11 @@ class BYOL(MomentumModel):
         **kwargs,
     ):
         super().__init__(backbone, projector, **kwargs)
+        if relabel not in BYOL_RELABELS:
+            raise ValueError(f"relabel must be one of {BYOL_RELABELS}, got {relabel!r}")
         if target_temperature <= 0:
             raise ValueError(f"target_temperature must be > 0, got {target_temperature}")
-        if relabel and num_neighbors < 1:
+        if relabel != "none" and num_neighbors < 1:
             raise ValueError(f"num_neighbors must be >= 1 with relabelling, got {num_neighbors}")
         dim = projector.output_shape[-1]
         # The ASCL code's BatchNorm1d sees the whole batch of its one GPU: synchronised
@@ -69,7 +75,7 @@ class BYOL(MomentumModel):
         )
         self.relabel = relabel
         self.target_temperature = target_temperature
-        self.num_neighbors = num_neighbors if relabel else 0
+        self.num_neighbors = num_neighbors if relabel != "none" else 0
         self.symmetric = symmetric
         self.norm, self.num_splits = norm, num_splits
 
@@ -77,13 +83,17 @@ class BYOL(MomentumModel):
         return {
             **super().get_config(),
             "predictor": keras.saving.serialize_keras_object(self.predictor),
-            "relabel": self.relabel,
-            "target_temperature": self.target_temperature,
-            "num_neighbors": self.num_neighbors,
-            "symmetric": self.symmetric,
-            "norm": self.norm,
-            "num_splits": self.num_splits,
+            **self.keyword_config(BYOL),
         }
+
+    @classmethod
+    def from_config(cls, config: dict) -> BYOL:
+        """The model of ``get_config``'s ``config``; a ``.keras`` file of an earlier release, whose
+        ``relabel`` was a bool (True: BYOL+ASCL), loads as the same model."""
+        relabel = config.get("relabel")
+        if isinstance(relabel, bool):
+            config = {**config, "relabel": "ascl" if relabel else "none"}
+        return super().from_config(config)
 
     @property
     def online_weights(self) -> list[keras.Variable]:
@@ -94,17 +104,17 @@ class BYOL(MomentumModel):
         projection = self.projector(self.backbone(images, training=True), training=True)
         return l2_normalize(self.predictor(projection, training=True))
 
-    def encode_keys(self, strong: tf.Tensor, weak: tf.Tensor) -> list[tf.Tensor]:
-        """Target-network keys [b, D]: of the weak view, then (symmetric) of the strong one."""
-        keys = [self.encode_key(weak)]
+    def encode_keys(self, query_view: tf.Tensor, key_view: tf.Tensor) -> list[tf.Tensor]:
+        """Target-network keys [b, D]: of the key view, then (symmetric) of the query view."""
+        keys = [self.encode_key(key_view)]
         if self.symmetric:
-            keys.append(self.encode_key(strong))
+            keys.append(self.encode_key(query_view))
         return keys
 
     def forward_backward(
         self,
-        strong: tf.Tensor,
-        weak: tf.Tensor,
+        query_view: tf.Tensor,
+        key_view: tf.Tensor,
         keys: list[tf.Tensor],
         banks: list[tf.Tensor | None],
         offset: tf.Tensor | int,
@@ -112,9 +122,10 @@ class BYOL(MomentumModel):
         """Loss and gradients of one step on one replica.
 
         Args:
-            strong: [b, H, W, 3] strongly augmented view.
-            weak: [b, H, W, 3] weakly augmented view.
-            keys: the target network's keys [b, D] of the weak (and strong) view.
+            query_view: [b, H, W, 3] the online network's view (the pipeline's strong one).
+            key_view: [b, H, W, 3] the target network's view (weak, or strong with
+                ``key_augment="strong"``).
+            keys: the target network's keys [b, D] of the key (and query) view.
             banks: for each key, the global batch's keys [N, D] to relabel against
                 (None: this replica's keys).
             offset: the row of this replica's first key in a bank.
@@ -122,7 +133,7 @@ class BYOL(MomentumModel):
         Returns:
             ``(loss, gradients)``.
         """
-        views = (strong, weak)[: len(keys)]  # the online view paired with each key
+        views = (query_view, key_view)[: len(keys)]  # the online view paired with each key
         with tf.GradientTape() as tape:
             loss = tf.add_n(
                 [
@@ -141,18 +152,18 @@ class BYOL(MomentumModel):
         return loss, tape.gradient(scaled_loss, self.online_weights)
 
     def train_step(self, data) -> dict[str, tf.Tensor]:  # noqa: ANN001
-        strong, weak, labels = self.unpack(data)
+        query_view, key_view, labels = self.unpack(data)
         momentum = self.update_momentum_encoder()
-        keys = self.replica_function(self.encode_keys)(strong, weak)  # [b, D] each
-        if not self.relabel:
-            loss, gradients = self.step_function(strong, weak, keys, [None] * len(keys), 0)
+        keys = self.replica_function(self.encode_keys)(query_view, key_view)  # [b, D] each
+        if self.relabel == "none":
+            loss, gradients = self.step_function(query_view, key_view, keys, [None] * len(keys), 0)
             self.apply_gradients(gradients)
             return self.update_monitors(loss, momentum)
 
         # Neighbours come from the whole global batch: every replica's keys, in order.
         banks = [gather_across_replicas(key) for key in keys]  # [N, D] each
         offset = replica_offset(tf.shape(keys[0])[0])
-        loss, gradients = self.step_function(strong, weak, keys, banks, offset)
+        loss, gradients = self.step_function(query_view, key_view, keys, banks, offset)
         self.apply_gradients(gradients)
 
         targets, confidence = losses.batch_relabel_targets(

@@ -1,7 +1,7 @@
 """The queue family: MoCo v2, ASCL, AHCL, hard relabelling, SCE, ReSSL, Co2 and MoCo+DCL.
 
 One model, one ``train_step``; the methods differ only in the targets that the
-momentum encoder's key of the weak view sets over ``[positive, queue]``:
+momentum encoder's key of the key view sets over ``[positive, queue]``:
 
 =========  ============================================  ============
 method     targets                                       loss
@@ -114,8 +114,10 @@ class ShuffleKeys:
 class MomentumContrast(ShuffleKeys, MomentumModel):
     """Queue-based contrastive learning with soft targets (ASCL and its baselines).
 
-    The query encoder sees the strong view, the momentum encoder the weak one.
-    Each step: EMA update of the key encoder, keys of the weak view, targets
+    The query encoder sees the query view (strongly augmented), the momentum encoder the
+    key view: weakly augmented (crop, flip: the ASCL code), or as strongly as the query
+    view with ``TwoViews(key_augment="strong")`` (MoCo v2's aug+).
+    Each step: EMA update of the key encoder, keys of the key view, targets
     from the keys and the queue (before this step's keys enter it), loss of the
     queries, optimizer step, then the keys are enqueued.
 
@@ -203,29 +205,19 @@ class MomentumContrast(ShuffleKeys, MomentumModel):
         self.queue = KeyQueue(queue_size, key_dim, keys_per_step, name="queue")
         self.batch_size = batch_size
 
-    def get_config(self) -> dict:
-        return {
-            **super().get_config(),
-            "objective": self.objective,
-            "relabel": self.relabel,
-            "queue_size": self.queue.size,
-            "temperature": self.temperature,
-            "target_temperature": self.target_temperature,
-            "num_neighbors": self.num_neighbors,
-            "sce_lambda": self.sce_lambda,
-            "consistency_weight": self.consistency_weight,
-            "consistency_temperature": self.consistency_temperature,
-            "debias_prior": self.debias_prior,
-            "symmetric": self.symmetric,
-            "shuffle_keys": self.shuffle_keys,
-            "batch_size": self.batch_size,
-        }
+    @property
+    def queue_size(self) -> int:
+        """M, the keys the queue holds."""
+        return self.queue.size
 
-    def encode_keys(self, strong: tf.Tensor, weak: tf.Tensor) -> list[tf.Tensor]:
-        """Keys [b, D]: of the weak view, then (symmetric) of the strong one."""
-        keys = [self.encode_key(weak)]
+    def get_config(self) -> dict:
+        return {**super().get_config(), **self.keyword_config(MomentumContrast)}
+
+    def encode_keys(self, query_view: tf.Tensor, key_view: tf.Tensor) -> list[tf.Tensor]:
+        """Keys [b, D]: of the key view, then (symmetric) of the query view."""
+        keys = [self.encode_key(key_view)]
         if self.symmetric:
-            keys.append(self.encode_key(strong, salt=1))
+            keys.append(self.encode_key(query_view, salt=1))
         return keys
 
     def targets(self, key: tf.Tensor, queue: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor | None]:
@@ -263,18 +255,19 @@ class MomentumContrast(ShuffleKeys, MomentumModel):
 
     def forward_backward(
         self,
-        strong: tf.Tensor,
-        weak: tf.Tensor,
+        query_view: tf.Tensor,
+        key_view: tf.Tensor,
         queue: tf.Tensor,
         keys: list[tf.Tensor] | None = None,
     ) -> tuple[tf.Tensor, list[tf.Tensor], list[tf.Tensor], tf.Tensor, tf.Tensor | None]:
         """Keys, targets, loss and gradients of one step on one replica.
 
         Args:
-            strong: [B, H, W, 3] strongly augmented view (query encoder).
-            weak: [B, H, W, 3] weakly augmented view (momentum encoder).
+            query_view: [B, H, W, 3] the query encoder's view (strongly augmented).
+            key_view: [B, H, W, 3] the momentum encoder's view (weak, or strong with
+                ``key_augment="strong"``).
             queue: [M, D] the queue before this step's keys.
-            keys: the keys of ``encode_keys(strong, weak)`` if already computed
+            keys: the keys of ``encode_keys(query_view, key_view)`` if already computed
                 (shuffle BN across replicas, whose gathers run outside this function).
 
         Returns:
@@ -283,8 +276,8 @@ class MomentumContrast(ShuffleKeys, MomentumModel):
             targets [B, 1+M] ([B, M] for ReSSL) and c [B] (None without relabelling).
         """
         if keys is None:
-            keys = self.encode_keys(strong, weak)
-        pairs = list(zip((strong, weak), keys))  # (query view, its key [B, D])
+            keys = self.encode_keys(query_view, key_view)
+        pairs = list(zip((query_view, key_view), keys))  # (query view, its key [B, D])
         target_sets = [self.targets(key, queue) for _, key in pairs]
 
         with tf.GradientTape() as tape:
@@ -300,13 +293,15 @@ class MomentumContrast(ShuffleKeys, MomentumModel):
         return loss, gradients, [key for _, key in pairs], targets, confidence
 
     def train_step(self, data) -> dict[str, tf.Tensor]:  # noqa: ANN001
-        strong, weak, labels = self.unpack(data)
+        query_view, key_view, labels = self.unpack(data)
         momentum = self.update_momentum_encoder()
         queue = tf.identity(self.queue.keys.value)  # [M, D], before this step's keys
         keys = None
         if self.shuffle_keys and replica_count() > 1:
-            keys = self.encode_keys(strong, weak)  # all_gather: outside the replica's XLA
-        loss, gradients, keys, targets, confidence = self.step_function(strong, weak, queue, keys)
+            keys = self.encode_keys(query_view, key_view)  # all_gather: outside the replica's XLA
+        loss, gradients, keys, targets, confidence = self.step_function(
+            query_view, key_view, queue, keys
+        )
         self.apply_gradients(gradients)
 
         queue_labels = tf.identity(self.queue.labels.value)  # [M], before this step's labels

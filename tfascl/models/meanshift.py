@@ -1,8 +1,8 @@
 """Mean Shift for self-supervised learning (MSF; Koohpayegani, Tejankar and Pirsiavash,
 ICCV 2021): BYOL's regression onto a target, generalised to the target's neighbourhood.
 
-The momentum (target) encoder embeds the weak view; that target enters a memory bank
-first, and the online prediction of the strong view is pulled towards the k bank
+The momentum (target) encoder embeds the key view; that target enters a memory bank
+first, and the online prediction of the query view is pulled towards the k bank
 entries nearest the target (the target itself among them), as in the official code
 (UMBCvision/MSF ``train_msf.py``, ``MeanShift.forward``). With k = 1 this is BYOL's
 loss in one direction.
@@ -71,14 +71,13 @@ class MeanShift(ShuffleKeys, MomentumModel):
         return {
             **super().get_config(),
             "predictor": keras.saving.serialize_keras_object(self.predictor),
-            "queue_size": self.queue.size,
-            "num_neighbors": self.num_neighbors,
-            "predictor_hidden": self.predictor_hidden,
-            "shuffle_keys": self.shuffle_keys,
-            "batch_size": self.batch_size,
-            "norm": self.norm,
-            "num_splits": self.num_splits,
+            **self.keyword_config(MeanShift),
         }
+
+    @property
+    def queue_size(self) -> int:
+        """The memory bank's size."""
+        return self.queue.size
 
     @property
     def online_weights(self) -> list[keras.Variable]:
@@ -90,32 +89,32 @@ class MeanShift(ShuffleKeys, MomentumModel):
         return l2_normalize(self.predictor(projection, training=True))
 
     def forward_backward(
-        self, strong: tf.Tensor, target: tf.Tensor, bank: tf.Tensor, rows: tf.Tensor
+        self, query_view: tf.Tensor, target: tf.Tensor, bank: tf.Tensor, rows: tf.Tensor
     ) -> tuple[tf.Tensor, list[tf.Tensor]]:
         """Loss and gradients of one step on one replica.
 
         Args:
-            strong: [b, H, W, 3] the strongly augmented view (online network).
-            target: [b, D] the target encoder's embedding of the weak view.
+            query_view: [b, H, W, 3] the online network's view (strongly augmented).
+            target: [b, D] the target encoder's embedding of the key view.
             bank: [M, D] the memory bank, this step's targets already in it.
             rows: [b, k] the bank rows nearest each target (``losses.top_k_neighbors``).
         """
         with tf.GradientTape() as tape:
-            query = self.predict_target(strong)  # [b, D]
+            query = self.predict_target(query_view)  # [b, D]
             loss = losses.mean_shift_loss(query, target, bank, self.num_neighbors, rows=rows)
             scaled_loss = self.scale_loss(loss)
         return loss, tape.gradient(scaled_loss, self.online_weights)
 
     def train_step(self, data) -> dict[str, tf.Tensor]:  # noqa: ANN001
-        strong, weak, labels = self.unpack(data)
+        query_view, key_view, labels = self.unpack(data)
         momentum = self.update_momentum_encoder()
-        target = self.encode_key(weak)  # [b, D], shuffle BN; outside XLA across replicas
+        target = self.encode_key(key_view)  # [b, D], shuffle BN; outside XLA across replicas
         # The official order: the targets enter the bank before the loss reads it.
         self.queue.enqueue(target, labels)
         bank = tf.identity(self.queue.keys.value)  # [M, D]
         # The k nearest bank rows, found once: for the loss and for the purity.
         rows = losses.top_k_neighbors(target, bank, self.num_neighbors)  # [b, k]
-        loss, gradients = self.step_function(strong, target, bank, rows)
+        loss, gradients = self.step_function(query_view, target, bank, rows)
         self.apply_gradients(gradients)
         # Purity: the share of the k neighbours that have the query's label (MSF's log).
         k = tf.shape(rows)[1]

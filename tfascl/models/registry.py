@@ -62,9 +62,9 @@ class MethodSpec:
         defaults: the method's paper defaults of other model-class options.
         uses_queue: keys go to a queue (MoCo's negatives, NNCLR's support set, MSF's
             memory bank): ``queue_size`` applies.
-        relabel: None, or how the method's own relabelling moves target mass onto
-            neighbours (``relabel_kind``): ``"soft"`` or ``"hard"`` (K must not exceed
-            the queue).
+        relabel_kind: None, or how the method's own relabelling moves target mass onto
+            neighbours (``relabel_kind()`` of its relabel mode): ``"soft"`` or ``"hard"``
+            (K must not exceed the queue).
         symmetric: the loss is averaged over both view orders by default (both keys
             enqueued, for a queue method).
         momentum_schedule: the default EMA schedule (``"constant"`` or ``"cosine"``).
@@ -82,7 +82,7 @@ class MethodSpec:
     fixed: Mapping[str, Any]
     defaults: Mapping[str, Any]
     uses_queue: bool
-    relabel: str | None
+    relabel_kind: str | None
     symmetric: bool
     momentum_schedule: str
     projector_bn: bool
@@ -91,9 +91,9 @@ class MethodSpec:
     reference: str = ""
 
     def __post_init__(self) -> None:
-        if self.relabel is not None and self.relabel not in RELABEL_KINDS:
+        if self.relabel_kind is not None and self.relabel_kind not in RELABEL_KINDS:
             raise ValueError(
-                f"relabel must be None or one of {RELABEL_KINDS}, got {self.relabel!r}"
+                f"relabel_kind must be None or one of {RELABEL_KINDS}, got {self.relabel_kind!r}"
             )
         unknown = set(self.options) - set(OPTION_NAMES)
         if unknown or not set(self.relabels) <= set(RELABEL_MODES):
@@ -162,7 +162,7 @@ def _queue_method(
         fixed=fixed,
         defaults=defaults or {},
         uses_queue=True,
-        relabel=relabel_kind(relabel),
+        relabel_kind=relabel_kind(relabel),
         symmetric=False,
         momentum_schedule="constant",
         projector_bn=False,
@@ -172,21 +172,22 @@ def _queue_method(
     )
 
 
-def _byol_method(name: str, label: str, relabel: bool) -> MethodSpec:
-    """BYOL (with ASCL's in-batch soft targets when ``relabel``): no queue, the loss over
-    both view orders, cosine momentum to 1, BN in the projector (BYOL paper)."""
+def _byol_method(name: str, label: str, relabel: str) -> MethodSpec:
+    """BYOL (with ASCL's in-batch soft targets for ``relabel="ascl"``): no queue, the loss
+    over both view orders, cosine momentum to 1, BN in the projector (BYOL paper)."""
+    relabels = relabel != "none"
     return MethodSpec(
         name=name,
         label=label,
         model_class=BYOL,
         fixed={"relabel": relabel},
-        defaults=RELABEL_DEFAULTS if relabel else {},
+        defaults=RELABEL_DEFAULTS if relabels else {},
         uses_queue=False,
-        relabel="soft" if relabel else None,
+        relabel_kind=relabel_kind(relabel),
         symmetric=True,
         momentum_schedule="cosine",
         projector_bn=True,
-        relabels=("ascl",) if relabel else ("none", "ascl"),
+        relabels=("ascl",) if relabels else ("none", "ascl"),
         reference="BYOL (Grill et al. 2020); ASCL code's BYOL (model.py)",
     )
 
@@ -203,7 +204,7 @@ def _simclr_method(name: str, label: str, objective: str, **spec: Any) -> Method
         model_class=spec.pop("model_class", SimCLR),
         fixed={"objective": objective} if objective else {},
         uses_queue=spec.pop("uses_queue", False),
-        relabel=None,
+        relabel_kind=None,
         symmetric=True,
         momentum_schedule="constant",
         projector_bn=True,
@@ -264,8 +265,8 @@ METHODS: dict[str, MethodSpec] = {
             options=("debias_prior",),
             reference="chingyaoc/DCL main.py (on the queue)",
         ),
-        _byol_method("byol", "BYOL", relabel=False),
-        _byol_method("byol_ascl", "BYOL + ASCL", relabel=True),
+        _byol_method("byol", "BYOL", relabel="none"),
+        _byol_method("byol_ascl", "BYOL + ASCL", relabel="ascl"),
         _simclr_method(
             "simclr",
             "SimCLR",
@@ -300,7 +301,7 @@ METHODS: dict[str, MethodSpec] = {
             fixed={},
             defaults={"num_neighbors": 5},  # train_msf.py --topk 5
             uses_queue=True,
-            relabel=None,
+            relabel_kind=None,
             symmetric=False,
             momentum_schedule="constant",  # train_msf.py --momentum 0.99, constant
             projector_bn=True,  # get_mlp: Linear – BatchNorm1d – ReLU – Linear
@@ -386,7 +387,7 @@ def build_model(
         options = {"norm": norm, "num_splits": num_splits, **options}
     arguments = {**spec.default_options(), **options, **spec.fixed}
     if relabel is not None:  # the plug-in: within spec.relabels, it wins over fixed
-        arguments["relabel"] = relabel if spec.model_class is not BYOL else relabel == "ascl"
+        arguments["relabel"] = relabel
     # Options that do not apply to this model class (a queue size for SimCLR, a momentum
     # for NNCLR) are dropped here; validation refuses the ones a user set by hand.
     arguments = {name: value for name, value in arguments.items() if name in accepted}

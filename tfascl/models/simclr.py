@@ -95,15 +95,7 @@ class SimCLR(EncoderModel):
         self.target_temperature, self.num_neighbors = target_temperature, num_neighbors
 
     def get_config(self) -> dict:
-        return {
-            **super().get_config(),
-            "objective": self.objective,
-            "temperature": self.temperature,
-            "debias_prior": self.debias_prior,
-            "relabel": self.relabel,
-            "target_temperature": self.target_temperature,
-            "num_neighbors": self.num_neighbors,
-        }
+        return {**super().get_config(), **self.keyword_config(SimCLR)}
 
     @property
     def step_function(self):  # noqa: ANN201
@@ -223,13 +215,13 @@ class NNCLR(EncoderModel):
         return {
             **super().get_config(),
             "predictor": keras.saving.serialize_keras_object(self.predictor),
-            "temperature": self.temperature,
-            "queue_size": self.queue.size,
-            "predictor_hidden": self.predictor_hidden,
-            "batch_size": self.batch_size,
-            "norm": self.norm,
-            "num_splits": self.num_splits,
+            **self.keyword_config(NNCLR),
         }
+
+    @property
+    def queue_size(self) -> int:
+        """The support set's size."""
+        return self.queue.size
 
     @property
     def metrics(self) -> list[keras.metrics.Metric]:
