@@ -6,8 +6,9 @@ flagfiles: ``tfascl-train --flagfile=flags/cifar10_ascl.flags --model_dir=runs/c
 Re-running the same command resumes from the last checkpoint (see docs/CLI.md).
 
 The flags, ``TrainConfig`` and validation live in ``tfascl.train_config``; the run's images
-and training stream in ``tfascl.data.training`` (given the flags' values). This module runs
-what they describe: data, model, strategy, checkpoints, callbacks and the report.
+and training stream in ``tfascl.data.training`` (given the flags' values); summary.json and
+the closing report in ``tfascl.run_report``. This module runs what they describe: data,
+model, strategy, checkpoints, callbacks and the epochs.
 """
 
 from __future__ import annotations
@@ -20,7 +21,6 @@ if __name__ == "__main__":  # python -m tfascl.train: start as tfascl-train does
     tfascl_launch.train()  # flags parsed without TensorFlow, then tfascl.train.main; exits
 
 import dataclasses
-import os
 import shutil
 import sys
 import tempfile
@@ -47,6 +47,14 @@ from tfascl.data import training
 from tfascl.data.training import RunData, knn_sizes
 from tfascl.distribute import fit_loop, make_strategy
 from tfascl.optim import PerEpoch, build_optimizer, scaled_learning_rate, warmup_cosine
+from tfascl.run_report import (  # noqa: F401 (verdict: the names of this module before)
+    EXIT_CODES,
+    knn_summary,
+    percent,
+    report,
+    run_summary,
+    verdict,
+)
 from tfascl.runs import (
     EXPORT_SUBDIR,
     FLAGS_FILE,
@@ -329,7 +337,7 @@ def train(config: TrainConfig) -> RunResult:
     if summary is not None:
         print(
             f"{model_dir}: the run is complete ({summary['epochs']} epochs, "
-            f"{summary['steps']} steps, best kNN top-1 {_percent(summary.get('best_knn_top1'))}); "
+            f"{summary['steps']} steps, best kNN top-1 {percent(summary.get('best_knn_top1'))}); "
             "nothing to do."
         )
         return RunResult(0, summary)
@@ -503,45 +511,6 @@ def _train_model(
     return RunResult(report(summary, guard, config), summary, model)
 
 
-def run_summary(
-    status: str,
-    config: TrainConfig,
-    step: int,
-    start_step: int,
-    steps_per_epoch: int,
-    run: RunCallbacks,
-    manager: tf.train.CheckpointManager,
-    model_dir: runs.RunPath,
-    started: float,
-) -> dict[str, Any]:
-    """The record of summary.json (``export_dir`` is filled in once the export is written)."""
-    return {
-        "status": status,
-        "completed": status == "completed",
-        "epochs": config.epochs,
-        "steps": step,
-        "total_steps": config.epochs * steps_per_epoch,
-        "steps_per_epoch": steps_per_epoch,
-        "resumed_from_step": start_step,
-        **knn_summary(run.monitor),
-        "latest_checkpoint": os.path.basename(manager.latest_checkpoint or ""),
-        "wall_time_s": round(time.time() - started, 3),
-        "train_time_s": round(run.logger.train_seconds, 3),
-        "pairs_per_second": run.logger.pairs_per_second,
-        "model_dir": str(model_dir),
-        "export_dir": None,
-    }
-
-
-EXIT_CODES = {
-    "non_finite_loss": EXIT_FAILED,
-    "out_of_data": EXIT_FAILED,
-    "interrupted": EXIT_INTERRUPTED,
-    "preempted": EXIT_PREEMPTED,
-    "save_failed": EXIT_SAVE_FAILED,
-}
-
-
 def save_failed(
     error: Exception, config: TrainConfig, model_dir: runs.RunPath, chief: bool, model: Any
 ) -> RunResult:
@@ -556,22 +525,6 @@ def save_failed(
         except OSError:
             pass  # the disk is still full: the line above is the report
     return RunResult(EXIT_SAVE_FAILED, summary, model)
-
-
-def knn_summary(monitor: Any) -> dict[str, Any]:
-    """The kNN fields of summary.json (None without a monitor)."""
-    last, best = (monitor.last, monitor.best) if monitor else ({}, {})
-    initial = monitor.initial if monitor else {}
-    return {
-        "initial_knn_top1": initial.get("knn_top1"),
-        "final_knn_top1": last.get("knn_top1"),
-        "final_knn_top5": last.get("knn_top5"),
-        "best_knn_top1": best.get("knn_top1"),
-        "best_checkpoint": best.get("checkpoint"),
-        "best_epoch": best.get("epoch"),
-        "knn_time_s": round(monitor.seconds, 3) if monitor else 0.0,
-        "knn_passes": monitor.passes if monitor else 0,
-    }
 
 
 def knn_monitor(
@@ -676,73 +629,6 @@ def run_epochs(
         stopped += [getattr(c, "interrupted", False) for c in callbacks]
         if any(stopped) or ran_out.ran_out_at is not None:
             return
-
-
-def _percent(value: float | None) -> str:
-    return "n/a" if value is None else f"{100 * value:.2f}%"
-
-
-def report(summary: dict[str, Any], guard: Any, config: TrainConfig) -> int:
-    """Prints the outcome and returns the exit code."""
-    where = f"model: {summary['model_dir']} (latest {summary['latest_checkpoint']}"
-    where += f", best {summary['best_checkpoint']})" if summary["best_checkpoint"] else ")"
-    if summary["status"] == "non_finite_loss":
-        print(
-            f"Stopped: non-finite loss ({guard.failed_loss}) at step {guard.failed_step}; "
-            f"kept the last good checkpoint, {summary['latest_checkpoint']}. "
-            "Lower --learning_rate or use --precision=float32.",
-            file=sys.stderr,
-        )
-        return EXIT_FAILED
-    if summary["status"] == "out_of_data":
-        print(
-            f"Stopped: the input ran out of data at step {summary['steps']} of "
-            f"{summary['total_steps']} (too many files are unreadable: they are named "
-            "above); saved. Fix or remove them, then re-run the command to resume.",
-            file=sys.stderr,
-        )
-        print(where)
-        return EXIT_FAILED
-    if summary["status"] in ("interrupted", "preempted"):
-        what = summary["status"].capitalize()
-        print(f"{what} at step {summary['steps']}; saved. Re-run the command to resume.")
-        print(where)
-        return EXIT_CODES[summary["status"]]
-    print(
-        f"Done: {summary['steps']} steps, {summary['epochs']} epochs. kNN top-1 "
-        f"{_percent(summary['final_knn_top1'])} (best {_percent(summary['best_knn_top1'])}), "
-        f"{summary['pairs_per_second'] or 0:.1f} pairs/s."
-    )
-    print(where)
-    if summary["export_dir"]:
-        print(f"export: {summary['export_dir']}")
-    for line in verdict(summary, config):
-        print(line)
-    return 0
-
-
-def verdict(summary: dict[str, Any], config: TrainConfig) -> list[str]:
-    """The last line of a completed run: the random encoder's kNN top-1 against the final
-    one, e.g. ``pretraining: 76.1% → 93.1% kNN top-1 on the 360 test digits (+17.0 points
-    over the randomly initialised encoder)``; and a hint when training did not beat it."""
-    start, end = summary.get("initial_knn_top1"), summary.get("final_knn_top1")
-    if start is None or end is None:
-        return []
-    count = summary.get("knn_test_images")
-    what = "test digits" if config.dataset == "digits" else f"{config.test_split} images"
-    where = f" on the {count:,} {what}" if count else ""
-    gain = 100 * (end - start)
-    lines = [
-        f"pretraining: {100 * start:.1f}% → {100 * end:.1f}% kNN top-1{where} "
-        f"({gain:+.1f} points over the randomly initialised encoder)"
-    ]
-    if gain <= 0:
-        recipe = " (flags/digits_ascl.flags for these digits)" if config.dataset == "digits" else ""
-        lines.append(
-            "note: not better than the random encoder yet: train longer, or use augmentations "
-            f"that suit the images{recipe}"
-        )
-    return lines
 
 
 # --- Entry points -------------------------------------------------------------------------
