@@ -34,7 +34,46 @@ MAY_IMPORT_ONLY = {
     "tfascl._version": set(),
 }
 
+# The layers, lowest first (docs/ARCHITECTURE.md's table): a module imports modules of its
+# own layer or of those below, never above. A name ending in "." is a package and its
+# modules. A new module must be placed here (a test fails until it is).
+LAYERS: list[tuple[str, tuple[str, ...]]] = [
+    (
+        "leaves",
+        (
+            "tfascl._version",
+            "tfascl._lazy",
+            "tfascl.console",
+            "tfascl.choices",
+            "tfascl.options",
+            "tfascl.files",
+            "tfascl.imageops",
+            "tfascl.losses",
+            "tfascl.optim",
+            "tfascl.knn",
+            "tfascl.distribute",
+        ),
+    ),
+    ("data", ("tfascl.data", "tfascl.data.")),
+    ("serving", ("tfascl.serving",)),
+    ("models", ("tfascl.models", "tfascl.models.")),
+    ("runs", ("tfascl.checkpoints", "tfascl.runs")),
+    ("run tools", ("tfascl.plots", "tfascl.cli", "tfascl.callbacks", "tfascl.callbacks.")),
+    ("evaluation", ("tfascl.evaluation", "tfascl.evaluation.")),
+    ("export", ("tfascl.export",)),
+    ("training", ("tfascl.train_config", "tfascl.run_report", "tfascl.train")),
+    ("entry points", ("tfascl", "tfascl._startup")),
+]
+
 Graph = dict[str, dict[str, int]]  # module → {module it imports: line of the first import}
+
+
+def layer_of(module: str) -> int | None:
+    """The index in LAYERS of a module's layer, or None when it is in none."""
+    for index, (_, names) in enumerate(LAYERS):
+        if module in names or any(n.endswith(".") and module.startswith(n) for n in names):
+            return index
+    return None
 
 
 def module_files(root: Path) -> dict[str, Path]:
@@ -167,6 +206,20 @@ def _layer_violations(graph: Graph) -> list[str]:
     return found
 
 
+def _upward_imports(graph: Graph) -> list[str]:
+    """Imports of a layer above the importer's, and modules in no layer."""
+    found = [f"{module} is in no layer of LAYERS" for module in graph if layer_of(module) is None]
+    for module, edges in sorted(graph.items()):
+        for target, line in sorted(edges.items()):
+            below, above = layer_of(module), layer_of(target)
+            if below is not None and above is not None and above > below:
+                found.append(
+                    f"{module} ({LAYERS[below][0]}) imports {target} ({LAYERS[above][0]}, "
+                    f"line {line})"
+                )
+    return found
+
+
 # --- The package ---------------------------------------------------------------------------
 
 
@@ -187,6 +240,19 @@ def test_serving_is_a_library_of_tensorflow_and_keras_only():
     assert set(MAY_IMPORT_ONLY) <= set(graph), "a module of MAY_IMPORT_ONLY is gone"
     found = [v for v in _layer_violations(graph) if not v.startswith("tfascl.models")]
     assert found == [], "\n".join(found)
+
+
+def test_every_module_imports_its_own_layer_or_those_below():
+    found = _upward_imports(import_graph())
+    assert found == [], "imports against the layers of docs/ARCHITECTURE.md:\n" + "\n".join(found)
+
+
+def test_the_layer_check_sees_an_upward_import():
+    graph = {"tfascl.losses": {"tfascl.runs": 3}, "tfascl.runs": {}, "tfascl.new_thing": {}}
+    assert _upward_imports(graph) == [
+        "tfascl.new_thing is in no layer of LAYERS",
+        "tfascl.losses (leaves) imports tfascl.runs (runs, line 3)",
+    ]
 
 
 def test_the_graph_has_the_known_edges_lazy_ones_included():
@@ -255,5 +321,6 @@ if __name__ == "__main__":
     for module, edges in sorted(graph.items()):
         print(f"{module}: {', '.join(sorted(edges)) or '-'}")
     problems = [describe(c, graph) for c in cycles(graph)] + _layer_violations(graph)
+    problems += _upward_imports(graph)
     print("\n".join(["", *problems]) if problems else "\nno cycle, no layer violation")
     sys.exit(1 if problems else 0)
