@@ -14,13 +14,18 @@ For one folder of JPEGs, side by side in one process and in alternating rounds:
   labels, flip and normalisation;
 * ``tfascl``: the whole pretraining pipeline (colour jitter, grayscale, blur; XLA).
 
-Throughput is pairs/s (two crops of one file each). Then, per count in ``--rss_counts``,
+Throughput is pairs/s (two crops of one file each), and the process's CPU time per pair
+(``time.process_time``, all threads): on a machine shared with other work the wall-clock
+rates follow the load, while the CPU time a pipeline spends per pair (and so its ratio to
+the floor's) moves much less; both ratios are recorded, with the load average before and
+after. Then, per count in ``--rss_counts``,
 a fresh process streams that many files for ``--rss_batches`` batches and reports its peak
 resident memory. One JSON line per measurement; ``--output`` also writes them to a file.
 """
 
 from __future__ import annotations
 
+import gc
 import json
 import os
 import statistics
@@ -71,13 +76,17 @@ def floor_pipeline(paths: list[str], size: int, batch: int) -> tf.data.Dataset:
     return files.map(crops, num_parallel_calls=tf.data.AUTOTUNE).batch(batch).prefetch(2)
 
 
-def pairs_per_second(dataset: tf.data.Dataset, batches: int, batch: int) -> float:
+def pairs_per_second(dataset: tf.data.Dataset, batches: int, batch: int) -> tuple[float, float]:
+    """(pairs/s, CPU ms per pair) over `batches` batches after one warm-up batch."""
     iterator = iter(dataset)
     next(iterator)  # warm-up: tracing, XLA compilation, first file reads
-    start = time.perf_counter()
+    start, cpu = time.perf_counter(), time.process_time()
     for _ in range(batches):
         next(iterator)
-    return batches * batch / (time.perf_counter() - start)
+    wall, cpu = time.perf_counter() - start, time.process_time() - cpu
+    del iterator  # its prefetching threads stop before the next pipeline is timed
+    gc.collect()
+    return batches * batch / wall, 1000 * cpu / (batches * batch)
 
 
 def emit(record: dict, output: str | None) -> None:
@@ -98,10 +107,15 @@ def throughput(files: data.ImageFiles) -> None:
         "tfascl": data.pretrain_dataset(files, batch, size, seed=0, epochs=(0, 100)),
     }
     rates: dict[str, list[float]] = {name: [] for name in pipelines}
+    cpu: dict[str, list[float]] = {name: [] for name in pipelines}
+    load_start = os.getloadavg()[0]
     for _ in range(FLAGS.rounds):
         for name, dataset in pipelines.items():
-            rates[name].append(pairs_per_second(dataset, FLAGS.batches, batch))
+            rate, cpu_ms = pairs_per_second(dataset, FLAGS.batches, batch)
+            rates[name].append(rate)
+            cpu[name].append(cpu_ms)
     floor = statistics.median(rates["floor"])
+    floor_cpu = statistics.median(cpu["floor"])
     for name, values in rates.items():
         emit(
             {
@@ -114,7 +128,12 @@ def throughput(files: data.ImageFiles) -> None:
                 "pairs_per_sec": round(statistics.median(values), 1),
                 "rounds": [round(v, 1) for v in values],
                 "vs_floor": round(statistics.median(values) / floor, 3),
+                "cpu_ms_per_pair": round(statistics.median(cpu[name]), 3),
+                "cpu_rounds": [round(v, 3) for v in cpu[name]],
+                # > 1 when the pipeline spends less CPU time per pair than the floor.
+                "cpu_vs_floor": round(floor_cpu / statistics.median(cpu[name]), 3),
                 "cores": os.cpu_count(),
+                "load_avg_start": round(load_start, 2),
                 "load_avg": round(os.getloadavg()[0], 2),
                 "device": device_name(),
                 "commit": git_commit(),

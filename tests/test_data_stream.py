@@ -183,6 +183,27 @@ def test_random_crop_boxes_keep_each_images_own_aspect_ratio():
     assert left.min() < 100 and (left + width).max() > 500
 
 
+def test_an_examples_crop_draws_are_the_same_alone_or_with_its_share():
+    # A folder share draws its examples' uniforms in one op; a TFRecord record draws its
+    # own. Both must give example p of an epoch the same boxes, whatever the share.
+    share = stream.crop_uniforms(5, 2, 40, 16).numpy()
+    assert share.shape == (16, 2, 4 * augment.CROP_ATTEMPTS)
+    for k in (0, 7, 15):
+        np.testing.assert_array_equal(stream.crop_uniforms(5, 2, 40 + k, 1).numpy()[0], share[k])
+    # Other positions, epochs and seeds draw other values (no two examples share a box).
+    assert not np.array_equal(share[0], share[1])
+    assert not np.array_equal(stream.crop_uniforms(5, 3, 40, 1).numpy()[0], share[0])
+    assert not np.array_equal(stream.crop_uniforms(6, 2, 40, 1).numpy()[0], share[0])
+    assert 0.0 <= share.min() and share.max() < 1.0 and abs(share.mean() - 0.5) < 0.05
+    # The pipeline's views are the boxes of these draws, decoded separately per view.
+    contents = tf.constant(jpeg_bytes(300, 420))
+    views = stream.seeded_crops(contents, tf.constant(2, tf.int64), tf.constant(47, tf.int64),
+                                tf.constant(0, tf.int64), 5, 32, None, None)  # fmt: skip
+    expected = stream.decode_crops(contents, stream.uniform_boxes(share[7]), 32)
+    assert len(views) == 2
+    np.testing.assert_array_equal(np.stack([v.numpy() for v in views]), expected.numpy())
+
+
 def test_eval_crop_fraction_is_resize_then_centre_crop():
     # Resize(256) + CenterCrop(224) of a 256 x 320 image is its central 224 x 224 square.
     rng = np.random.default_rng(1)

@@ -37,6 +37,11 @@ from tfascl.data.host import host_variable
 
 # Views whose crop box a pretraining example draws: query and key.
 _VIEWS = 2
+# Uniforms per view's crop box: CROP_ATTEMPTS candidates of (area, log-ratio, top, left),
+# in the columns `augment.sample_crop_boxes` reads.
+_BOX_DRAWS = 4 * augment.CROP_ATTEMPTS
+# Philox yields four 32-bit draws per step of its counter.
+_DRAWS_PER_STEP = 4
 # Consecutive TFDS records permuted together each epoch (TFDS shuffled the examples when it
 # prepared the data set, and the files are shuffled too): about 220 MB of ImageNet JPEGs.
 TFDS_SHUFFLE_BLOCK = 2048
@@ -191,25 +196,27 @@ def decode_whole(contents: tf.Tensor) -> tf.Tensor:
     return tf.ensure_shape(image, [None, None, 3])
 
 
-def decode_crops(
+def decode_views(
     contents: tf.Tensor,
     boxes_for: Callable[[tf.Tensor, tf.Tensor], tf.Tensor],
     size: int,
     dct_method: str = "",
-) -> tf.Tensor:
+) -> tuple[tf.Tensor, ...]:
     """Decodes one encoded image into crops resized to `size`, decoding only the crops of a JPEG.
 
     Args:
         contents: Scalar string, an encoded JPEG, PNG, GIF, BMP, WebP or TIFF.
         boxes_for: Maps the image's (height, width) float32 scalars to [n, 4] float32 boxes
-            (top, left, h, w) in pixels.
+            (top, left, h, w) in pixels; n must be static.
         size: Side of the resized crops.
         dct_method: libjpeg's inverse DCT: "" (TensorFlow's default, the fast integer one)
             or "INTEGER_ACCURATE" (Pillow's, so pixels equal the in-memory decode's; up to
             5 levels apart otherwise).
 
     Returns:
-        [n, size, size, 3] float32 in [0, 255].
+        n crops, each [size, size, 3] float32 in [0, 255]: separate tensors, so that a
+        pipeline batches each view where it is (stacking them would copy every pixel once
+        more per example).
     """
 
     def resize(crop: tf.Tensor) -> tf.Tensor:
@@ -219,29 +226,78 @@ def decode_crops(
 
     # The number of boxes is static (2 views, or 1 for evaluation): the crops are unrolled
     # rather than looped with map_fn, whose while loop costs more than a small decode.
-    def jpeg() -> tf.Tensor:
+    def jpeg() -> tuple[tf.Tensor, ...]:
         shape = tf.cast(tf.io.extract_jpeg_shape(contents), tf.float32)
         boxes = _integer_boxes(boxes_for(shape[0], shape[1]), shape[0], shape[1])
-        return tf.stack(
-            [
-                resize(tf.io.decode_and_crop_jpeg(contents, box, channels=3, dct_method=dct_method))
-                for box in tf.unstack(boxes)
-            ]
+        return tuple(
+            resize(tf.io.decode_and_crop_jpeg(contents, box, channels=3, dct_method=dct_method))
+            for box in tf.unstack(boxes)
         )
 
-    def other() -> tf.Tensor:
+    def other() -> tuple[tf.Tensor, ...]:
         image = decode_whole(contents)
         shape = tf.cast(tf.shape(image), tf.float32)
         boxes = _integer_boxes(boxes_for(shape[0], shape[1]), shape[0], shape[1])
-        return tf.stack(
-            [
-                resize(tf.slice(image, [box[0], box[1], 0], [box[2], box[3], 3]))
-                for box in tf.unstack(boxes)
-            ]
+        return tuple(
+            resize(tf.slice(image, [box[0], box[1], 0], [box[2], box[3], 3]))
+            for box in tf.unstack(boxes)
         )
 
     crops = tf.cond(tf.io.is_jpeg(contents), jpeg, other)
-    return tf.ensure_shape(crops, [None, size, size, 3])
+    return tuple(tf.ensure_shape(crop, [size, size, 3]) for crop in crops)
+
+
+def decode_crops(
+    contents: tf.Tensor,
+    boxes_for: Callable[[tf.Tensor, tf.Tensor], tf.Tensor],
+    size: int,
+    dct_method: str = "",
+) -> tf.Tensor:
+    """`decode_views`, stacked: [n, size, size, 3] float32 in [0, 255]."""
+    return tf.stack(decode_views(contents, boxes_for, size, dct_method))
+
+
+def crop_uniforms(seed: Any, epoch: Any, first: Any, count: int) -> tf.Tensor:
+    """The uniforms of the crop boxes of examples `first` .. `first + count - 1` of an epoch.
+
+    Philox is a counter-based generator: example `p`'s draws start at step
+    `p * _VIEWS * _BOX_DRAWS / 4` of the epoch's counter, so they are the same whether it
+    is drawn alone (a TFRecord or TFDS record) or with the rest of its share (a folder's
+    share: one op per share instead of two per example), and they depend only on (`seed`,
+    epoch, position), not on the replicas or workers.
+
+    Args:
+        seed: Run seed.
+        epoch: Epoch (int64 scalar).
+        first: Position of the first example in the epoch (int64 scalar).
+        count: Number of examples (static).
+
+    Returns:
+        [count, 2, 4 * CROP_ATTEMPTS] float32 in [0, 1), `augment.sample_crop_boxes`'s
+        columns, one row per view (query, key).
+    """
+    key, counter = tf.raw_ops.StatelessRandomGetKeyCounter(seed=epoch_seed(seed, epoch))
+    steps_per_example = tf.constant(_VIEWS * _BOX_DRAWS // _DRAWS_PER_STEP, tf.uint64)
+    # The low word of the 128-bit counter counts the examples; the high word is the seed's.
+    counter = tf.stack([tf.cast(first, tf.uint64) * steps_per_example, counter[1]])
+    return tf.raw_ops.StatelessRandomUniformV2(
+        shape=[count, _VIEWS, _BOX_DRAWS], key=key, counter=counter,
+        alg=tf.random.Algorithm.PHILOX.value,
+    )  # fmt: skip
+
+
+def uniform_boxes(uniforms: tf.Tensor, recipe: AugmentRecipe | None = None) -> Callable:
+    """`boxes_for` drawing RandomResizedCrop boxes (torchvision's rule: ten tries, then the
+    central fallback) from `uniforms` [views, 4 * CROP_ATTEMPTS], with the crop scale and
+    ratio of `recipe` (default: the standard recipe)."""
+    recipe = recipe or augment.STANDARD_RECIPE
+
+    def boxes_for(height: tf.Tensor, width: tf.Tensor) -> tf.Tensor:
+        return sample_crop_boxes(
+            uniforms, height, width, scale=recipe.crop_scale, ratio=recipe.crop_ratio
+        )
+
+    return boxes_for
 
 
 def random_boxes(
@@ -249,17 +305,8 @@ def random_boxes(
 ) -> Callable:
     """`boxes_for` drawing `views` RandomResizedCrop boxes (torchvision's rule) from `seed`,
     with the crop scale and ratio of `recipe` (default: the standard recipe)."""
-    recipe = recipe or augment.STANDARD_RECIPE
-
-    def boxes_for(height: tf.Tensor, width: tf.Tensor) -> tf.Tensor:
-        uniforms = tf.random.stateless_uniform(
-            [views, 4 * augment.CROP_ATTEMPTS], seed, alg="philox"
-        )
-        return sample_crop_boxes(
-            uniforms, height, width, scale=recipe.crop_scale, ratio=recipe.crop_ratio
-        )
-
-    return boxes_for
+    uniforms = tf.random.stateless_uniform([views, _BOX_DRAWS], seed, alg="philox")
+    return uniform_boxes(uniforms, recipe)
 
 
 def centre_box(crop_fraction: float) -> Callable:
@@ -458,20 +505,22 @@ def batch_augmenter(
     with ``key_augment="strong"``) and normalisation, XLA-fused as in the in-memory pipeline.
 
     Returns:
-        ``(crops [b, 2, S, S, 3] uint8-valued, batch seed [2]) → (query, key)``, each
-        [b, S, S, 3] float32.
+        ``((query crops, key crops), batch seed [2]) → (query, key)``: crops [b, S, S, 3]
+        uint8-valued float32, views [b, S, S, 3] float32.
     """
 
     @tf.function(jit_compile=jit_compile)
-    def augment_batch(crops: tf.Tensor, batch_seed: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
-        x = crops / 255.0  # [b, 2, S, S, 3]: the query's and the key's crops
+    def augment_batch(
+        crops: tuple[tf.Tensor, tf.Tensor], batch_seed: tf.Tensor
+    ) -> tuple[tf.Tensor, tf.Tensor]:
         size = tf.constant(image_size, tf.float32)
         seeds = tf.random.experimental.stateless_split(batch_seed, num=2, alg="philox")
         views = []
         for view in range(_VIEWS):
+            x = crops[view] / 255.0
             params = augment.sample_params(tf.shape(x)[0], size, size, seeds[view], recipe)
             flip = params["flip"][:, None, None, None]
-            crop = tf.where(flip, tf.reverse(x[:, view], axis=[2]), x[:, view])
+            crop = tf.where(flip, tf.reverse(x, axis=[2]), x)
             if colour and (view == 0 or key_augment == "strong"):
                 crop = augment.apply_colour(crop, params, recipe)
             views.append(augment.normalise(crop, mean, std))
@@ -489,22 +538,30 @@ def seeded_crops(
     image_size: int,
     recipe: AugmentRecipe | None,
     skipped: SkippedFiles | None,
-) -> tf.Tensor:
-    """The two RandomResizedCrop windows [2, S, S, 3] of one encoded image, decoded.
+    uniforms: tf.Tensor | None = None,
+) -> tuple[tf.Tensor, tf.Tensor]:
+    """The two RandomResizedCrop windows (query, key) of one encoded image, decoded.
 
     Their boxes are drawn from (`seed`, `epoch`, `position`): an example's place in the
-    global epoch, not the file or pipeline it came from. `skipped` marks `index` decoded
-    in `epoch` once the decode has succeeded (a failing one raises, for `ignore_errors`).
+    global epoch, not the file or pipeline it came from (`crop_uniforms`). `skipped` marks
+    `index` decoded in `epoch` once the decode has succeeded (a failing one raises, for
+    `ignore_errors`).
+
+    Args:
+        uniforms: [2, 4 * CROP_ATTEMPTS] draws of this example already made with its share
+            (`crop_uniforms`), or None to draw them here (the same values).
+
+    Returns:
+        (query crop, key crop), each [S, S, 3] float32 in [0, 255].
     """
-    example_seed = tf.random.experimental.stateless_fold_in(
-        epoch_seed(seed, epoch), position, alg="philox"
-    )
-    crops = decode_crops(contents, random_boxes(example_seed, recipe=recipe), image_size)
+    if uniforms is None:
+        uniforms = crop_uniforms(seed, epoch, position, 1)[0]
+    crops = decode_views(contents, uniform_boxes(uniforms, recipe), image_size)
     if skipped is not None:
-        with tf.control_dependencies([crops]):
+        with tf.control_dependencies(crops):
             marked = skipped.mark(index, epoch)
         with tf.control_dependencies([marked]):
-            crops = tf.identity(crops)
+            crops = tuple(tf.identity(crop) for crop in crops)
     return crops
 
 
@@ -517,7 +574,8 @@ def batched_views(
     labelled: bool,
     batches: int | None = None,
 ) -> tf.data.Dataset:
-    """Batches of (query, key) views from decoded `(epoch, position, crops, label)`.
+    """Batches of (query, key) views from decoded `(epoch, position, (query crop, key crop),
+    label)`.
 
     Examples that failed to decode are dropped (the stream runs on into the next ones);
     each batch of `share` is augmented with a seed of (`seed`, its epoch, its place), so a
@@ -598,9 +656,9 @@ def stream_pretrain_dataset(
     mean, std = files.mean, files.std
     records = None if files.tfds is None else _tfds_records(files, input_context, True)
 
-    # Elements: (epoch, position, index, source, label). `position` numbers the examples
-    # of an epoch (seeds their crops); `index` is the file's (-1 for TFDS records); `source`
-    # its path (TFDS: the encoded image).
+    # Elements: (epoch, position, index, source, uniforms, label). `position` numbers the
+    # examples of an epoch (seeds their crops); `index` is the file's (-1 for TFDS records);
+    # `source` its path (TFDS: the encoded image); `uniforms` its crop boxes' draws.
     def epoch_examples(epoch: tf.Tensor) -> tf.data.Dataset:
         seed_e = epoch_seed(seed, epoch)
         first = epochs[0] if epochs else epoch
@@ -611,7 +669,10 @@ def stream_pretrain_dataset(
             no_index = tf.constant(-1, tf.int64)  # records are not files: nothing to name
 
             def example(n: tf.Tensor, record: tuple) -> tuple:
-                return (epoch, n * pipelines + pipeline, no_index, *record)
+                position = n * pipelines + pipeline
+                contents, label = record
+                uniforms = crop_uniforms(seed, epoch, position, 1)[0]
+                return (epoch, position, no_index, contents, uniforms, label)
 
             # An epoch is its whole steps; the remainder is dropped, as for files, so that
             # epochs (and a resume's skip) stay aligned with the global steps.
@@ -623,21 +684,26 @@ def stream_pretrain_dataset(
             files.count, global_batch, seed_e, skip=epoch_skip, input_context=input_context
         )
 
-        # Paths and labels are gathered once per share; each example then carries its path,
-        # read in the same parallel map that decodes it.
+        # Paths, labels and the crop boxes' uniforms are gathered (drawn) once per share;
+        # each example then carries its path, read in the same parallel map that decodes it.
         def examples(step: tf.Tensor, replica: tf.Tensor, indices: tf.Tensor) -> tf.data.Dataset:
-            position = (step * replicas + replica) * share + tf.range(share, dtype=tf.int64)
+            first = (step * replicas + replica) * share
+            position = first + tf.range(share, dtype=tf.int64)
             label = -tf.ones_like(indices) if labels is None else tf.gather(labels, indices)
+            uniforms = crop_uniforms(seed, epoch, first, share)
             return tf.data.Dataset.from_tensor_slices(
-                (tf.fill([share], epoch), position, indices, tf.gather(paths, indices), label)
-            )
+                (tf.fill([share], epoch), position, indices, tf.gather(paths, indices), uniforms,
+                 label)
+            )  # fmt: skip
 
         return shares.flat_map(examples)
 
-    def decode(epoch, position, index, source, label):  # noqa: ANN001, ANN202
+    def decode(epoch, position, index, source, uniforms, label):  # noqa: ANN001, ANN202
         # `source` is a file path, or for TFDS the encoded image itself.
         contents = tf.io.read_file(source) if records is None else source
-        crops = seeded_crops(contents, epoch, position, index, seed, image_size, recipe, skipped)
+        crops = seeded_crops(
+            contents, epoch, position, index, seed, image_size, recipe, skipped, uniforms
+        )
         return epoch, position, crops, label
 
     batches = None
