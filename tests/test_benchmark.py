@@ -1,9 +1,13 @@
-"""Smoke tests of the throughput benchmark: it runs and prints valid JSON (never timings)."""
+"""Smoke tests of the throughput benchmarks: they run and print valid JSON (never timings)."""
 
 import json
+import shlex
+import sys
 
 import pytest
+from helpers import REPO
 
+from benchmarks import compare_commits
 from benchmarks import train_step as benchmark
 
 
@@ -91,3 +95,122 @@ def test_loss_head_times_each_call_and_compares_with_moco(monkeypatch):
     header = benchmark.markdown_table(records).splitlines()[0]
     assert "loss_head_ms" in header and "extra_ms_vs_moco" in header
     assert "backbone_width" not in header  # only the columns the records have
+
+
+# --- benchmarks.compare_commits: two checkouts, the same command, alternating ---------------
+
+
+def test_rounds_alternate_which_checkout_goes_first():
+    order = compare_commits.round_order(["main", "old", "older"], 4)
+    assert order == [
+        ["main", "old", "older"],
+        ["older", "old", "main"],
+        ["main", "old", "older"],
+        ["older", "old", "main"],
+    ]
+    # Two checkouts over an even number of rounds: each is first as often as second.
+    firsts = [r[0] for r in compare_commits.round_order(["a", "b"], 6)]
+    assert firsts.count("a") == firsts.count("b") == 3
+
+
+def test_summary_is_median_spread_and_ratio_of_medians():
+    windows = [{"label": "a", "rate": v} for v in (10.0, 12.0, 11.0, 30.0)]
+    windows += [{"label": "b", "rate": v} for v in (5.0, 6.0, 7.0)]
+    summary = compare_commits.summarize(windows, ["a", "b"], key="rate")
+    a, b = summary["per_tree"]["a"], summary["per_tree"]["b"]
+    # The median resists the one disturbed window (30): (11 + 12) / 2, not the mean 15.75.
+    assert (a["median"], a["min"], a["max"], a["n"]) == (11.5, 10.0, 30.0, 4)
+    assert (a["q1"], a["q3"]) == (10.75, 16.5)  # inclusive quartiles of 10, 11, 12, 30
+    assert (b["median"], b["min"], b["max"]) == (6.0, 5.0, 7.0)
+    assert summary["ratio_to_first"] == {"a": 1.0, "b": round(6.0 / 11.5, 4)}
+    assert summary["overlap"] == {"a": True, "b": False}  # [5, 7] lies below [10, 30]
+    windows.append({"label": "b", "rate": 10.0})
+    assert compare_commits.summarize(windows, ["a", "b"], key="rate")["overlap"]["b"]
+
+
+def test_alternate_asks_each_worker_in_round_order_and_records_the_load():
+    calls = []
+
+    class Stub:
+        def __init__(self, name, rate):
+            self.name, self.rate = name, rate
+
+        def window(self):
+            calls.append(self.name)
+            return {"pairs_per_sec": self.rate}
+
+    loads = iter(range(100))
+    records = compare_commits.alternate(
+        {"new": Stub("new", 2.0), "old": Stub("old", 4.0)},
+        rounds=3,
+        loadavg=lambda: [float(next(loads)), 0.0, 0.0],
+        log=lambda line: None,
+    )
+    assert calls == ["new", "old", "old", "new", "new", "old"]
+    assert [(r["label"], r["round"], r["position"]) for r in records] == [
+        ("new", 0, 0), ("old", 0, 1), ("old", 1, 0), ("new", 1, 1), ("new", 2, 0), ("old", 2, 1)
+    ]  # fmt: skip
+    # The load is read right before and right after each window, in turn.
+    assert [(r["loadavg_before"][0], r["loadavg_after"][0]) for r in records[:2]] == [
+        (0.0, 1.0),
+        (2.0, 3.0),
+    ]
+    assert [r["pairs_per_sec"] for r in records] == [2.0, 4.0, 4.0, 2.0, 2.0, 4.0]
+
+
+def fake_checkout(root, rate):
+    """A folder with a ``tfascl`` package whose RATE is what the stub command reports."""
+    (root / "tfascl").mkdir(parents=True)
+    (root / "tfascl" / "__init__.py").write_text(f"RATE = {rate}\n")
+    return root
+
+
+def test_run_mode_runs_the_command_in_each_checkout_with_its_own_package(tmp_path, capsys):
+    a = fake_checkout(tmp_path / "a", 30.0)
+    b = fake_checkout(tmp_path / "b", 20.0)
+    # The stub "run": imports tfascl (from PYTHONPATH) and leaves summary.json in {out}.
+    stub = (
+        "import json, pathlib, sys, tfascl; out = pathlib.Path(sys.argv[1]); out.mkdir(); "
+        "(out / 'summary.json').write_text(json.dumps("
+        "{'pairs_per_second': tfascl.RATE, 'file': tfascl.__file__}))"
+    )
+    output = tmp_path / "compare.json"
+    result = compare_commits.main(
+        ["run", f"--tree=new={a}", f"--tree=old={b}", "--rounds=3", f"--output={output}",
+         "--", sys.executable, "-c", stub, "{out}"]
+    )  # fmt: skip
+    assert json.loads(output.read_text()) == json.loads(json.dumps(result))
+    labels = [w["label"] for w in result["windows"]]
+    assert labels == ["new", "old", "old", "new", "new", "old"]
+    for window in result["windows"]:
+        tree = a if window["label"] == "new" else b
+        assert window["record"]["file"] == str(tree / "tfascl" / "__init__.py")
+    assert result["per_tree"]["new"]["median"] == 30.0
+    assert result["per_tree"]["old"]["median"] == 20.0
+    assert result["ratio_to_first"]["old"] == round(20.0 / 30.0, 4)
+    assert shlex.split(result["run_command"])[-1] == "{out}"  # recorded as given
+
+
+def test_tree_arguments_are_checked():
+    with pytest.raises(ValueError, match="LABEL=PATH"):
+        compare_commits.parse_trees(["main", "old=/tmp/x"])
+    with pytest.raises(ValueError, match="two --tree"):
+        compare_commits.parse_trees(["main=/tmp/x"])
+    with pytest.raises(ValueError, match="two trees called"):
+        compare_commits.parse_trees(["a=/tmp/x", "a=/tmp/y"])
+
+
+@pytest.mark.slow
+def test_step_mode_times_each_checkout_in_its_own_worker(tmp_path):
+    output = tmp_path / "step.json"
+    # The same checkout twice under two names: both workers must build, warm up and answer.
+    result = compare_commits.main(
+        ["step", f"--tree=x={REPO}", f"--tree=y={REPO}", "--rounds=2", "--steps=1",
+         "--backbone_width=4", "--batch_size=8", "--queue_size=32", f"--output={output}"]
+    )  # fmt: skip
+    assert [w["label"] for w in result["windows"]] == ["x", "y", "y", "x"]
+    for ready in result["workers"].values():
+        assert ready["tfascl_file"] == str(REPO / "tfascl" / "__init__.py")
+        assert ready["train_step_file"] == str(REPO / "benchmarks" / "train_step.py")
+    for window in result["windows"]:
+        assert window["pairs_per_sec"] == pytest.approx(8 / window["seconds"], rel=1e-2)
