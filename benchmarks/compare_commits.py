@@ -258,6 +258,53 @@ def worker_main(argv: list[str]) -> None:
         print(json.dumps(record), flush=True)
 
 
+# --- ops: what each checkout's traced train step computes ----------------------------------
+
+
+def op_histogram(graph_def: Any) -> dict[str, int]:
+    """Op type → count over a GraphDef's nodes and every function of its library."""
+    counts: dict[str, int] = {}
+    nodes = list(graph_def.node)
+    for function in graph_def.library.function:
+        nodes += list(function.node_def)
+    for node in nodes:
+        counts[node.op] = counts.get(node.op, 0) + 1
+    return dict(sorted(counts.items()))
+
+
+def ops_worker_main(argv: list[str]) -> dict[str, Any]:
+    """Traces ``model.train_step`` of the configured model once; returns its op histogram."""
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--config", required=True, help="train_step.Config fields as JSON")
+    args = parser.parse_args(argv)
+    sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != HERE]
+    import tensorflow as tf
+
+    import tfascl  # from PYTHONPATH: this worker's checkout
+
+    train_step = _load_train_step()
+    config = train_step.Config(**json.loads(args.config))
+    measurement = train_step.build(config, 1)
+    batch = train_step.synthetic_batch(config)
+    model = measurement.model
+    model.optimizer.build(model.trainable_variables)
+    graph = tf.function(model.train_step).get_concrete_function(batch).graph
+    histogram = op_histogram(graph.as_graph_def())
+    return {
+        "tfascl_file": tfascl.__file__,
+        "commit": tree_commit(Path(tfascl.__file__).parent),
+        "ops": sum(histogram.values()),
+        "histogram": histogram,
+    }
+
+
+def diff_histograms(histograms: dict[str, dict[str, int]]) -> dict[str, dict[str, int]]:
+    """The op types whose counts differ between the checkouts: ``{op: {label: count}}``."""
+    ops = sorted(set().union(*histograms.values()))
+    table = {op: {label: h.get(op, 0) for label, h in histograms.items()} for op in ops}
+    return {op: counts for op, counts in table.items() if len(set(counts.values())) > 1}
+
+
 # --- run: a fresh process per checkout and round ---------------------------------------------
 
 
@@ -331,7 +378,7 @@ def parse_trees(specs: Sequence[str]) -> dict[str, Path]:
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("mode", choices=("step", "run"))
+    parser.add_argument("mode", choices=("step", "run", "ops"))
     parser.add_argument("--tree", action="append", default=[], help="LABEL=PATH, two or more")
     parser.add_argument("--rounds", type=int, default=6)
     parser.add_argument("--output", default=None, help="write the result to this JSON")
@@ -360,6 +407,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     argv = sys.argv[1:] if argv is None else argv
     if argv and argv[0] == "_worker":
         worker_main(argv[1:])
+        return {}
+    if argv and argv[0] == "_ops":
+        print(json.dumps(ops_worker_main(argv[1:])), flush=True)
         return {}
     args = parse_args(argv)
     trees = parse_trees(args.tree)
@@ -396,6 +446,31 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             for worker in workers.values():
                 worker.close()
         key = "pairs_per_sec"
+    elif args.mode == "ops":
+        config = {
+            "method": args.method,
+            "backbone_width": args.backbone_width,
+            "batch_size": args.batch_size,
+            "queue_size": args.queue_size,
+        }
+        traced = {}
+        for label, tree in trees.items():
+            done = subprocess.run(
+                [args.python, str(Path(__file__).resolve()), "_ops", "--config",
+                 json.dumps(config)],
+                cwd=tree, env=tree_env(tree), capture_output=True, text=True, check=True,
+            )  # fmt: skip
+            traced[label] = json.loads(done.stdout.strip().splitlines()[-1])
+        result["config"] = config
+        result["traced"] = traced
+        result["differences"] = diff_histograms({k: v["histogram"] for k, v in traced.items()})
+        result["finished"] = time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime())
+        if args.output:
+            Path(args.output).parent.mkdir(parents=True, exist_ok=True)
+            Path(args.output).write_text(json.dumps(result, indent=2) + "\n")
+        print(json.dumps({"ops": {k: v["ops"] for k, v in traced.items()},
+                          "differences": result["differences"]}, indent=2))  # fmt: skip
+        return result
     else:
         scratch = tempfile.mkdtemp(prefix="compare_commits_")
         runners = {
