@@ -101,13 +101,15 @@ def summarize(
         key: The measured value (higher is faster).
 
     Returns:
-        ``{"per_tree": {label: spread}, "ratio_to_first": {label: median / first median},
-        "overlap": {label: whether its [min, max] overlaps the first's}}``.
+        ``{"per_tree": {label: spread}, "paired_ratio_to_first": paired_ratios(...),
+        "ratio_to_first": {label: median / first median}, "overlap": {label: whether its
+        [min, max] overlaps the first's}}``.
     """
     per_tree = {label: spread([w[key] for w in windows if w["label"] == label]) for label in labels}
     first = per_tree[labels[0]]
     return {
         "per_tree": per_tree,
+        "paired_ratio_to_first": paired_ratios(windows, labels, key),
         "ratio_to_first": {
             label: round(stats["median"] / first["median"], 4) for label, stats in per_tree.items()
         },
@@ -116,6 +118,33 @@ def summarize(
             for label, stats in per_tree.items()
         },
     }
+
+
+def paired_ratios(
+    windows: Sequence[dict[str, Any]], labels: Sequence[str], key: str = "pairs_per_sec"
+) -> dict[str, dict[str, float]]:
+    """Per checkout after the first: ``key`` over the first's in the same round.
+
+    Load that changes between rounds moves both windows of a round together, so these ratios
+    vary less than the windows themselves. Needs ``round`` in every window.
+
+    Returns:
+        ``{label: spread of the per-round ratios, plus "rounds_faster": in how many rounds
+        the checkout's window was faster than the first's}``.
+    """
+    by_round: dict[int, dict[str, float]] = {}
+    for w in windows:
+        by_round.setdefault(w["round"], {})[w["label"]] = w[key]
+    result = {}
+    for label in labels[1:]:
+        ratios = [
+            values[label] / values[labels[0]]
+            for values in by_round.values()
+            if label in values and labels[0] in values
+        ]
+        if ratios:
+            result[label] = spread(ratios) | {"rounds_faster": sum(r > 1 for r in ratios)}
+    return result
 
 
 class Worker(Protocol):
@@ -496,7 +525,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     if args.output:
         Path(args.output).parent.mkdir(parents=True, exist_ok=True)
         Path(args.output).write_text(text)
-    print(json.dumps({k: result[k] for k in ("per_tree", "ratio_to_first", "overlap")}, indent=2))
+    keys = ("per_tree", "ratio_to_first", "paired_ratio_to_first", "overlap")
+    print(json.dumps({k: result[k] for k in keys}, indent=2))
     return result
 
 

@@ -371,14 +371,21 @@ def _compare_lines(path: Path) -> list[str]:
         low = [w[key] for w in s["windows"] if w["label"] == first]
         high = [w[key] for w in s["windows"] if w["label"] == label]
         overlap = min(high) <= max(low) and min(low) <= max(high)
+        by_round: dict[int, dict[str, float]] = {}
+        for w in s["windows"]:
+            by_round.setdefault(w["round"], {})[w["label"]] = w[key]
+        paired = sorted(v[first] / v[label] for v in by_round.values() if first in v and label in v)
         lines += [
             "",
-            f"{first} / {label}: {medians[first] / medians[label]:.3f}; "
+            f"{first} / {label}: {medians[first] / medians[label]:.3f} (ratio of medians); "
             + (
                 "the windows' ranges overlap, so the difference is within the spread."
                 if overlap
                 else "the ranges do not overlap: a measured difference."
-            ),
+            )
+            + f" Round by round (each {first} window over the {label} window of its round): "
+            f"median {statistics.median(paired):.3f}, range {paired[0]:.3f}–{paired[-1]:.3f}, "
+            f"{first} faster in {sum(r > 1 for r in paired)} of {len(paired)} rounds.",
         ]
     return [*lines, ""]
 

@@ -114,8 +114,10 @@ def test_rounds_alternate_which_checkout_goes_first():
 
 
 def test_summary_is_median_spread_and_ratio_of_medians():
-    windows = [{"label": "a", "rate": v} for v in (10.0, 12.0, 11.0, 30.0)]
-    windows += [{"label": "b", "rate": v} for v in (5.0, 6.0, 7.0)]
+    windows = [
+        {"label": "a", "rate": v, "round": i} for i, v in enumerate((10.0, 12.0, 11.0, 30.0))
+    ]
+    windows += [{"label": "b", "rate": v, "round": i} for i, v in enumerate((5.0, 6.0, 7.0))]
     summary = compare_commits.summarize(windows, ["a", "b"], key="rate")
     a, b = summary["per_tree"]["a"], summary["per_tree"]["b"]
     # The median resists the one disturbed window (30): (11 + 12) / 2, not the mean 15.75.
@@ -124,7 +126,35 @@ def test_summary_is_median_spread_and_ratio_of_medians():
     assert (b["median"], b["min"], b["max"]) == (6.0, 5.0, 7.0)
     assert summary["ratio_to_first"] == {"a": 1.0, "b": round(6.0 / 11.5, 4)}
     assert summary["overlap"] == {"a": True, "b": False}  # [5, 7] lies below [10, 30]
-    windows.append({"label": "b", "rate": 10.0})
+    # Round by round: 5/10, 6/12, 7/11 (a's round 3 has no partner).
+    assert summary["paired_ratio_to_first"]["b"]["median"] == 0.5
+
+
+def test_paired_ratios_compare_windows_of_the_same_round():
+    # Load halves from round 0 to round 1: b is 0.8 of a in both rounds, though b's
+    # round-1 window is faster than a's round-0 one; in round 2 b is faster (1.2).
+    windows = [
+        {"label": "a", "round": 0, "rate": 10.0},
+        {"label": "b", "round": 0, "rate": 8.0},
+        {"label": "b", "round": 1, "rate": 16.0},
+        {"label": "a", "round": 1, "rate": 20.0},
+        {"label": "b", "round": 2, "rate": 12.0},
+        {"label": "a", "round": 2, "rate": 10.0},
+    ]
+    paired = compare_commits.paired_ratios(windows, ["a", "b"], key="rate")
+    assert paired["b"]["median"] == 0.8
+    assert (paired["b"]["min"], paired["b"]["max"]) == (0.8, 1.2)
+    assert (paired["b"]["n"], paired["b"]["rounds_faster"]) == (3, 1)
+    assert list(paired) == ["b"]  # the first is the reference
+
+
+def test_summary_overlap_turns_true_when_the_ranges_meet():
+    windows = [{"label": "a", "rate": v} for v in (10.0, 12.0, 11.0, 30.0)]
+    windows += [{"label": "b", "rate": v} for v in (5.0, 6.0, 7.0)]
+    for i, w in enumerate(windows):
+        w["round"] = i % 3
+    assert not compare_commits.summarize(windows, ["a", "b"], key="rate")["overlap"]["b"]
+    windows.append({"label": "b", "rate": 10.0, "round": 3})
     assert compare_commits.summarize(windows, ["a", "b"], key="rate")["overlap"]["b"]
 
 

@@ -116,7 +116,7 @@ def test_known_departures_table_is_in_the_page(tmp_path):
 def test_two_commits_side_by_side_from_their_windows(tmp_path):
     rates = {"main": [9.0, 10.0, 11.0, 30.0], "old": [12.0, 13.0, 14.0, 15.0]}
     windows = [
-        {"label": label, "pairs_per_sec": rate, "loadavg_after": [2.0 + i, 0.0, 0.0]}
+        {"label": label, "round": i, "pairs_per_sec": rate, "loadavg_after": [2.0 + i, 0.0, 0.0]}
         for label, values in rates.items()
         for i, rate in enumerate(values)
     ]
@@ -140,9 +140,11 @@ def test_two_commits_side_by_side_from_their_windows(tmp_path):
     assert "| main | aaa1111 | 10.50 | 9.00–30.00 | 9.75–15.75 | 4 | 2.0–5.0 | 1.000 |" in page
     assert "| old | bbb2222 | 13.50 | 12.00–15.00 | 12.75–14.25 | 4 | 2.0–5.0 | 1.286 |" in page
     # main's windows reach into old's range: no measured difference.
-    assert "main / old: 0.778; the windows' ranges overlap" in page
+    assert "main / old: 0.778 (ratio of medians); the windows' ranges overlap" in page
+    # Rounds: 9/12, 10/13, 11/14, 30/15 -> sorted 0.750, 0.769, 0.786, 2.000.
+    assert "median 0.777, range 0.750–2.000, main faster in 1 of 4 rounds." in page
     compare["windows"] = [w for w in windows if w["pairs_per_sec"] != 30.0] + [
-        {"label": "main", "pairs_per_sec": 10.0, "loadavg_after": [1.0, 0.0, 0.0]}
+        {"label": "main", "round": 3, "pairs_per_sec": 10.0, "loadavg_after": [1.0, 0.0, 0.0]}
     ]
     write(tmp_path / "compare_step_w64.json", compare)
     assert "the ranges do not overlap: a measured difference" in make_results.render(tmp_path)
