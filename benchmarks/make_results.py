@@ -330,6 +330,8 @@ def _compare_lines(path: Path) -> list[str]:
     """Two commits side by side (``benchmarks.compare_commits``): per commit the median of its
     windows, their spread and load, and the ratio of medians, recomputed from the windows."""
     s = _load(path)
+    if s["kind"] == "compare_ops":
+        return _ops_lines(path, s)
     key, labels = s["metric"], list(s["trees"])
     what = {
         "compare_step": "train step, one long-lived process per commit",
@@ -387,6 +389,28 @@ def _compare_lines(path: Path) -> list[str]:
             f"median {statistics.median(paired):.3f}, range {paired[0]:.3f}–{paired[-1]:.3f}, "
             f"{first} faster in {sum(r > 1 for r in paired)} of {len(paired)} rounds.",
         ]
+    if s.get("note"):
+        lines += ["", s["note"]]
+    return [*lines, ""]
+
+
+def _ops_lines(path: Path, s: dict) -> list[str]:
+    """The op types whose counts differ between the commits' traced train steps."""
+    labels = list(s["trees"])
+    settings = ", ".join(f"{k}={v}" for k, v in s["config"].items())
+    totals = ", ".join(f"{label} {s['traced'][label]['ops']}" for label in labels)
+    rows = [[op, *(counts[label] for label in labels)] for op, counts in s["differences"].items()]
+    lines = [
+        f"### Two commits side by side: ops of the traced train step ({path.name})",
+        "",
+        f"`{s['command']}` — {settings}. `model.train_step` traced once per commit; ops "
+        f"counted over the graph and its function library (all ops: {totals}). Op types "
+        "whose counts differ:",
+        "",
+        *_table(rows, ["op", *labels]),
+    ]
+    if s.get("note"):
+        lines += ["", s["note"]]
     return [*lines, ""]
 
 
@@ -411,6 +435,7 @@ def _padding_cost_lines(path: Path) -> list[str]:
         *_table(rows, ["padding", "ZeroPadding2D layers", "median ms", "min–max", "windows"]),
         "",
         f'"same" at stride 1 / explicit: {ratio:.3f}.',
+        *(["", s["note"]] if s.get("note") else []),
         "",
     ]
 

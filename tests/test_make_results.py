@@ -171,3 +171,20 @@ def test_padding_cost_table(tmp_path):
     assert "| explicit | 17 | 200 | 190–260 | 8 |" in page
     assert "| same_stride1 | 3 | 180 | 170–240 | 8 |" in page
     assert '"same" at stride 1 / explicit: 0.900.' in page
+
+
+def test_op_differences_of_two_traced_steps(tmp_path):
+    ops = {
+        "kind": "compare_ops",
+        "trees": {"main": "/tmp/a", "old": "/tmp/b"},
+        "command": "python -m benchmarks.compare_commits ops ...",
+        "config": {"backbone_width": 4},
+        "traced": {"main": {"ops": 110}, "old": {"ops": 100}},
+        "differences": {"Pad": {"main": 10, "old": 0}},
+        "note": "The pads are the backbone's.",
+    }
+    write(tmp_path / "compare_ops_w4.json", ops)
+    page = make_results.render(tmp_path)
+    assert "(all ops: main 110, old 100)" in page
+    assert "| Pad | 10 | 0 |" in page
+    assert "The pads are the backbone's." in page
