@@ -361,6 +361,7 @@ class RunWorker:
 
     def window(self) -> dict[str, Any]:
         out = self.scratch / f"{self.label}_{self.runs}"
+        self.scratch.mkdir(parents=True, exist_ok=True)
         self.runs += 1
         command = [
             part.replace("{out}", str(out)).replace("{tree}", str(self.tree))
@@ -422,6 +423,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--metric_file", default="summary.json")
     parser.add_argument("--metric_key", default="pairs_per_second")
     parser.add_argument("--log_dir", default=None, help="run: each process's output here")
+    parser.add_argument("--scratch", default=None, help="run: the {out} folders go here")
     argv = list(sys.argv[1:] if argv is None else argv)
     # run's command is everything after the first "--", passed on untouched.
     command = argv[argv.index("--") + 1 :] if "--" in argv else []
@@ -501,7 +503,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                           "differences": result["differences"]}, indent=2))  # fmt: skip
         return result
     else:
-        scratch = tempfile.mkdtemp(prefix="compare_commits_")
+        scratch = args.scratch or tempfile.mkdtemp(prefix="compare_commits_")
         runners = {
             label: RunWorker(
                 tree,

@@ -207,7 +207,7 @@ def test_run_mode_runs_the_command_in_each_checkout_with_its_own_package(tmp_pat
     output = tmp_path / "compare.json"
     result = compare_commits.main(
         ["run", f"--tree=new={a}", f"--tree=old={b}", "--rounds=3", f"--output={output}",
-         "--", sys.executable, "-c", stub, "{out}"]
+         f"--scratch={tmp_path / 'runs'}", "--", sys.executable, "-c", stub, "{out}"]
     )  # fmt: skip
     assert json.loads(output.read_text()) == json.loads(json.dumps(result))
     labels = [w["label"] for w in result["windows"]]
