@@ -4,6 +4,8 @@ import json
 import shlex
 import sys
 
+import keras
+import numpy as np
 import pytest
 from helpers import REPO
 
@@ -244,3 +246,21 @@ def test_step_mode_times_each_checkout_in_its_own_worker(tmp_path):
         assert ready["train_step_file"] == str(REPO / "benchmarks" / "train_step.py")
     for window in result["windows"]:
         assert window["pairs_per_sec"] == pytest.approx(8 / window["seconds"], rel=1e-2)
+
+
+def test_padding_variant_has_the_backbones_weights_and_outputs():
+    from benchmarks import padding_cost
+
+    models = padding_cost.build_pair(width=4)
+    explicit, same = models["explicit"], models["same_stride1"]
+    count = {
+        label: sum(isinstance(layer, keras.layers.ZeroPadding2D) for layer in model.layers)
+        for label, model in models.items()
+    }
+    # 17 3×3 convs in the CIFAR ResNet-18; 3 of them (stage 2-4's first conv) have stride 2.
+    assert count == {"explicit": 17, "same_stride1": 3}
+    assert padding_cost.backbones._conv is padding_cost.ORIGINAL_CONV  # restored
+    images = np.random.default_rng(0).standard_normal((8, 32, 32, 3)).astype(np.float32)
+    np.testing.assert_allclose(
+        same(images, training=True), explicit(images, training=True), rtol=1e-5, atol=1e-5
+    )
