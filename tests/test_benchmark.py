@@ -264,3 +264,24 @@ def test_padding_variant_has_the_backbones_weights_and_outputs():
     np.testing.assert_allclose(
         same(images, training=True), explicit(images, training=True), rtol=1e-5, atol=1e-5
     )
+
+
+def test_op_histogram_counts_the_graph_and_its_functions():
+    import tensorflow as tf
+
+    @tf.function
+    def inner(x):
+        return tf.pad(x, [[1, 1]]) * 2.0
+
+    @tf.function
+    def outer(x):
+        return inner(x) + tf.pad(x, [[1, 1]])
+
+    graph_def = outer.get_concrete_function(tf.TensorSpec([3])).graph.as_graph_def()
+    histogram = compare_commits.op_histogram(graph_def)
+    assert histogram["Pad"] == 2  # one in outer's graph, one in inner's library function
+    assert histogram["Mul"] == 1 and histogram["AddV2"] == 1
+    differences = compare_commits.diff_histograms(
+        {"a": {"Pad": 2, "Mul": 1}, "b": {"Mul": 1, "Slice": 3}}
+    )
+    assert differences == {"Pad": {"a": 2, "b": 0}, "Slice": {"a": 0, "b": 3}}
