@@ -337,8 +337,11 @@ def _compare_lines(path: Path) -> list[str]:
         "compare_step": "train step, one long-lived process per commit",
         "compare_run": "training runs, a fresh process per commit and round",
     }.get(s["kind"], s["kind"])
-    config = s.get("config") or {"run": s.get("run_command", "")}
-    settings = ", ".join(f"{k}={v}" for k, v in config.items())
+    settings = (
+        ", ".join(f"{k}={v}" for k, v in s["config"].items())
+        if s.get("config")
+        else "the command after `--` run in each commit's checkout, pairs/s from its summary.json"
+    )
     lines = [
         f"### Two commits side by side: {what} ({path.name})",
         "",
