@@ -192,14 +192,17 @@ def tree_env(tree: str | Path) -> dict[str, str]:
 
 
 def tree_commit(tree: str | Path) -> str:
-    """The checkout's commit (short hash), or "unknown" when it is not a git checkout."""
-    try:
+    """The checkout's commit (short hash), ``+dirty`` when tracked files differ from it (a
+    patch being measured), or "unknown" when it is not a git checkout."""
+
+    def git(*args: str) -> str:
         return subprocess.run(
-            ["git", "-C", str(tree), "rev-parse", "--short", "HEAD"],
-            capture_output=True,
-            text=True,
-            check=True,
+            ["git", "-C", str(tree), *args], capture_output=True, text=True, check=True
         ).stdout.strip()
+
+    try:
+        commit = git("rev-parse", "--short", "HEAD")
+        return commit + ("+dirty" if git("status", "--porcelain", "--untracked-files=no") else "")
     except (OSError, subprocess.CalledProcessError):
         return "unknown"
 

@@ -285,3 +285,20 @@ def test_op_histogram_counts_the_graph_and_its_functions():
         {"a": {"Pad": 2, "Mul": 1}, "b": {"Mul": 1, "Slice": 3}}
     )
     assert differences == {"Pad": {"a": 2, "b": 0}, "Slice": {"a": 0, "b": 3}}
+
+
+def test_tree_commit_marks_a_patched_checkout(tmp_path):
+    import subprocess
+
+    def git(*args):
+        subprocess.run(["git", "-C", str(tmp_path), *args], check=True, capture_output=True)
+
+    git("init", "-q")
+    (tmp_path / "a.py").write_text("x = 1\n")
+    git("add", "a.py")
+    git("-c", "user.name=t", "-c", "user.email=t@t", "commit", "-q", "-m", "a")
+    clean = compare_commits.tree_commit(tmp_path)
+    assert len(clean) >= 7 and "+" not in clean
+    (tmp_path / "a.py").write_text("x = 2\n")  # the patch under measurement
+    assert compare_commits.tree_commit(tmp_path) == clean + "+dirty"
+    assert compare_commits.tree_commit(tmp_path / "missing") == "unknown"
