@@ -315,11 +315,132 @@ def speed_section(results: Path) -> list[str]:
         path = results / f"speed_{table}.json"
         if path.is_file():
             lines += _step_table_lines(results, path, table, title)
+    for path in sorted(results.glob("compare_*.json")):
+        lines += _compare_lines(path)
+    if (results / "padding_cost.json").is_file():
+        lines += _padding_cost_lines(results / "padding_cost.json")
     if (results / "split_bn.jsonl").is_file():
         lines += _split_bn_lines(results / "split_bn.jsonl")
     if (results / "data_pipeline.jsonl").is_file():
         lines += _input_pipeline_lines(results / "data_pipeline.jsonl")
     return lines
+
+
+def _compare_lines(path: Path) -> list[str]:
+    """Two commits side by side (``benchmarks.compare_commits``): per commit the median of its
+    windows, their spread and load, and the ratio of medians, recomputed from the windows."""
+    s = _load(path)
+    if s["kind"] == "compare_ops":
+        return _ops_lines(path, s)
+    key, labels = s["metric"], list(s["trees"])
+    what = {
+        "compare_step": "train step, one long-lived process per commit",
+        "compare_run": "training runs, a fresh process per commit and round",
+    }.get(s["kind"], s["kind"])
+    settings = (
+        ", ".join(f"{k}={v}" for k, v in s["config"].items())
+        if s.get("config")
+        else "the command after `--` run in each commit's checkout, pairs/s from its summary.json"
+    )
+    lines = [
+        f"### Two commits side by side: {what} ({path.name})",
+        "",
+        f"`{s['command']}` — {s['started']}, {s['cpu_count']} cores shared with other jobs; "
+        f"{settings}. {s['rounds']} rounds, each running every commit once "
+        "(order A B, then B A, ...), one at a time: load from other processes falls on "
+        "both commits alike, so read the ratio against the spread, not the absolute rates. "
+        "Load: the 1-minute load average after each of its windows.",
+        "",
+    ]
+    medians = {}
+    rows = []
+    for label in labels:
+        windows = [w for w in s["windows"] if w["label"] == label]
+        values = sorted(w[key] for w in windows)
+        medians[label] = statistics.median(values)
+        q1, _, q3 = statistics.quantiles(values, n=4, method="inclusive")
+        loads = [w["loadavg_after"][0] for w in windows]
+        rows.append(
+            [label, s["commits"].get(label, ""), f"{medians[label]:.2f}",
+             f"{values[0]:.2f}–{values[-1]:.2f}", f"{q1:.2f}–{q3:.2f}", len(values),
+             f"{min(loads):.1f}–{max(loads):.1f}",
+             f"{medians[label] / medians[labels[0]]:.3f}"]
+        )  # fmt: skip
+    unit = "pairs/s" if "pairs" in key else key
+    lines += _table(
+        rows,
+        ["commit", "hash", f"median {unit}", "min–max", "IQR", "windows", "load", "ratio"],
+    )
+    first = labels[0]
+    for label in labels[1:]:
+        low = [w[key] for w in s["windows"] if w["label"] == first]
+        high = [w[key] for w in s["windows"] if w["label"] == label]
+        overlap = min(high) <= max(low) and min(low) <= max(high)
+        by_round: dict[int, dict[str, float]] = {}
+        for w in s["windows"]:
+            by_round.setdefault(w["round"], {})[w["label"]] = w[key]
+        paired = sorted(v[first] / v[label] for v in by_round.values() if first in v and label in v)
+        lines += [
+            "",
+            f"{first} / {label}: {medians[first] / medians[label]:.3f} (ratio of medians); "
+            + (
+                "the windows' ranges overlap, so the difference is within the spread."
+                if overlap
+                else "the ranges do not overlap: a measured difference."
+            )
+            + f" Round by round (each {first} window over the {label} window of its round): "
+            f"median {statistics.median(paired):.3f}, range {paired[0]:.3f}–{paired[-1]:.3f}, "
+            f"{first} faster in {sum(r > 1 for r in paired)} of {len(paired)} rounds.",
+        ]
+    if s.get("note"):
+        lines += ["", s["note"]]
+    return [*lines, ""]
+
+
+def _ops_lines(path: Path, s: dict) -> list[str]:
+    """The op types whose counts differ between the commits' traced train steps."""
+    labels = list(s["trees"])
+    settings = ", ".join(f"{k}={v}" for k, v in s["config"].items())
+    totals = ", ".join(f"{label} {s['traced'][label]['ops']}" for label in labels)
+    rows = [[op, *(counts[label] for label in labels)] for op, counts in s["differences"].items()]
+    lines = [
+        f"### Two commits side by side: ops of the traced train step ({path.name})",
+        "",
+        f"`{s['command']}` — {settings}. `model.train_step` traced once per commit; ops "
+        f"counted over the graph and its function library (all ops: {totals}). Op types "
+        "whose counts differ:",
+        "",
+        *_table(rows, ["op", *labels]),
+    ]
+    if s.get("note"):
+        lines += ["", s["note"]]
+    return [*lines, ""]
+
+
+def _padding_cost_lines(path: Path) -> list[str]:
+    """The backbone's explicit padding against ``padding="same"`` at stride 1."""
+    s = _load(path)
+    per = s["ms_per_call"]
+    rows = [
+        [label, s["zero_padding_layers"][label], f"{per[label]['median']:.0f}",
+         f"{per[label]['min']:.0f}–{per[label]['max']:.0f}", per[label]["n"]]
+        for label in ("explicit", "same_stride1")
+    ]  # fmt: skip
+    ratio = per["same_stride1"]["median"] / per["explicit"]["median"]
+    return [
+        '### Backbone padding: explicit ZeroPadding2D vs "same" at stride 1 (padding_cost.json)',
+        "",
+        f"`{s['command']}` — {s['date']}, ResNet-18 width {s['width']}, batch "
+        f"{s['batch_size']}, forward + gradient per call, windows alternating, median load "
+        f"{s['median_loadavg']:.1f}. Same weights: features differ by at most "
+        f"{s['max_abs_feature_diff']:.1e}, gradients by {s['max_abs_gradient_diff']:.1e}.",
+        "",
+        *_table(rows, ["padding", "ZeroPadding2D layers", "median ms", "min–max", "windows"]),
+        "",
+        f'"same" at stride 1 / explicit: {ratio:.3f}.',
+        *(["", s["note"]] if s.get("note") else []),
+        "",
+    ]
 
 
 def _torch_comparison_lines(path: Path) -> list[str]:

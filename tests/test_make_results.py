@@ -111,3 +111,80 @@ def test_known_departures_table_is_in_the_page(tmp_path):
     for row in rows:  # four cells, none empty
         cells = [cell.strip() for cell in row.strip("|").split(" | ")]
         assert len(cells) == 4 and all(cells), row
+
+
+def test_two_commits_side_by_side_from_their_windows(tmp_path):
+    rates = {"main": [9.0, 10.0, 11.0, 30.0], "old": [12.0, 13.0, 14.0, 15.0]}
+    windows = [
+        {"label": label, "round": i, "pairs_per_sec": rate, "loadavg_after": [2.0 + i, 0.0, 0.0]}
+        for label, values in rates.items()
+        for i, rate in enumerate(values)
+    ]
+    compare = {
+        "kind": "compare_step",
+        "trees": {"main": "/tmp/a", "old": "/tmp/b"},
+        "commits": {"main": "aaa1111", "old": "bbb2222"},
+        "rounds": 4,
+        "command": "python -m benchmarks.compare_commits step ...",
+        "started": "2026-01-01 00:00:00 UTC",
+        "cpu_count": 2,
+        "config": {"backbone_width": 64},
+        "metric": "pairs_per_sec",
+        "windows": windows,
+        # What the tool summarised is not read back: the page recomputes from the windows.
+        "per_tree": {},
+    }
+    write(tmp_path / "compare_step_w64.json", compare)
+    page = make_results.render(tmp_path)
+    # main: median (10 + 11) / 2 = 10.5, inclusive quartiles 9.75 and 15.75; old: 13.5.
+    assert "| main | aaa1111 | 10.50 | 9.00–30.00 | 9.75–15.75 | 4 | 2.0–5.0 | 1.000 |" in page
+    assert "| old | bbb2222 | 13.50 | 12.00–15.00 | 12.75–14.25 | 4 | 2.0–5.0 | 1.286 |" in page
+    # main's windows reach into old's range: no measured difference.
+    assert "main / old: 0.778 (ratio of medians); the windows' ranges overlap" in page
+    # Rounds: 9/12, 10/13, 11/14, 30/15 -> sorted 0.750, 0.769, 0.786, 2.000.
+    assert "median 0.777, range 0.750–2.000, main faster in 1 of 4 rounds." in page
+    compare["windows"] = [w for w in windows if w["pairs_per_sec"] != 30.0] + [
+        {"label": "main", "round": 3, "pairs_per_sec": 10.0, "loadavg_after": [1.0, 0.0, 0.0]}
+    ]
+    write(tmp_path / "compare_step_w64.json", compare)
+    assert "the ranges do not overlap: a measured difference" in make_results.render(tmp_path)
+
+
+def test_padding_cost_table(tmp_path):
+    per = {
+        "explicit": {"median": 200.0, "min": 190.0, "max": 260.0, "n": 8},
+        "same_stride1": {"median": 180.0, "min": 170.0, "max": 240.0, "n": 8},
+    }
+    payload = {
+        "command": "python -m benchmarks.padding_cost",
+        "date": "d",
+        "width": 64,
+        "batch_size": 128,
+        "median_loadavg": 3.0,
+        "max_abs_feature_diff": 1e-6,
+        "max_abs_gradient_diff": 2e-6,
+        "zero_padding_layers": {"explicit": 17, "same_stride1": 3},
+        "ms_per_call": per,
+    }
+    write(tmp_path / "padding_cost.json", payload)
+    page = make_results.render(tmp_path)
+    assert "| explicit | 17 | 200 | 190–260 | 8 |" in page
+    assert "| same_stride1 | 3 | 180 | 170–240 | 8 |" in page
+    assert '"same" at stride 1 / explicit: 0.900.' in page
+
+
+def test_op_differences_of_two_traced_steps(tmp_path):
+    ops = {
+        "kind": "compare_ops",
+        "trees": {"main": "/tmp/a", "old": "/tmp/b"},
+        "command": "python -m benchmarks.compare_commits ops ...",
+        "config": {"backbone_width": 4},
+        "traced": {"main": {"ops": 110}, "old": {"ops": 100}},
+        "differences": {"Pad": {"main": 10, "old": 0}},
+        "note": "The pads are the backbone's.",
+    }
+    write(tmp_path / "compare_ops_w4.json", ops)
+    page = make_results.render(tmp_path)
+    assert "(all ops: main 110, old 100)" in page
+    assert "| Pad | 10 | 0 |" in page
+    assert "The pads are the backbone's." in page
