@@ -3,6 +3,7 @@
 import keras
 import numpy as np
 import pytest
+import tensorflow as tf
 
 from tfascl.models import resnet
 
@@ -75,3 +76,54 @@ def test_max_pool_pads_symmetrically(model, size):
     want = np_max_pool(np.asarray(x))
     assert got.shape == want.shape
     np.testing.assert_allclose(np.asarray(got), want, rtol=1e-6, atol=1e-6)
+
+
+def _explicit_padding_conv(x, filters, kernel, stride, name):
+    """The backbone's convolution before stride 1 padded inside the conv: every k x k conv
+    after an explicit ZeroPadding2D (the layout of checkpoints written until then)."""
+    if kernel > 1:
+        x = keras.layers.ZeroPadding2D(kernel // 2, name=f"{name}_pad")(x)
+    return keras.layers.Conv2D(filters, kernel, strides=stride, padding="valid", use_bias=False,
+                               name=name)(x)  # fmt: skip
+
+
+def test_stride_one_convs_pad_inside_and_old_checkpoints_still_restore(
+    model, monkeypatch, tmp_path
+):
+    # Only stride-2 layers copy into a padded tensor; at stride 1 "same" pads k // 2 on
+    # every side inside the conv, and the "<name>_pad" layer stays as an identity.
+    convs = [layer for layer in model.layers if isinstance(layer, keras.layers.Conv2D)]
+    padded = [conv for conv in convs if conv.kernel_size[0] > 1]
+    assert len(padded) == 17  # resnet18: the stem and 16 block convs
+    for conv in padded:
+        pad = model.get_layer(f"{conv.name}_pad")
+        if conv.strides[0] == 1:
+            assert isinstance(pad, keras.layers.Identity) and conv.padding == "same"
+        else:
+            assert isinstance(pad, keras.layers.ZeroPadding2D) and conv.padding == "valid"
+    graph = (
+        tf.function(lambda x: model(x, training=False))
+        .get_concrete_function(tf.TensorSpec([1, 32, 32, 3], tf.float32))
+        .graph
+    )
+    pads = [op for op in graph.get_operations() if op.type in ("Pad", "PadV2", "MirrorPad")]
+    assert len(pads) == 5  # stem conv and pool, stages 2-4: first conv
+
+    # tf.train.Checkpoint names a functional model's weights by layer position
+    # (model/_operations/<i>/...): a checkpoint of the explicit-padding layout restores
+    # every weight into this one, and the two give the same features.
+    from tfascl.models import backbones
+
+    images = np.random.default_rng(0).standard_normal((2, 27, 27, 3)).astype(np.float32)
+    for stem in ("cifar", "imagenet"):
+        with monkeypatch.context() as patch:
+            patch.setattr(backbones, "_conv", _explicit_padding_conv)
+            keras.utils.set_random_seed(1)
+            old = resnet("resnet18", image_size=None, stem=stem, width=4, norm="batch")
+        saved = tf.train.Checkpoint(model=old).write(str(tmp_path / stem / "ckpt"))
+        new = resnet("resnet18", image_size=None, stem=stem, width=4, norm="batch")
+        tf.train.Checkpoint(model=new).read(saved).assert_existing_objects_matched()
+        np.testing.assert_allclose(
+            np.asarray(new(images, training=False)), np.asarray(old(images, training=False)),
+            rtol=1e-5, atol=1e-5,
+        )  # fmt: skip

@@ -9,7 +9,8 @@ The output is the globally average-pooled feature vector [B, F]: the
 "backbone features" of every SSL paper, used by kNN, linear probes and export.
 
 Padding is torchvision's: every k×k conv and the max-pool pad ``k // 2`` pixels on
-each side explicitly (``ZeroPadding2D``) and then run with ``padding="valid"``.
+each side: explicitly (``ZeroPadding2D``, then ``padding="valid"``) at stride 2, and
+with ``padding="same"``, which is the same there, at stride 1.
 Keras's ``padding="same"`` would pad a stride-2 layer asymmetrically (nothing at
 the top and left, one more pixel at the bottom and right), so weights ported from
 torchvision would give other outputs.
@@ -32,15 +33,23 @@ RESNETS = {
 
 
 def _conv(x, filters: int, kernel: int, stride: int, name: str):  # noqa: ANN001, ANN202
-    # torchvision pads k // 2 on every side, whatever the stride (see module doc).
+    # torchvision pads k // 2 on every side, whatever the stride (see module doc). At stride
+    # 1 Keras's "same" pads exactly that inside the conv; an explicit ZeroPadding2D there
+    # copied every activation forward and backward (34 Pad + 32 Slice ops a ResNet-18
+    # step, 0.87x the backbone's speed at width 64 on a CPU: benchmarks/padding_cost.py).
+    # The stride-1 layer stays, as an identity, so the layers' positions, by which
+    # tf.train.Checkpoint names their weights (model/_operations/<i>/...), do not move
+    # and checkpoints written before still restore.
     if kernel > 1:
-        x = layers.ZeroPadding2D(kernel // 2, name=f"{name}_pad")(x)
+        pad = layers.ZeroPadding2D(kernel // 2, name=f"{name}_pad") if stride > 1 else (
+            layers.Identity(name=f"{name}_pad"))  # fmt: skip
+        x = pad(x)
     # No bias: every conv is followed by BN. He-normal (fan_out) as torchvision.
     return layers.Conv2D(
         filters,
         kernel,
         strides=stride,
-        padding="valid",
+        padding="same" if kernel > 1 and stride == 1 else "valid",
         use_bias=False,
         kernel_initializer=keras.initializers.VarianceScaling(2.0, "fan_out", "normal"),
         name=name,
