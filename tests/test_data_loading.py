@@ -346,6 +346,13 @@ def test_prepared_tfds_dataset_streams_every_record_with_its_label(tiny_tfds_dir
     )
     for (_, expected), ((_, got),) in zip(batches[1:], [[b] for b in resumed.take(5)]):
         np.testing.assert_array_equal(expected.numpy(), got.numpy())
+    # Epoch 1 alone (a run resumed at an epoch's start) is epoch 1 of the longer stream.
+    later = data.stream.stream_pretrain_dataset(
+        files, 8, 8, seed=2, epochs=(1, 2), colour=False, jit_compile=False
+    )
+    for ((query, key), labels), ((query_1, key_1), labels_1) in zip(batches[3:], later):
+        for a, b in ((query, query_1), (key, key_1), (labels, labels_1)):
+            np.testing.assert_array_equal(a.numpy(), b.numpy())
     test = data.open_images("tfascl_tiny_images", "test", data_dir=tiny_tfds_dir)
     streamed = [(x.numpy(), lab.numpy()) for x, lab in data.eval_dataset(test, 4, 8)]
     in_memory = load_images("tfascl_tiny_images", "test", data_dir=tiny_tfds_dir)

@@ -478,7 +478,15 @@ def _tfds_records(
     import tensorflow_datasets as tfds
 
     builder, expression, image_key, label_key = files.tfds
-    read_config = tfds.ReadConfig(input_context=input_context, shuffle_seed=0, try_autocache=False)
+    # The same file order on every pass (TFDS reshuffles it each iteration by default):
+    # an epoch's order then depends only on its own seed, so a resumed epoch, or a streamed
+    # linear-probe epoch read from a dataset built once, sees the order it would have seen.
+    read_config = tfds.ReadConfig(
+        input_context=input_context,
+        shuffle_seed=0,
+        shuffle_reshuffle_each_iteration=False,
+        try_autocache=False,
+    )
     records = builder.as_dataset(
         split=expression,
         shuffle_files=shuffle_files,
