@@ -19,6 +19,7 @@ import dataclasses
 import logging as python_logging
 import os
 import sys
+import typing
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any, NoReturn
@@ -209,6 +210,22 @@ def flag_field(default: Any, help_text: str) -> Any:
     return dataclasses.field(default=default, metadata={"help": help_text})
 
 
+def field_kind(field: dataclasses.Field) -> str:
+    """The first word of a field's type: ``int`` for ``int | None``, ``tuple`` for
+    ``tuple[float, float]`` (an annotation read as text or as the type itself).
+
+    Raises:
+        ValueError: a type no flag has (not a key of ``DEFINERS`` or ``LIST_TYPES``).
+    """
+    annotation = field.type
+    if isinstance(annotation, type) and typing.get_origin(annotation) is None:
+        annotation = annotation.__name__
+    kind = str(annotation).split(" ")[0].split("[")[0]
+    if kind not in (*DEFINERS, *LIST_TYPES):
+        raise ValueError(f"{field.name}: {field.type} is not a flag's type")
+    return kind
+
+
 def flag_fields(
     config_type: type, renames: Mapping[str, str] | None = None, skip: Sequence[str] = ()
 ) -> dict[str, dataclasses.Field]:
@@ -268,7 +285,7 @@ def define_flags_from(
     module_name = module_name or sys._getframe(1).f_globals["__name__"]
     where = {"flag_values": flag_values, "module_name": module_name}
     for name, field in fields.items():
-        default, kind = field.default, str(field.type).split(" ")[0].split("[")[0]
+        default, kind = field.default, field_kind(field)
         help_text = field.metadata.get("help") or helps[field.name]
         if field.name in enums:
             flags.DEFINE_enum(name, default, list(enums[field.name]), help_text, **where)
