@@ -210,3 +210,145 @@ def test_the_flag_choices_mirror_the_modules_that_implement_them():
     assert optim.OPTIMIZER_NAMES is choices.OPTIMIZER_NAMES
     assert augment.KEY_AUGMENTS is choices.KEY_AUGMENTS
     assert (pipeline.AUGMENT_ON, pipeline.INPUT_MODES) == (choices.AUGMENT_ON, choices.INPUT_MODES)
+
+
+# --- One way to define flags: each command's flags are its dataclass's fields ----------------
+
+
+def _flag_dump(flag_values):
+    """Every flag of ``flag_values`` as tfascl's help shows it: kind, default, choices, help."""
+    dump = {}
+    for name, flag in flag_values._flags().items():
+        if name != flag.name:  # a short name
+            continue
+        dump[name] = {
+            "alias": type(flag).__name__ == "_FlagAlias",
+            "parser": type(flag.parser).__name__,
+            "default": flag.default,
+            "enum": list(getattr(flag.parser, "enum_values", None) or []),
+            "help": flag.help,
+            "module": flag_values.find_module_defining_flag(name),
+        }
+    return dump
+
+
+def _commands():
+    from tfascl import export
+    from tfascl.evaluation import cli as eval_cli
+
+    # (define, the dataclass, renames {field: flag}, aliases {alias: flag}, enums, module)
+    return {
+        "tfascl-train": (train_config.define_flags, TrainConfig, train_config.FLAG_NAMES,
+                         {"knn_temperature": "knn_t"}, train_config.ENUMS, "tfascl.train_config"),
+        "tfascl-eval": (eval_cli.define_flags, eval_cli.EvalFlags, {},
+                        {"knn_t": "knn_temperature"}, eval_cli.ENUMS, "tfascl.evaluation.cli"),
+        "tfascl-export": (export.define_flags, export.ExportFlags, {}, {}, {}, "tfascl.export"),
+    }  # fmt: skip
+
+
+PARSERS = {"bool": "BooleanParser", "int": "IntegerParser", "float": "FloatParser",
+           "str": "ArgumentParser", "tuple": "ListParser"}  # fmt: skip
+
+
+@pytest.mark.parametrize("command", ["tfascl-train", "tfascl-eval", "tfascl-export"])
+def test_each_command_s_flags_are_its_dataclass_fields(command):
+    from absl import flags
+
+    define, config_type, renames, aliases, enums, module = _commands()[command]
+    dump = _flag_dump(define(flags.FlagValues()))
+    fields = {renames.get(f.name, f.name): f for f in dataclasses.fields(config_type)}
+    # Exactly the fields, plus the documented second spellings: nothing defined by hand.
+    assert {name for name, flag in dump.items() if not flag["alias"]} == set(fields)
+    assert {name: dump[name]["alias"] for name in aliases} == dict.fromkeys(aliases, True)
+    assert set(dump) == set(fields) | set(aliases)
+    for name, field in fields.items():
+        flag, kind = dump[name], cli.field_kind(field)
+        assert flag["module"] == module, name
+        if field.name in enums:  # absl writes an enum's choices before its help
+            choices = list(enums[field.name])
+            assert flag["parser"] == "EnumParser" and flag["enum"] == choices
+            assert flag["help"] == f"<{'|'.join(choices)}>: {field.metadata['help']}"
+        else:
+            assert flag["help"] == field.metadata["help"], name
+            assert flag["parser"] == PARSERS[kind], name
+        default = [str(v) for v in field.default] if kind == "tuple" else field.default
+        assert flag["default"] == default, name
+
+
+def test_the_flags_that_mean_the_same_have_the_same_names_in_train_and_eval():
+    from absl import flags
+
+    commands = _commands()
+    train = _flag_dump(commands["tfascl-train"][0](flags.FlagValues()))
+    evaluate = _flag_dump(commands["tfascl-eval"][0](flags.FlagValues()))
+    shared = ["knn_k", "batch_size", "image_size", "data_dir", "train_split", "test_split",
+              "max_train_examples", "knn_t", "knn_temperature", "seed", "dataset", "input",
+              "memory_budget_gb", "eval_crop", "model_dir"]  # fmt: skip
+    assert set(shared) <= set(train) & set(evaluate)
+    # The kNN temperature: one concept, both spellings in both commands, either one sets it.
+    for define, real in ((commands["tfascl-train"][0], "knn_t"),
+                         (commands["tfascl-eval"][0], "knn_temperature")):  # fmt: skip
+        for spelling in ("knn_t", "knn_temperature"):
+            values = _parsed(define, [f"--{spelling}=0.37"])
+            assert values[real].value == 0.37, (real, spelling)
+
+
+def test_eval_flags_map_onto_eval_config_and_linear_config():
+    # EvalFlags is TensorFlow-free (flags are parsed before TensorFlow starts), so it
+    # declares EvalConfig's fields again: they must agree, name for name and default too.
+    from tfascl.evaluation import EvalConfig, LinearConfig
+    from tfascl.evaluation import cli as eval_cli
+
+    flags_ = {f.name: f.default for f in dataclasses.fields(eval_cli.EvalFlags)}
+    config = {eval_cli.CONFIG_FIELDS.get(name, name): name for name in flags_}
+    for field in dataclasses.fields(EvalConfig):
+        if field.name == "linear":
+            continue
+        assert field.name in config, f"EvalConfig.{field.name} has no tfascl-eval flag"
+        assert flags_[config[field.name]] == field.default, field.name
+    linear = {"epochs": "linear_epochs", "batch_size": "linear_batch_size",
+              "learning_rate": "linear_lr", "schedule": "linear_schedule",
+              "milestones": "linear_milestones", "eval_every": "linear_eval_every",
+              "fast": "linear_fast", "jit_compile": "linear_jit"}  # fmt: skip
+    for field, flag in linear.items():
+        assert flags_[flag] == getattr(LinearConfig(), field), flag
+    # And the parsed defaults build the default config.
+    built = eval_cli.eval_config(_parsed(eval_cli.define_flags, ["--model_dir=/m"]))
+    assert built == EvalConfig(model_dir="/m")
+    built = eval_cli.eval_config(
+        _parsed(eval_cli.define_flags, ["--model_dir=/m", "--nowrite_results", "--knn_t=0.2"])
+    )
+    assert built == EvalConfig(model_dir="/m", write=False, knn_temperature=0.2)
+
+
+def test_define_flags_from_reads_each_field_s_type_default_and_help():
+    from absl import flags
+
+    @dataclasses.dataclass
+    class Toy:
+        size: int | None = cli.flag_field(None, "A size.")
+        rate: float = cli.flag_field(0.5, "A rate.")
+        name: str = cli.flag_field("a", "A name.")
+        on: bool = cli.flag_field(True, "On.")
+        dims: tuple[int, ...] = cli.flag_field((1, 2), "Dims.")
+        plain: str = "x"  # no metadata: its help from helps=
+
+    values = cli.define_flags_from(
+        Toy, flags.FlagValues(), enums={"name": ["a", "b"]}, renames={"rate": "lr"},
+        helps={"plain": "Plain."}, aliases={"learning_rate": "lr"},
+    )  # fmt: skip
+    dump = _flag_dump(values)
+    assert {n: (d["parser"], d["default"]) for n, d in dump.items() if not d["alias"]} == {
+        "size": ("IntegerParser", None),
+        "lr": ("FloatParser", 0.5),
+        "name": ("EnumParser", "a"),
+        "on": ("BooleanParser", True),
+        "dims": ("ListParser", ["1", "2"]),
+        "plain": ("ArgumentParser", "x"),
+    }
+    assert dump["plain"]["help"] == "Plain." and dump["learning_rate"]["alias"]
+    assert dump["size"]["module"] == __name__  # the caller's, as a hand-written DEFINE's
+    assert cli.define_flags_from(Toy, values, renames={"rate": "lr"}, helps={"plain": ""}) is values
+    values(["program", "--size=3", "--learning_rate=0.1", "--dims=4", "--name=b"])
+    got = cli.values_from_flags(Toy, values, renames={"rate": "lr"})
+    assert got == {"size": 3, "rate": 0.1, "name": "b", "on": True, "dims": ["4"], "plain": "x"}

@@ -15,12 +15,14 @@ checks that need them.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import logging as python_logging
 import os
 import sys
-from collections.abc import Callable, Iterator, Sequence
+import typing
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
-from typing import NoReturn
+from typing import Any, NoReturn
 
 from absl import flags
 from absl import logging as absl_logging
@@ -185,6 +187,132 @@ def profile_range(text: str | None) -> tuple[int, int] | None:
 def defined(flag_values: flags.FlagValues, names: Sequence[str]) -> bool:
     """Whether all of ``names`` are already flags of ``flag_values`` (defining twice fails)."""
     return all(name in flag_values for name in names)
+
+
+# --- Flags from dataclass fields ------------------------------------------------------------
+#
+# The one way the three commands define their flags: each flag is a field of a dataclass
+# (TrainConfig, EvalConfig, ExportFlags, ...) whose type, default and help it takes.
+
+# absl's definer of each field type (the type's first word: ``int | None`` is an int flag).
+DEFINERS: dict[str, Callable[..., Any]] = {
+    "bool": flags.DEFINE_boolean,
+    "int": flags.DEFINE_integer,
+    "float": flags.DEFINE_float,
+    "str": flags.DEFINE_string,
+}
+# Field types defined as comma-separated lists (``--crop_scale=0.2,1``).
+LIST_TYPES = ("tuple", "list")
+
+
+def flag_field(default: Any, help_text: str) -> Any:
+    """A dataclass field that is a command-line flag: its default and ``--help`` text."""
+    return dataclasses.field(default=default, metadata={"help": help_text})
+
+
+def field_kind(field: dataclasses.Field) -> str:
+    """The first word of a field's type: ``int`` for ``int | None``, ``tuple`` for
+    ``tuple[float, float]`` (an annotation read as text or as the type itself).
+
+    Raises:
+        ValueError: a type no flag has (not a key of ``DEFINERS`` or ``LIST_TYPES``).
+    """
+    annotation = field.type
+    if isinstance(annotation, type) and typing.get_origin(annotation) is None:
+        annotation = annotation.__name__
+    kind = str(annotation).split(" ")[0].split("[")[0]
+    if kind not in (*DEFINERS, *LIST_TYPES):
+        raise ValueError(f"{field.name}: {field.type} is not a flag's type")
+    return kind
+
+
+def flag_fields(
+    config_type: type, renames: Mapping[str, str] | None = None, skip: Sequence[str] = ()
+) -> dict[str, dataclasses.Field]:
+    """``{flag name: field}`` of the fields of ``config_type`` that are flags.
+
+    Args:
+        config_type: a dataclass.
+        renames: ``{field: flag}`` for a field whose flag has another name.
+        skip: fields that are not flags (a nested config, ...).
+    """
+    renames = renames or {}
+    return {
+        renames.get(field.name, field.name): field
+        for field in dataclasses.fields(config_type)
+        if field.name not in skip
+    }
+
+
+def define_flags_from(
+    config_type: type,
+    flag_values: flags.FlagValues,
+    *,
+    enums: Mapping[str, Sequence[str]] | None = None,
+    renames: Mapping[str, str] | None = None,
+    helps: Mapping[str, str] | None = None,
+    skip: Sequence[str] = (),
+    aliases: Mapping[str, str] | None = None,
+    module_name: str | None = None,
+) -> flags.FlagValues:
+    """One absl flag per field of the dataclass ``config_type``, in ``flag_values``.
+
+    A flag takes its field's default and type: ``bool``, ``int``, ``float`` and ``str``
+    (``int | None`` too: None is the unset default) are absl's flags of that type, a
+    ``tuple``/``list`` a comma-separated list (its default as strings), a field named in
+    ``enums`` an enum of those choices. Its help is the field's ``metadata["help"]``
+    (``flag_field``), else ``helps[field]``. Defining the same flags twice in one
+    ``flag_values`` does nothing the second time (absl would refuse).
+
+    Args:
+        config_type: a dataclass whose fields are the flags.
+        flag_values: where to define them.
+        enums: ``{field: choices}``.
+        renames: ``{field: flag name}`` for a field whose flag has another name.
+        helps: ``{field: help}`` for fields without ``metadata["help"]``.
+        skip: fields that are not flags.
+        aliases: ``{alias: flag}``: a second spelling of a flag (absl's ``DEFINE_alias``).
+        module_name: the module absl lists the flags under in ``--helpfull``; default the
+            caller's.
+
+    Returns:
+        ``flag_values``.
+    """
+    enums, helps, aliases = enums or {}, helps or {}, aliases or {}
+    fields = flag_fields(config_type, renames, skip)
+    if defined(flag_values, [*fields, *aliases]):
+        return flag_values
+    module_name = module_name or sys._getframe(1).f_globals["__name__"]
+    where = {"flag_values": flag_values, "module_name": module_name}
+    for name, field in fields.items():
+        default, kind = field.default, field_kind(field)
+        help_text = field.metadata.get("help") or helps[field.name]
+        if field.name in enums:
+            flags.DEFINE_enum(name, default, list(enums[field.name]), help_text, **where)
+        elif kind in LIST_TYPES:
+            values = None if default is None else [str(value) for value in default]
+            flags.DEFINE_list(name, values, help_text, **where)
+        else:
+            DEFINERS[kind](name, default, help_text, **where)
+    for alias, name in aliases.items():
+        flags.DEFINE_alias(alias, name, **where)
+    return flag_values
+
+
+def values_from_flags(
+    config_type: type,
+    flag_values: flags.FlagValues,
+    *,
+    renames: Mapping[str, str] | None = None,
+    skip: Sequence[str] = (),
+) -> dict[str, Any]:
+    """``{field: value}`` of the parsed flags of ``define_flags_from(config_type, ...)``.
+
+    List flags stay lists of strings: the caller converts and checks them (one
+    ``FlagError`` line naming the flag).
+    """
+    fields = flag_fields(config_type, renames, skip)
+    return {field.name: flag_values[name].value for name, field in fields.items()}
 
 
 # --- Checks ---------------------------------------------------------------------------------

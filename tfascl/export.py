@@ -24,6 +24,7 @@ if __name__ == "__main__":  # python -m tfascl.export: TensorFlow without its st
 
     tfascl_launch.quiet_tensorflow_import()
 
+import dataclasses
 import json
 from collections.abc import Sequence
 from pathlib import Path
@@ -167,8 +168,28 @@ def export_backbone(
 PROGRAM = "tfascl-export"
 
 
+@dataclasses.dataclass(frozen=True)
+class ExportFlags:
+    """tfascl-export's flags: each field is one, with its type, default and help."""
+
+    model_dir: str | None = cli.flag_field(None, "The run's directory (run.json, checkpoints/).")
+    export_dir: str | None = cli.flag_field(
+        None,
+        "Base path of the export (TF Serving's model_base_path); default <model_dir>/export.",
+    )
+    checkpoint: str = cli.flag_field("latest", "latest, best, or a checkpoint name/path.")
+    version: int | None = cli.flag_field(None, "Version number; default the next free one.")
+    overwrite: bool = cli.flag_field(False, "Replace an existing version.")
+    formats: tuple[str, ...] = cli.flag_field(
+        ("saved_model",),
+        "What to write: saved_model (always), onnx (assets.extra/model.onnx, needs "
+        "tfascl[onnx]), litert (assets.extra/model.tflite).",
+    )
+
+
 def define_flags(flag_values: flags.FlagValues = flags.FLAGS) -> flags.FlagValues:
-    """Defines tfascl-export's flags in ``flag_values`` (once; again does nothing).
+    """Defines tfascl-export's flags, one per ``ExportFlags`` field, in ``flag_values``
+    (once; again does nothing).
 
     Called when the command starts, not at import: importing tfascl.export into another
     absl program must not clash with its flags.
@@ -176,31 +197,7 @@ def define_flags(flag_values: flags.FlagValues = flags.FLAGS) -> flags.FlagValue
     Returns:
         ``flag_values``.
     """
-    if cli.defined(flag_values, ["export_dir", "formats", "overwrite"]):
-        return flag_values
-    define = {"flag_values": flag_values}
-    flags.DEFINE_string(
-        "model_dir", None, "The run's directory (run.json, checkpoints/).", **define
-    )
-    flags.DEFINE_string(
-        "export_dir",
-        None,
-        "Base path of the export (TF Serving's model_base_path); default <model_dir>/export.",
-        **define,
-    )
-    flags.DEFINE_string(
-        "checkpoint", "latest", "latest, best, or a checkpoint name/path.", **define
-    )
-    flags.DEFINE_integer("version", None, "Version number; default the next free one.", **define)
-    flags.DEFINE_bool("overwrite", False, "Replace an existing version.", **define)
-    flags.DEFINE_list(
-        "formats",
-        ["saved_model"],
-        "What to write: saved_model (always), onnx (assets.extra/model.onnx, needs "
-        "tfascl[onnx]), litert (assets.extra/model.tflite).",
-        **define,
-    )
-    return flag_values
+    return cli.define_flags_from(ExportFlags, flag_values)
 
 
 # What each portable format needs installed, and the extra that brings it.

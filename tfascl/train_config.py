@@ -35,9 +35,16 @@ from tfascl.choices import (
     STRATEGIES,
     default_stem,
 )
-from tfascl.cli import EXIT_FAILED, FlagError, expand_flagfiles, profile_range, require
+from tfascl.cli import (
+    EXIT_FAILED,
+    FlagError,
+    expand_flagfiles,
+    flag_field,
+    profile_range,
+    require,
+)
 from tfascl.data.recipe import STANDARD_RECIPE, AugmentRecipe
-from tfascl.options import METHOD, OPTIONS, MethodOptions, flag_name
+from tfascl.options import FLAG_NAMES, METHOD, OPTIONS, MethodOptions, flag_name
 from tfascl.runs import FLAGS_FILE, RunFileError, RunSpec, read_json_file
 
 if TYPE_CHECKING:
@@ -70,8 +77,7 @@ MAX_AUTO_STEPS_PER_EXECUTION = 32
 PRECISIONS = ("float32", "mixed_bfloat16", "mixed_float16")
 
 
-def _flag(default: Any, help_text: str) -> Any:
-    return dataclasses.field(default=default, metadata={"help": help_text})
+_flag = flag_field  # a TrainConfig field: its flag's default and help
 
 
 @dataclasses.dataclass
@@ -276,17 +282,14 @@ ENUMS = {
 }
 
 
-DEFINERS = {
-    "bool": flags.DEFINE_boolean,
-    "int": flags.DEFINE_integer,
-    "float": flags.DEFINE_float,
-    "str": flags.DEFINE_string,
-}
+# The other spelling of a flag, as tfascl-eval names it: both work in both commands.
+ALIASES = {"knn_temperature": "knn_t"}
 
 
 def define_flags(flag_values: flags.FlagValues = FLAGS) -> flags.FlagValues:
     """One absl flag per ``TrainConfig`` field, with the field's default and type (named
-    by ``flag_name``: ``--relabel_temperature`` for ``target_temperature``).
+    by ``flag_name``: ``--relabel_temperature`` for ``target_temperature``), and the
+    ``ALIASES`` (``--knn_temperature``, tfascl-eval's name of ``--knn_t``).
 
     Called by ``run`` (and by whoever parses tfascl-train's flags), never at import: a
     program that imports tfascl keeps its own flags. Defining them twice in the same
@@ -295,21 +298,9 @@ def define_flags(flag_values: flags.FlagValues = FLAGS) -> flags.FlagValues:
     Returns:
         ``flag_values``.
     """
-    names = [flag_name(field.name) for field in dataclasses.fields(TrainConfig)]
-    if cli.defined(flag_values, names):
-        return flag_values
-    for field in dataclasses.fields(TrainConfig):
-        name, default, kind = flag_name(field.name), field.default, str(field.type)
-        help_text, base = field.metadata["help"], kind.split(" ")[0].split("[")[0]
-        if field.name in ENUMS:
-            choices = ENUMS[field.name]
-            flags.DEFINE_enum(name, default, choices, help_text, flag_values=flag_values)
-        elif base == "tuple":
-            values = [str(value) for value in default]
-            flags.DEFINE_list(name, values, help_text, flag_values=flag_values)
-        else:
-            DEFINERS[base](name, default, help_text, flag_values=flag_values)
-    return flag_values
+    return cli.define_flags_from(
+        TrainConfig, flag_values, enums=ENUMS, renames=FLAG_NAMES, aliases=ALIASES
+    )
 
 
 def config_from_args(args: Sequence[str]) -> TrainConfig:
@@ -331,7 +322,7 @@ def config_from_args(args: Sequence[str]) -> TrainConfig:
 
 def config_from_flags(flag_values: flags.FlagValues = FLAGS) -> TrainConfig:
     """The ``TrainConfig`` of the parsed flags (projector_dims checked here)."""
-    values = {f.name: flag_values[flag_name(f.name)].value for f in dataclasses.fields(TrainConfig)}
+    values = cli.values_from_flags(TrainConfig, flag_values, renames=FLAG_NAMES)
     try:
         dims = tuple(int(d) for d in values["projector_dims"])
     except ValueError:

@@ -20,6 +20,7 @@ exit status 2 (``tfascl.cli``).
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable, Sequence
 
 from absl import flags
@@ -32,8 +33,93 @@ PROGRAM = "tfascl-eval"
 PLOTS = ("curves", "map")
 
 
+_flag = cli.flag_field
+
+
+@dataclasses.dataclass(frozen=True)
+class EvalFlags:
+    """tfascl-eval's flags: each field is one, with its type, default and help.
+
+    The fields up to ``write_results`` are ``tfascl.evaluation.EvalConfig``'s (same name
+    and default; ``write`` is ``--write_results``): ``eval_config`` builds it from them, and
+    tests/test_cli.py checks that they agree. They are declared here rather than read from
+    ``EvalConfig`` because its module imports TensorFlow, and the flags are defined and
+    parsed (``--help``, a bad value) before TensorFlow starts. The ``linear_*`` fields make
+    the ``LinearConfig`` (``linear_config``); the last four are ``--protocol=plots``'s.
+    """
+
+    protocol: str = _flag("knn", "What to run.")
+    model_dir: str | None = _flag(None, "A training run's directory (run.json, checkpoints/).")
+    saved_model: str | None = _flag(None, "Or: an exported SavedModel (export_dir/<version>).")
+    checkpoint: str = _flag("latest", "latest, best, or a checkpoint name (model_dir).")
+    dataset: str | None = _flag(
+        None, "digits, a TFDS name or an image folder; default the model's own."
+    )
+    data_dir: str | None = _flag(None, "TFDS data directory.")
+    train_split: str = _flag("train", "Labelled split: kNN bank / linear training set.")
+    test_split: str = _flag("test", "Split the accuracy is reported on.")
+    max_train_examples: int | None = _flag(None, "Stratified subset of the train split.")
+    max_test_examples: int | None = _flag(None, "Stratified subset of the test split.")
+    input: str = _flag(
+        "auto",
+        "memory: decode both splits into RAM; stream: read and decode the files as they are "
+        "needed (knn, linear: memory flat in the number of images); auto: memory when the "
+        "decoded splits fit --memory_budget_gb and share one size.",
+    )
+    memory_budget_gb: float | None = _flag(
+        None,
+        "RAM the decoded images may take with --input=auto; memory mode holds about twice "
+        "the decoded size. Default: half of this machine's RAM.",
+    )
+    eval_crop: float | None = _flag(
+        None,
+        "Eval transform: the central square of this fraction of the shorter side, resized "
+        "(0.875: ImageNet's Resize(256) + CenterCrop(224)). Default: the run's --eval_crop "
+        "on its own data set, else the data set's protocol's (ImageNet 0.875, others 1).",
+    )
+    image_size: int | None = _flag(None, "Input size, only for SavedModels that do not record it.")
+    batch_size: int = _flag(256, "Images per forward pass when computing features.")
+    knn_k: int = _flag(200, "kNN: neighbours.")
+    knn_temperature: float = _flag(0.1, "kNN: vote weights exp(sim / temperature).")
+    knn_chunk_size: int = _flag(1024, "kNN: test rows per similarity block.")
+    neighbor_queries: int = _flag(8, "neighbors: test images pictured (drawn with --seed).")
+    neighbor_k: int = _flag(5, "neighbors: nearest training images per test image.")
+    plots_dir: str | None = _flag(None, "plots, neighbors: folder; default <model_dir>/plots.")
+    seed: int = _flag(0, "Seed of subsets, linear init/shuffling/augmentation, t-SNE.")
+    write_results: bool = _flag(True, "Merge the result into results.json.")
+    linear_epochs: int = _flag(100, "linear: epochs.")
+    linear_batch_size: int = _flag(256, "linear: batch size.")
+    linear_lr: float | None = _flag(None, "linear: base lr; default 10 (step) or 1 (cosine).")
+    linear_schedule: str = _flag("step", "linear: lr schedule.")
+    linear_milestones: tuple[int, ...] = _flag((60, 80), "linear: epochs of the x0.1 steps.")
+    linear_eval_every: int = _flag(1, "linear: test every N epochs (and the last).")
+    linear_fast: bool = _flag(
+        False, "linear: train on cached features without augmentation (recorded as linear_fast)."
+    )
+    linear_jit: bool = _flag(True, "linear: XLA-compile the augmentation.")
+    compare_model_dir: str | None = _flag(
+        None, "plots: a second model_dir or SavedModel, beside the first."
+    )
+    plots: tuple[str, ...] = _flag(PLOTS, "plots: which pictures (curves, map).")
+    map_points: int = _flag(10_000, "plots: test images in the t-SNE map.")
+    plots_note: str | None = _flag(None, "plots: second title line (e.g. the run length).")
+
+
+ENUMS = {
+    "protocol": ["knn", "linear", "neighbors", "plots"],
+    "input": list(INPUT_MODES),
+    "linear_schedule": ["step", "cosine"],
+}
+# EvalConfig's field of each flag named otherwise (the other config flags: the same name).
+CONFIG_FIELDS = {"write_results": "write"}
+# The other spelling of a flag, as tfascl-train names it: both work in both commands.
+ALIASES = {"knn_t": "knn_temperature"}
+
+
 def define_flags(flag_values: flags.FlagValues = flags.FLAGS) -> flags.FlagValues:
-    """Defines tfascl-eval's flags in ``flag_values`` (once; again does nothing).
+    """Defines tfascl-eval's flags in ``flag_values`` (once; again does nothing): one per
+    ``EvalFlags`` field, and the ``ALIASES`` (``--knn_t``, tfascl-train's name of
+    ``--knn_temperature``).
 
     Called when the command starts, never at import, so importing this module next to
     another absl program cannot clash; tests pass their own ``flags.FlagValues()``.
@@ -41,84 +127,7 @@ def define_flags(flag_values: flags.FlagValues = flags.FLAGS) -> flags.FlagValue
     Returns:
         ``flag_values``.
     """
-    if cli.defined(flag_values, ["protocol", "knn_temperature", "plots_note"]):
-        return flag_values
-    f = _Definer(flag_values)
-    f.DEFINE_enum("protocol", "knn", ["knn", "linear", "neighbors", "plots"], "What to run.")
-    f.DEFINE_string("model_dir", None, "A training run's directory (run.json, checkpoints/).")
-    f.DEFINE_string("saved_model", None, "Or: an exported SavedModel (export_dir/<version>).")
-    f.DEFINE_string("checkpoint", "latest", "latest, best, or a checkpoint name (model_dir).")
-    f.DEFINE_string(
-        "compare_model_dir",
-        None,
-        "plots: a second model_dir or SavedModel, beside the first.",
-    )
-    f.DEFINE_string(
-        "dataset", None, "digits, a TFDS name or an image folder; default the model's own."
-    )
-    f.DEFINE_string("data_dir", None, "TFDS data directory.")
-    f.DEFINE_string("train_split", "train", "Labelled split: kNN bank / linear training set.")
-    f.DEFINE_string("test_split", "test", "Split the accuracy is reported on.")
-    f.DEFINE_integer("max_train_examples", None, "Stratified subset of the train split.")
-    f.DEFINE_integer("max_test_examples", None, "Stratified subset of the test split.")
-    f.DEFINE_enum(
-        "input",
-        "auto",
-        list(INPUT_MODES),
-        "memory: decode both splits into RAM; stream: read and decode the files as they are "
-        "needed (knn, linear: memory flat in the number of images); auto: memory when the "
-        "decoded splits fit --memory_budget_gb and share one size.",
-    )
-    f.DEFINE_float(
-        "memory_budget_gb",
-        None,
-        "RAM the decoded images may take with --input=auto; memory mode holds about twice "
-        "the decoded size. Default: half of this machine's RAM.",
-    )
-    f.DEFINE_float(
-        "eval_crop",
-        None,
-        "Eval transform: the central square of this fraction of the shorter side, resized "
-        "(0.875: ImageNet's Resize(256) + CenterCrop(224)). Default: the run's --eval_crop "
-        "on its own data set, else the data set's protocol's (ImageNet 0.875, others 1).",
-    )
-    f.DEFINE_integer("seed", 0, "Seed of subsets, linear init/shuffling/augmentation, t-SNE.")
-    f.DEFINE_integer("image_size", None, "Input size, only for SavedModels that do not record it.")
-    f.DEFINE_integer("batch_size", 256, "Images per forward pass when computing features.")
-    f.DEFINE_integer("knn_k", 200, "kNN: neighbours.")
-    f.DEFINE_float("knn_temperature", 0.1, "kNN: vote weights exp(sim / temperature).")
-    f.DEFINE_integer("knn_chunk_size", 1024, "kNN: test rows per similarity block.")
-    f.DEFINE_integer("linear_epochs", 100, "linear: epochs.")
-    f.DEFINE_integer("linear_batch_size", 256, "linear: batch size.")
-    f.DEFINE_float("linear_lr", None, "linear: base lr; default 10 (step) or 1 (cosine).")
-    f.DEFINE_enum("linear_schedule", "step", ["step", "cosine"], "linear: lr schedule.")
-    f.DEFINE_list("linear_milestones", ["60", "80"], "linear: epochs of the x0.1 steps.")
-    f.DEFINE_integer("linear_eval_every", 1, "linear: test every N epochs (and the last).")
-    f.DEFINE_bool(
-        "linear_fast",
-        False,
-        "linear: train on cached features without augmentation (recorded as linear_fast).",
-    )
-    f.DEFINE_bool("linear_jit", True, "linear: XLA-compile the augmentation.")
-    f.DEFINE_bool("write_results", True, "Merge the result into results.json.")
-    f.DEFINE_string("plots_dir", None, "plots, neighbors: folder; default <model_dir>/plots.")
-    f.DEFINE_integer("neighbor_queries", 8, "neighbors: test images pictured (drawn with --seed).")
-    f.DEFINE_integer("neighbor_k", 5, "neighbors: nearest training images per test image.")
-    f.DEFINE_list("plots", list(PLOTS), "plots: which pictures (curves, map).")
-    f.DEFINE_integer("map_points", 10_000, "plots: test images in the t-SNE map.")
-    f.DEFINE_string("plots_note", None, "plots: second title line (e.g. the run length).")
-    return flag_values
-
-
-class _Definer:
-    """``flags.DEFINE_*`` bound to one ``FlagValues``."""
-
-    def __init__(self, flag_values: flags.FlagValues) -> None:
-        self._flag_values = flag_values
-
-    def __getattr__(self, name: str) -> Callable[..., object]:
-        define = getattr(flags, name)
-        return lambda *args, **kwargs: define(*args, flag_values=self._flag_values, **kwargs)
+    return cli.define_flags_from(EvalFlags, flag_values, enums=ENUMS, aliases=ALIASES)
 
 
 # --- From flags to configs, checked -----------------------------------------------------------
@@ -160,16 +169,13 @@ def eval_config(values: flags.FlagValues) -> object:
     """
     from tfascl.evaluation.api import EvalConfig
 
-    names = ("protocol", "model_dir", "saved_model", "checkpoint", "dataset", "data_dir",
-             "train_split", "test_split", "max_train_examples", "max_test_examples",
-             "input", "memory_budget_gb", "eval_crop", "image_size", "batch_size", "knn_k",
-             "knn_temperature", "knn_chunk_size",
-             "neighbor_queries", "neighbor_k", "plots_dir", "seed")  # fmt: skip
+    flag_values = cli.values_from_flags(EvalFlags, values)
+    fields = {CONFIG_FIELDS.get(name, name): value for name, value in flag_values.items()}
     config = EvalConfig(
-        **{name: values[name].value for name in names},
+        **{field.name: fields[field.name] for field in dataclasses.fields(EvalConfig)
+           if field.name != "linear"},
         linear=linear_config(values),
-        write=values.write_results,
-    )
+    )  # fmt: skip
     config.validate()
     return config
 
