@@ -3,14 +3,16 @@
     PYTHONPATH=. python -m benchmarks.padding_cost [--width=64] [--batch_size=128]
         [--rounds=8] [--calls=2] [--output=benchmarks/results/padding_cost.json]
 
-``tfascl.models.backbones`` pads every k×k conv explicitly (``ZeroPadding2D(k // 2)``, then
-``padding="valid"``) so that stride-2 convs pad as torchvision does. For a stride-1 conv that
-is the same arithmetic as ``padding="same"``, but the graph gains a Pad per conv (a copy of
-the activation) and a Slice in the backward pass. This builds the backbone twice, as it is
-("explicit") and with ``padding="same"`` wherever the stride is 1 ("same_stride1"; stride-2
-convs keep their explicit padding), gives both the same weights, checks that their features
-and gradients agree, and times ``forward + gradient`` of each on one batch, in alternating
-windows (A B, B A, ...) of ``--calls`` calls. Prints and writes one JSON record.
+Until 67b6dd0 ``tfascl.models.backbones`` padded every k×k conv explicitly
+(``ZeroPadding2D(k // 2)``, then ``padding="valid"``) so that stride-2 convs pad as
+torchvision does. For a stride-1 conv that is the same arithmetic as ``padding="same"``, but
+the graph gains a Pad per conv (a copy of the activation) and a Slice in the backward pass;
+since 67b6dd0 stride-1 convs use ``"same"``. This builds the backbone twice, with every conv
+padded explicitly ("explicit", the layout before) and as tfascl builds it now
+("same_stride1": ``"same"`` wherever the stride is 1, stride-2 convs padded explicitly),
+gives both the same weights, checks that their features and gradients agree, and times
+``forward + gradient`` of each on one batch, in alternating windows (A B, B A, ...) of
+``--calls`` calls. Prints and writes one JSON record.
 """
 
 from __future__ import annotations
@@ -31,15 +33,16 @@ from benchmarks.compare_commits import read_loadavg, round_order, spread
 from tfascl.models import backbones
 
 
-def same_padding_conv(x, filters: int, kernel: int, stride: int, name: str):  # noqa: ANN001, ANN201
-    """``backbones._conv`` with ``padding="same"`` for stride 1 (the same output)."""
-    if stride > 1:
-        return ORIGINAL_CONV(x, filters, kernel, stride, name)
+def explicit_padding_conv(x, filters: int, kernel: int, stride: int, name: str):  # noqa: ANN001, ANN201
+    """``backbones._conv`` before 67b6dd0: every k×k conv after an explicit ``ZeroPadding2D``
+    and run with ``padding="valid"`` (the same output as today's)."""
+    if kernel > 1:
+        x = keras.layers.ZeroPadding2D(kernel // 2, name=f"{name}_pad")(x)
     return keras.layers.Conv2D(
         filters,
         kernel,
-        strides=1,
-        padding="same",
+        strides=stride,
+        padding="valid",
         use_bias=False,
         kernel_initializer=keras.initializers.VarianceScaling(2.0, "fan_out", "normal"),
         name=name,
@@ -50,14 +53,16 @@ ORIGINAL_CONV = backbones._conv
 
 
 def build_pair(width: int, image_size: int = 32) -> dict[str, keras.Model]:
-    """The backbone as tfascl builds it, and the stride-1-"same" variant with its weights."""
-    explicit = backbones.resnet("resnet18", width=width, image_size=image_size, stem="cifar")
-    backbones._conv = same_padding_conv
+    """The backbone padded explicitly everywhere (before 67b6dd0) and as tfascl builds it
+    now, with the same weights (the stride-1 pad layers are weightless identities now, so
+    the weights come in the same order)."""
+    backbones._conv = explicit_padding_conv
     try:
-        same = backbones.resnet("resnet18", width=width, image_size=image_size, stem="cifar")
+        explicit = backbones.resnet("resnet18", width=width, image_size=image_size, stem="cifar")
     finally:
         backbones._conv = ORIGINAL_CONV
-    same.set_weights(explicit.get_weights())  # ZeroPadding2D has no weights: same order
+    same = backbones.resnet("resnet18", width=width, image_size=image_size, stem="cifar")
+    same.set_weights(explicit.get_weights())
     return {"explicit": explicit, "same_stride1": same}
 
 
