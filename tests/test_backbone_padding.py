@@ -78,15 +78,6 @@ def test_max_pool_pads_symmetrically(model, size):
     np.testing.assert_allclose(np.asarray(got), want, rtol=1e-6, atol=1e-6)
 
 
-def _explicit_padding_conv(x, filters, kernel, stride, name):
-    """The backbone's convolution before stride 1 padded inside the conv: every k x k conv
-    after an explicit ZeroPadding2D (the layout of checkpoints written until then)."""
-    if kernel > 1:
-        x = keras.layers.ZeroPadding2D(kernel // 2, name=f"{name}_pad")(x)
-    return keras.layers.Conv2D(filters, kernel, strides=stride, padding="valid", use_bias=False,
-                               name=name)(x)  # fmt: skip
-
-
 def test_stride_one_convs_pad_inside_and_old_checkpoints_still_restore(
     model, monkeypatch, tmp_path
 ):
@@ -112,12 +103,13 @@ def test_stride_one_convs_pad_inside_and_old_checkpoints_still_restore(
     # tf.train.Checkpoint names a functional model's weights by layer position
     # (model/_operations/<i>/...): a checkpoint of the explicit-padding layout restores
     # every weight into this one, and the two give the same features.
+    from benchmarks.padding_cost import explicit_padding_conv  # the layout before 67b6dd0
     from tfascl.models import backbones
 
     images = np.random.default_rng(0).standard_normal((2, 27, 27, 3)).astype(np.float32)
     for stem in ("cifar", "imagenet"):
         with monkeypatch.context() as patch:
-            patch.setattr(backbones, "_conv", _explicit_padding_conv)
+            patch.setattr(backbones, "_conv", explicit_padding_conv)
             keras.utils.set_random_seed(1)
             old = resnet("resnet18", image_size=None, stem=stem, width=4, norm="batch")
         saved = tf.train.Checkpoint(model=old).write(str(tmp_path / stem / "ckpt"))
