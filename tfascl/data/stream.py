@@ -577,18 +577,23 @@ def batched_views(
     decoded: tf.data.Dataset,
     share: int,
     seed: int,
-    augment_batch: Callable[[tf.Tensor, tf.Tensor], tuple[tf.Tensor, tf.Tensor]],
+    image_size: int,
+    mean: Any,
+    std: Any,
     *,
     labelled: bool,
     batches: int | None = None,
+    **augment_options: Any,
 ) -> tf.data.Dataset:
     """Batches of (query, key) views from decoded `(epoch, position, (query crop, key crop),
-    label)`.
+    label)`: the tail every streamed pretraining pipeline shares (folders, TFDS, shards).
 
     Examples that failed to decode are dropped (the stream runs on into the next ones);
-    each batch of `share` is augmented with a seed of (`seed`, its epoch, its place), so a
-    resumed stream repeats the uninterrupted one. `batches`: how many to take (None: all).
+    each batch of `share` is augmented (`batch_augmenter(image_size, mean, std,
+    **augment_options)`) with a seed of (`seed`, its epoch, its place), so a resumed stream
+    repeats the uninterrupted one. `batches`: how many to take (None: all).
     """
+    augment_batch = batch_augmenter(image_size, mean, std, **augment_options)
     stream = decoded.ignore_errors().batch(share, drop_remainder=True)
     if batches is not None:
         stream = stream.take(batches)
@@ -718,15 +723,26 @@ def stream_pretrain_dataset(
     if epochs is not None:  # exactly the steps asked for: the spare epoch only fills gaps
         steps = files.count // global_batch
         batches = ((epochs[1] - epochs[0]) * steps - skip) * (replicas // pipelines)
-    augment_batch = batch_augmenter(
-        image_size, mean, std, key_augment=key_augment, colour=colour, recipe=recipe,
-        jit_compile=jit_compile,
-    )  # fmt: skip
     examples = epoch_numbers(seed, epochs).flat_map(epoch_examples)
     return batched_views(
-        examples.map(decode, num_parallel_calls=tf.data.AUTOTUNE),
-        share, seed, augment_batch, labelled=files.labelled, batches=batches,
+        examples.map(decode, num_parallel_calls=tf.data.AUTOTUNE), share, seed, image_size,
+        mean, std, labelled=files.labelled, batches=batches, key_augment=key_augment,
+        colour=colour, recipe=recipe, jit_compile=jit_compile,
     )  # fmt: skip
+
+
+def eval_view(
+    contents: tf.Tensor, image_size: int, crop_fraction: float, files: ImageFiles, normalise: bool
+) -> tf.Tensor:
+    """The evaluation view of one encoded image: its central crop, resized, [S, S, 3] float32
+    in [0, 1], or normalised with the split's statistics.
+
+    The accurate IDCT, as Pillow decodes in memory: evaluation sees the same pixels either
+    way (the fast one, kept for training views, is up to 5 levels off).
+    """
+    (crop,) = decode_views(contents, centre_box(crop_fraction), image_size, "INTEGER_ACCURATE")
+    crop = crop / 255.0
+    return augment.normalise(crop, files.mean, files.std) if normalise else crop
 
 
 def stream_eval_dataset(
@@ -780,18 +796,13 @@ def stream_eval_dataset(
     def decode(
         index: tf.Tensor, contents: tf.Tensor, label: tf.Tensor
     ) -> tuple[tf.Tensor, tf.Tensor]:
-        # The accurate IDCT, as Pillow decodes in memory: evaluation sees the same pixels
-        # either way (the fast one, kept for training views, is up to 5 levels off).
-        crops = decode_crops(contents, centre_box(crop_fraction), image_size, "INTEGER_ACCURATE")
-        crop = crops[0] / 255.0
+        view = eval_view(contents, image_size, crop_fraction, files, normalise)
         if skipped is not None and files.tfds is None:  # marked once the decode succeeded
-            with tf.control_dependencies([crop]):
+            with tf.control_dependencies([view]):
                 marked = skipped.mark(index, tf.constant(0, tf.int64))
             with tf.control_dependencies([marked]):
-                crop = tf.identity(crop)
-        if normalise:
-            crop = augment.normalise(crop, files.mean, files.std)
-        return crop, label
+                view = tf.identity(view)
+        return view, label
 
     images = records.map(decode, num_parallel_calls=tf.data.AUTOTUNE).ignore_errors()
     return images.batch(batch_size).prefetch(tf.data.AUTOTUNE)

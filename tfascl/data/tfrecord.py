@@ -31,7 +31,7 @@ import tensorflow as tf
 from absl import logging
 from PIL import Image
 
-from tfascl.data import augment, cache
+from tfascl.data import cache
 from tfascl.data.augment import KEY_AUGMENTS
 from tfascl.data.imageset import ImageSet, _warn_skipped, select_subset
 from tfascl.data.loading import SOURCE_FORMATS, SourceFormat
@@ -61,13 +61,11 @@ from tfascl.data.stats import STATS_SAMPLE, STATS_SIZE, Stats, estimate_stats, s
 from tfascl.data.stream import (
     ImageFiles,
     SkippedFiles,
-    batch_augmenter,
     batched_views,
     block_shuffle,
-    centre_box,
-    decode_crops,
     epoch_numbers,
     epoch_seed,
+    eval_view,
     seeded_crops,
 )
 from tfascl.data.tfrecord_writer import image_example, main, shard_paths, write_tfrecords  # noqa: F401
@@ -482,14 +480,11 @@ def pretrain_dataset(
     batches = None
     if epochs is not None:  # exactly the steps asked for: the spare epoch only fills gaps
         batches = ((epochs[1] - epochs[0]) * steps - skip) * (replicas // pipelines)
-    augment_batch = batch_augmenter(
-        image_size, mean, std, key_augment=key_augment, colour=colour, recipe=recipe,
-        jit_compile=jit_compile,
-    )  # fmt: skip
     examples = epoch_numbers(seed, epochs).flat_map(epoch_examples)
     return batched_views(
-        examples.map(decode, num_parallel_calls=tf.data.AUTOTUNE),
-        share, seed, augment_batch, labelled=files.labelled, batches=batches,
+        examples.map(decode, num_parallel_calls=tf.data.AUTOTUNE), share, seed, image_size,
+        mean, std, labelled=files.labelled, batches=batches, key_augment=key_augment,
+        colour=colour, recipe=recipe, jit_compile=jit_compile,
     )  # fmt: skip
 
 
@@ -514,11 +509,7 @@ def eval_dataset(
 
     def decode(index: tf.Tensor, record: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
         contents, label = parse_record(record, files.image_key, files.label_key)
-        crops = decode_crops(contents, centre_box(crop_fraction), image_size, "INTEGER_ACCURATE")
-        crop = crops[0] / 255.0
-        if normalise:
-            crop = augment.normalise(crop, files.mean, files.std)
-        return crop, label
+        return eval_view(contents, image_size, crop_fraction, files, normalise), label
 
     images = records.map(decode, num_parallel_calls=tf.data.AUTOTUNE).ignore_errors()
     return images.batch(batch_size).prefetch(tf.data.AUTOTUNE)

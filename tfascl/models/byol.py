@@ -88,8 +88,8 @@ class BYOL(MomentumModel):
 
     @classmethod
     def from_config(cls, config: dict) -> BYOL:
-        """The model of ``get_config``'s ``config``; a ``.keras`` file of an earlier release, whose
-        ``relabel`` was a bool (True: BYOL+ASCL), loads as the same model."""
+        """The model of ``get_config``'s ``config``; a ``.keras`` file saved before 2026-12-04,
+        whose ``relabel`` was a bool (True: BYOL+ASCL), loads as the same model."""
         relabel = config.get("relabel")
         if isinstance(relabel, bool):
             config = {**config, "relabel": "ascl" if relabel else "none"}
